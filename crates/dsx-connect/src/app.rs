@@ -1,0 +1,108 @@
+//! Router assembly and server start-up.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::middleware::from_fn_with_state;
+use axum::routing::{delete, get, post};
+use axum::Router;
+use dsx_model::API_PREFIX;
+use dsx_store::{EmbeddedStore, Namespace, RedisStore, SecretCodec, Store};
+use secrecy::ExposeSecret;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{guard, Access};
+use crate::config::{Settings, StoreSettings};
+use crate::routes::{connectors, registration, system};
+use crate::state::{AppState, AuthMetrics, SharedState};
+use crate::tokens::LiveTokens;
+
+/// How often token files are re-read (SIGHUP re-reads at once).
+const TOKEN_RELOAD_EVERY: Duration = Duration::from_secs(5);
+
+fn api(path: &str) -> String {
+    format!("{API_PREFIX}/{path}")
+}
+
+pub fn router(state: SharedState) -> Router {
+    let guarded = |access: Access| from_fn_with_state((state.clone(), access), guard);
+
+    let connector_routes = Router::new()
+        .route(&api("scan/auth_check"), post(system::auth_check))
+        .route(&api("connectors/state/{connector_uuid}/{ns}/{key}"), get(connectors::get_state).put(connectors::put_state))
+        .route_layer(guarded(Access::Connector));
+    let connector_or_operator = Router::new()
+        .route(&api("connectors/unregister/{connector_uuid}"), delete(connectors::unregister))
+        .route_layer(guarded(Access::ConnectorOrOperator));
+    let operator_routes = Router::new()
+        .route(&api("connectors/list"), get(connectors::list))
+        .route_layer(guarded(Access::Operator));
+    let open_routes = Router::new()
+        .route(&api("connectors/register"), post(registration::register))
+        .route(&api("connectors/token"), post(registration::token))
+        .route(&api("healthz"), get(system::healthz))
+        .route(&api("readyz"), get(system::readyz))
+        .route(&api("version"), get(system::version))
+        .route(&api("meta"), get(system::meta))
+        .route(&api("test/connection"), get(system::test_connection));
+
+    Router::new()
+        .merge(connector_routes)
+        .merge(connector_or_operator)
+        .merge(operator_routes)
+        .merge(open_routes)
+        .fallback(|| async { crate::error::ApiError::RouteNotFound })
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Open the configured store.
+pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let codec = match &settings.auth.secret_key {
+        Some(key) => SecretCodec::from_key_text(key.expose_secret())?,
+        None => SecretCodec::plain(),
+    };
+    Ok(match &settings.store {
+        StoreSettings::Redis { url } => {
+            Arc::new(RedisStore::new(url, Namespace { env: settings.app_env.clone() }, codec).context("DSXCONNECT_REDIS_URL")?)
+        }
+        StoreSettings::Embedded { data_dir } => {
+            let path = data_dir.join("dsx-connect.redb");
+            Arc::new(EmbeddedStore::open(&path, codec).with_context(|| format!("embedded store at {}", path.display()))?)
+        }
+    })
+}
+
+/// Build the shared state: validate settings, load tokens, open the store.
+pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
+    settings.validate()?;
+    let enrollment = LiveTokens::new("enrollment", settings.auth.enrollment.clone()).map_err(anyhow::Error::msg)?;
+    let operators = LiveTokens::new("operator", settings.auth.operator.clone()).map_err(anyhow::Error::msg)?;
+    if settings.auth.enabled && operators.is_empty() {
+        tracing::warn!("auth is enabled but no operator token is set (DSXCONNECT_AUTH__ADMIN_TOKENS): the operator API will refuse every call");
+    }
+    if settings.auth.break_glass {
+        tracing::warn!("DSXCONNECT_AUTH__BREAK_GLASS is on: enrollment tokens are accepted in place of DSX-HMAC");
+    }
+    let store = open_store(&settings)?;
+    Ok(Arc::new(AppState { settings, store, enrollment, operators, metrics: AuthMetrics::default() }))
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    state.enrollment.spawn_reloader(TOKEN_RELOAD_EVERY);
+    state.operators.spawn_reloader(TOKEN_RELOAD_EVERY);
+    tracing::info!(
+        listen = %listener.local_addr()?,
+        store = state.store.backend(),
+        auth = state.settings.auth.enabled,
+        enrollment_tokens = state.enrollment.len(),
+        "dsx-connect {} serving", system::VERSION
+    );
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    Ok(())
+}

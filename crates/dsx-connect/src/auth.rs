@@ -1,0 +1,190 @@
+//! Who is calling: DSX-HMAC verification (AUTH.md §3), enrollment and operator tokens,
+//! break-glass, and the middleware that guards each group of routes.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, OriginalUri, Request, State};
+use axum::http::{header, HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use dsx_hmac::{check_freshness, parse_authorization, unix_now, verify_signature, AuthError, SigningKey};
+use http_body_util::BodyExt;
+use secrecy::ExposeSecret;
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+/// The authenticated caller of one request, stored in the request extensions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Caller {
+    /// Auth is disabled: every caller is trusted.
+    Open,
+    /// Verified with this connector's DSX-HMAC key.
+    Connector { uuid: Uuid, key_id: String },
+    /// Enrollment token accepted in place of DSX-HMAC (`DSXCONNECT_AUTH__BREAK_GLASS`).
+    BreakGlass { slot: String },
+    /// Operator bearer token.
+    Operator,
+}
+
+impl Caller {
+    /// A connector may only act for itself (AUTH.md §3.8, H12); everyone else is not bound.
+    pub fn ensure_acts_for(&self, uuid: Uuid) -> Result<(), ApiError> {
+        match self {
+            Caller::Connector { uuid: own, .. } if *own != uuid => Err(ApiError::ConnectorMismatch),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Which credentials a route group accepts.
+#[derive(Clone, Copy, Debug)]
+pub enum Access {
+    /// DSX-HMAC from an enrolled connector (or break-glass).
+    Connector,
+    /// As `Connector`, or an operator bearer token (unregister).
+    ConnectorOrOperator,
+    /// Operator bearer token only.
+    Operator,
+}
+
+/// The request's path and query exactly as sent on the wire (nesting does not strip it).
+pub fn raw_path_and_query(req_uri: &axum::http::Uri, original: Option<&OriginalUri>) -> String {
+    let uri = original.map(|o| &o.0).unwrap_or(req_uri);
+    uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| uri.path().to_owned())
+}
+
+/// Read a body up to `limit` bytes; larger ones are `413 body_too_large` without reading on.
+pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ApiError::BodyTooLarge);
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match limited.collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge),
+        Err(_) => Err(ApiError::BadRequest("body_read_error")),
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
+}
+
+fn authorization_is_hmac(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes().starts_with(b"DSX-HMAC "))
+}
+
+impl crate::state::AppState {
+    /// Full DSX-HMAC verification, in the contract's order: parse, key id, key lookup,
+    /// freshness, signature, then replay (recorded only after the signature verified).
+    pub async fn verify_hmac(&self, method: &Method, raw_paq: &str, headers: &HeaderMap, body: &[u8]) -> Result<Caller, ApiError> {
+        let outcome = self.verify_hmac_inner(method, raw_paq, headers, body).await;
+        if let Err(ApiError::Hmac(code)) = &outcome {
+            self.metrics.auth_failures[code_index(*code)].fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(code = code.code(), %method, path = raw_paq, "DSX-HMAC verification failed");
+        }
+        outcome
+    }
+
+    async fn verify_hmac_inner(&self, method: &Method, raw_paq: &str, headers: &HeaderMap, body: &[u8]) -> Result<Caller, ApiError> {
+        let value = match headers.get(header::AUTHORIZATION) {
+            None => None,
+            // Non-visible-ASCII bytes: a DSX-HMAC header that no honest signer produces.
+            Some(v) => Some(v.to_str().map_err(|_| {
+                if v.as_bytes().starts_with(b"DSX-HMAC ") { AuthError::MalformedHmac } else { AuthError::MissingHmac }
+            })?),
+        };
+        let parsed = parse_authorization(value)?;
+        let key_id = parsed.key_id()?;
+        let resolved = self.store.resolve_key(key_id).await?.ok_or(AuthError::UnknownKeyId)?;
+        let skew = self.settings.auth.max_skew;
+        check_freshness(parsed.ts, unix_now(), skew)?;
+        let key = SigningKey::new(resolved.secret.expose_secret());
+        verify_signature(&parsed, &key, method.as_str(), raw_paq, body)?;
+        let ttl = std::time::Duration::from_secs(2 * skew.max(1));
+        if !self.store.remember_nonce(key_id, parsed.nonce, ttl).await? {
+            return Err(AuthError::ReplayedRequest.into());
+        }
+        Ok(Caller::Connector { uuid: resolved.connector_uuid, key_id: key_id.to_owned() })
+    }
+
+    /// The enrollment token of a request (`X-Enrollment-Token`, or `Authorization: Bearer`),
+    /// checked in constant time. Returns the matching slot name.
+    pub fn check_enrollment(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        let presented = headers
+            .get("x-enrollment-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .or_else(|| bearer(headers));
+        presented
+            .and_then(|t| self.enrollment.matches(t))
+            .ok_or(ApiError::InvalidEnrollmentToken)
+    }
+
+    pub fn check_operator(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
+        if !self.settings.auth.enabled {
+            return Ok(Caller::Open);
+        }
+        bearer(headers)
+            .and_then(|t| self.operators.matches(t))
+            .map(|_| Caller::Operator)
+            .ok_or(ApiError::InvalidOperatorToken)
+    }
+
+    /// A connector call: DSX-HMAC, or break-glass when enabled and no DSX-HMAC header is sent.
+    pub async fn authenticate_connector(&self, method: &Method, raw_paq: &str, headers: &HeaderMap, body: &[u8], peer: Option<SocketAddr>) -> Result<Caller, ApiError> {
+        if !self.settings.auth.enabled {
+            return Ok(Caller::Open);
+        }
+        if self.settings.auth.break_glass && !authorization_is_hmac(headers) && headers.contains_key("x-enrollment-token") {
+            let slot = self.check_enrollment(headers)?;
+            self.metrics.break_glass_uses.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(%method, path = raw_paq, peer = ?peer, token_slot = %slot, "break-glass: enrollment token accepted in place of DSX-HMAC");
+            return Ok(Caller::BreakGlass { slot });
+        }
+        self.verify_hmac(method, raw_paq, headers, body).await
+    }
+}
+
+fn code_index(code: AuthError) -> usize {
+    AuthError::ALL.iter().position(|c| *c == code).unwrap_or(0)
+}
+
+/// Middleware guarding a route group. Connector calls are verified over the exact body
+/// bytes received, which are then handed on unchanged.
+pub async fn guard(State((state, access)): State<(SharedState, Access)>, req: Request, next: Next) -> Response {
+    match authenticate(&state, access, req).await {
+        Ok(req) => next.run(req).await,
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn authenticate(state: &SharedState, access: Access, req: Request) -> Result<Request, ApiError> {
+    let (mut parts, body) = req.into_parts();
+    let operator_attempt = matches!(access, Access::ConnectorOrOperator) && bearer(&parts.headers).is_some();
+    let (caller, body) = if matches!(access, Access::Operator) || operator_attempt {
+        (state.check_operator(&parts.headers)?, body)
+    } else {
+        let bytes = read_body(&parts.headers, body, state.settings.max_body_bytes).await?;
+        let paq = raw_path_and_query(&parts.uri, parts.extensions.get::<OriginalUri>());
+        let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
+        let caller = state.authenticate_connector(&parts.method, &paq, &parts.headers, &bytes, peer).await?;
+        (caller, Body::from(bytes))
+    };
+    parts.extensions.insert(caller);
+    Ok(Request::from_parts(parts, body))
+}

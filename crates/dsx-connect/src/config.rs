@@ -1,0 +1,196 @@
+//! `DSXCONNECT_*` environment → [`Settings`]. Every variable is read here and nowhere else,
+//! so `docs/configuration.md` can list exactly what exists.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::tokens::TokenSources;
+
+/// Where the registry, credentials and queues live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StoreSettings {
+    /// `DSXCONNECT_REDIS_URL` set: shared Redis (production, several replicas).
+    Redis { url: String },
+    /// Otherwise: embedded durable store under `DSXCONNECT_DATA_DIR` (single node).
+    Embedded { data_dir: PathBuf },
+}
+
+#[derive(Clone, Debug)]
+pub struct AuthSettings {
+    pub enabled: bool,
+    pub enrollment: TokenSources,
+    pub operator: TokenSources,
+    /// DSX-HMAC clock-skew window, seconds (inclusive).
+    pub max_skew: u64,
+    /// How long a replaced key keeps working.
+    pub key_grace: Duration,
+    pub break_glass: bool,
+    pub secret_key: Option<SecretString>,
+    /// Registrations per client address per minute.
+    pub register_rate_per_minute: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    pub app_env: String,
+    pub store: StoreSettings,
+    pub auth: AuthSettings,
+    pub presence_ttl: Duration,
+    pub max_body_bytes: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("{var}: {reason}")]
+    Invalid { var: &'static str, reason: String },
+    #[error(
+        "DSXCONNECT_AUTH__ENABLED=true but no enrollment token is configured: set DSXCONNECT_AUTH__ENROLLMENT_TOKEN, \
+         DSXCONNECT_AUTH__ENROLLMENT_TOKENS or DSXCONNECT_AUTH__ENROLLMENT_TOKEN_FILE (there is no default token)"
+    )]
+    NoEnrollmentToken,
+}
+
+/// Environments whose presence TTL is the longer development value (600 s instead of 120 s).
+const DEV_ENVS: [&str; 4] = ["dev", "development", "local", "test"];
+
+impl Settings {
+    /// Read settings from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|k| std::env::var(k).ok())
+    }
+
+    /// Read settings through `get` (tests pass a map).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let app_env = get("DSXCONNECT_APP_ENV").unwrap_or_else(|| "dev".into());
+        let store = match get("DSXCONNECT_REDIS_URL") {
+            Some(url) => StoreSettings::Redis { url },
+            None => StoreSettings::Embedded {
+                data_dir: get("DSXCONNECT_DATA_DIR").unwrap_or_else(|| "./data".into()).into(),
+            },
+        };
+        let max_skew = parse_num(&get, "DSXCONNECT_AUTH__HMAC_MAX_SKEW", 60)?;
+        let auth = AuthSettings {
+            enabled: parse_bool(&get, "DSXCONNECT_AUTH__ENABLED", false)?,
+            enrollment: TokenSources::from_lookup(
+                &get,
+                "DSXCONNECT_AUTH__ENROLLMENT_TOKEN",
+                "DSXCONNECT_AUTH__ENROLLMENT_TOKENS",
+                "DSXCONNECT_AUTH__ENROLLMENT_TOKEN_FILE",
+                "DSXCONNECT_AUTH__ENROLLMENT_TOKEN_FILES",
+            ),
+            operator: TokenSources::from_lookup(
+                &get,
+                "DSXCONNECT_AUTH__ADMIN_TOKEN",
+                "DSXCONNECT_AUTH__ADMIN_TOKENS",
+                "DSXCONNECT_AUTH__ADMIN_TOKENS_FILE",
+                "DSXCONNECT_AUTH__ADMIN_TOKENS_FILES",
+            ),
+            max_skew,
+            key_grace: Duration::from_secs(parse_num(&get, "DSXCONNECT_AUTH__KEY_GRACE_SECONDS", 2 * max_skew)?),
+            break_glass: parse_bool(&get, "DSXCONNECT_AUTH__BREAK_GLASS", false)?,
+            secret_key: read_secret_key(&get)?,
+            register_rate_per_minute: parse_num(&get, "DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE", 60)?,
+        };
+        let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
+        Ok(Self {
+            presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
+            max_body_bytes: parse_num(&get, "DSXCONNECT_MAX_BODY_BYTES", 16 * 1024 * 1024)? as usize,
+            app_env,
+            store,
+            auth,
+        })
+    }
+
+    /// Checks that need the token files read: auth on with no token refuses to start (H2).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.auth.enabled && self.auth.enrollment.load().is_empty() {
+            return Err(ConfigError::NoEnrollmentToken);
+        }
+        Ok(())
+    }
+}
+
+fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
+    match get(var).map(|v| v.to_ascii_lowercase()) {
+        None => Ok(default),
+        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
+        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
+        Some(v) => Err(ConfigError::Invalid { var, reason: format!("expected true or false, got {v:?}") }),
+    }
+}
+
+fn parse_num(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| ConfigError::Invalid { var, reason: format!("expected a whole number, got {v:?}") }),
+    }
+}
+
+fn read_secret_key(get: &impl Fn(&str) -> Option<String>) -> Result<Option<SecretString>, ConfigError> {
+    if let Some(key) = get("DSXCONNECT_AUTH__SECRET_KEY") {
+        return Ok(Some(SecretString::from(key)));
+    }
+    let Some(path) = get("DSXCONNECT_AUTH__SECRET_KEY_FILE") else { return Ok(None) };
+    std::fs::read_to_string(&path)
+        .map(|text| Some(SecretString::from(text.trim().to_owned())))
+        .map_err(|e| ConfigError::Invalid { var: "DSXCONNECT_AUTH__SECRET_KEY_FILE", reason: format!("{path}: {e}") })
+}
+
+/// Parse `--listen`.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse().map_err(|e| format!("{s:?} is not an address like 0.0.0.0:8586 ({e})"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn settings(pairs: &[(&str, &str)]) -> Result<Settings, ConfigError> {
+        let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Settings::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_are_local_and_safe() {
+        let s = settings(&[]).unwrap();
+        assert!(!s.auth.enabled);
+        assert!(!s.auth.break_glass, "break-glass defaults off");
+        assert_eq!(s.store, StoreSettings::Embedded { data_dir: "./data".into() });
+        assert_eq!(s.auth.max_skew, 60);
+        assert_eq!(s.auth.key_grace, Duration::from_secs(120));
+        assert_eq!(s.presence_ttl, Duration::from_secs(600));
+        assert_eq!(s.max_body_bytes, 16 << 20);
+    }
+
+    #[test]
+    fn production_env_uses_short_presence_ttl_and_redis() {
+        let s = settings(&[("DSXCONNECT_APP_ENV", "prod"), ("DSXCONNECT_REDIS_URL", "redis://r:6379/0")]).unwrap();
+        assert_eq!(s.presence_ttl, Duration::from_secs(120));
+        assert_eq!(s.store, StoreSettings::Redis { url: "redis://r:6379/0".into() });
+    }
+
+    #[test]
+    fn auth_enabled_without_token_refuses_to_start() {
+        let s = settings(&[("DSXCONNECT_AUTH__ENABLED", "true")]).unwrap();
+        assert_eq!(s.validate(), Err(ConfigError::NoEnrollmentToken));
+        let s = settings(&[("DSXCONNECT_AUTH__ENABLED", "true"), ("DSXCONNECT_AUTH__ENROLLMENT_TOKENS", " , ")]).unwrap();
+        assert_eq!(s.validate(), Err(ConfigError::NoEnrollmentToken));
+        let s = settings(&[("DSXCONNECT_AUTH__ENABLED", "true"), ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", "t")]).unwrap();
+        assert_eq!(s.validate(), Ok(()));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        let err = settings(&[("DSXCONNECT_AUTH__ENABLED", "maybe")]).unwrap_err();
+        assert!(err.to_string().starts_with("DSXCONNECT_AUTH__ENABLED:"), "{err}");
+        let err = settings(&[("DSXCONNECT_AUTH__HMAC_MAX_SKEW", "-5")]).unwrap_err();
+        assert!(err.to_string().starts_with("DSXCONNECT_AUTH__HMAC_MAX_SKEW:"), "{err}");
+    }
+}

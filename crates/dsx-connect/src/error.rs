@@ -1,0 +1,102 @@
+//! Every error the API returns: `{"detail": "<code>"}` (or the FastAPI-style list for 422).
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use dsx_hmac::AuthError;
+use dsx_model::FieldError;
+use dsx_store::StoreError;
+use serde_json::json;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// DSX-HMAC failure: 401 with the contract's code and `WWW-Authenticate: DSX-HMAC`.
+    #[error("{0}")]
+    Hmac(#[from] AuthError),
+    #[error("invalid_enrollment_token")]
+    InvalidEnrollmentToken,
+    #[error("invalid_operator_token")]
+    InvalidOperatorToken,
+    #[error("connector_mismatch")]
+    ConnectorMismatch,
+    #[error("url_conflict")]
+    UrlConflict,
+    #[error("connector_not_found")]
+    ConnectorNotFound,
+    #[error("not_found")]
+    RouteNotFound,
+    #[error("rate_limited")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("body_too_large")]
+    BodyTooLarge,
+    #[error("validation error: {0}")]
+    Validation(FieldError),
+    #[error("{0}")]
+    BadRequest(&'static str),
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Hmac(_) | ApiError::InvalidEnrollmentToken | ApiError::InvalidOperatorToken => StatusCode::UNAUTHORIZED,
+            ApiError::ConnectorMismatch => StatusCode::FORBIDDEN,
+            ApiError::UrlConflict => StatusCode::CONFLICT,
+            ApiError::ConnectorNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Store(StoreError::Corrupt(_)) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The `detail` code (never carries secrets or internal error text).
+    pub fn detail(&self) -> &'static str {
+        match self {
+            ApiError::Hmac(e) => e.code(),
+            ApiError::InvalidEnrollmentToken => "invalid_enrollment_token",
+            ApiError::InvalidOperatorToken => "invalid_operator_token",
+            ApiError::ConnectorMismatch => "connector_mismatch",
+            ApiError::UrlConflict => "url_conflict",
+            ApiError::ConnectorNotFound => "connector_not_found",
+            ApiError::RouteNotFound => "not_found",
+            ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::BodyTooLarge => "body_too_large",
+            ApiError::Validation(_) => "validation_error",
+            ApiError::BadRequest(code) => code,
+            ApiError::Store(StoreError::Unavailable(_)) => "registry_unavailable",
+            ApiError::Store(StoreError::Corrupt(_)) => "store_corrupt",
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Store(err) = &self {
+            tracing::error!(error = %err, "store error");
+        }
+        let status = self.status();
+        let body = match &self {
+            ApiError::Validation(field) => json!({ "detail": [field] }),
+            other => json!({ "detail": other.detail() }),
+        };
+        let mut response = (status, Json(body)).into_response();
+        let headers = response.headers_mut();
+        match &self {
+            ApiError::Hmac(_) => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("DSX-HMAC"));
+            }
+            ApiError::InvalidOperatorToken => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            ApiError::RateLimited { retry_after_secs } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            _ => {}
+        }
+        response
+    }
+}

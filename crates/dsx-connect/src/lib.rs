@@ -1,0 +1,13 @@
+//! dsx-connect server: the HTTP API that registers connectors, authenticates every
+//! connector ↔ dsx-connect call with DSX-HMAC, and (with its workers) scans their files.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod routes;
+pub mod state;
+pub mod tokens;
+
+pub use app::{build_state, router, serve};
+pub use config::Settings;

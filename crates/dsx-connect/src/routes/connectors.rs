@@ -1,0 +1,85 @@
+//! Registry routes: unregister, list, and the connector state key/value store.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::parse_uuid;
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::SharedState;
+
+/// `DELETE connectors/unregister/{uuid}`: the connector itself (its own key) or an operator.
+/// Deletes presence and revokes the credentials (H12, H6).
+pub async fn unregister(State(state): State<SharedState>, Extension(caller): Extension<Caller>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+    let uuid = parse_uuid(&raw, "connector_uuid")?;
+    caller.ensure_acts_for(uuid)?;
+    let had_presence = state.store.delete_presence(uuid).await?;
+    let had_keys = state.store.revoke_credentials(uuid).await?;
+    let had_record = state.store.get_registration(uuid).await?.is_some();
+    state.store.delete_registration(uuid).await?;
+    if !(had_presence || had_keys || had_record) {
+        return Err(ApiError::ConnectorNotFound);
+    }
+    let by = match &caller {
+        Caller::Operator => "operator",
+        Caller::Connector { .. } => "connector",
+        Caller::BreakGlass { .. } => "break-glass",
+        Caller::Open => "open",
+    };
+    tracing::info!(target: "audit", %uuid, by, revoked = had_keys, "connector unregistered");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// One row of `connectors/list`: the connector model plus how it last registered
+/// (never a token or secret).
+#[derive(Serialize)]
+struct ListedConnector {
+    #[serde(flatten)]
+    connector: dsx_model::Connector,
+    auth: Value,
+}
+
+/// `GET connectors/list` (operator).
+pub async fn list(State(state): State<SharedState>) -> Result<Json<Vec<Value>>, ApiError> {
+    let mut rows = Vec::new();
+    for connector in state.store.list_presence().await? {
+        let record = state.store.get_registration(connector.uuid).await?;
+        let key_id = if state.settings.auth.enabled {
+            state.store.current_credential(connector.uuid).await?.map(|c| c.key_id)
+        } else {
+            None
+        };
+        let auth = json!({
+            "hmac_key_id": key_id,
+            "last_registered_at": record.as_ref().map(|r| r.at),
+            "registered_via": record.as_ref().map(|r| r.via.clone()),
+            "enrollment_token_slot": record.as_ref().and_then(|r| r.token_slot.clone()),
+            "peer": record.and_then(|r| r.peer),
+        });
+        rows.push(serde_json::to_value(ListedConnector { connector, auth }).map_err(|_| ApiError::BadRequest("serialize"))?);
+    }
+    Ok(Json(rows))
+}
+
+/// `PUT connectors/state/{uuid}/{ns}/{key}`: raw text body → 204.
+pub async fn put_state(State(state): State<SharedState>, Extension(caller): Extension<Caller>, Path((raw, ns, key)): Path<(String, String, String)>, body: Bytes) -> Result<StatusCode, ApiError> {
+    let uuid = parse_uuid(&raw, "connector_uuid")?;
+    caller.ensure_acts_for(uuid)?;
+    let value = std::str::from_utf8(&body).map_err(|_| {
+        ApiError::Validation(dsx_model::FieldError { loc: vec!["body".into()], msg: "state value must be UTF-8 text".into(), kind: "string_type" })
+    })?;
+    state.store.put_state(uuid, &ns, &key, value).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET connectors/state/{uuid}/{ns}/{key}` → `{"value": …}` (`null` when unset).
+pub async fn get_state(State(state): State<SharedState>, Extension(caller): Extension<Caller>, Path((raw, ns, key)): Path<(String, String, String)>) -> Result<Json<Value>, ApiError> {
+    let uuid = parse_uuid(&raw, "connector_uuid")?;
+    caller.ensure_acts_for(uuid)?;
+    let value = state.store.get_state(uuid, &ns, &key).await?;
+    Ok(Json(json!({ "value": value })))
+}

@@ -1,0 +1,18 @@
+pub mod connectors;
+pub mod registration;
+pub mod system;
+
+use uuid::Uuid;
+
+use crate::error::ApiError;
+
+/// Parse a `{uuid}` path segment; a malformed one is a 422 naming the parameter.
+pub fn parse_uuid(raw: &str, name: &str) -> Result<Uuid, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::Validation(dsx_model::FieldError {
+            loc: vec!["path".into(), name.into()],
+            msg: format!("field `{name}`: {raw:?} is not a UUID"),
+            kind: "uuid_parsing",
+        })
+    })
+}

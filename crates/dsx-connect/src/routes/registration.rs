@@ -1,0 +1,182 @@
+//! `POST connectors/register` and `POST connectors/token` (AUTH.md §2).
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, OriginalUri, Query, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use dsx_hmac::{generate_key_id, generate_secret, unix_now};
+use dsx_model::{parse_json, Connector, RegistrationResponse, StatusKind, TokenResponse};
+use dsx_store::{Credential, RegistrationRecord};
+use rand::RngCore;
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+
+use crate::auth::{raw_path_and_query, read_body, Caller};
+use crate::error::ApiError;
+use crate::state::{AppState, SharedState};
+
+/// Lifetime advertised for the compatibility bearer token (nothing requires it).
+const ACCESS_TOKEN_TTL_SECS: u64 = 3600;
+
+#[derive(Deserialize, Default)]
+pub struct RegisterQuery {
+    #[serde(default)]
+    rotate: Option<String>,
+}
+
+impl RegisterQuery {
+    fn rotate(&self) -> bool {
+        self.rotate.as_deref().is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+    }
+}
+
+/// How the registration was authenticated.
+enum Enrolment {
+    /// Auth disabled.
+    Open,
+    /// Enrollment token (Python connectors, first start, or a connector that lost its key).
+    Token { slot: String },
+    /// Signed with the connector's current (or grace) key.
+    Signed { caller_uuid: uuid::Uuid },
+}
+
+#[allow(clippy::too_many_arguments)]
+pub async fn register(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    OriginalUri(uri): OriginalUri,
+    method: Method,
+    Query(query): Query<RegisterQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    state.throttle_registration(peer).await?;
+    let body = read_body(&headers, body, state.settings.max_body_bytes).await?;
+    let enrolment = if !state.settings.auth.enabled {
+        Enrolment::Open
+    } else if headers.get(axum::http::header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(b"DSX-HMAC ")) {
+        let paq = raw_path_and_query(&uri, None);
+        match state.verify_hmac(&method, &paq, &headers, &body).await? {
+            Caller::Connector { uuid, .. } => Enrolment::Signed { caller_uuid: uuid },
+            _ => unreachable!("verify_hmac only yields connector callers"),
+        }
+    } else {
+        match state.check_enrollment(&headers) {
+            Ok(slot) => Enrolment::Token { slot },
+            Err(err) => {
+                tracing::warn!(peer = %peer, "registration refused: invalid enrollment token");
+                return Err(err);
+            }
+        }
+    };
+    let connector: Connector = parse_json(&body).map_err(ApiError::Validation)?;
+    state.register_connector(connector, enrolment, query.rotate(), peer).await
+}
+
+impl AppState {
+    /// H10: fixed-window limit per client address, counted before any token check so
+    /// guessing is throttled too.
+    async fn throttle_registration(&self, peer: SocketAddr) -> Result<(), ApiError> {
+        let limit = self.settings.auth.register_rate_per_minute;
+        if limit == 0 {
+            return Ok(());
+        }
+        let window = self.store.hit_rate_limit(&format!("register:{}", peer.ip()), Duration::from_secs(60)).await?;
+        if window.count > limit {
+            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %peer.ip(), count = window.count, "registration rate limit exceeded");
+            return Err(ApiError::RateLimited { retry_after_secs: window.reset_in_secs });
+        }
+        Ok(())
+    }
+
+    async fn register_connector(&self, connector: Connector, enrolment: Enrolment, rotate: bool, peer: SocketAddr) -> Result<Response, ApiError> {
+        let uuid = connector.uuid;
+        if let Enrolment::Signed { caller_uuid } = enrolment {
+            if caller_uuid != uuid {
+                return Err(ApiError::ConnectorMismatch);
+            }
+        }
+        let live = self.store.get_presence(uuid).await?;
+        let existing_key = if self.settings.auth.enabled { self.store.current_credential(uuid).await? } else { None };
+
+        // H1: an unsigned caller may not redirect a live connector.
+        if matches!(enrolment, Enrolment::Token { .. }) {
+            if let Some(current) = &live {
+                if current.url != connector.url {
+                    tracing::warn!(%uuid, peer = %peer, "registration refused: unsigned URL change of a live connector");
+                    return Err(ApiError::UrlConflict);
+                }
+            }
+        }
+
+        // A secret is disclosed exactly once, when minted (H11): a signed refresh never
+        // gets one unless it asks to rotate.
+        let mint = match enrolment {
+            Enrolment::Open => false,
+            Enrolment::Token { .. } => true,
+            Enrolment::Signed { .. } => rotate,
+        };
+        let minted = if mint {
+            let credential = Credential {
+                key_id: generate_key_id(),
+                secret: SecretString::from(generate_secret()),
+                issued_at: unix_now(),
+            };
+            let grace = if existing_key.is_some() { self.settings.auth.key_grace } else { Duration::ZERO };
+            self.store.install_credential(uuid, &credential, grace).await?;
+            self.metrics.credentials_minted.fetch_add(1, Ordering::Relaxed);
+            Some(credential)
+        } else {
+            None
+        };
+
+        self.store.put_presence(&connector, self.settings.presence_ttl).await?;
+        let (via, token_slot) = match &enrolment {
+            Enrolment::Open => ("open", None),
+            Enrolment::Token { slot } => ("enrollment_token", Some(slot.clone())),
+            Enrolment::Signed { .. } => ("hmac", None),
+        };
+        let record = RegistrationRecord { at: unix_now(), via: via.into(), token_slot, peer: Some(peer.ip().to_string()) };
+        self.store.put_registration(uuid, &record).await?;
+        self.metrics.registrations.fetch_add(1, Ordering::Relaxed);
+
+        let is_new = live.is_none() && existing_key.is_none();
+        let (status, message) = if is_new { (StatusCode::CREATED, "registered") } else { (StatusCode::OK, "refreshed") };
+        tracing::info!(%uuid, name = %connector.name, url = %connector.url, via, key_id = minted.as_ref().map(|c| c.key_id.as_str()), rotated = minted.is_some() && existing_key.is_some(), "connector {message}");
+
+        let response = RegistrationResponse {
+            status: StatusKind::Success,
+            message: message.into(),
+            description: connector.describe(),
+            connector_uuid: uuid,
+            token: minted.as_ref().map(|_| access_token()),
+            hmac_key_id: minted.as_ref().map(|c| c.key_id.clone()),
+            hmac_secret: minted.map(|c| c.secret.expose_secret().to_owned()),
+        };
+        Ok((status, Json(response)).into_response())
+    }
+}
+
+/// The opaque, URL-safe bearer token kept for compatibility; not stored, nothing requires it.
+fn access_token() -> TokenResponse {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    TokenResponse { access_token: URL_SAFE_NO_PAD.encode(raw), token_type: "Bearer".into(), expires_in: ACCESS_TOKEN_TTL_SECS }
+}
+
+/// `POST connectors/token`: exchange an enrollment token for the compatibility bearer token.
+pub async fn token(State(state): State<SharedState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Result<Json<TokenResponse>, ApiError> {
+    state.throttle_registration(peer).await?;
+    if state.settings.auth.enabled {
+        state.check_enrollment(&headers)?;
+    }
+    Ok(Json(access_token()))
+}

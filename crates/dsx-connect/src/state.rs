@@ -1,0 +1,30 @@
+//! Shared server state: settings, the store, live token sets, counters.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use dsx_store::Store;
+
+use crate::config::Settings;
+use crate::tokens::LiveTokens;
+
+pub type SharedState = Arc<AppState>;
+
+pub struct AppState {
+    pub settings: Settings,
+    pub store: Arc<dyn Store>,
+    pub enrollment: Arc<LiveTokens>,
+    pub operators: Arc<LiveTokens>,
+    pub metrics: AuthMetrics,
+}
+
+/// Counters for the auth paths (exported by the metrics endpoint).
+#[derive(Default)]
+pub struct AuthMetrics {
+    /// Indexed like `dsx_hmac::AuthError::ALL`.
+    pub auth_failures: [AtomicU64; 7],
+    pub break_glass_uses: AtomicU64,
+    pub registrations: AtomicU64,
+    pub credentials_minted: AtomicU64,
+    pub rate_limited: AtomicU64,
+}

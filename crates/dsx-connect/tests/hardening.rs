@@ -1,0 +1,343 @@
+//! One test per closed Python 1.x weakness (AUTH.md §9) that applies to the registry and
+//! verification paths, plus the bad-input answers. Each runs the real binary.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use dsx_hmac::{generate_nonce, unix_now};
+use dsx_testkit::{free_port, Service};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+fn embedded(extra: &[(&'static str, String)]) -> Server {
+    Server::start(Backend::Embedded, extra)
+}
+
+#[tokio::test]
+async fn h2_auth_enabled_without_token_refuses_to_start_and_has_no_default_token() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = Service::spawn(
+        env!("CARGO_BIN_EXE_dsx-connect"),
+        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[("DSXCONNECT_AUTH__ENABLED", "true".into()), ("DSXCONNECT_DATA_DIR", dir.path().display().to_string())],
+        port,
+    );
+    let code = svc.wait_exit(Duration::from_secs(20));
+    assert_ne!(code, Some(0));
+    assert!(svc.logs().contains("no enrollment token is configured"), "{}", svc.logs());
+
+    // With a real token configured, the Python default `dev-enroll` is just a wrong token.
+    let server = embedded(&[]);
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("dev-enroll")).await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), None).await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
+}
+
+#[tokio::test]
+async fn enrollment_token_accepted_as_bearer_any_case_and_trimmed() {
+    let server = embedded(&[]);
+    for (header, value) in [("authorization", format!("bearer {ENROLL}")), ("x-enrollment-token", format!("  {ENROLL} "))] {
+        let resp = server
+            .http
+            .post(server.api("connectors/register"))
+            .header(header, value)
+            .json(&connector_body(Uuid::new_v4(), "http://h/c"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::CREATED, "{header}");
+    }
+}
+
+#[tokio::test]
+async fn h3_replay_is_rejected_even_across_paths_sharing_a_nonce() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let nonce = generate_nonce();
+    let path = auth_check_path();
+    let first = keys.sign("POST", &path, unix_now(), &nonce, b"");
+    assert_eq!(server.send(Method::POST, &path, Some(first.clone()), b"").await.status(), StatusCode::OK);
+    let resp = server.send(Method::POST, &path, Some(first), b"").await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "replayed_request");
+    // A bad signature with a fresh nonce is rejected without burning the nonce.
+    let nonce2 = generate_nonce();
+    let forged = format!("DSX-HMAC key_id={}, ts={}, nonce={nonce2}, sig=AAAA", keys.key_id, unix_now());
+    let resp = server.send(Method::POST, &path, Some(forged), b"").await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "bad_signature");
+    let good = keys.sign("POST", &path, unix_now(), &nonce2, b"");
+    assert_eq!(server.send(Method::POST, &path, Some(good), b"").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn replay_cache_survives_restart_on_embedded_store() {
+    let mut server = embedded(&[]);
+    let keys = server.enroll().await;
+    let path = auth_check_path();
+    let auth = keys.sign("POST", &path, unix_now(), &generate_nonce(), b"");
+    assert_eq!(server.send(Method::POST, &path, Some(auth.clone()), b"").await.status(), StatusCode::OK);
+    server.restart();
+    // Credentials are durable and the nonce is still remembered.
+    assert_eq!(server.signed(&keys, Method::POST, &path, b"").await.status(), StatusCode::OK);
+    let resp = server.send(Method::POST, &path, Some(auth), b"").await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "replayed_request");
+}
+
+#[tokio::test]
+async fn malformed_authorization_headers_are_401_with_codes() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let path = auth_check_path();
+    let ts = unix_now();
+    let good = keys.sign("POST", &path, ts, "bm9uY2Utbm9uY2Ut", b"");
+    let sig = good.rsplit("sig=").next().unwrap().to_owned();
+    let cases = [
+        ("Bearer abc".to_owned(), "missing_hmac"),
+        ("DSX-HMAC".to_owned(), "missing_hmac"),
+        (format!("DSX-HMAC key_id={}, garbage, sig={sig}", keys.key_id), "malformed_hmac"),
+        (format!("DSX-HMAC key_id={}, ts=+{ts}, nonce=n1, sig={sig}", keys.key_id), "malformed_hmac"),
+        (format!("DSX-HMAC key_id={}, ts={ts}, sig={sig}", keys.key_id), "malformed_hmac"),
+        (format!("DSX-HMAC key_id={}, ts={ts}, nonce={}, sig={sig}", keys.key_id, "n".repeat(129)), "malformed_hmac"),
+        (format!("DSX-HMAC key_id={}, ts={ts}, nonce=n, sig={}", keys.key_id, "A".repeat(1100)), "malformed_hmac"),
+        (format!("DSX-HMAC ts={ts}, nonce=n2, sig={sig}"), "missing_key_id"),
+    ];
+    for (header, code) in cases {
+        let resp = server.send(Method::POST, &path, Some(header.clone()), b"").await;
+        assert_eq!(resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("DSX-HMAC"));
+        assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, code, "{header}");
+    }
+}
+
+#[tokio::test]
+async fn h8_percent_encoded_paths_verify_in_encoded_and_decoded_form() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let encoded = format!("{PREFIX}/connectors/state/{}/cursor/last%20key", keys.uuid);
+    let decoded = format!("{PREFIX}/connectors/state/{}/cursor/last key", keys.uuid);
+    // Our signers sign the encoded path; a Python-server-style signer signs the decoded one.
+    for signed in [&encoded, &decoded] {
+        let auth = keys.sign("PUT", signed, unix_now(), &generate_nonce(), b"v1");
+        let resp = server.send(Method::PUT, &encoded, Some(auth), b"v1").await;
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT, "signed {signed}");
+    }
+    let resp = server.signed(&keys, Method::GET, &encoded, b"").await;
+    assert_eq!(resp.json::<Value>().await.unwrap(), json!({"value": "v1"}));
+}
+
+#[tokio::test]
+async fn h10_registration_is_rate_limited_per_address() {
+    let server = embedded(&[("DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE", "3".into())]);
+    for _ in 0..3 {
+        let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("wrong")).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    }
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some(ENROLL)).await;
+    let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry_after));
+    assert_eq!(detail(resp, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
+}
+
+#[tokio::test]
+async fn h12_a_key_can_only_act_for_its_own_connector() {
+    let server = embedded(&[]);
+    let alice = server.enroll().await;
+    let bob = server.enroll().await;
+    let resp = server.signed(&alice, Method::DELETE, &format!("{PREFIX}/connectors/unregister/{}", bob.uuid), b"").await;
+    assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+    let resp = server.signed(&alice, Method::PUT, &format!("{PREFIX}/connectors/state/{}/ns/k", bob.uuid), b"x").await;
+    assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+    let resp = server.signed(&alice, Method::GET, &format!("{PREFIX}/connectors/state/{}/ns/k", bob.uuid), b"").await;
+    assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+    // Signed registration for someone else's uuid.
+    let body = serde_json::to_vec(&connector_body(bob.uuid, "http://evil/x")).unwrap();
+    let resp = server.signed(&alice, Method::POST, &format!("{PREFIX}/connectors/register"), &body).await;
+    assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+    // Bob is untouched; an operator may unregister him.
+    assert_eq!(server.signed(&bob, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+    let resp = server.http.delete(server.api(&format!("connectors/unregister/{}", bob.uuid))).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let resp = server.signed(&bob, Method::POST, &auth_check_path(), b"").await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
+    // A wrong operator token is refused.
+    let resp = server.http.delete(server.api(&format!("connectors/unregister/{}", alice.uuid))).bearer_auth("nope").send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_operator_token");
+}
+
+#[tokio::test]
+async fn operator_routes_need_the_operator_token_and_never_show_secrets() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let resp = server.http.get(server.api("connectors/list")).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_operator_token");
+    let resp = server.http.get(server.api("connectors/list")).bearer_auth(ENROLL).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "an enrollment token is not an operator token");
+    let resp = server.operator_get("connectors/list").await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains(&keys.key_id));
+    assert!(!text.contains(&keys.secret) && !text.contains(ENROLL));
+    assert!(text.contains("DSXCONNECT_AUTH__ENROLLMENT_TOKEN"), "token slot is listed: {text}");
+    // Open routes stay open.
+    for path in ["healthz", "readyz", "version", "meta", "test/connection"] {
+        assert_eq!(server.http.get(server.api(path)).send().await.unwrap().status(), StatusCode::OK, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn break_glass_is_off_by_default_and_logged_when_on() {
+    let server = embedded(&[]);
+    let resp = server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "missing_hmac");
+
+    let server = embedded(&[("DSXCONNECT_AUTH__BREAK_GLASS", "true".into())]);
+    let resp = server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp = server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", "wrong").send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
+    let logs = server.logs();
+    assert!(logs.contains("WARN") && logs.contains("break-glass: enrollment token accepted"), "{logs}");
+    assert!(!logs.contains(ENROLL));
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_errors() {
+    let server = embedded(&[("DSXCONNECT_MAX_BODY_BYTES", "4096".into())]);
+    let resp = server
+        .http
+        .post(server.api("connectors/register"))
+        .header("X-Enrollment-Token", ENROLL)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let resp = server.register(&json!({"uuid": Uuid::new_v4(), "url": 5}), Some(ENROLL)).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(json["detail"][0]["loc"], json!(["body", "url"]));
+    let resp = server.register(&json!({"uuid": "not-a-uuid"}), Some(ENROLL)).await;
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(json["detail"][0]["loc"], json!(["body", "uuid"]));
+
+    // Oversized bodies: 413 on signed routes and on registration.
+    let keys = server.enroll().await;
+    let big = vec![b'x'; 8192];
+    let resp = server.signed(&keys, Method::POST, &auth_check_path(), &big).await;
+    assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
+    let resp = server.http.post(server.api("connectors/register")).header("X-Enrollment-Token", ENROLL).body(big).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
+
+    // Malformed uuid in a path, unknown uuid, unknown route.
+    let resp = server.http.delete(server.api("connectors/unregister/nope")).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let resp = server.http.delete(server.api(&format!("connectors/unregister/{}", Uuid::new_v4()))).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
+    let resp = server.http.get(server.api("no/such/route")).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "not_found");
+}
+
+#[tokio::test]
+async fn token_files_rotate_without_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("enrollment");
+    std::fs::write(&file, "old-token\n").unwrap();
+    let server = embedded(&[
+        ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", String::new()),
+        ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN_FILE", file.display().to_string()),
+    ]);
+    let body = connector_body(Uuid::new_v4(), "http://h/c");
+    assert_eq!(server.register(&body, Some("old-token")).await.status(), StatusCode::CREATED);
+    std::fs::write(&file, "new-token\n").unwrap();
+    server.svc.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("new-token")).await.status();
+        if status == StatusCode::CREATED {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new token never accepted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("old-token")).await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
+}
+
+#[tokio::test]
+async fn a_connector_that_lost_its_key_re_enrolls_and_the_python_heartbeat_works() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let url = "http://127.0.0.1:9/filesystem-connector";
+    // Python connectors re-register every 60 s with the token only: each gets fresh keys.
+    let mut last = keys.clone();
+    for _ in 0..3 {
+        let resp = server.register(&connector_body(keys.uuid, url), Some(ENROLL)).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let next = Keys::from_registration(keys.uuid, &resp.json().await.unwrap());
+        assert_ne!(next.secret, last.secret);
+        assert_eq!(server.signed(&next, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+        last = next;
+    }
+}
+
+#[tokio::test]
+async fn redis_going_away_is_503_and_the_server_recovers() {
+    let mut server = Server::start_private_redis(&[]);
+    let keys = server.enroll().await;
+    server.private_redis().stop();
+
+    let started = Instant::now();
+    let resp = server.signed(&keys, Method::POST, &auth_check_path(), b"").await;
+    assert_eq!(detail(resp, StatusCode::SERVICE_UNAVAILABLE).await, "registry_unavailable");
+    assert!(started.elapsed() < Duration::from_secs(5), "store errors must not hang: {:?}", started.elapsed());
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some(ENROLL)).await;
+    assert_eq!(detail(resp, StatusCode::SERVICE_UNAVAILABLE).await, "registry_unavailable");
+    let resp = server.http.get(server.api("readyz")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(server.http.get(server.api("healthz")).send().await.unwrap().status(), StatusCode::OK);
+
+    // The private server runs without persistence: credentials are gone with it, so the
+    // connector re-enrolls, exactly as it would after `unknown_key_id`.
+    server.private_redis().start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.http.get(server.api("readyz")).send().await.unwrap().status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "server did not recover after redis returned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let resp = server.signed(&keys, Method::POST, &auth_check_path(), b"").await;
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
+    let again = server.enroll().await;
+    assert_eq!(server.signed(&again, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn redis_down_at_start_serves_not_ready_then_recovers() {
+    let mut redis = dsx_testkit::RedisServer::start();
+    let url = redis.url();
+    redis.stop();
+    let server = Server::start(Backend::Embedded, &[("DSXCONNECT_REDIS_URL", url)]);
+    assert_eq!(server.http.get(server.api("readyz")).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    redis.start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while server.http.get(server.api("readyz")).send().await.unwrap().status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "server did not recover");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let keys = server.enroll().await;
+    assert_eq!(server.signed(&keys, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn auth_disabled_mints_nothing_and_accepts_unsigned_calls() {
+    let server = embedded(&[("DSXCONNECT_AUTH__ENABLED", "false".into())]);
+    let uuid = Uuid::new_v4();
+    let resp = server.register(&connector_body(uuid, "http://h/c"), None).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let json: Value = resp.json().await.unwrap();
+    assert!(json.get("hmac_secret").is_none());
+    assert_eq!(server.send(Method::POST, &auth_check_path(), None, b"").await.status(), StatusCode::OK);
+    assert_eq!(server.http.get(server.api("connectors/list")).send().await.unwrap().status(), StatusCode::OK);
+}

@@ -1,0 +1,13 @@
+//! Wire models shared by dsx-connect and its connectors (field names and enum spellings
+//! match the Python 1.x models; unknown fields are ignored on input).
+
+mod connector;
+mod responses;
+mod validate;
+
+pub use connector::{Connector, ConnectorStatus, ItemAction};
+pub use responses::{AuthCheckResponse, ErrorBody, RegistrationResponse, StatusKind, StatusResponse, TokenResponse};
+pub use validate::{parse_json, FieldError};
+
+/// Route prefix of the dsx-connect API.
+pub const API_PREFIX: &str = "/dsx-connect/api/v1";

@@ -1,0 +1,142 @@
+//! One storage trait for dsx-connect, two backends:
+//! - [`RedisStore`]: production, shared by every API and worker replica; key names follow the
+//!   Python 1.x layout where Python components read them.
+//! - [`EmbeddedStore`]: a durable single-node store (redb) so a newcomer needs nothing installed.
+//!
+//! The conformance suite in `tests/conformance.rs` runs the same cases against both.
+
+mod codec;
+mod embedded;
+mod redis_store;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dsx_model::Connector;
+use secrecy::SecretString;
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+pub use codec::{SecretCodec, SecretKeyError};
+pub use embedded::EmbeddedStore;
+pub use redis_store::{Namespace, RedisStore};
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The backend cannot be reached (connection refused, timeout). Callers map this to 503.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Data in the store could not be decoded (or decrypted).
+    #[error("store data corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// A connector's current DSX-HMAC credential. `Debug` never prints the secret.
+#[derive(Clone)]
+pub struct Credential {
+    pub key_id: String,
+    pub secret: SecretString,
+    /// Unix seconds when it was minted.
+    pub issued_at: u64,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("key_id", &self.key_id)
+            .field("secret", &"<redacted>")
+            .field("issued_at", &self.issued_at)
+            .finish()
+    }
+}
+
+/// A key id resolved to its owner: the current key, or an older one inside its grace period.
+#[derive(Clone, Debug)]
+pub struct ResolvedKey {
+    pub connector_uuid: Uuid,
+    pub secret: SecretString,
+}
+
+/// Who registered a connector last and how (never the token itself).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegistrationRecord {
+    /// Unix seconds of the last successful registration or refresh.
+    pub at: u64,
+    /// `"hmac"` (signed refresh), `"enrollment_token"`, or `"open"` (auth disabled).
+    pub via: String,
+    /// Which configured token matched, e.g. `"DSXCONNECT_AUTH__ENROLLMENT_TOKENS[1]"`.
+    pub token_slot: Option<String>,
+    /// The address the registration came from.
+    pub peer: Option<String>,
+}
+
+/// One fixed-window rate-limit observation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RateWindow {
+    /// Hits in the current window, this one included.
+    pub count: u64,
+    /// Seconds until the window resets (at least 1).
+    pub reset_in_secs: u64,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Which backend this is, for logs and `meta` ("redis" / "embedded").
+    fn backend(&self) -> &'static str;
+
+    /// Round-trip to the backend; `Unavailable` when it cannot answer.
+    async fn ping(&self) -> StoreResult<()>;
+
+    // ---- presence: the live registry, refreshed by heartbeats ----
+    async fn put_presence(&self, connector: &Connector, ttl: Duration) -> StoreResult<()>;
+    async fn get_presence(&self, uuid: Uuid) -> StoreResult<Option<Connector>>;
+    async fn list_presence(&self) -> StoreResult<Vec<Connector>>;
+    /// True when a presence entry was removed.
+    async fn delete_presence(&self, uuid: Uuid) -> StoreResult<bool>;
+
+    // ---- credentials: no TTL, never evicted; only revocation and grace expiry remove them ----
+    /// Make `new` the current credential of `uuid`. The previous current key (if any) keeps
+    /// resolving for `grace`, then stops (a zero grace revokes it at once).
+    async fn install_credential(&self, uuid: Uuid, new: &Credential, grace: Duration) -> StoreResult<()>;
+    async fn current_credential(&self, uuid: Uuid) -> StoreResult<Option<Credential>>;
+    /// Resolve a key id (current, or previous within grace) to its connector and secret.
+    async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>>;
+    /// Revoke every key of `uuid` (current and grace) and drop its credential record.
+    /// True when anything existed.
+    async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool>;
+
+    // ---- registration audit record ----
+    async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()>;
+    async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>>;
+    async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()>;
+
+    // ---- replay cache ----
+    /// Record `(key_id, nonce)` for `ttl`. True on first use, false when already seen.
+    async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool>;
+
+    // ---- connector state key/value ----
+    async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()>;
+    async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>>;
+
+    // ---- rate limiting ----
+    /// Count one hit against `bucket` in a fixed window of `window`.
+    async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;
+}
+
+/// Unix time in seconds.
+pub(crate) fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
