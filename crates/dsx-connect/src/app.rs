@@ -31,14 +31,16 @@ pub fn router(state: SharedState) -> Router {
 
     let connector_routes = Router::new()
         .route(&api("scan/auth_check"), post(system::auth_check))
-        .route(&api("connectors/state/{connector_uuid}/{ns}/{key}"), get(connectors::get_state).put(connectors::put_state))
+        .route(
+            &api("connectors/state/{connector_uuid}/{ns}/{key}"),
+            get(connectors::get_state).put(connectors::put_state),
+        )
         .route_layer(guarded(Access::Connector));
     let connector_or_operator = Router::new()
         .route(&api("connectors/unregister/{connector_uuid}"), delete(connectors::unregister))
         .route_layer(guarded(Access::ConnectorOrOperator));
-    let operator_routes = Router::new()
-        .route(&api("connectors/list"), get(connectors::list))
-        .route_layer(guarded(Access::Operator));
+    let operator_routes =
+        Router::new().route(&api("connectors/list"), get(connectors::list)).route_layer(guarded(Access::Operator));
     let open_routes = Router::new()
         .route(&api("connectors/register"), post(registration::register))
         .route(&api("connectors/token"), post(registration::token))
@@ -65,12 +67,14 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         None => SecretCodec::plain(),
     };
     Ok(match &settings.store {
-        StoreSettings::Redis { url } => {
-            Arc::new(RedisStore::new(url, Namespace { env: settings.app_env.clone() }, codec).context("DSXCONNECT_REDIS_URL")?)
-        }
+        StoreSettings::Redis { url } => Arc::new(
+            RedisStore::new(url, Namespace { env: settings.app_env.clone() }, codec).context("DSXCONNECT_REDIS_URL")?,
+        ),
         StoreSettings::Embedded { data_dir } => {
             let path = data_dir.join("dsx-connect.redb");
-            Arc::new(EmbeddedStore::open(&path, codec).with_context(|| format!("embedded store at {}", path.display()))?)
+            Arc::new(
+                EmbeddedStore::open(&path, codec).with_context(|| format!("embedded store at {}", path.display()))?,
+            )
         }
     })
 }
@@ -91,7 +95,11 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
 }
 
 /// Serve until `shutdown` resolves.
-pub async fn serve(state: SharedState, listener: tokio::net::TcpListener, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+pub async fn serve(
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     state.enrollment.spawn_reloader(TOKEN_RELOAD_EVERY);
     state.operators.spawn_reloader(TOKEN_RELOAD_EVERY);
     tracing::info!(

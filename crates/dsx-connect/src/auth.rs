@@ -60,10 +60,8 @@ pub fn raw_path_and_query(req_uri: &axum::http::Uri, original: Option<&OriginalU
 
 /// Read a body up to `limit` bytes; larger ones are `413 body_too_large` without reading on.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(ApiError::BodyTooLarge);
     }
@@ -82,15 +80,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 fn authorization_is_hmac(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .is_some_and(|v| v.as_bytes().starts_with(b"DSX-HMAC "))
+    headers.get(header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(b"DSX-HMAC "))
 }
 
 impl crate::state::AppState {
     /// Full DSX-HMAC verification, in the contract's order: parse, key id, key lookup,
     /// freshness, signature, then replay (recorded only after the signature verified).
-    pub async fn verify_hmac(&self, method: &Method, raw_paq: &str, headers: &HeaderMap, body: &[u8]) -> Result<Caller, ApiError> {
+    pub async fn verify_hmac(
+        &self,
+        method: &Method,
+        raw_paq: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Caller, ApiError> {
         let outcome = self.verify_hmac_inner(method, raw_paq, headers, body).await;
         if let Err(ApiError::Hmac(code)) = &outcome {
             self.metrics.auth_failures[code_index(*code)].fetch_add(1, Ordering::Relaxed);
@@ -99,12 +101,22 @@ impl crate::state::AppState {
         outcome
     }
 
-    async fn verify_hmac_inner(&self, method: &Method, raw_paq: &str, headers: &HeaderMap, body: &[u8]) -> Result<Caller, ApiError> {
+    async fn verify_hmac_inner(
+        &self,
+        method: &Method,
+        raw_paq: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Caller, ApiError> {
         let value = match headers.get(header::AUTHORIZATION) {
             None => None,
             // Non-visible-ASCII bytes: a DSX-HMAC header that no honest signer produces.
             Some(v) => Some(v.to_str().map_err(|_| {
-                if v.as_bytes().starts_with(b"DSX-HMAC ") { AuthError::MalformedHmac } else { AuthError::MissingHmac }
+                if v.as_bytes().starts_with(b"DSX-HMAC ") {
+                    AuthError::MalformedHmac
+                } else {
+                    AuthError::MissingHmac
+                }
             })?),
         };
         let parsed = parse_authorization(value)?;
@@ -130,9 +142,7 @@ impl crate::state::AppState {
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .or_else(|| bearer(headers));
-        presented
-            .and_then(|t| self.enrollment.matches(t))
-            .ok_or(ApiError::InvalidEnrollmentToken)
+        presented.and_then(|t| self.enrollment.matches(t)).ok_or(ApiError::InvalidEnrollmentToken)
     }
 
     pub fn check_operator(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
@@ -146,11 +156,21 @@ impl crate::state::AppState {
     }
 
     /// A connector call: DSX-HMAC, or break-glass when enabled and no DSX-HMAC header is sent.
-    pub async fn authenticate_connector(&self, method: &Method, raw_paq: &str, headers: &HeaderMap, body: &[u8], peer: Option<SocketAddr>) -> Result<Caller, ApiError> {
+    pub async fn authenticate_connector(
+        &self,
+        method: &Method,
+        raw_paq: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        peer: Option<SocketAddr>,
+    ) -> Result<Caller, ApiError> {
         if !self.settings.auth.enabled {
             return Ok(Caller::Open);
         }
-        if self.settings.auth.break_glass && !authorization_is_hmac(headers) && headers.contains_key("x-enrollment-token") {
+        if self.settings.auth.break_glass
+            && !authorization_is_hmac(headers)
+            && headers.contains_key("x-enrollment-token")
+        {
             let slot = self.check_enrollment(headers)?;
             self.metrics.break_glass_uses.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%method, path = raw_paq, peer = ?peer, token_slot = %slot, "break-glass: enrollment token accepted in place of DSX-HMAC");

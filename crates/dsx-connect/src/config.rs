@@ -126,9 +126,9 @@ fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default:
 fn parse_num(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
     match get(var) {
         None => Ok(default),
-        Some(v) => v
-            .parse()
-            .map_err(|_| ConfigError::Invalid { var, reason: format!("expected a whole number, got {v:?}") }),
+        Some(v) => {
+            v.parse().map_err(|_| ConfigError::Invalid { var, reason: format!("expected a whole number, got {v:?}") })
+        }
     }
 }
 
@@ -180,7 +180,8 @@ mod tests {
     fn auth_enabled_without_token_refuses_to_start() {
         let s = settings(&[("DSXCONNECT_AUTH__ENABLED", "true")]).unwrap();
         assert_eq!(s.validate(), Err(ConfigError::NoEnrollmentToken));
-        let s = settings(&[("DSXCONNECT_AUTH__ENABLED", "true"), ("DSXCONNECT_AUTH__ENROLLMENT_TOKENS", " , ")]).unwrap();
+        let s =
+            settings(&[("DSXCONNECT_AUTH__ENABLED", "true"), ("DSXCONNECT_AUTH__ENROLLMENT_TOKENS", " , ")]).unwrap();
         assert_eq!(s.validate(), Err(ConfigError::NoEnrollmentToken));
         let s = settings(&[("DSXCONNECT_AUTH__ENABLED", "true"), ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", "t")]).unwrap();
         assert_eq!(s.validate(), Ok(()));

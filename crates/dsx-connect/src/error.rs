@@ -40,7 +40,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Hmac(_) | ApiError::InvalidEnrollmentToken | ApiError::InvalidOperatorToken => StatusCode::UNAUTHORIZED,
+            ApiError::Hmac(_) | ApiError::InvalidEnrollmentToken | ApiError::InvalidOperatorToken => {
+                StatusCode::UNAUTHORIZED
+            }
             ApiError::ConnectorMismatch => StatusCode::FORBIDDEN,
             ApiError::UrlConflict => StatusCode::CONFLICT,
             ApiError::ConnectorNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,

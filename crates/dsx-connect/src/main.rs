@@ -109,7 +109,8 @@ async fn main() -> anyhow::Result<()> {
         Command::Serve { listen } => {
             let settings = Settings::from_env()?;
             let state = dsx_connect::build_state(settings)?;
-            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
             dsx_connect::serve(state, listener, shutdown_signal()).await
         }
         Command::Quickstart { listen, data_dir } => quickstart(listen, data_dir).await,

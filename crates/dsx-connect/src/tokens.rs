@@ -71,9 +71,11 @@ impl TokenSources {
 
     /// Read every source now. Unreadable files are reported (without their content).
     pub fn try_load(&self) -> Result<TokenSet, String> {
-        let mut entries: Vec<TokenEntry> = self.inline.iter().map(|(slot, t)| TokenEntry::new(slot.clone(), t.expose_secret())).collect();
+        let mut entries: Vec<TokenEntry> =
+            self.inline.iter().map(|(slot, t)| TokenEntry::new(slot.clone(), t.expose_secret())).collect();
         for path in &self.files {
-            let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+            let text =
+                std::fs::read_to_string(path).map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
             let lines = text.lines().enumerate().map(|(n, l)| (n, l.trim()));
             for (n, token) in lines.filter(|(_, l)| !l.is_empty() && !l.starts_with('#')) {
                 entries.push(TokenEntry::new(format!("file:{}#{}", path.display(), n + 1), token));

@@ -41,7 +41,9 @@ async fn h2_auth_enabled_without_token_refuses_to_start_and_has_no_default_token
 #[tokio::test]
 async fn enrollment_token_accepted_as_bearer_any_case_and_trimmed() {
     let server = embedded(&[]);
-    for (header, value) in [("authorization", format!("bearer {ENROLL}")), ("x-enrollment-token", format!("  {ENROLL} "))] {
+    for (header, value) in
+        [("authorization", format!("bearer {ENROLL}")), ("x-enrollment-token", format!("  {ENROLL} "))]
+    {
         let resp = server
             .http
             .post(server.api("connectors/register"))
@@ -80,6 +82,8 @@ async fn replay_cache_survives_restart_on_embedded_store() {
     let path = auth_check_path();
     let auth = keys.sign("POST", &path, unix_now(), &generate_nonce(), b"");
     assert_eq!(server.send(Method::POST, &path, Some(auth.clone()), b"").await.status(), StatusCode::OK);
+    // The replay cache is group-committed every 200 ms; then even kill -9 keeps it.
+    tokio::time::sleep(Duration::from_millis(500)).await;
     server.restart();
     // Credentials are durable and the nonce is still remembered.
     assert_eq!(server.signed(&keys, Method::POST, &path, b"").await.status(), StatusCode::OK);
@@ -146,7 +150,8 @@ async fn h12_a_key_can_only_act_for_its_own_connector() {
     let server = embedded(&[]);
     let alice = server.enroll().await;
     let bob = server.enroll().await;
-    let resp = server.signed(&alice, Method::DELETE, &format!("{PREFIX}/connectors/unregister/{}", bob.uuid), b"").await;
+    let resp =
+        server.signed(&alice, Method::DELETE, &format!("{PREFIX}/connectors/unregister/{}", bob.uuid), b"").await;
     assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
     let resp = server.signed(&alice, Method::PUT, &format!("{PREFIX}/connectors/state/{}/ns/k", bob.uuid), b"x").await;
     assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
@@ -158,12 +163,24 @@ async fn h12_a_key_can_only_act_for_its_own_connector() {
     assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
     // Bob is untouched; an operator may unregister him.
     assert_eq!(server.signed(&bob, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
-    let resp = server.http.delete(server.api(&format!("connectors/unregister/{}", bob.uuid))).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server
+        .http
+        .delete(server.api(&format!("connectors/unregister/{}", bob.uuid)))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = server.signed(&bob, Method::POST, &auth_check_path(), b"").await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
     // A wrong operator token is refused.
-    let resp = server.http.delete(server.api(&format!("connectors/unregister/{}", alice.uuid))).bearer_auth("nope").send().await.unwrap();
+    let resp = server
+        .http
+        .delete(server.api(&format!("connectors/unregister/{}", alice.uuid)))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_operator_token");
 }
 
@@ -190,13 +207,16 @@ async fn operator_routes_need_the_operator_token_and_never_show_secrets() {
 #[tokio::test]
 async fn break_glass_is_off_by_default_and_logged_when_on() {
     let server = embedded(&[]);
-    let resp = server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
+    let resp =
+        server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "missing_hmac");
 
     let server = embedded(&[("DSXCONNECT_AUTH__BREAK_GLASS", "true".into())]);
-    let resp = server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
+    let resp =
+        server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::OK);
-    let resp = server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", "wrong").send().await.unwrap();
+    let resp =
+        server.http.post(server.url(&auth_check_path())).header("X-Enrollment-Token", "wrong").send().await.unwrap();
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
     let logs = server.logs();
     assert!(logs.contains("WARN") && logs.contains("break-glass: enrollment token accepted"), "{logs}");
@@ -228,13 +248,26 @@ async fn bad_bodies_get_clear_errors() {
     let big = vec![b'x'; 8192];
     let resp = server.signed(&keys, Method::POST, &auth_check_path(), &big).await;
     assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
-    let resp = server.http.post(server.api("connectors/register")).header("X-Enrollment-Token", ENROLL).body(big).send().await.unwrap();
+    let resp = server
+        .http
+        .post(server.api("connectors/register"))
+        .header("X-Enrollment-Token", ENROLL)
+        .body(big)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
 
     // Malformed uuid in a path, unknown uuid, unknown route.
     let resp = server.http.delete(server.api("connectors/unregister/nope")).bearer_auth(OPERATOR).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let resp = server.http.delete(server.api(&format!("connectors/unregister/{}", Uuid::new_v4()))).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server
+        .http
+        .delete(server.api(&format!("connectors/unregister/{}", Uuid::new_v4())))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
     let resp = server.http.get(server.api("no/such/route")).send().await.unwrap();
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "not_found");

@@ -11,7 +11,8 @@ fn verify_bench(c: &mut Criterion) {
     for size in [0usize, 1024, 1 << 20] {
         let body = vec![b'x'; size];
         let key = SigningKey::new(SECRET);
-        let header = authorization_header(&key, "AAECAwQFBgcICQoL", "POST", PATH, 1_735_689_600, "8PHy8/T19vf4+fr7", &body);
+        let header =
+            authorization_header(&key, "AAECAwQFBgcICQoL", "POST", PATH, 1_735_689_600, "8PHy8/T19vf4+fr7", &body);
         group.throughput(Throughput::Bytes(size.max(1) as u64));
         group.bench_with_input(BenchmarkId::from_parameter(size), &body, |b, body| {
             b.iter(|| {
@@ -27,7 +28,17 @@ fn verify_bench(c: &mut Criterion) {
 
     let key = SigningKey::new(SECRET);
     c.bench_function("sign/small", |b| {
-        b.iter(|| authorization_header(&key, "AAECAwQFBgcICQoL", "POST", PATH, 1_735_689_600, "8PHy8/T19vf4+fr7", black_box(b"{}")))
+        b.iter(|| {
+            authorization_header(
+                &key,
+                "AAECAwQFBgcICQoL",
+                "POST",
+                PATH,
+                1_735_689_600,
+                "8PHy8/T19vf4+fr7",
+                black_box(b"{}"),
+            )
+        })
     });
 }
 

@@ -24,20 +24,14 @@ impl<'a> HmacHeader<'a> {
 /// signed string has exactly one reading.
 pub fn parse_authorization(value: Option<&str>) -> Result<HmacHeader<'_>, AuthError> {
     let value = value.ok_or(AuthError::MissingHmac)?;
-    let params = value
-        .strip_prefix(SCHEME)
-        .and_then(|rest| rest.strip_prefix(' '))
-        .ok_or(AuthError::MissingHmac)?;
+    let params = value.strip_prefix(SCHEME).and_then(|rest| rest.strip_prefix(' ')).ok_or(AuthError::MissingHmac)?;
     if value.len() > MAX_HEADER_LEN {
         return Err(AuthError::MalformedHmac);
     }
 
     let (mut key_id, mut ts, mut nonce, mut sig) = (None, None, None, None);
     for piece in params.split(',') {
-        let (name, val) = piece
-            .trim()
-            .split_once('=')
-            .ok_or(AuthError::MalformedHmac)?;
+        let (name, val) = piece.trim().split_once('=').ok_or(AuthError::MalformedHmac)?;
         let slot = match name {
             "key_id" => &mut key_id,
             "ts" => &mut ts,
@@ -60,12 +54,7 @@ pub fn parse_authorization(value: Option<&str>) -> Result<HmacHeader<'_>, AuthEr
         return Err(AuthError::MalformedHmac);
     }
     let sig = sig.filter(|s| !s.is_empty()).ok_or(AuthError::MalformedHmac)?;
-    Ok(HmacHeader {
-        key_id: key_id.filter(|k| !k.is_empty()),
-        ts,
-        nonce,
-        sig,
-    })
+    Ok(HmacHeader { key_id: key_id.filter(|k| !k.is_empty()), ts, nonce, sig })
 }
 
 fn parse_ts(raw: &str) -> Result<u64, AuthError> {

@@ -11,8 +11,8 @@ mod verify;
 
 pub use header::{parse_authorization, HmacHeader};
 pub use sign::{
-    authorization_header, compute_signature, generate_key_id, generate_nonce, generate_secret,
-    sign_request, unix_now, SigningKey,
+    authorization_header, compute_signature, generate_key_id, generate_nonce, generate_secret, sign_request, unix_now,
+    SigningKey,
 };
 pub use verify::{check_freshness, path_candidates, verify_signature};
 

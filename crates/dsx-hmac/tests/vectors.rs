@@ -4,9 +4,7 @@ use std::collections::HashSet;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use dsx_hmac::{
-    authorization_header, check_freshness, parse_authorization, verify_signature, AuthError, SigningKey,
-};
+use dsx_hmac::{authorization_header, check_freshness, parse_authorization, verify_signature, AuthError, SigningKey};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -85,7 +83,8 @@ fn positive_vectors_sign_and_verify() {
     assert!(v.positive.len() >= 6);
     for p in &v.positive {
         let body = STANDARD.decode(&p.body_base64).unwrap();
-        let mut canonical = format!("{}|{}|{}|{}|", p.method.to_uppercase(), p.path_and_query, p.ts, p.nonce).into_bytes();
+        let mut canonical =
+            format!("{}|{}|{}|{}|", p.method.to_uppercase(), p.path_and_query, p.ts, p.nonce).into_bytes();
         canonical.extend_from_slice(&body);
         assert_eq!(hex::encode(Sha256::digest(&canonical)), p.canonical_sha256, "{}: canonical", p.name);
 

@@ -25,7 +25,13 @@ pub struct StatusResponse {
 
 impl StatusResponse {
     pub fn success(message: impl Into<String>, description: impl Into<String>) -> Self {
-        Self { status: StatusKind::Success, message: message.into(), description: description.into(), id: None, preview: None }
+        Self {
+            status: StatusKind::Success,
+            message: message.into(),
+            description: description.into(),
+            id: None,
+            preview: None,
+        }
     }
 }
 

@@ -76,13 +76,10 @@ impl SecretCodec {
         let Some(sealed) = stored.strip_prefix(PREFIX) else {
             return Ok(SecretString::from(stored.to_owned()));
         };
-        let cipher = self
-            .cipher
-            .as_ref()
-            .ok_or_else(|| StoreError::Corrupt("secret is encrypted but DSXCONNECT_AUTH__SECRET_KEY is not set".into()))?;
-        let raw = STANDARD
-            .decode(sealed)
-            .map_err(|_| StoreError::Corrupt("sealed secret is not base64".into()))?;
+        let cipher = self.cipher.as_ref().ok_or_else(|| {
+            StoreError::Corrupt("secret is encrypted but DSXCONNECT_AUTH__SECRET_KEY is not set".into())
+        })?;
+        let raw = STANDARD.decode(sealed).map_err(|_| StoreError::Corrupt("sealed secret is not base64".into()))?;
         if raw.len() < 12 + 16 {
             return Err(StoreError::Corrupt("sealed secret is truncated".into()));
         }

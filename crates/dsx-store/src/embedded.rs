@@ -1,39 +1,446 @@
-//! Embedded durable backend (redb). STUB: being implemented.
+//! Embedded durable backend (redb): one file, survives restarts, needs nothing installed.
+//! Single-node only: one process owns the file at a time.
+
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dsx_model::Connector;
+use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
+use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::*;
+use crate::{
+    now_millis, now_secs, Credential, RateWindow, RegistrationRecord, ResolvedKey, SecretCodec, Store, StoreError,
+    StoreResult,
+};
 
-pub struct EmbeddedStore {}
+// Expiring values are (expires at in unix ms, 0 = never; payload).
+const PRESENCE: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("presence");
+const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
+/// key id → (expires at ms, KidEntry json). Current keys never expire; grace keys do.
+const KEY_IDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("key_ids");
+const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
+const NONCES: TableDefinition<(&str, &str), u64> = TableDefinition::new("nonces");
+const STATE: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("state");
+/// bucket → (window end in unix seconds, count).
+const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
+
+/// How often expired rows are purged (piggybacks on writes).
+const SWEEP_EVERY_MS: u64 = 30_000;
+/// Group commit: non-durable writes (replay cache, rate counters) reach the disk within this,
+/// so a crash forgets at most this much of the replay cache instead of fsyncing per request.
+const FLUSH_EVERY: Duration = Duration::from_millis(200);
+
+#[derive(Serialize, Deserialize)]
+struct StoredCredential {
+    key_id: String,
+    secret: String,
+    issued_at: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct KidEntry {
+    uuid: Uuid,
+    /// Sealed secret of a key in its grace period (the current key's lives in CREDENTIALS).
+    grace_secret: Option<String>,
+}
+
+pub struct EmbeddedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: Database,
+    codec: SecretCodec,
+    last_sweep_ms: AtomicU64,
+    /// Non-durable commits are waiting for the next durable one.
+    dirty: AtomicBool,
+}
+
+fn unavailable(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(err.to_string())
+}
+
+fn corrupt(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+fn live(expires_ms: u64, now: u64) -> bool {
+    expires_ms == 0 || expires_ms > now
+}
+
+fn expiry_ms(ttl: Duration) -> u64 {
+    now_millis() + (ttl.as_millis() as u64).max(1)
+}
 
 impl EmbeddedStore {
-    /// Open (or create) the database file at `path`.
-    pub fn open(_path: &Path, _codec: SecretCodec) -> StoreResult<Self> {
-        todo!()
+    /// Open (or create) the database file at `path`, creating its folder.
+    pub fn open(path: &Path, codec: SecretCodec) -> StoreResult<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
+        }
+        let db = Database::create(path).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => {
+                unavailable(format!("{} is already in use by another dsx-connect process", path.display()))
+            }
+            other => unavailable(format!("open {}: {other}", path.display())),
+        })?;
+        // Create every table up front so readers never meet a missing one.
+        let txn = db.begin_write().map_err(unavailable)?;
+        txn.open_table(PRESENCE).map_err(unavailable)?;
+        txn.open_table(CREDENTIALS).map_err(unavailable)?;
+        txn.open_table(KEY_IDS).map_err(unavailable)?;
+        txn.open_table(REGISTRATIONS).map_err(unavailable)?;
+        txn.open_table(NONCES).map_err(unavailable)?;
+        txn.open_table(STATE).map_err(unavailable)?;
+        txn.open_table(RATE).map_err(unavailable)?;
+        txn.commit().map_err(unavailable)?;
+        let inner =
+            Arc::new(Inner { db, codec, last_sweep_ms: AtomicU64::new(now_millis()), dirty: AtomicBool::new(false) });
+        spawn_flusher(Arc::downgrade(&inner));
+        Ok(Self { inner })
     }
+
+    /// Run blocking redb work off the async runtime.
+    async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Inner) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| unavailable(format!("store task failed: {e}")))?
+    }
+}
+
+impl Inner {
+    /// A write transaction; `durable = false` for the replay cache and rate counters, which
+    /// become durable with the next durable commit.
+    fn write<T>(&self, durable: bool, f: impl FnOnce(&WriteTransaction) -> StoreResult<T>) -> StoreResult<T> {
+        let mut txn = self.db.begin_write().map_err(unavailable)?;
+        if !durable {
+            txn.set_durability(Durability::None);
+            self.dirty.store(true, Ordering::Release);
+        } else {
+            self.dirty.store(false, Ordering::Release);
+        }
+        let out = f(&txn)?;
+        self.maybe_sweep(&txn)?;
+        txn.commit().map_err(unavailable)?;
+        Ok(out)
+    }
+
+    /// Make earlier non-durable commits durable (an empty durable commit does it).
+    fn flush(&self) {
+        if self.dirty.swap(false, Ordering::AcqRel) {
+            let result = self.db.begin_write().map_err(unavailable).and_then(|txn| txn.commit().map_err(unavailable));
+            if let Err(err) = result {
+                self.dirty.store(true, Ordering::Release);
+                tracing::warn!(error = %err, "embedded store flush failed");
+            }
+        }
+    }
+
+    /// Purge expired rows now and then, inside a transaction that is writing anyway.
+    fn maybe_sweep(&self, txn: &WriteTransaction) -> StoreResult<()> {
+        let now = now_millis();
+        let last = self.last_sweep_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < SWEEP_EVERY_MS
+            || self.last_sweep_ms.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_err()
+        {
+            return Ok(());
+        }
+        txn.open_table(NONCES).map_err(unavailable)?.retain(|_, exp| exp > now).map_err(unavailable)?;
+        txn.open_table(PRESENCE).map_err(unavailable)?.retain(|_, (exp, _)| live(exp, now)).map_err(unavailable)?;
+        txn.open_table(KEY_IDS).map_err(unavailable)?.retain(|_, (exp, _)| live(exp, now)).map_err(unavailable)?;
+        let now_s = now / 1000;
+        txn.open_table(RATE).map_err(unavailable)?.retain(|_, (end, _)| end > now_s).map_err(unavailable)?;
+        Ok(())
+    }
+
+    fn read_presence(&self, uuid: &str) -> StoreResult<Option<Connector>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(PRESENCE).map_err(unavailable)?;
+        let Some(guard) = table.get(uuid).map_err(unavailable)? else { return Ok(None) };
+        let (exp, json) = guard.value();
+        if !live(exp, now_millis()) {
+            return Ok(None);
+        }
+        serde_json::from_slice(json).map(Some).map_err(corrupt)
+    }
+
+    fn read_credential(&self, uuid: &str) -> StoreResult<Option<StoredCredential>> {
+        let txn = self.db.begin_read().map_err(unavailable)?;
+        let table = txn.open_table(CREDENTIALS).map_err(unavailable)?;
+        let value = table.get(uuid).map_err(unavailable)?;
+        value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// Background group commit; ends when the store is dropped.
+fn spawn_flusher(inner: Weak<Inner>) {
+    std::thread::Builder::new()
+        .name("embedded-store-flush".into())
+        .spawn(move || loop {
+            std::thread::sleep(FLUSH_EVERY);
+            match inner.upgrade() {
+                Some(inner) => inner.flush(),
+                None => return,
+            }
+        })
+        .expect("spawn flush thread");
+}
+
+fn put_json<V: Serialize>(table: &mut Table<&str, &[u8]>, key: &str, value: &V) -> StoreResult<()> {
+    let bytes = serde_json::to_vec(value).map_err(corrupt)?;
+    table.insert(key, bytes.as_slice()).map_err(unavailable)?;
+    Ok(())
 }
 
 #[async_trait]
 impl Store for EmbeddedStore {
-    fn backend(&self) -> &'static str { "embedded" }
-    async fn ping(&self) -> StoreResult<()> { todo!() }
-    async fn put_presence(&self, _c: &Connector, _ttl: Duration) -> StoreResult<()> { todo!() }
-    async fn get_presence(&self, _uuid: Uuid) -> StoreResult<Option<Connector>> { todo!() }
-    async fn list_presence(&self) -> StoreResult<Vec<Connector>> { todo!() }
-    async fn delete_presence(&self, _uuid: Uuid) -> StoreResult<bool> { todo!() }
-    async fn install_credential(&self, _uuid: Uuid, _new: &Credential, _grace: Duration) -> StoreResult<()> { todo!() }
-    async fn current_credential(&self, _uuid: Uuid) -> StoreResult<Option<Credential>> { todo!() }
-    async fn resolve_key(&self, _key_id: &str) -> StoreResult<Option<ResolvedKey>> { todo!() }
-    async fn revoke_credentials(&self, _uuid: Uuid) -> StoreResult<bool> { todo!() }
-    async fn put_registration(&self, _uuid: Uuid, _r: &RegistrationRecord) -> StoreResult<()> { todo!() }
-    async fn get_registration(&self, _uuid: Uuid) -> StoreResult<Option<RegistrationRecord>> { todo!() }
-    async fn delete_registration(&self, _uuid: Uuid) -> StoreResult<()> { todo!() }
-    async fn remember_nonce(&self, _k: &str, _n: &str, _ttl: Duration) -> StoreResult<bool> { todo!() }
-    async fn put_state(&self, _u: Uuid, _ns: &str, _k: &str, _v: &str) -> StoreResult<()> { todo!() }
-    async fn get_state(&self, _u: Uuid, _ns: &str, _k: &str) -> StoreResult<Option<String>> { todo!() }
-    async fn hit_rate_limit(&self, _b: &str, _w: Duration) -> StoreResult<RateWindow> { todo!() }
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|inner| inner.db.begin_read().map(|_| ()).map_err(unavailable)).await
+    }
+
+    async fn put_presence(&self, connector: &Connector, ttl: Duration) -> StoreResult<()> {
+        let json = serde_json::to_vec(connector).map_err(corrupt)?;
+        let key = connector.uuid.to_string();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut table = txn.open_table(PRESENCE).map_err(unavailable)?;
+                table.insert(key.as_str(), (expiry_ms(ttl), json.as_slice())).map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn get_presence(&self, uuid: Uuid) -> StoreResult<Option<Connector>> {
+        self.run(move |inner| inner.read_presence(&uuid.to_string())).await
+    }
+
+    async fn list_presence(&self) -> StoreResult<Vec<Connector>> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(PRESENCE).map_err(unavailable)?;
+            let now = now_millis();
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (_, value) = row.map_err(unavailable)?;
+                let (exp, json) = value.value();
+                if live(exp, now) {
+                    out.push(serde_json::from_slice(json).map_err(corrupt)?);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_presence(&self, uuid: Uuid) -> StoreResult<bool> {
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut table = txn.open_table(PRESENCE).map_err(unavailable)?;
+                let removed = table.remove(uuid.to_string().as_str()).map_err(unavailable)?;
+                Ok(removed.is_some_and(|g| live(g.value().0, now_millis())))
+            })
+        })
+        .await
+    }
+
+    async fn install_credential(&self, uuid: Uuid, new: &Credential, grace: Duration) -> StoreResult<()> {
+        let stored = StoredCredential {
+            key_id: new.key_id.clone(),
+            secret: self.inner.codec.seal(&new.secret),
+            issued_at: new.issued_at,
+        };
+        self.run(move |inner| {
+            let key = uuid.to_string();
+            let previous = inner.read_credential(&key)?;
+            inner.write(true, |txn| {
+                let mut kids = txn.open_table(KEY_IDS).map_err(unavailable)?;
+                if let Some(old) = previous.filter(|old| old.key_id != stored.key_id) {
+                    if grace.is_zero() {
+                        kids.remove(old.key_id.as_str()).map_err(unavailable)?;
+                    } else {
+                        let entry =
+                            serde_json::to_vec(&KidEntry { uuid, grace_secret: Some(old.secret) }).map_err(corrupt)?;
+                        kids.insert(old.key_id.as_str(), (expiry_ms(grace), entry.as_slice())).map_err(unavailable)?;
+                    }
+                }
+                let entry = serde_json::to_vec(&KidEntry { uuid, grace_secret: None }).map_err(corrupt)?;
+                kids.insert(stored.key_id.as_str(), (0, entry.as_slice())).map_err(unavailable)?;
+                put_json(&mut txn.open_table(CREDENTIALS).map_err(unavailable)?, &key, &stored)
+            })
+        })
+        .await
+    }
+
+    async fn current_credential(&self, uuid: Uuid) -> StoreResult<Option<Credential>> {
+        self.run(move |inner| {
+            let Some(stored) = inner.read_credential(&uuid.to_string())? else { return Ok(None) };
+            Ok(Some(Credential {
+                key_id: stored.key_id,
+                secret: inner.codec.open(&stored.secret)?,
+                issued_at: stored.issued_at,
+            }))
+        })
+        .await
+    }
+
+    async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>> {
+        let key_id = key_id.to_owned();
+        self.run(move |inner| {
+            let entry: KidEntry = {
+                let txn = inner.db.begin_read().map_err(unavailable)?;
+                let table = txn.open_table(KEY_IDS).map_err(unavailable)?;
+                let Some(guard) = table.get(key_id.as_str()).map_err(unavailable)? else { return Ok(None) };
+                let (exp, json) = guard.value();
+                if !live(exp, now_millis()) {
+                    return Ok(None);
+                }
+                serde_json::from_slice(json).map_err(corrupt)?
+            };
+            let sealed = match entry.grace_secret {
+                Some(sealed) => sealed,
+                None => match inner.read_credential(&entry.uuid.to_string())? {
+                    Some(current) if current.key_id == key_id => current.secret,
+                    _ => return Ok(None),
+                },
+            };
+            Ok(Some(ResolvedKey { connector_uuid: entry.uuid, secret: inner.codec.open(&sealed)? }))
+        })
+        .await
+    }
+
+    async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool> {
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let key = uuid.to_string();
+                let had_current = txn
+                    .open_table(CREDENTIALS)
+                    .map_err(unavailable)?
+                    .remove(key.as_str())
+                    .map_err(unavailable)?
+                    .is_some();
+                let mut kids = txn.open_table(KEY_IDS).map_err(unavailable)?;
+                let mut had_keys = false;
+                kids.retain(|_, (_, json)| {
+                    let mine = serde_json::from_slice::<KidEntry>(json).is_ok_and(|e| e.uuid == uuid);
+                    had_keys |= mine;
+                    !mine
+                })
+                .map_err(unavailable)?;
+                Ok(had_current || had_keys)
+            })
+        })
+        .await
+    }
+
+    async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()> {
+        let record = record.clone();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                put_json(&mut txn.open_table(REGISTRATIONS).map_err(unavailable)?, &uuid.to_string(), &record)
+            })
+        })
+        .await
+    }
+
+    async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>> {
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(REGISTRATIONS).map_err(unavailable)?;
+            let value = table.get(uuid.to_string().as_str()).map_err(unavailable)?;
+            value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
+        })
+        .await
+    }
+
+    async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()> {
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                txn.open_table(REGISTRATIONS)
+                    .map_err(unavailable)?
+                    .remove(uuid.to_string().as_str())
+                    .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool> {
+        let (key_id, nonce) = (key_id.to_owned(), nonce.to_owned());
+        self.run(move |inner| {
+            inner.write(false, |txn| {
+                let mut table = txn.open_table(NONCES).map_err(unavailable)?;
+                let now = now_millis();
+                let seen =
+                    table.get((key_id.as_str(), nonce.as_str())).map_err(unavailable)?.is_some_and(|g| g.value() > now);
+                if !seen {
+                    table.insert((key_id.as_str(), nonce.as_str()), expiry_ms(ttl)).map_err(unavailable)?;
+                }
+                Ok(!seen)
+            })
+        })
+        .await
+    }
+
+    async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()> {
+        let (ns, key, value) = (ns.to_owned(), key.to_owned(), value.to_owned());
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut table = txn.open_table(STATE).map_err(unavailable)?;
+                table
+                    .insert((uuid.to_string().as_str(), ns.as_str(), key.as_str()), value.as_str())
+                    .map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>> {
+        let (ns, key) = (ns.to_owned(), key.to_owned());
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(STATE).map_err(unavailable)?;
+            let value = table.get((uuid.to_string().as_str(), ns.as_str(), key.as_str())).map_err(unavailable)?;
+            Ok(value.map(|g| g.value().to_owned()))
+        })
+        .await
+    }
+
+    async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow> {
+        let bucket = bucket.to_owned();
+        let window_secs = window.as_secs().max(1);
+        self.run(move |inner| {
+            inner.write(false, |txn| {
+                let now = now_secs();
+                let mut table = txn.open_table(RATE).map_err(unavailable)?;
+                let (end, count) = match table.get(bucket.as_str()).map_err(unavailable)?.map(|g| g.value()) {
+                    Some((end, count)) if end > now => (end, count + 1),
+                    _ => ((now / window_secs + 1) * window_secs, 1),
+                };
+                table.insert(bucket.as_str(), (end, count)).map_err(unavailable)?;
+                Ok(RateWindow { count, reset_in_secs: (end - now).max(1) })
+            })
+        })
+        .await
+    }
 }

@@ -48,7 +48,9 @@ impl RedisServer {
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| {
-                panic!("cannot start redis-server ({e}); install it (apt-get install redis-server) or run scripts/test.sh")
+                panic!(
+                    "cannot start redis-server ({e}); install it (apt-get install redis-server) or run scripts/test.sh"
+                )
             });
         self.child = Some(child);
         wait_for_pong(self.port, Duration::from_secs(10));

@@ -14,7 +14,11 @@ use crate::state::SharedState;
 
 /// `DELETE connectors/unregister/{uuid}`: the connector itself (its own key) or an operator.
 /// Deletes presence and revokes the credentials (H12, H6).
-pub async fn unregister(State(state): State<SharedState>, Extension(caller): Extension<Caller>, Path(raw): Path<String>) -> Result<StatusCode, ApiError> {
+pub async fn unregister(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
     caller.ensure_acts_for(uuid)?;
     let had_presence = state.store.delete_presence(uuid).await?;
@@ -60,24 +64,39 @@ pub async fn list(State(state): State<SharedState>) -> Result<Json<Vec<Value>>, 
             "enrollment_token_slot": record.as_ref().and_then(|r| r.token_slot.clone()),
             "peer": record.and_then(|r| r.peer),
         });
-        rows.push(serde_json::to_value(ListedConnector { connector, auth }).map_err(|_| ApiError::BadRequest("serialize"))?);
+        rows.push(
+            serde_json::to_value(ListedConnector { connector, auth }).map_err(|_| ApiError::BadRequest("serialize"))?,
+        );
     }
     Ok(Json(rows))
 }
 
 /// `PUT connectors/state/{uuid}/{ns}/{key}`: raw text body → 204.
-pub async fn put_state(State(state): State<SharedState>, Extension(caller): Extension<Caller>, Path((raw, ns, key)): Path<(String, String, String)>, body: Bytes) -> Result<StatusCode, ApiError> {
+pub async fn put_state(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path((raw, ns, key)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Result<StatusCode, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
     caller.ensure_acts_for(uuid)?;
     let value = std::str::from_utf8(&body).map_err(|_| {
-        ApiError::Validation(dsx_model::FieldError { loc: vec!["body".into()], msg: "state value must be UTF-8 text".into(), kind: "string_type" })
+        ApiError::Validation(dsx_model::FieldError {
+            loc: vec!["body".into()],
+            msg: "state value must be UTF-8 text".into(),
+            kind: "string_type",
+        })
     })?;
     state.store.put_state(uuid, &ns, &key, value).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET connectors/state/{uuid}/{ns}/{key}` → `{"value": …}` (`null` when unset).
-pub async fn get_state(State(state): State<SharedState>, Extension(caller): Extension<Caller>, Path((raw, ns, key)): Path<(String, String, String)>) -> Result<Json<Value>, ApiError> {
+pub async fn get_state(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path((raw, ns, key)): Path<(String, String, String)>,
+) -> Result<Json<Value>, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
     caller.ensure_acts_for(uuid)?;
     let value = state.store.get_state(uuid, &ns, &key).await?;

@@ -97,7 +97,13 @@ impl AppState {
         Ok(())
     }
 
-    async fn register_connector(&self, connector: Connector, enrolment: Enrolment, rotate: bool, peer: SocketAddr) -> Result<Response, ApiError> {
+    async fn register_connector(
+        &self,
+        connector: Connector,
+        enrolment: Enrolment,
+        rotate: bool,
+        peer: SocketAddr,
+    ) -> Result<Response, ApiError> {
         let uuid = connector.uuid;
         if let Enrolment::Signed { caller_uuid } = enrolment {
             if caller_uuid != uuid {
@@ -144,12 +150,14 @@ impl AppState {
             Enrolment::Token { slot } => ("enrollment_token", Some(slot.clone())),
             Enrolment::Signed { .. } => ("hmac", None),
         };
-        let record = RegistrationRecord { at: unix_now(), via: via.into(), token_slot, peer: Some(peer.ip().to_string()) };
+        let record =
+            RegistrationRecord { at: unix_now(), via: via.into(), token_slot, peer: Some(peer.ip().to_string()) };
         self.store.put_registration(uuid, &record).await?;
         self.metrics.registrations.fetch_add(1, Ordering::Relaxed);
 
         let is_new = live.is_none() && existing_key.is_none();
-        let (status, message) = if is_new { (StatusCode::CREATED, "registered") } else { (StatusCode::OK, "refreshed") };
+        let (status, message) =
+            if is_new { (StatusCode::CREATED, "registered") } else { (StatusCode::OK, "refreshed") };
         tracing::info!(%uuid, name = %connector.name, url = %connector.url, via, key_id = minted.as_ref().map(|c| c.key_id.as_str()), rotated = minted.is_some() && existing_key.is_some(), "connector {message}");
 
         let response = RegistrationResponse {
@@ -169,11 +177,19 @@ impl AppState {
 fn access_token() -> TokenResponse {
     let mut raw = [0u8; 32];
     rand::rngs::OsRng.fill_bytes(&mut raw);
-    TokenResponse { access_token: URL_SAFE_NO_PAD.encode(raw), token_type: "Bearer".into(), expires_in: ACCESS_TOKEN_TTL_SECS }
+    TokenResponse {
+        access_token: URL_SAFE_NO_PAD.encode(raw),
+        token_type: "Bearer".into(),
+        expires_in: ACCESS_TOKEN_TTL_SECS,
+    }
 }
 
 /// `POST connectors/token`: exchange an enrollment token for the compatibility bearer token.
-pub async fn token(State(state): State<SharedState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: HeaderMap) -> Result<Json<TokenResponse>, ApiError> {
+pub async fn token(
+    State(state): State<SharedState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Json<TokenResponse>, ApiError> {
     state.throttle_registration(peer).await?;
     if state.settings.auth.enabled {
         state.check_enrollment(&headers)?;

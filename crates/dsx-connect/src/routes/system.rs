@@ -21,7 +21,10 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "store": state.store.backend() }))),
         Err(err) => {
             tracing::warn!(error = %err, "not ready");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "status": "not_ready", "reason": "store_unavailable", "store": state.store.backend() })))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({ "status": "not_ready", "reason": "store_unavailable", "store": state.store.backend() })),
+            )
         }
     }
 }
@@ -41,7 +44,9 @@ pub async fn meta(State(state): State<SharedState>) -> Json<Value> {
 
 /// `GET test/connection`: open (Python connectors call it unsigned, AUTH.md §8).
 pub async fn test_connection() -> Json<Value> {
-    Json(json!({ "status": "success", "message": "dsx-connect is reachable", "description": "", "id": null, "preview": null }))
+    Json(
+        json!({ "status": "success", "message": "dsx-connect is reachable", "description": "", "id": null, "preview": null }),
+    )
 }
 
 /// `POST scan/auth_check` (behind the connector guard).

@@ -179,7 +179,15 @@ impl Keys {
     }
 
     pub fn sign(&self, method: &str, path_and_query: &str, ts: u64, nonce: &str, body: &[u8]) -> String {
-        dsx_hmac::authorization_header(&SigningKey::new(&self.secret), &self.key_id, method, path_and_query, ts, nonce, body)
+        dsx_hmac::authorization_header(
+            &SigningKey::new(&self.secret),
+            &self.key_id,
+            method,
+            path_and_query,
+            ts,
+            nonce,
+            body,
+        )
     }
 }
 

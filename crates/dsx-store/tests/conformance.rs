@@ -1,0 +1,373 @@
+//! One conformance suite, run against both backends: a real redis-server and the embedded
+//! redb store. Each case is written once as `async fn(&Harness)`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dsx_model::Connector;
+use dsx_store::{Credential, EmbeddedStore, Namespace, RedisStore, RegistrationRecord, SecretCodec, Store, StoreError};
+use dsx_testkit::{unique_name, RedisServer, TestRedis};
+use secrecy::{ExposeSecret, SecretString};
+use uuid::Uuid;
+
+const KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+enum Backing {
+    Redis { _redis: TestRedis, url: String, env: String },
+    Embedded { dir: tempfile::TempDir },
+}
+
+struct Harness {
+    store: Arc<dyn Store>,
+    backing: Backing,
+}
+
+impl Harness {
+    fn redis(codec: SecretCodec) -> Self {
+        let redis = TestRedis::get();
+        let env = unique_name("t");
+        let store = RedisStore::new(&redis.url, Namespace { env: env.clone() }, codec).unwrap();
+        Self { store: Arc::new(store), backing: Backing::Redis { url: redis.url.clone(), _redis: redis, env } }
+    }
+
+    fn embedded(codec: SecretCodec) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb"), codec).unwrap();
+        Self { store: Arc::new(store), backing: Backing::Embedded { dir } }
+    }
+
+    /// The same data opened again with another codec (a new process, for the embedded store).
+    fn reopen(self, codec: SecretCodec) -> Self {
+        match self.backing {
+            Backing::Redis { _redis, url, env } => {
+                let store = RedisStore::new(&url, Namespace { env: env.clone() }, codec).unwrap();
+                Self { store: Arc::new(store), backing: Backing::Redis { _redis, url, env } }
+            }
+            Backing::Embedded { dir } => {
+                drop(self.store);
+                let store = EmbeddedStore::open(&dir.path().join("store.redb"), codec).unwrap();
+                Self { store: Arc::new(store), backing: Backing::Embedded { dir } }
+            }
+        }
+    }
+}
+
+fn connector(url: &str) -> Connector {
+    Connector { uuid: Uuid::new_v4(), url: url.into(), name: "filesystem-connector".into(), ..Connector::default() }
+}
+
+fn credential(secret: &str) -> Credential {
+    Credential { key_id: dsx_hmac_like_key_id(), secret: SecretString::from(secret.to_owned()), issued_at: 1 }
+}
+
+fn dsx_hmac_like_key_id() -> String {
+    unique_name("kid")
+}
+
+async fn resolves_to(store: &dyn Store, key_id: &str) -> Option<(Uuid, String)> {
+    store.resolve_key(key_id).await.unwrap().map(|r| (r.connector_uuid, r.secret.expose_secret().to_owned()))
+}
+
+// ---------------------------------------------------------------- cases
+
+async fn presence_round_trip(h: &Harness) {
+    let s = &*h.store;
+    let c = connector("http://a/fs");
+    assert_eq!(s.get_presence(c.uuid).await.unwrap(), None);
+    s.put_presence(&c, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.get_presence(c.uuid).await.unwrap(), Some(c.clone()));
+    assert!(s.list_presence().await.unwrap().contains(&c));
+    let mut moved = c.clone();
+    moved.url = "http://b/fs".into();
+    s.put_presence(&moved, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(s.get_presence(c.uuid).await.unwrap().unwrap().url, "http://b/fs");
+    assert!(s.delete_presence(c.uuid).await.unwrap());
+    assert!(!s.delete_presence(c.uuid).await.unwrap());
+    assert_eq!(s.get_presence(c.uuid).await.unwrap(), None);
+}
+
+async fn presence_expires(h: &Harness) {
+    let s = &*h.store;
+    let short = connector("http://short/fs");
+    let long = connector("http://long/fs");
+    s.put_presence(&short, Duration::from_millis(800)).await.unwrap();
+    s.put_presence(&long, Duration::from_secs(60)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(s.get_presence(short.uuid).await.unwrap(), None);
+    let listed = s.list_presence().await.unwrap();
+    assert!(listed.contains(&long) && !listed.iter().any(|c| c.uuid == short.uuid));
+    assert!(!s.delete_presence(short.uuid).await.unwrap(), "an expired entry is not live");
+}
+
+async fn credentials_install_and_resolve(h: &Harness) {
+    let s = &*h.store;
+    let uuid = Uuid::new_v4();
+    assert!(s.current_credential(uuid).await.unwrap().is_none());
+    let c = credential("secret-one");
+    s.install_credential(uuid, &c, Duration::from_secs(60)).await.unwrap();
+    let current = s.current_credential(uuid).await.unwrap().unwrap();
+    assert_eq!((current.key_id.as_str(), current.secret.expose_secret()), (c.key_id.as_str(), "secret-one"));
+    assert_eq!(resolves_to(s, &c.key_id).await, Some((uuid, "secret-one".into())));
+    assert_eq!(resolves_to(s, "no-such-key").await, None);
+}
+
+async fn rotation_keeps_old_key_for_grace_only(h: &Harness) {
+    let s = &*h.store;
+    let uuid = Uuid::new_v4();
+    let old = credential("old-secret");
+    let new = credential("new-secret");
+    s.install_credential(uuid, &old, Duration::ZERO).await.unwrap();
+    s.install_credential(uuid, &new, Duration::from_millis(900)).await.unwrap();
+    assert_eq!(resolves_to(s, &old.key_id).await, Some((uuid, "old-secret".into())));
+    assert_eq!(resolves_to(s, &new.key_id).await, Some((uuid, "new-secret".into())));
+    assert_eq!(s.current_credential(uuid).await.unwrap().unwrap().key_id, new.key_id);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(resolves_to(s, &old.key_id).await, None, "old key revoked after grace");
+    assert_eq!(resolves_to(s, &new.key_id).await, Some((uuid, "new-secret".into())));
+}
+
+async fn rotation_without_grace_revokes_at_once(h: &Harness) {
+    let s = &*h.store;
+    let uuid = Uuid::new_v4();
+    let old = credential("a");
+    let new = credential("b");
+    s.install_credential(uuid, &old, Duration::ZERO).await.unwrap();
+    s.install_credential(uuid, &new, Duration::ZERO).await.unwrap();
+    assert_eq!(resolves_to(s, &old.key_id).await, None);
+    assert!(resolves_to(s, &new.key_id).await.is_some());
+}
+
+async fn revoke_removes_current_and_grace_keys(h: &Harness) {
+    let s = &*h.store;
+    let uuid = Uuid::new_v4();
+    let other = Uuid::new_v4();
+    let (a, b, c) = (credential("a"), credential("b"), credential("c"));
+    s.install_credential(uuid, &a, Duration::ZERO).await.unwrap();
+    s.install_credential(uuid, &b, Duration::from_secs(60)).await.unwrap();
+    s.install_credential(other, &c, Duration::ZERO).await.unwrap();
+    assert!(s.revoke_credentials(uuid).await.unwrap());
+    assert_eq!(resolves_to(s, &a.key_id).await, None);
+    assert_eq!(resolves_to(s, &b.key_id).await, None);
+    assert!(s.current_credential(uuid).await.unwrap().is_none());
+    assert!(!s.revoke_credentials(uuid).await.unwrap(), "second revoke finds nothing");
+    assert!(resolves_to(s, &c.key_id).await.is_some(), "other connectors untouched");
+}
+
+async fn registration_record_round_trip(h: &Harness) {
+    let s = &*h.store;
+    let uuid = Uuid::new_v4();
+    let record = RegistrationRecord {
+        at: 42,
+        via: "enrollment_token".into(),
+        token_slot: Some("X[1]".into()),
+        peer: Some("10.0.0.1".into()),
+    };
+    assert_eq!(s.get_registration(uuid).await.unwrap(), None);
+    s.put_registration(uuid, &record).await.unwrap();
+    assert_eq!(s.get_registration(uuid).await.unwrap(), Some(record));
+    s.delete_registration(uuid).await.unwrap();
+    assert_eq!(s.get_registration(uuid).await.unwrap(), None);
+}
+
+async fn nonces_are_remembered_for_their_ttl(h: &Harness) {
+    let s = &*h.store;
+    let kid = unique_name("kid");
+    assert!(s.remember_nonce(&kid, "n1", Duration::from_millis(800)).await.unwrap());
+    assert!(!s.remember_nonce(&kid, "n1", Duration::from_millis(800)).await.unwrap());
+    assert!(s.remember_nonce(&kid, "n2", Duration::from_millis(800)).await.unwrap());
+    assert!(s.remember_nonce("other-kid", "n1", Duration::from_millis(800)).await.unwrap(), "scoped by key id");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(s.remember_nonce(&kid, "n1", Duration::from_secs(5)).await.unwrap(), "forgotten after ttl");
+}
+
+async fn state_key_values(h: &Harness) {
+    let s = &*h.store;
+    let uuid = Uuid::new_v4();
+    assert_eq!(s.get_state(uuid, "ns", "k").await.unwrap(), None);
+    s.put_state(uuid, "ns", "k", "v1").await.unwrap();
+    s.put_state(uuid, "ns", "k", "v2").await.unwrap();
+    s.put_state(uuid, "cursor", "last key with spaces", "é ünïcode").await.unwrap();
+    assert_eq!(s.get_state(uuid, "ns", "k").await.unwrap().as_deref(), Some("v2"));
+    assert_eq!(s.get_state(uuid, "cursor", "last key with spaces").await.unwrap().as_deref(), Some("é ünïcode"));
+    assert_eq!(s.get_state(Uuid::new_v4(), "ns", "k").await.unwrap(), None, "scoped by connector");
+}
+
+async fn rate_limit_counts_in_fixed_windows(h: &Harness) {
+    let s = &*h.store;
+    let bucket = unique_name("register:");
+    let window = Duration::from_secs(2);
+    // Start at the beginning of a window so three hits land in the same one.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    tokio::time::sleep(Duration::from_millis(2000 - (now.as_millis() % 2000) as u64 + 20)).await;
+    for expected in 1..=3 {
+        let w = s.hit_rate_limit(&bucket, window).await.unwrap();
+        assert_eq!(w.count, expected);
+        assert!((1..=2).contains(&w.reset_in_secs), "{w:?}");
+    }
+    assert_eq!(s.hit_rate_limit("another-bucket-x", window).await.unwrap().count, 1);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(s.hit_rate_limit(&bucket, window).await.unwrap().count, 1, "new window");
+}
+
+async fn secrets_are_encrypted_at_rest(h: Harness) {
+    let uuid = Uuid::new_v4();
+    let c = credential("plaintext-secret-value");
+    h.store.install_credential(uuid, &c, Duration::ZERO).await.unwrap();
+    let c2 = credential("second-secret-value");
+    h.store.install_credential(uuid, &c2, Duration::from_secs(60)).await.unwrap();
+    assert_eq!(resolves_to(&*h.store, &c.key_id).await.unwrap().1, "plaintext-secret-value");
+    match &h.backing {
+        Backing::Redis { url, env, .. } => {
+            let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+            let stored: String = redis::cmd("HGET")
+                .arg(format!("{env}:dsx-connect:connectors:config:{uuid}"))
+                .arg("hmac_secret")
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(stored.starts_with("enc:v1:") && !stored.contains("second-secret-value"));
+            let grace: String = redis::cmd("GET")
+                .arg(format!("{env}:dsx-connect:connectors:grace:{}", c.key_id))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(grace.starts_with("enc:v1:") && !grace.contains("plaintext-secret-value"));
+        }
+        Backing::Embedded { dir } => {
+            let bytes = std::fs::read(dir.path().join("store.redb")).unwrap();
+            for secret in ["plaintext-secret-value", "second-secret-value"] {
+                assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()), "{secret} on disk");
+            }
+        }
+    }
+    // Without the key the sealed secrets are unreadable (and said so), never returned garbled.
+    let h = h.reopen(SecretCodec::plain());
+    assert!(matches!(h.store.resolve_key(&c2.key_id).await, Err(StoreError::Corrupt(_))));
+    let h = h.reopen(SecretCodec::from_key_text(KEY).unwrap());
+    assert_eq!(resolves_to(&*h.store, &c2.key_id).await.unwrap().1, "second-secret-value");
+}
+
+macro_rules! conformance {
+    ($($case:ident),* $(,)?) => {
+        mod redis_backend {
+            use super::*;
+            $( #[tokio::test] async fn $case() { super::$case(&Harness::redis(SecretCodec::plain())).await; } )*
+        }
+        mod embedded_backend {
+            use super::*;
+            $( #[tokio::test] async fn $case() { super::$case(&Harness::embedded(SecretCodec::plain())).await; } )*
+        }
+    };
+}
+
+conformance!(
+    presence_round_trip,
+    presence_expires,
+    credentials_install_and_resolve,
+    rotation_keeps_old_key_for_grace_only,
+    rotation_without_grace_revokes_at_once,
+    revoke_removes_current_and_grace_keys,
+    registration_record_round_trip,
+    nonces_are_remembered_for_their_ttl,
+    state_key_values,
+    rate_limit_counts_in_fixed_windows,
+);
+
+#[tokio::test]
+async fn redis_secrets_are_encrypted_at_rest() {
+    secrets_are_encrypted_at_rest(Harness::redis(SecretCodec::from_key_text(KEY).unwrap())).await;
+}
+
+#[tokio::test]
+async fn embedded_secrets_are_encrypted_at_rest() {
+    secrets_are_encrypted_at_rest(Harness::embedded(SecretCodec::from_key_text(KEY).unwrap())).await;
+}
+
+/// Without a key, the layout is the one Python 1.x components read.
+#[tokio::test]
+async fn redis_plain_layout_is_python_compatible() {
+    let h = Harness::redis(SecretCodec::plain());
+    let Backing::Redis { url, env, .. } = &h.backing else { unreachable!() };
+    let uuid = Uuid::new_v4();
+    let c = credential("python-readable");
+    h.store.install_credential(uuid, &c, Duration::ZERO).await.unwrap();
+    let conn_presence = connector("http://py/fs");
+    h.store.put_presence(&conn_presence, Duration::from_secs(120)).await.unwrap();
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let (kid, secret): (String, String) = redis::cmd("HMGET")
+        .arg(format!("{env}:dsx-connect:connectors:config:{uuid}"))
+        .arg("hmac_key_id")
+        .arg("hmac_secret")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!((kid.as_str(), secret.as_str()), (c.key_id.as_str(), "python-readable"));
+    let owner: String =
+        redis::cmd("GET").arg(format!("dsxconnect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
+    assert_eq!(owner, uuid.to_string());
+    let ttl: i64 =
+        redis::cmd("TTL").arg(format!("dsxconnect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
+    assert_eq!(ttl, -1, "credentials have no TTL");
+    let presence_key = format!("{env}:dsx-connect:connectors:presence:{}", conn_presence.uuid);
+    let json: String = redis::cmd("GET").arg(&presence_key).query_async(&mut conn).await.unwrap();
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&json).unwrap()["url"], "http://py/fs");
+    let ttl: i64 = redis::cmd("TTL").arg(&presence_key).query_async(&mut conn).await.unwrap();
+    assert!((100..=120).contains(&ttl));
+}
+
+#[tokio::test]
+async fn embedded_store_is_durable_across_reopen() {
+    let h = Harness::embedded(SecretCodec::plain());
+    let uuid = Uuid::new_v4();
+    let c = credential("durable");
+    let presence = connector("http://durable/fs");
+    h.store.install_credential(uuid, &c, Duration::ZERO).await.unwrap();
+    h.store.put_presence(&presence, Duration::from_secs(60)).await.unwrap();
+    h.store.put_state(uuid, "ns", "k", "v").await.unwrap();
+    assert!(h.store.remember_nonce("kid", "nonce", Duration::from_secs(60)).await.unwrap());
+    let h = h.reopen(SecretCodec::plain());
+    assert_eq!(resolves_to(&*h.store, &c.key_id).await, Some((uuid, "durable".into())));
+    assert_eq!(h.store.get_presence(presence.uuid).await.unwrap(), Some(presence));
+    assert_eq!(h.store.get_state(uuid, "ns", "k").await.unwrap().as_deref(), Some("v"));
+    assert!(!h.store.remember_nonce("kid", "nonce", Duration::from_secs(60)).await.unwrap(), "replay cache survives");
+}
+
+#[tokio::test]
+async fn embedded_store_refuses_a_second_open_of_the_same_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nested/dir/store.redb");
+    let _first = EmbeddedStore::open(&path, SecretCodec::plain()).unwrap();
+    let err = EmbeddedStore::open(&path, SecretCodec::plain()).err().expect("second open fails");
+    assert!(err.to_string().contains("already in use"), "{err}");
+}
+
+#[tokio::test]
+async fn redis_going_away_is_unavailable_quickly_and_recovers() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap();
+    store.ping().await.unwrap();
+    store.put_state(Uuid::nil(), "ns", "k", "v").await.unwrap();
+    server.stop();
+    let started = Instant::now();
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(matches!(store.resolve_key("kid").await, Err(StoreError::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    server.start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while store.ping().await.is_err() {
+        assert!(Instant::now() < deadline, "store did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    store.put_state(Uuid::nil(), "ns", "k", "v2").await.unwrap();
+}
+
+#[tokio::test]
+async fn redis_down_at_construction_then_up() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let store = RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap();
+    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    server.start_again();
+    store.ping().await.unwrap();
+    assert!(RedisStore::new("not a url", Namespace { env: "x".into() }, SecretCodec::plain()).is_err());
+}
