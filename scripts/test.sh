@@ -34,5 +34,11 @@ echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 echo "==> cargo test"
 # --all-targets also runs each criterion benchmark once as a smoke test.
-cargo test --workspace --all-targets
-cargo test --workspace --doc --quiet
+log="$redis_dir/test.log"
+set +e
+cargo test --workspace --all-targets 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals of every test binary.
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
+exit "$status"

@@ -351,6 +351,7 @@ async fn redis_down_at_start_serves_not_ready_then_recovers() {
     let mut redis = dsx_testkit::RedisServer::start();
     let url = redis.url();
     redis.stop();
+    // No shared Redis: the URL override points the server at the stopped private one.
     let server = Server::start(Backend::Embedded, &[("DSXCONNECT_REDIS_URL", url)]);
     assert_eq!(server.http.get(server.api("readyz")).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
     redis.start_again();
@@ -373,4 +374,23 @@ async fn auth_disabled_mints_nothing_and_accepts_unsigned_calls() {
     assert!(json.get("hmac_secret").is_none());
     assert_eq!(server.send(Method::POST, &auth_check_path(), None, b"").await.status(), StatusCode::OK);
     assert_eq!(server.http.get(server.api("connectors/list")).send().await.unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_bad_secret_key_refuses_to_start_with_a_clear_error() {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut svc = Service::spawn(
+        env!("CARGO_BIN_EXE_dsx-connect"),
+        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            ("DSXCONNECT_AUTH__SECRET_KEY", "too-short".into()),
+            ("DSXCONNECT_DATA_DIR", dir.path().display().to_string()),
+        ],
+        port,
+    );
+    assert_ne!(svc.wait_exit(Duration::from_secs(20)), Some(0));
+    let logs = svc.logs();
+    assert!(logs.contains("DSXCONNECT_AUTH__SECRET_KEY must be 32 bytes"), "{logs}");
+    assert!(!logs.contains("too-short"), "the key text is never echoed");
 }
