@@ -394,3 +394,18 @@ async fn a_bad_secret_key_refuses_to_start_with_a_clear_error() {
     assert!(logs.contains("DSXCONNECT_AUTH__SECRET_KEY must be 32 bytes"), "{logs}");
     assert!(!logs.contains("too-short"), "the key text is never echoed");
 }
+
+#[tokio::test]
+async fn token_route_exchanges_only_a_valid_enrollment_token() {
+    let server = embedded(&[]);
+    let resp =
+        server.http.post(server.api("connectors/token")).header("X-Enrollment-Token", ENROLL).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json: Value = resp.json().await.unwrap();
+    let token = json["access_token"].as_str().unwrap();
+    assert!(token.len() >= 40 && token.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'));
+    assert_eq!(json["token_type"], "Bearer");
+    let resp =
+        server.http.post(server.api("connectors/token")).header("X-Enrollment-Token", "wrong").send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
+}
