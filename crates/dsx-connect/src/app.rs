@@ -15,9 +15,13 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{guard, Access};
 use crate::config::{Settings, StoreSettings};
-use crate::routes::{connectors, registration, system};
+use crate::connector_client::ConnectorClient;
+use crate::routes::{connectors, proxy, registration, scan, system};
 use crate::state::{AppState, AuthMetrics, SharedState};
 use crate::tokens::LiveTokens;
+
+/// Longest a proxied operator call to a connector may take.
+const CONNECTOR_CALL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// How often token files are re-read (SIGHUP re-reads at once).
 const TOKEN_RELOAD_EVERY: Duration = Duration::from_secs(5);
@@ -31,6 +35,9 @@ pub fn router(state: SharedState) -> Router {
 
     let connector_routes = Router::new()
         .route(&api("scan/auth_check"), post(system::auth_check))
+        .route(&api("scan/request"), post(scan::request))
+        .route(&api("scan/request_batch"), post(scan::request_batch))
+        .route(&api("scan/jobs/{job_id}/enqueue_done"), post(scan::enqueue_done))
         .route(
             &api("connectors/state/{connector_uuid}/{ns}/{key}"),
             get(connectors::get_state).put(connectors::put_state),
@@ -39,8 +46,16 @@ pub fn router(state: SharedState) -> Router {
     let connector_or_operator = Router::new()
         .route(&api("connectors/unregister/{connector_uuid}"), delete(connectors::unregister))
         .route_layer(guarded(Access::ConnectorOrOperator));
-    let operator_routes =
-        Router::new().route(&api("connectors/list"), get(connectors::list)).route_layer(guarded(Access::Operator));
+    let operator_routes = Router::new()
+        .route(&api("connectors/list"), get(connectors::list))
+        .route(&api("connectors/full_scan/{connector_uuid}"), post(proxy::full_scan))
+        .route(&api("connectors/config/{connector_uuid}"), get(proxy::get_config).put(proxy::put_config))
+        .route(&api("connectors/repo_check/{connector_uuid}"), get(proxy::repo_check))
+        .route(&api("connectors/estimate/{connector_uuid}"), get(proxy::estimate))
+        .route(&api("connectors/healthz/{connector_uuid}"), get(proxy::healthz))
+        .route(&api("connectors/readyz/{connector_uuid}"), get(proxy::readyz))
+        .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
+        .route_layer(guarded(Access::Operator));
     let open_routes = Router::new()
         .route(&api("connectors/register"), post(registration::register))
         .route(&api("connectors/token"), post(registration::token))
@@ -48,7 +63,8 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("readyz"), get(system::readyz))
         .route(&api("version"), get(system::version))
         .route(&api("meta"), get(system::meta))
-        .route(&api("test/connection"), get(system::test_connection));
+        .route(&api("test/connection"), get(system::test_connection))
+        .route(&api("scan/jobs/{job_id}/raw"), get(scan::job_raw));
 
     Router::new()
         .merge(connector_routes)
@@ -91,7 +107,8 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
         tracing::warn!("DSXCONNECT_AUTH__BREAK_GLASS is on: enrollment tokens are accepted in place of DSX-HMAC");
     }
     let store = open_store(&settings)?;
-    Ok(Arc::new(AppState { settings, store, enrollment, operators, metrics: AuthMetrics::default() }))
+    let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, CONNECTOR_CALL_TIMEOUT);
+    Ok(Arc::new(AppState { settings, store, enrollment, operators, connectors, metrics: AuthMetrics::default() }))
 }
 
 /// Serve until `shutdown` resolves.

@@ -25,6 +25,12 @@ pub enum ApiError {
     ConnectorNotFound,
     #[error("not_found")]
     RouteNotFound,
+    #[error("job_not_found")]
+    JobNotFound,
+    #[error("{0}")]
+    JobClosed(&'static str),
+    #[error("connector_unreachable: {0}")]
+    ConnectorUnreachable(String),
     #[error("rate_limited")]
     RateLimited { retry_after_secs: u64 },
     #[error("body_too_large")]
@@ -45,7 +51,9 @@ impl ApiError {
             }
             ApiError::ConnectorMismatch => StatusCode::FORBIDDEN,
             ApiError::UrlConflict => StatusCode::CONFLICT,
-            ApiError::ConnectorNotFound | ApiError::RouteNotFound => StatusCode::NOT_FOUND,
+            ApiError::ConnectorNotFound | ApiError::RouteNotFound | ApiError::JobNotFound => StatusCode::NOT_FOUND,
+            ApiError::JobClosed(_) => StatusCode::CONFLICT,
+            ApiError::ConnectorUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -65,6 +73,9 @@ impl ApiError {
             ApiError::UrlConflict => "url_conflict",
             ApiError::ConnectorNotFound => "connector_not_found",
             ApiError::RouteNotFound => "not_found",
+            ApiError::JobNotFound => "job_not_found",
+            ApiError::JobClosed(code) => code,
+            ApiError::ConnectorUnreachable(_) => "connector_unreachable",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::Validation(_) => "validation_error",
@@ -77,8 +88,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let ApiError::Store(err) = &self {
-            tracing::error!(error = %err, "store error");
+        match &self {
+            ApiError::Store(err) => tracing::error!(error = %err, "store error"),
+            ApiError::ConnectorUnreachable(err) => tracing::warn!(error = %err, "connector unreachable"),
+            _ => {}
         }
         let status = self.status();
         let body = match &self {

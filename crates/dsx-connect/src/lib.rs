@@ -4,6 +4,7 @@
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod connector_client;
 pub mod error;
 pub mod routes;
 pub mod state;

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use dsx_store::Store;
 
 use crate::config::Settings;
+use crate::connector_client::ConnectorClient;
 use crate::tokens::LiveTokens;
 
 pub type SharedState = Arc<AppState>;
@@ -15,6 +16,8 @@ pub struct AppState {
     pub store: Arc<dyn Store>,
     pub enrollment: Arc<LiveTokens>,
     pub operators: Arc<LiveTokens>,
+    /// Signed calls to connectors (URL and key from the registry).
+    pub connectors: ConnectorClient,
     pub metrics: AuthMetrics,
 }
 

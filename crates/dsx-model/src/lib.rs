@@ -3,10 +3,12 @@
 
 mod connector;
 mod responses;
+mod scan;
 mod validate;
 
 pub use connector::{Connector, ConnectorStatus, ItemAction};
 pub use responses::{AuthCheckResponse, ErrorBody, RegistrationResponse, StatusKind, StatusResponse, TokenResponse};
+pub use scan::{Destination, Estimate, ItemActionStatusResponse, RequestedAction, ScanRequest, ScanRequestBatch};
 pub use validate::{parse_json, FieldError};
 
 /// Route prefix of the dsx-connect API.

@@ -3,18 +3,18 @@
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{mpsc, Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use dsx_model::Connector;
-use redb::{Database, Durability, ReadableTable, Table, TableDefinition, WriteTransaction};
+use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, RateWindow, RegistrationRecord, ResolvedKey, SecretCodec, Store, StoreError,
-    StoreResult,
+    now_millis, now_secs, Credential, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord, ResolvedKey,
+    SecretCodec, Store, StoreError, StoreResult,
 };
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
@@ -25,6 +25,9 @@ const KEY_IDS: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("key_i
 const REGISTRATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("registrations");
 const NONCES: TableDefinition<(&str, &str), u64> = TableDefinition::new("nonces");
 const STATE: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("state");
+/// The scan queue: sequence number → QueuedTask json.
+const SCAN_QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("scan_queue");
+const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 /// bucket → (window end in unix seconds, count).
 const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
 
@@ -50,6 +53,9 @@ struct KidEntry {
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
+    /// Dropping the sender stops the flush thread; it is joined on drop so the file is closed
+    /// (and can be reopened) as soon as the store is gone.
+    flusher: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
 }
 
 struct Inner {
@@ -83,9 +89,10 @@ impl EmbeddedStore {
             std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
         }
         let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
-                unavailable(format!("{} is already in use by another dsx-connect process", path.display()))
-            }
+            redb::DatabaseError::DatabaseAlreadyOpen => unavailable(format!(
+                "data dir in use: {} is already open in this or another dsx-connect process",
+                path.display()
+            )),
             other => unavailable(format!("open {}: {other}", path.display())),
         })?;
         // Create every table up front so readers never meet a missing one.
@@ -97,11 +104,13 @@ impl EmbeddedStore {
         txn.open_table(NONCES).map_err(unavailable)?;
         txn.open_table(STATE).map_err(unavailable)?;
         txn.open_table(RATE).map_err(unavailable)?;
+        txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+        txn.open_table(JOBS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         let inner =
             Arc::new(Inner { db, codec, last_sweep_ms: AtomicU64::new(now_millis()), dirty: AtomicBool::new(false) });
-        spawn_flusher(Arc::downgrade(&inner));
-        Ok(Self { inner })
+        let flusher = spawn_flusher(Arc::downgrade(&inner))?;
+        Ok(Self { inner, flusher: Some(flusher) })
     }
 
     /// Run blocking redb work off the async runtime.
@@ -129,7 +138,11 @@ impl Inner {
         }
         let out = f(&txn)?;
         self.maybe_sweep(&txn)?;
-        txn.commit().map_err(unavailable)?;
+        if let Err(err) = txn.commit() {
+            // Earlier non-durable commits still wait for a durable one.
+            self.dirty.store(true, Ordering::Release);
+            return Err(unavailable(err));
+        }
         Ok(out)
     }
 
@@ -174,9 +187,7 @@ impl Inner {
 
     fn read_credential(&self, uuid: &str) -> StoreResult<Option<StoredCredential>> {
         let txn = self.db.begin_read().map_err(unavailable)?;
-        let table = txn.open_table(CREDENTIALS).map_err(unavailable)?;
-        let value = table.get(uuid).map_err(unavailable)?;
-        value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
+        credential_in(&txn.open_table(CREDENTIALS).map_err(unavailable)?, uuid)
     }
 }
 
@@ -186,18 +197,38 @@ impl Drop for Inner {
     }
 }
 
+impl Drop for EmbeddedStore {
+    fn drop(&mut self) {
+        if let Some((stop, thread)) = self.flusher.take() {
+            drop(stop);
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Background group commit; ends when the store is dropped.
-fn spawn_flusher(inner: Weak<Inner>) {
-    std::thread::Builder::new()
+fn spawn_flusher(inner: Weak<Inner>) -> StoreResult<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
+    let (stop, stopped) = mpsc::channel::<()>();
+    let thread = std::thread::Builder::new()
         .name("embedded-store-flush".into())
-        .spawn(move || loop {
-            std::thread::sleep(FLUSH_EVERY);
-            match inner.upgrade() {
-                Some(inner) => inner.flush(),
-                None => return,
+        .spawn(move || {
+            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_EVERY) {
+                match inner.upgrade() {
+                    Some(inner) => inner.flush(),
+                    None => return,
+                }
             }
         })
-        .expect("spawn flush thread");
+        .map_err(|e| unavailable(format!("cannot start the embedded store's flush thread: {e}")))?;
+    Ok((stop, thread))
+}
+
+fn credential_in(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    uuid: &str,
+) -> StoreResult<Option<StoredCredential>> {
+    let value = table.get(uuid).map_err(unavailable)?;
+    value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
 }
 
 fn put_json<V: Serialize>(table: &mut Table<&str, &[u8]>, key: &str, value: &V) -> StoreResult<()> {
@@ -243,7 +274,11 @@ impl Store for EmbeddedStore {
                 let (_, value) = row.map_err(unavailable)?;
                 let (exp, json) = value.value();
                 if live(exp, now) {
-                    out.push(serde_json::from_slice(json).map_err(corrupt)?);
+                    match serde_json::from_slice(json) {
+                        Ok(connector) => out.push(connector),
+                        // One unreadable entry (e.g. written by another version) must not hide the rest.
+                        Err(err) => tracing::warn!(error = %err, "skipping unreadable presence entry"),
+                    }
                 }
             }
             Ok(out)
@@ -270,8 +305,10 @@ impl Store for EmbeddedStore {
         };
         self.run(move |inner| {
             let key = uuid.to_string();
-            let previous = inner.read_credential(&key)?;
             inner.write(true, |txn| {
+                // Read the previous key inside the write transaction: concurrent installs serialize.
+                let mut credentials = txn.open_table(CREDENTIALS).map_err(unavailable)?;
+                let previous = credential_in(&credentials, &key)?;
                 let mut kids = txn.open_table(KEY_IDS).map_err(unavailable)?;
                 if let Some(old) = previous.filter(|old| old.key_id != stored.key_id) {
                     if grace.is_zero() {
@@ -284,7 +321,7 @@ impl Store for EmbeddedStore {
                 }
                 let entry = serde_json::to_vec(&KidEntry { uuid, grace_secret: None }).map_err(corrupt)?;
                 kids.insert(stored.key_id.as_str(), (0, entry.as_slice())).map_err(unavailable)?;
-                put_json(&mut txn.open_table(CREDENTIALS).map_err(unavailable)?, &key, &stored)
+                put_json(&mut credentials, &key, &stored)
             })
         })
         .await
@@ -305,8 +342,9 @@ impl Store for EmbeddedStore {
     async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>> {
         let key_id = key_id.to_owned();
         self.run(move |inner| {
+            // One read transaction: the index and the credential are seen at the same instant.
+            let txn = inner.db.begin_read().map_err(unavailable)?;
             let entry: KidEntry = {
-                let txn = inner.db.begin_read().map_err(unavailable)?;
                 let table = txn.open_table(KEY_IDS).map_err(unavailable)?;
                 let Some(guard) = table.get(key_id.as_str()).map_err(unavailable)? else { return Ok(None) };
                 let (exp, json) = guard.value();
@@ -317,10 +355,12 @@ impl Store for EmbeddedStore {
             };
             let sealed = match entry.grace_secret {
                 Some(sealed) => sealed,
-                None => match inner.read_credential(&entry.uuid.to_string())? {
-                    Some(current) if current.key_id == key_id => current.secret,
-                    _ => return Ok(None),
-                },
+                None => {
+                    match credential_in(&txn.open_table(CREDENTIALS).map_err(unavailable)?, &entry.uuid.to_string())? {
+                        Some(current) if current.key_id == key_id => current.secret,
+                        _ => return Ok(None),
+                    }
+                }
             };
             Ok(Some(ResolvedKey { connector_uuid: entry.uuid, secret: inner.codec.open(&sealed)? }))
         })
@@ -386,6 +426,7 @@ impl Store for EmbeddedStore {
 
     async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool> {
         let (key_id, nonce) = (key_id.to_owned(), nonce.to_owned());
+        let ttl = ttl.max(crate::MIN_NONCE_TTL);
         self.run(move |inner| {
             inner.write(false, |txn| {
                 let mut table = txn.open_table(NONCES).map_err(unavailable)?;
@@ -426,6 +467,82 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<()> {
+        let tasks = tasks.to_vec();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let now = now_secs();
+                for (seq, task) in (first..).zip(&tasks) {
+                    let payload = serde_json::to_vec(task).map_err(corrupt)?;
+                    queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
+                    let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                    let mut job = match existing {
+                        Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
+                        None => Job {
+                            job_id: task.job_id.clone(),
+                            connector_uuid: Some(task.connector_uuid),
+                            status: JobStatus::Running,
+                            enqueued_count: 0,
+                            processed_count: 0,
+                            expected_total: None,
+                            enqueue_done: false,
+                            created_at: now,
+                            updated_at: now,
+                        },
+                    };
+                    job.enqueued_count += 1;
+                    job.updated_at = now;
+                    let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+                    jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn scan_queue_len(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+            table.len().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {
+        let job_id = job_id.to_owned();
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(JOBS).map_err(unavailable)?;
+            let value = table.get(job_id.as_str()).map_err(unavailable)?;
+            value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
+        })
+        .await
+    }
+
+    async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>> {
+        let job_id = job_id.to_owned();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let existing = jobs.get(job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                let Some(bytes) = existing else { return Ok(None) };
+                let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                job.enqueue_done = true;
+                job.expected_total = total.or(job.expected_total);
+                job.updated_at = now_secs();
+                let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+                jobs.insert(job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                Ok(Some(job))
+            })
+        })
+        .await
+    }
+
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow> {
         let bucket = bucket.to_owned();
         let window_secs = window.as_secs().max(1);
@@ -442,5 +559,44 @@ impl Store for EmbeddedStore {
             })
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn rows<K: redb::Key + 'static, V: redb::Value + 'static>(
+        store: &EmbeddedStore,
+        table: TableDefinition<K, V>,
+    ) -> u64 {
+        store.inner.db.begin_read().unwrap().open_table(table).unwrap().len().unwrap()
+    }
+
+    #[tokio::test]
+    async fn sweep_purges_expired_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(&dir.path().join("store.redb"), SecretCodec::plain()).unwrap();
+        let uuid = Uuid::new_v4();
+        let cred =
+            |kid: &str| Credential { key_id: kid.into(), secret: SecretString::from("s".to_owned()), issued_at: 1 };
+        store.put_presence(&Connector { uuid, ..Connector::default() }, Duration::from_millis(1)).await.unwrap();
+        store.install_credential(uuid, &cred("old"), Duration::ZERO).await.unwrap();
+        store.install_credential(uuid, &cred("new"), Duration::from_millis(1)).await.unwrap();
+        store.remember_nonce("kid", "n", Duration::ZERO).await.unwrap();
+        store.hit_rate_limit("bucket", Duration::from_secs(1)).await.unwrap();
+        assert_eq!(
+            (rows(&store, PRESENCE), rows(&store, KEY_IDS), rows(&store, NONCES), rows(&store, RATE)),
+            (1, 2, 1, 1)
+        );
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        store.inner.last_sweep_ms.store(0, Ordering::Relaxed);
+        store.put_state(uuid, "ns", "k", "v").await.unwrap();
+        assert_eq!(
+            (rows(&store, PRESENCE), rows(&store, KEY_IDS), rows(&store, NONCES), rows(&store, RATE)),
+            (0, 1, 0, 0)
+        );
     }
 }

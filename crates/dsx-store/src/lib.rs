@@ -72,6 +72,43 @@ pub struct RegistrationRecord {
     pub peer: Option<String>,
 }
 
+/// Lifecycle of a scan job.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobStatus {
+    Running,
+    Paused,
+    Cancelled,
+    Completed,
+}
+
+/// A scan job's counters (`dsxconnect:job:<id>` in Redis).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Job {
+    pub job_id: String,
+    /// The connector that enqueued into it first; only it may send `enqueue_done`.
+    pub connector_uuid: Option<Uuid>,
+    pub status: JobStatus,
+    pub enqueued_count: u64,
+    pub processed_count: u64,
+    /// Set by `enqueue_done`: the connector's own count of what it enqueued.
+    pub expected_total: Option<u64>,
+    pub enqueue_done: bool,
+    pub created_at: u64,
+    pub updated_at: u64,
+}
+
+/// One accepted scan request waiting in the durable queue.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedTask {
+    pub task_id: String,
+    pub connector_uuid: Uuid,
+    pub job_id: String,
+    /// The scan request, as JSON.
+    pub payload: String,
+    pub enqueued_at: u64,
+}
+
 /// One fixed-window rate-limit observation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateWindow {
@@ -120,6 +157,16 @@ pub trait Store: Send + Sync + 'static {
     async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()>;
     async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>>;
 
+    // ---- scan queue and jobs ----
+    /// Durably append tasks to the scan queue and count them into their jobs, in one step:
+    /// once this returns, the tasks survive any crash.
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<()>;
+    /// Tasks waiting in the scan queue (consumed by the workers).
+    async fn scan_queue_len(&self) -> StoreResult<u64>;
+    async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;
+    /// Record `enqueue_done` (with the connector's total, when sent).
+    async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>>;
+
     // ---- rate limiting ----
     /// Count one hit against `bucket` in a fixed window of `window`.
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;
@@ -134,3 +181,7 @@ pub(crate) fn now_secs() -> u64 {
 pub(crate) fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// Replay-cache entries live at least this long, whatever the caller asks for: a near-zero
+/// TTL would make the replay check meaningless.
+pub(crate) const MIN_NONCE_TTL: std::time::Duration = std::time::Duration::from_secs(1);

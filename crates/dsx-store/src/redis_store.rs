@@ -11,7 +11,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    now_secs, Credential, RateWindow, RegistrationRecord, ResolvedKey, SecretCodec, Store, StoreError, StoreResult,
+    now_secs, Credential, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord, ResolvedKey, SecretCodec, Store,
+    StoreError, StoreResult,
 };
 
 /// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
@@ -38,9 +39,15 @@ pub struct RedisStore {
     codec: SecretCodec,
 }
 
+/// IO, timeouts and server-side refusals are `Unavailable`; replies we cannot decode are `Corrupt`.
 fn map_err(err: RedisError) -> StoreError {
+    let wrong_type = err.code() == Some("WRONGTYPE");
     match err.kind() {
-        ErrorKind::TypeError => StoreError::Corrupt(err.to_string()),
+        // redis-rs type errors quote the reply, which may be a secret: never pass the text on.
+        ErrorKind::TypeError | ErrorKind::ParseError => {
+            StoreError::Corrupt(format!("unexpected reply from Redis ({})", err.category()))
+        }
+        _ if wrong_type => StoreError::Corrupt("a Redis key holds the wrong type".into()),
         _ => StoreError::Unavailable(err.to_string()),
     }
 }
@@ -49,8 +56,72 @@ fn corrupt(err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(err.to_string())
 }
 
+/// Milliseconds, rounded up so a sub-millisecond TTL is not zero (which Redis rejects).
 fn ttl_ms(ttl: Duration) -> u64 {
-    (ttl.as_millis() as u64).max(1)
+    (ttl.as_nanos().div_ceil(1_000_000) as u64).max(1)
+}
+
+/// Rotation as one atomic step: reading the old key id and writing the new one in separate
+/// round trips would let two concurrent installs orphan a key index entry forever.
+/// KEYS: config hash, new kid index, grace-kid set.
+/// ARGV: new kid, sealed secret, issued_at, uuid, grace ms (0 = revoke old), kid index prefix,
+/// grace record prefix.
+const INSTALL_SCRIPT: &str = r"
+local old = redis.call('HMGET', KEYS[1], 'hmac_key_id', 'hmac_secret')
+local grace = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'hmac_key_id', ARGV[1], 'hmac_secret', ARGV[2], 'issued_at', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('DEL', ARGV[7] .. ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if old[1] and old[1] ~= ARGV[1] then
+  if grace > 0 and old[2] then
+    redis.call('SET', ARGV[7] .. old[1], old[2], 'PX', ARGV[5])
+    redis.call('PEXPIRE', ARGV[6] .. old[1], ARGV[5])
+    redis.call('SADD', KEYS[3], old[1])
+  else
+    redis.call('DEL', ARGV[6] .. old[1])
+  end
+end
+local longest = 0
+for _, kid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local left = redis.call('PTTL', ARGV[7] .. kid)
+  if left == -2 then
+    redis.call('SREM', KEYS[3], kid)
+  elseif left > longest then
+    longest = left
+  end
+end
+if longest > 0 then
+  redis.call('PEXPIRE', KEYS[3], longest)
+end
+return 0
+";
+
+/// Revocation as one atomic step. KEYS: config hash, grace-kid set.
+/// ARGV: uuid, kid index prefix, grace record prefix. Returns how many keys it removed.
+const REVOKE_SCRIPT: &str = r"
+local removed = 0
+local function drop_kid(kid)
+  if redis.call('GET', ARGV[2] .. kid) == ARGV[1] then
+    removed = removed + redis.call('DEL', ARGV[2] .. kid)
+  end
+end
+local current = redis.call('HGET', KEYS[1], 'hmac_key_id')
+if current then
+  drop_kid(current)
+end
+for _, kid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  drop_kid(kid)
+  redis.call('DEL', ARGV[3] .. kid)
+end
+redis.call('DEL', KEYS[2])
+removed = removed + redis.call('DEL', KEYS[1])
+return removed
+";
+
+/// Job counters, in the layout Python components read.
+fn job_key(job_id: &str) -> String {
+    format!("dsxconnect:job:{job_id}")
 }
 
 /// The index Python components use to find a key's connector.
@@ -67,22 +138,27 @@ impl RedisStore {
         Ok(Self { client, conn: Mutex::new(None), ns: ns.prefix(), codec })
     }
 
+    /// The shared connection, created on first use. Waiting for the lock counts against the
+    /// connect timeout too, so callers queued behind a slow connect still fail fast.
     async fn conn(&self) -> StoreResult<ConnectionManager> {
-        let mut slot = self.conn.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
-        }
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_response_timeout(RESPONSE_TIMEOUT)
-            .set_number_of_retries(1);
-        let conn =
-            tokio::time::timeout(CONNECT_TIMEOUT * 2, ConnectionManager::new_with_config(self.client.clone(), config))
-                .await
-                .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
-                .map_err(map_err)?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let connect = async {
+            let mut slot = self.conn.lock().await;
+            if let Some(conn) = slot.as_ref() {
+                return Ok(conn.clone());
+            }
+            // No retries inside the manager: one attempt per request keeps failures quick, and
+            // the manager starts a fresh attempt after every IO error.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(RESPONSE_TIMEOUT)
+                .set_number_of_retries(0);
+            let conn = ConnectionManager::new_with_config(self.client.clone(), config).await.map_err(map_err)?;
+            *slot = Some(conn.clone());
+            Ok(conn)
+        };
+        tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
     }
 
     fn presence_key(&self, uuid: Uuid) -> String {
@@ -101,8 +177,8 @@ impl RedisStore {
         format!("{}:connectors:registration:{uuid}", self.ns)
     }
 
-    async fn current_key_id(&self, conn: &mut ConnectionManager, uuid: Uuid) -> StoreResult<Option<String>> {
-        conn.hget(self.config_key(uuid), "hmac_key_id").await.map_err(map_err)
+    fn scan_queue_key(&self) -> String {
+        format!("{}:queue:scan_request", self.ns)
     }
 }
 
@@ -132,21 +208,40 @@ impl Store for RedisStore {
     async fn list_presence(&self) -> StoreResult<Vec<Connector>> {
         let mut conn = self.conn().await?;
         let pattern = format!("{}:connectors:presence:*", self.ns);
-        let keys: Vec<String> = {
-            let mut iter = conn.scan_match::<_, String>(&pattern).await.map_err(map_err)?;
-            let mut keys = Vec::new();
-            while let Some(key) = iter.next_item().await {
-                keys.push(key);
+        let mut out = Vec::new();
+        // A hand-rolled cursor loop: redis-rs' scan iterator ends silently on errors, which
+        // would turn a dropped connection into a short list.
+        let mut cursor = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            if !keys.is_empty() {
+                let values: Vec<Option<String>> =
+                    redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(map_err)?;
+                // Entries that expired between SCAN and MGET come back as nil.
+                for (key, json) in keys.iter().zip(values) {
+                    match json.map(|j| serde_json::from_str::<Connector>(&j)) {
+                        Some(Ok(connector)) => out.push(connector),
+                        // One unreadable entry (e.g. written by another version) must not hide the rest.
+                        Some(Err(err)) => {
+                            tracing::warn!(key = %key, error = %err, "skipping unreadable presence entry")
+                        }
+                        None => {}
+                    }
+                }
             }
-            keys
-        };
-        if keys.is_empty() {
-            return Ok(Vec::new());
+            if next == 0 {
+                return Ok(out);
+            }
+            cursor = next;
         }
-        let values: Vec<Option<String>> =
-            redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(map_err)?;
-        // Entries that expired between SCAN and MGET come back as nil.
-        values.into_iter().flatten().map(|j| serde_json::from_str(&j).map_err(corrupt)).collect()
     }
 
     async fn delete_presence(&self, uuid: Uuid) -> StoreResult<bool> {
@@ -156,37 +251,24 @@ impl Store for RedisStore {
     }
 
     async fn install_credential(&self, uuid: Uuid, new: &Credential, grace: Duration) -> StoreResult<()> {
+        let grace_ms = if grace.is_zero() { 0 } else { ttl_ms(grace) };
         let mut conn = self.conn().await?;
-        let config_key = self.config_key(uuid);
-        let (old_kid, old_secret): (Option<String>, Option<String>) =
-            conn.hget(&config_key, &["hmac_key_id", "hmac_secret"]).await.map_err(map_err)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.hset_multiple(
-            &config_key,
-            &[
-                ("hmac_key_id", new.key_id.clone()),
-                ("hmac_secret", self.codec.seal(&new.secret)),
-                ("issued_at", new.issued_at.to_string()),
-            ],
-        )
-        .ignore();
-        pipe.set(kid_key(&new.key_id), uuid.to_string()).ignore();
-        if let Some(old_kid) = old_kid.filter(|kid| *kid != new.key_id) {
-            match old_secret.filter(|_| !grace.is_zero()) {
-                None => {
-                    pipe.del(kid_key(&old_kid)).ignore();
-                }
-                Some(sealed) => {
-                    // The old secret moves to its own record (sealed as it was stored).
-                    let ms = ttl_ms(grace);
-                    pipe.pset_ex(self.grace_key(&old_kid), sealed, ms).ignore();
-                    pipe.pexpire(kid_key(&old_kid), ms as i64).ignore();
-                    pipe.sadd(self.grace_set_key(uuid), &old_kid).ignore();
-                }
-            }
-        }
-        pipe.query_async::<()>(&mut conn).await.map_err(map_err)
+        redis::cmd("EVAL")
+            .arg(INSTALL_SCRIPT)
+            .arg(3)
+            .arg(self.config_key(uuid))
+            .arg(kid_key(&new.key_id))
+            .arg(self.grace_set_key(uuid))
+            .arg(&new.key_id)
+            .arg(self.codec.seal(&new.secret))
+            .arg(new.issued_at)
+            .arg(uuid.to_string())
+            .arg(grace_ms)
+            .arg(kid_key(""))
+            .arg(self.grace_key(""))
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(map_err)
     }
 
     async fn current_credential(&self, uuid: Uuid) -> StoreResult<Option<Credential>> {
@@ -221,20 +303,18 @@ impl Store for RedisStore {
 
     async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool> {
         let mut conn = self.conn().await?;
-        let current = self.current_key_id(&mut conn, uuid).await?;
-        let grace_kids: Vec<String> = conn.smembers(self.grace_set_key(uuid)).await.map_err(map_err)?;
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        pipe.del(self.config_key(uuid));
-        pipe.del(self.grace_set_key(uuid)).ignore();
-        for kid in current.iter().chain(grace_kids.iter()) {
-            pipe.del(kid_key(kid));
-        }
-        for kid in &grace_kids {
-            pipe.del(self.grace_key(kid)).ignore();
-        }
-        let removed: Vec<u64> = pipe.query_async(&mut conn).await.map_err(map_err)?;
-        Ok(removed.iter().any(|n| *n > 0))
+        let removed: u64 = redis::cmd("EVAL")
+            .arg(REVOKE_SCRIPT)
+            .arg(2)
+            .arg(self.config_key(uuid))
+            .arg(self.grace_set_key(uuid))
+            .arg(uuid.to_string())
+            .arg(kid_key(""))
+            .arg(self.grace_key(""))
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(removed > 0)
     }
 
     async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()> {
@@ -255,6 +335,7 @@ impl Store for RedisStore {
     }
 
     async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool> {
+        let ttl = ttl.max(crate::MIN_NONCE_TTL);
         let mut conn = self.conn().await?;
         let set: Option<String> = redis::cmd("SET")
             .arg(format!("{}:hmac:nonce:{key_id}:{nonce}", self.ns))
@@ -276,6 +357,79 @@ impl Store for RedisStore {
     async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>> {
         let mut conn = self.conn().await?;
         conn.get(format!("dsxconnect:connector_state:{uuid}:{ns}:{key}")).await.map_err(map_err)
+    }
+
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<()> {
+        if tasks.is_empty() {
+            return Ok(());
+        }
+        let now = now_secs();
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let mut per_job: std::collections::BTreeMap<&str, (Uuid, u64)> = Default::default();
+        for task in tasks {
+            let payload = serde_json::to_string(task).map_err(corrupt)?;
+            pipe.cmd("XADD").arg(self.scan_queue_key()).arg("*").arg("task").arg(payload).ignore();
+            per_job.entry(&task.job_id).or_insert((task.connector_uuid, 0)).1 += 1;
+        }
+        for (job_id, (owner, count)) in per_job {
+            let key = job_key(job_id);
+            pipe.hset_nx(&key, "job_id", job_id).ignore();
+            pipe.hset_nx(&key, "connector_uuid", owner.to_string()).ignore();
+            pipe.hset_nx(&key, "status", "running").ignore();
+            pipe.hset_nx(&key, "created_at", now).ignore();
+            pipe.hincr(&key, "enqueued_count", count).ignore();
+            pipe.hset(&key, "updated_at", now).ignore();
+        }
+        let mut conn = self.conn().await?;
+        pipe.query_async::<()>(&mut conn).await.map_err(map_err)
+    }
+
+    async fn scan_queue_len(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        redis::cmd("XLEN").arg(self.scan_queue_key()).query_async(&mut conn).await.map_err(map_err)
+    }
+
+    async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {
+        let mut conn = self.conn().await?;
+        let fields: std::collections::HashMap<String, String> = conn.hgetall(job_key(job_id)).await.map_err(map_err)?;
+        if fields.is_empty() {
+            return Ok(None);
+        }
+        let num = |k: &str| fields.get(k).and_then(|v| v.parse::<u64>().ok());
+        let status = match fields.get("status").map(String::as_str) {
+            Some("paused") => JobStatus::Paused,
+            Some("cancelled") => JobStatus::Cancelled,
+            Some("completed") => JobStatus::Completed,
+            _ => JobStatus::Running,
+        };
+        Ok(Some(Job {
+            job_id: job_id.to_owned(),
+            connector_uuid: fields.get("connector_uuid").and_then(|u| u.parse().ok()),
+            status,
+            enqueued_count: num("enqueued_count").unwrap_or(0),
+            processed_count: num("processed_count").unwrap_or(0),
+            expected_total: num("expected_total"),
+            enqueue_done: fields.get("enqueue_done").is_some_and(|v| v == "1" || v == "true"),
+            created_at: num("created_at").unwrap_or(0),
+            updated_at: num("updated_at").unwrap_or(0),
+        }))
+    }
+
+    async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>> {
+        let key = job_key(job_id);
+        let mut conn = self.conn().await?;
+        let exists: bool = conn.exists(&key).await.map_err(map_err)?;
+        if !exists {
+            return Ok(None);
+        }
+        let mut pipe = redis::pipe();
+        pipe.atomic().hset(&key, "enqueue_done", "1").ignore().hset(&key, "updated_at", now_secs()).ignore();
+        if let Some(total) = total {
+            pipe.hset(&key, "expected_total", total).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
+        self.get_job(job_id).await
     }
 
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow> {

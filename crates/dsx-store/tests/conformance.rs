@@ -153,6 +153,41 @@ async fn revoke_removes_current_and_grace_keys(h: &Harness) {
     assert!(resolves_to(s, &c.key_id).await.is_some(), "other connectors untouched");
 }
 
+/// Rotations racing for one connector: every replaced key must land in grace (none orphaned),
+/// and revocation must then find every one of them.
+async fn concurrent_rotations_lose_no_key(h: &Harness) {
+    let uuid = Uuid::new_v4();
+    let first = credential("first");
+    h.store.install_credential(uuid, &first, Duration::ZERO).await.unwrap();
+    let creds: Vec<Credential> = (0..16).map(|i| credential(&format!("secret-{i}"))).collect();
+    let installs = creds.iter().cloned().map(|c| {
+        let store = Arc::clone(&h.store);
+        tokio::spawn(async move { store.install_credential(uuid, &c, Duration::from_secs(60)).await.unwrap() })
+    });
+    for task in installs.collect::<Vec<_>>() {
+        task.await.unwrap();
+    }
+    for c in creds.iter().chain([&first]) {
+        let want = Some((uuid, c.secret.expose_secret().to_owned()));
+        assert_eq!(resolves_to(&*h.store, &c.key_id).await, want, "{} lost in a concurrent rotation", c.key_id);
+    }
+    assert!(h.store.revoke_credentials(uuid).await.unwrap());
+    for c in creds.iter().chain([&first]) {
+        assert_eq!(resolves_to(&*h.store, &c.key_id).await, None);
+    }
+    if let Backing::Redis { url, .. } = &h.backing {
+        let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+        for c in creds.iter().chain([&first]) {
+            let exists: bool = redis::cmd("EXISTS")
+                .arg(format!("dsxconnect:hmac:kid:{}", c.key_id))
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(!exists, "index entry of {} left behind", c.key_id);
+        }
+    }
+}
+
 async fn registration_record_round_trip(h: &Harness) {
     let s = &*h.store;
     let uuid = Uuid::new_v4();
@@ -187,8 +222,11 @@ async fn state_key_values(h: &Harness) {
     s.put_state(uuid, "ns", "k", "v1").await.unwrap();
     s.put_state(uuid, "ns", "k", "v2").await.unwrap();
     s.put_state(uuid, "cursor", "last key with spaces", "é ünïcode").await.unwrap();
+    s.put_state(uuid, "s3:cursor", "bucket/a:b c.txt", "x:y").await.unwrap();
     assert_eq!(s.get_state(uuid, "ns", "k").await.unwrap().as_deref(), Some("v2"));
     assert_eq!(s.get_state(uuid, "cursor", "last key with spaces").await.unwrap().as_deref(), Some("é ünïcode"));
+    assert_eq!(s.get_state(uuid, "s3:cursor", "bucket/a:b c.txt").await.unwrap().as_deref(), Some("x:y"));
+    assert_eq!(s.get_state(uuid, "s3:cursor", "bucket/a:b").await.unwrap(), None);
     assert_eq!(s.get_state(Uuid::new_v4(), "ns", "k").await.unwrap(), None, "scoped by connector");
 }
 
@@ -196,16 +234,22 @@ async fn rate_limit_counts_in_fixed_windows(h: &Harness) {
     let s = &*h.store;
     let bucket = unique_name("register:");
     let window = Duration::from_secs(2);
-    // Start at the beginning of a window so three hits land in the same one.
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
-    tokio::time::sleep(Duration::from_millis(2000 - (now.as_millis() % 2000) as u64 + 20)).await;
+    let to_next_window = || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+        Duration::from_millis(2000 - (now.as_millis() % 2000) as u64 + 20)
+    };
+    // The bucket is fresh, so counting starts at 1 mid-window; only make sure the three hits
+    // cannot straddle a window boundary.
+    if to_next_window() < Duration::from_secs(1) {
+        tokio::time::sleep(to_next_window()).await;
+    }
     for expected in 1..=3 {
         let w = s.hit_rate_limit(&bucket, window).await.unwrap();
         assert_eq!(w.count, expected);
         assert!((1..=2).contains(&w.reset_in_secs), "{w:?}");
     }
-    assert_eq!(s.hit_rate_limit("another-bucket-x", window).await.unwrap().count, 1);
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(s.hit_rate_limit(&unique_name("other:"), window).await.unwrap().count, 1);
+    tokio::time::sleep(to_next_window()).await;
     assert_eq!(s.hit_rate_limit(&bucket, window).await.unwrap().count, 1, "new window");
 }
 
@@ -247,6 +291,31 @@ async fn secrets_are_encrypted_at_rest(h: Harness) {
     assert_eq!(resolves_to(&*h.store, &c2.key_id).await.unwrap().1, "second-secret-value");
 }
 
+async fn scan_queue_and_job_counters(h: &Harness) {
+    let s = &*h.store;
+    let owner = Uuid::new_v4();
+    let job_id = unique_name("job-");
+    let before = s.scan_queue_len().await.unwrap();
+    let task = |n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job_id}-{n}"),
+        connector_uuid: owner,
+        job_id: job_id.clone(),
+        payload: format!("{{\"location\":\"/f{n}\"}}"),
+        enqueued_at: 1,
+    };
+    assert_eq!(s.get_job(&job_id).await.unwrap(), None);
+    assert_eq!(s.mark_enqueue_done(&job_id, Some(3)).await.unwrap(), None, "no job yet");
+    s.enqueue_scans(&[task(1), task(2)]).await.unwrap();
+    s.enqueue_scans(&[task(3)]).await.unwrap();
+    let job = s.get_job(&job_id).await.unwrap().unwrap();
+    assert_eq!((job.enqueued_count, job.connector_uuid, job.status), (3, Some(owner), dsx_store::JobStatus::Running));
+    assert!(!job.enqueue_done);
+    let job = s.mark_enqueue_done(&job_id, Some(3)).await.unwrap().unwrap();
+    assert!(job.enqueue_done);
+    assert_eq!(job.expected_total, Some(3));
+    assert!(s.scan_queue_len().await.unwrap() >= before + 3);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -271,6 +340,8 @@ conformance!(
     nonces_are_remembered_for_their_ttl,
     state_key_values,
     rate_limit_counts_in_fixed_windows,
+    scan_queue_and_job_counters,
+    concurrent_rotations_lose_no_key,
 );
 
 #[tokio::test]
@@ -324,8 +395,11 @@ async fn embedded_store_is_durable_across_reopen() {
     h.store.install_credential(uuid, &c, Duration::ZERO).await.unwrap();
     h.store.put_presence(&presence, Duration::from_secs(60)).await.unwrap();
     h.store.put_state(uuid, "ns", "k", "v").await.unwrap();
+    let record = RegistrationRecord { at: 7, via: "hmac".into(), token_slot: None, peer: None };
+    h.store.put_registration(uuid, &record).await.unwrap();
     assert!(h.store.remember_nonce("kid", "nonce", Duration::from_secs(60)).await.unwrap());
     let h = h.reopen(SecretCodec::plain());
+    assert_eq!(h.store.get_registration(uuid).await.unwrap(), Some(record));
     assert_eq!(resolves_to(&*h.store, &c.key_id).await, Some((uuid, "durable".into())));
     assert_eq!(h.store.get_presence(presence.uuid).await.unwrap(), Some(presence));
     assert_eq!(h.store.get_state(uuid, "ns", "k").await.unwrap().as_deref(), Some("v"));
@@ -338,7 +412,7 @@ async fn embedded_store_refuses_a_second_open_of_the_same_file() {
     let path = dir.path().join("nested/dir/store.redb");
     let _first = EmbeddedStore::open(&path, SecretCodec::plain()).unwrap();
     let err = EmbeddedStore::open(&path, SecretCodec::plain()).err().expect("second open fails");
-    assert!(err.to_string().contains("already in use"), "{err}");
+    assert!(matches!(err, StoreError::Unavailable(_)) && err.to_string().contains("data dir in use"), "{err}");
 }
 
 #[tokio::test]
@@ -348,10 +422,17 @@ async fn redis_going_away_is_unavailable_quickly_and_recovers() {
     store.ping().await.unwrap();
     store.put_state(Uuid::nil(), "ns", "k", "v").await.unwrap();
     server.stop();
-    let started = Instant::now();
-    assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
-    assert!(matches!(store.resolve_key("kid").await, Err(StoreError::Unavailable(_))));
-    assert!(started.elapsed() < Duration::from_secs(6), "took {:?}", started.elapsed());
+    for op in ["ping", "resolve_key", "list_presence", "remember_nonce", "ping again"] {
+        let started = Instant::now();
+        let result = match op {
+            "resolve_key" => store.resolve_key("kid").await.map(drop),
+            "list_presence" => store.list_presence().await.map(drop),
+            "remember_nonce" => store.remember_nonce("kid", "n", Duration::from_secs(5)).await.map(drop),
+            _ => store.ping().await,
+        };
+        assert!(matches!(result, Err(StoreError::Unavailable(_))), "{op}: {result:?}");
+        assert!(started.elapsed() < Duration::from_secs(3), "{op} took {:?}", started.elapsed());
+    }
     server.start_again();
     let deadline = Instant::now() + Duration::from_secs(15);
     while store.ping().await.is_err() {
@@ -365,9 +446,57 @@ async fn redis_going_away_is_unavailable_quickly_and_recovers() {
 async fn redis_down_at_construction_then_up() {
     let mut server = RedisServer::start();
     server.stop();
+    let started = Instant::now();
     let store = RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap();
     assert!(matches!(store.ping().await, Err(StoreError::Unavailable(_))));
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
     server.start_again();
     store.ping().await.unwrap();
     assert!(RedisStore::new("not a url", Namespace { env: "x".into() }, SecretCodec::plain()).is_err());
+}
+
+/// One unreadable presence entry is skipped by `list_presence` (never hiding the rest) and is
+/// `Corrupt` when asked for directly.
+#[tokio::test]
+async fn redis_unreadable_presence_entry() {
+    let h = Harness::redis(SecretCodec::plain());
+    let Backing::Redis { url, env, .. } = &h.backing else { unreachable!() };
+    let good = connector("http://good/fs");
+    h.store.put_presence(&good, Duration::from_secs(60)).await.unwrap();
+    let bad = Uuid::new_v4();
+    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd("SET")
+        .arg(format!("{env}:dsx-connect:connectors:presence:{bad}"))
+        .arg("{not json")
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(h.store.list_presence().await.unwrap(), vec![good]);
+    assert!(matches!(h.store.get_presence(bad).await, Err(StoreError::Corrupt(_))));
+    // A key of the wrong type is corrupt data too, not an outage.
+    redis::cmd("DEL")
+        .arg(format!("{env}:dsx-connect:connectors:registration:{bad}"))
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    redis::cmd("LPUSH")
+        .arg(format!("{env}:dsx-connect:connectors:registration:{bad}"))
+        .arg("x")
+        .exec_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(matches!(h.store.get_registration(bad).await, Err(StoreError::Corrupt(_))));
+}
+
+/// A Redis that accepts connections but never answers (hung, or a black-holed path) must still
+/// give `Unavailable` within the timeouts, not hang the request.
+#[tokio::test]
+async fn redis_silent_server_times_out() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("redis://{}/", silent.local_addr().unwrap());
+    let store = RedisStore::new(&url, Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap();
+    let started = Instant::now();
+    let result = tokio::time::timeout(Duration::from_secs(10), store.ping()).await.expect("ping hung");
+    assert!(matches!(result, Err(StoreError::Unavailable(_))), "{result:?}");
+    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
 }

@@ -21,3 +21,22 @@ pub fn free_port() -> u16 {
 pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
 }
+
+/// Path of a binary of this workspace, built on demand. Tests of one package use it to
+/// start another package's binary (cargo only provides `CARGO_BIN_EXE_*` for their own).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> → target/<profile>/<name>
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
+    let path = dir.join(name);
+    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status =
+            std::process::Command::new(cargo).args(["build", "--bin", name]).status().expect("run cargo build");
+        assert!(status.success(), "cargo build --bin {name} failed");
+    }
+    assert!(path.exists(), "{} was not built", path.display());
+    path
+}

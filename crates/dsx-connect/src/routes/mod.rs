@@ -1,5 +1,7 @@
 pub mod connectors;
+pub mod proxy;
 pub mod registration;
+pub mod scan;
 pub mod system;
 
 use uuid::Uuid;

@@ -1,0 +1,144 @@
+//! Filesystem repository: the asset is a folder. Every path it touches is confined to the
+//! asset (and the quarantine folder): `..`, absolute paths elsewhere and symlinks that escape
+//! are refused before anything is read or changed.
+
+mod actions;
+mod confine;
+mod monitor;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use axum::body::Body;
+use dsx_connector::{ActionOutcome, ActionPlan, Item, RepoError, Repository};
+use dsx_filter::Filter;
+use dsx_model::{Estimate, ScanRequest};
+use tokio::sync::mpsc;
+
+pub use confine::Confinement;
+
+/// Suffix of the sidecar files that `tag` writes beside an item; never scanned.
+pub const SIDECAR_SUFFIX: &str = ".dsxconnect.json";
+
+pub struct FilesystemRepo {
+    confine: Arc<Confinement>,
+}
+
+impl FilesystemRepo {
+    /// `asset` must be an existing folder. `quarantine` is absolute, or relative to the asset.
+    pub fn new(asset: &str, quarantine: &str) -> anyhow::Result<Self> {
+        anyhow::ensure!(!asset.is_empty(), "DSXCONNECTOR_ASSET must name the folder to scan");
+        let root = Path::new(asset)
+            .canonicalize()
+            .with_context(|| format!("DSXCONNECTOR_ASSET {asset:?} is not an existing folder"))?;
+        anyhow::ensure!(root.is_dir(), "DSXCONNECTOR_ASSET {asset:?} is not a folder");
+        Ok(Self { confine: Arc::new(Confinement::new(root, quarantine)) })
+    }
+
+    pub fn root(&self) -> &Path {
+        self.confine.root()
+    }
+}
+
+/// The path relative to the root with `/` separators, as filters see it.
+fn relative(root: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(root).ok()?;
+    let parts: Vec<_> = rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    Some(parts.join("/"))
+}
+
+fn item_for(path: &Path, size: Option<u64>) -> Item {
+    Item {
+        location: path.to_string_lossy().into_owned(),
+        metainfo: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        size,
+    }
+}
+
+/// Walk the tree depth-first without following symlinks, pruning what the filter rules out.
+fn walk(confine: &Confinement, filter: &Filter, tx: &mpsc::Sender<Result<Item, RepoError>>) {
+    let root = confine.root().to_path_buf();
+    let mut stack: Vec<PathBuf> = vec![root.clone()];
+    while let Some(dir) = stack.pop() {
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(err) => {
+                let _ = tx.blocking_send(Err(RepoError::Io(format!("{}: {err}", dir.display()))));
+                continue;
+            }
+        };
+        let mut entries: Vec<_> = entries.flatten().collect();
+        entries.sort_by_key(|e| e.file_name());
+        let mut subdirs = Vec::new();
+        for entry in entries {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            let Some(rel) = relative(&root, &path) else { continue };
+            if kind.is_dir() {
+                if !confine.is_quarantine(&path) && filter.may_descend(&rel) {
+                    subdirs.push(path);
+                }
+            } else if kind.is_file() && !rel.ends_with(SIDECAR_SUFFIX) && filter.matches(&rel) {
+                let size = entry.metadata().ok().map(|m| m.len());
+                if tx.blocking_send(Ok(item_for(&path, size))).is_err() {
+                    return; // the consumer stopped (limit reached, scan cancelled)
+                }
+            }
+        }
+        stack.extend(subdirs.into_iter().rev());
+    }
+}
+
+#[async_trait]
+impl Repository for FilesystemRepo {
+    fn enumerate(&self, filter: Arc<Filter>) -> mpsc::Receiver<Result<Item, RepoError>> {
+        let (tx, rx) = mpsc::channel(256);
+        let confine = Arc::clone(&self.confine);
+        tokio::task::spawn_blocking(move || walk(&confine, &filter, &tx));
+        rx
+    }
+
+    async fn open(&self, request: &ScanRequest) -> Result<(Body, Option<u64>), RepoError> {
+        let path = self.confine.resolve_item(&request.location)?;
+        let file =
+            tokio::fs::File::open(&path).await.map_err(|e| RepoError::Io(format!("open {}: {e}", path.display())))?;
+        let size = file.metadata().await.ok().map(|m| m.len());
+        Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)), size))
+    }
+
+    async fn item_action(&self, request: &ScanRequest, plan: &ActionPlan) -> Result<ActionOutcome, RepoError> {
+        let confine = Arc::clone(&self.confine);
+        let (request, plan) = (request.clone(), plan.clone());
+        tokio::task::spawn_blocking(move || actions::apply(&confine, &request, &plan))
+            .await
+            .map_err(|e| RepoError::Io(format!("item action task: {e}")))?
+    }
+
+    async fn check(&self) -> Result<(), String> {
+        match tokio::fs::metadata(self.root()).await {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(format!("{} is not a folder", self.root().display())),
+            Err(e) => Err(format!("{}: {e}", self.root().display())),
+        }
+    }
+
+    async fn estimate(&self, filter: Arc<Filter>) -> Estimate {
+        let mut rx = self.enumerate(filter);
+        let mut count = 0u64;
+        while let Some(item) = rx.recv().await {
+            count += u64::from(item.is_ok());
+        }
+        Estimate { count: Some(count), confidence: "exact".into() }
+    }
+
+    fn watch(
+        &self,
+        filter: Arc<Filter>,
+        force_polling: bool,
+        poll: std::time::Duration,
+    ) -> Option<mpsc::Receiver<Item>> {
+        monitor::watch(Arc::clone(&self.confine), filter, force_polling, poll)
+    }
+}

@@ -1,0 +1,173 @@
+//! Scan intake: `scan/request`, `scan/request_batch`, `scan/jobs/{id}/enqueue_done` and the
+//! job control flags connectors read (`scan/jobs/{id}/raw`).
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{Extension, Json};
+use dsx_hmac::unix_now;
+use dsx_model::{parse_json, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
+use dsx_store::{JobStatus, QueuedTask};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::state::{AppState, SharedState};
+
+fn missing_connector(index: Option<usize>) -> ApiError {
+    let mut loc = vec!["body".to_owned()];
+    if let Some(i) = index {
+        loc.extend(["requests".to_owned(), i.to_string()]);
+    }
+    loc.extend(["connector".to_owned(), "uuid".to_owned()]);
+    ApiError::Validation(FieldError {
+        loc,
+        msg: "field `connector.uuid` is required when auth is disabled".into(),
+        kind: "missing",
+    })
+}
+
+impl AppState {
+    /// Bind a scan request to its connector (AUTH.md §3.8): a verified key decides the
+    /// connector; a body naming another one is refused; the registered model and URL
+    /// replace whatever the body says.
+    async fn attribute(
+        &self,
+        caller: &Caller,
+        mut request: ScanRequest,
+        index: Option<usize>,
+    ) -> Result<QueuedTask, ApiError> {
+        let named = request.connector.as_ref().map(|c| c.uuid);
+        let uuid = match caller {
+            Caller::Connector { uuid, .. } => {
+                if named.is_some_and(|n| n != *uuid) {
+                    return Err(ApiError::ConnectorMismatch);
+                }
+                *uuid
+            }
+            _ => named.ok_or_else(|| missing_connector(index))?,
+        };
+        let registered = self.store.get_presence(uuid).await?;
+        match &registered {
+            Some(connector) => {
+                request.connector_url = Some(connector.url.clone());
+                request.connector = Some(connector.clone());
+            }
+            None if self.store.current_credential(uuid).await?.is_some() => request.connector_url = None,
+            None => return Err(ApiError::ConnectorNotFound),
+        }
+        let job_id =
+            request.scan_job_id.clone().filter(|j| !j.is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
+        request.scan_job_id = Some(job_id.clone());
+        let payload = serde_json::to_string(&request).map_err(|_| ApiError::BadRequest("serialize"))?;
+        Ok(QueuedTask {
+            task_id: Uuid::new_v4().to_string(),
+            connector_uuid: uuid,
+            job_id,
+            payload,
+            enqueued_at: unix_now(),
+        })
+    }
+
+    /// 409 when the job no longer takes items.
+    async fn ensure_job_open(&self, job_id: &str) -> Result<(), ApiError> {
+        match self.store.get_job(job_id).await?.map(|j| j.status) {
+            Some(JobStatus::Paused) => Err(ApiError::JobClosed("job_paused")),
+            Some(JobStatus::Cancelled) => Err(ApiError::JobClosed("job_cancelled")),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `POST scan/request` → 202.
+pub async fn request(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
+    let task = state.attribute(&caller, request, None).await?;
+    state.ensure_job_open(&task.job_id).await?;
+    state.store.enqueue_scans(std::slice::from_ref(&task)).await?;
+    let mut response =
+        StatusResponse::success(format!("Scan task ID: {}", task.task_id), format!("job {}", task.job_id));
+    response.id = Some(task.task_id.clone());
+    let location = format!("{API_PREFIX}/scan/request/{}", task.task_id);
+    Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(response)).into_response())
+}
+
+/// `POST scan/request_batch` → 202 with every task id, enqueued in one durable step.
+pub async fn request_batch(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
+    let mut tasks = Vec::with_capacity(batch.requests.len());
+    for (i, request) in batch.requests.into_iter().enumerate() {
+        tasks.push(state.attribute(&caller, request, Some(i)).await?);
+    }
+    let mut jobs: Vec<&str> = tasks.iter().map(|t| t.job_id.as_str()).collect();
+    jobs.dedup();
+    for job in jobs {
+        state.ensure_job_open(job).await?;
+    }
+    state.store.enqueue_scans(&tasks).await?;
+    let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
+    let body = json!({
+        "status": "success",
+        "message": format!("{} scan tasks queued", ids.len()),
+        "description": "",
+        "task_ids": ids,
+        "queued_items": ids.len(),
+        "batch_size": batch.batch_size.unwrap_or(ids.len()),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+/// `POST scan/jobs/{job_id}/enqueue_done`, from the connector that owns the job only.
+pub async fn enqueue_done(
+    State(state): State<SharedState>,
+    Extension(caller): Extension<Caller>,
+    Path(job_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let total = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        let value: Value = parse_json(&body).map_err(ApiError::Validation)?;
+        match value.get("enqueued_total") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(v.as_u64().ok_or_else(|| {
+                ApiError::Validation(FieldError {
+                    loc: vec!["body".into(), "enqueued_total".into()],
+                    msg: "field `enqueued_total`: expected a whole number".into(),
+                    kind: "int_type",
+                })
+            })?),
+        }
+    };
+    if let (Caller::Connector { uuid, .. }, Some(job)) = (&caller, state.store.get_job(&job_id).await?) {
+        if job.connector_uuid.is_some_and(|owner| owner != *uuid) {
+            return Err(ApiError::ConnectorMismatch);
+        }
+    }
+    // A full scan that found nothing has no job yet: nothing to finish.
+    state.store.mark_enqueue_done(&job_id, total).await?;
+    Ok(Json(json!({ "ok": true })))
+}
+
+/// `GET scan/jobs/{job_id}/raw`: control flags and counters only (AUTH.md §8), open to connectors.
+pub async fn job_raw(State(state): State<SharedState>, Path(job_id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let job = state.store.get_job(&job_id).await?.ok_or(ApiError::JobNotFound)?;
+    Ok(Json(json!({
+        "job_id": job.job_id,
+        "status": job.status,
+        "enqueued_count": job.enqueued_count,
+        "processed_count": job.processed_count,
+        "enqueue_done": job.enqueue_done,
+        "expected_total": job.expected_total,
+    })))
+}

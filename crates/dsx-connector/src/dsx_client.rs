@@ -1,0 +1,247 @@
+//! Outbound calls to dsx-connect: registration (enrollment token, then signed refreshes),
+//! and every later call signed with the connector's key. Credentials live in memory only.
+
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use dsx_hmac::{sign_request, SigningKey};
+use dsx_model::{Connector, RegistrationResponse, API_PREFIX};
+use reqwest::{Method, StatusCode};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+
+/// One DSX-HMAC key as the connector holds it: the id and the pre-keyed HMAC state.
+/// The secret text itself is not kept after the key is built.
+pub struct Credentials {
+    pub key_id: String,
+    pub key: SigningKey,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials {{ key_id: {}, key: <redacted> }}", self.key_id)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("dsx-connect unreachable: {0}")]
+    Unreachable(String),
+    #[error("dsx-connect refused: {status} {detail}")]
+    Refused { status: u16, detail: String },
+    #[error("unexpected answer from dsx-connect: {0}")]
+    Protocol(String),
+}
+
+impl ClientError {
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            ClientError::Refused { detail, .. } => Some(detail),
+            _ => None,
+        }
+    }
+}
+
+/// A key recently replaced keeps verifying inbound calls this long (dsx-connect may have
+/// looked the old key up just before the rotation).
+fn previous_key_grace(skew: u64) -> Duration {
+    Duration::from_secs(2 * skew.max(1))
+}
+
+pub struct DsxClient {
+    http: reqwest::Client,
+    base_url: String,
+    token: Option<SecretString>,
+    skew: u64,
+    current: RwLock<Option<Arc<Credentials>>>,
+    previous: RwLock<Option<(Arc<Credentials>, Instant)>>,
+    model: RwLock<Connector>,
+}
+
+impl DsxClient {
+    pub fn new(base_url: &str, token: Option<SecretString>, skew: u64, model: Connector) -> Self {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(30))
+            .build()
+            .expect("HTTP client");
+        Self {
+            http,
+            base_url: base_url.trim_end_matches('/').to_owned(),
+            token,
+            skew,
+            current: RwLock::new(None),
+            previous: RwLock::new(None),
+            model: RwLock::new(model),
+        }
+    }
+
+    pub fn model(&self) -> Connector {
+        self.model.read().expect("model lock").clone()
+    }
+
+    pub fn update_model(&self, f: impl FnOnce(&mut Connector)) {
+        f(&mut self.model.write().expect("model lock"));
+    }
+
+    pub fn key_id(&self) -> Option<String> {
+        self.current.read().expect("creds lock").as_ref().map(|c| c.key_id.clone())
+    }
+
+    /// The key for an inbound call's `key_id`: current, or the previous one inside its grace.
+    pub fn key_for(&self, key_id: &str) -> Option<Arc<Credentials>> {
+        if let Some(c) = self.current.read().expect("creds lock").as_ref().filter(|c| c.key_id == key_id) {
+            return Some(Arc::clone(c));
+        }
+        let previous = self.previous.read().expect("creds lock");
+        previous.as_ref().filter(|(c, until)| c.key_id == key_id && Instant::now() < *until).map(|(c, _)| Arc::clone(c))
+    }
+
+    fn install(&self, key_id: String, secret: &str) {
+        let fresh = Arc::new(Credentials { key_id, key: SigningKey::new(secret) });
+        let old = self.current.write().expect("creds lock").replace(fresh);
+        if let Some(old) = old {
+            *self.previous.write().expect("creds lock") = Some((old, Instant::now() + previous_key_grace(self.skew)));
+        }
+    }
+
+    fn forget_current(&self) {
+        self.current.write().expect("creds lock").take();
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{API_PREFIX}/{path}", self.base_url)
+    }
+
+    /// Build a request, signed when the connector holds a key. The signed path is the one
+    /// reqwest puts on the wire (after URL normalisation), so both sides agree.
+    fn request(&self, method: Method, path: &str, body: Vec<u8>) -> Result<reqwest::RequestBuilder, ClientError> {
+        let url = reqwest::Url::parse(&self.url(path)).map_err(|e| ClientError::Protocol(format!("bad URL: {e}")))?;
+        let mut builder = self.http.request(method.clone(), url.clone());
+        if let Some(creds) = self.current.read().expect("creds lock").as_ref() {
+            let paq = match url.query() {
+                Some(q) => format!("{}?{q}", url.path()),
+                None => url.path().to_owned(),
+            };
+            builder =
+                builder.header("Authorization", sign_request(&creds.key, &creds.key_id, method.as_str(), &paq, &body));
+        }
+        if !body.is_empty() {
+            builder = builder.header("Content-Type", "application/json");
+        }
+        Ok(builder.body(body))
+    }
+
+    async fn send_once(&self, method: Method, path: &str, body: Vec<u8>) -> Result<reqwest::Response, ClientError> {
+        self.request(method, path, body)?.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))
+    }
+
+    /// Register (or refresh). Signed when a key is held; after `unknown_key_id` (the server
+    /// lost or revoked it) falls back to the enrollment token, which mints a fresh key.
+    pub async fn register(&self, rotate: bool) -> Result<StatusCode, ClientError> {
+        let body = serde_json::to_vec(&self.model()).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let path = if rotate { "connectors/register?rotate=true" } else { "connectors/register" };
+        if self.key_id().is_some() {
+            let resp = self.send_once(Method::POST, path, body.clone()).await?;
+            match check(resp).await {
+                Ok((status, json)) => return self.accept_registration(status, json),
+                Err(err) if err.detail() == Some("unknown_key_id") => {
+                    tracing::warn!(
+                        "dsx-connect no longer knows this connector's key; re-enrolling with the enrollment token"
+                    );
+                    self.forget_current();
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        let mut req = self.request(Method::POST, "connectors/register", body)?;
+        if let Some(token) = &self.token {
+            req = req.header("X-Enrollment-Token", token.expose_secret());
+        }
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let (status, json) = check(resp).await?;
+        self.accept_registration(status, json)
+    }
+
+    fn accept_registration(&self, status: StatusCode, json: Value) -> Result<StatusCode, ClientError> {
+        let parsed: RegistrationResponse =
+            serde_json::from_value(json).map_err(|e| ClientError::Protocol(format!("registration response: {e}")))?;
+        if let (Some(kid), Some(secret)) = (parsed.hmac_key_id, parsed.hmac_secret) {
+            tracing::info!(key_id = %kid, "received DSX-HMAC credentials");
+            self.install(kid, &secret);
+        }
+        tracing::debug!(message = %parsed.message, "registration accepted");
+        Ok(status)
+    }
+
+    /// A signed call; on `unknown_key_id` re-registers once and retries.
+    pub async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(StatusCode, Value), ClientError> {
+        let resp = self.send_once(method.clone(), path, body.clone()).await?;
+        match check(resp).await {
+            Err(err) if err.detail() == Some("unknown_key_id") => {
+                self.register(false).await?;
+                check(self.send_once(method, path, body).await?).await
+            }
+            other => other,
+        }
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        value: &impl serde::Serialize,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let body = serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        self.call(Method::POST, path, body).await
+    }
+
+    /// Signed unregister (graceful shutdown).
+    pub async fn unregister(&self) -> Result<(), ClientError> {
+        let uuid = self.model().uuid;
+        self.call(Method::DELETE, &format!("connectors/unregister/{uuid}"), Vec::new()).await.map(|_| ())
+    }
+}
+
+/// Split a response into success JSON or a `Refused` error carrying `detail`.
+async fn check(resp: reqwest::Response) -> Result<(StatusCode, Value), ClientError> {
+    let status = resp.status();
+    let text = resp.text().await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+    let json: Value =
+        if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
+    if status.is_success() {
+        Ok((status, json))
+    } else {
+        let detail = match &json {
+            Value::Object(o) => o.get("detail").map(|d| d.as_str().map(str::to_owned).unwrap_or_else(|| d.to_string())),
+            _ => None,
+        };
+        Err(ClientError::Refused { status: status.as_u16(), detail: detail.unwrap_or_else(|| json.to_string()) })
+    }
+}
+
+/// Registration retry delay: 2 s base doubling to a 60 s cap, ±10 % jitter.
+pub fn backoff(attempt: u32) -> Duration {
+    let base = 2f64 * 2f64.powi(attempt.min(10) as i32);
+    let capped = base.min(60.0);
+    let jitter = 0.9 + rand::random::<f64>() * 0.2;
+    Duration::from_secs_f64(capped * jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_the_cap_with_jitter() {
+        for (attempt, nominal) in [(0, 2.0), (1, 4.0), (3, 16.0), (5, 60.0), (30, 60.0)] {
+            let d = backoff(attempt).as_secs_f64();
+            assert!(d >= nominal * 0.9 - 1e-9 && d <= nominal * 1.1 + 1e-9, "attempt {attempt}: {d}");
+        }
+    }
+
+    #[test]
+    fn credentials_debug_is_redacted() {
+        let c = Credentials { key_id: "kid".into(), key: SigningKey::new("s3cret") };
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

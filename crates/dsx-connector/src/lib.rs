@@ -1,0 +1,203 @@
+//! The connector framework. A repository kind (filesystem, S3, …) implements
+//! [`Repository`]; [`run`] does the rest: configuration, a stable uuid, enrollment and signed
+//! heartbeats, DSX-HMAC on every inbound and outbound call, the routes, full scans, monitoring,
+//! and a signed unregister on shutdown.
+
+pub mod dsx_client;
+pub mod full_scan;
+pub mod inbound;
+pub mod repository;
+pub mod routes;
+pub mod settings;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use anyhow::Context;
+use dsx_filter::Filter;
+use dsx_model::{Connector, ConnectorStatus};
+use uuid::Uuid;
+
+pub use dsx_client::{backoff, DsxClient};
+pub use repository::{ActionOutcome, ActionPlan, Item, RepoError, Repository, RuntimeConfig};
+pub use settings::{ConnectorDefaults, ConnectorSettings};
+
+/// Everything a request handler or background task of a connector needs.
+pub struct ConnectorContext {
+    pub settings: ConnectorSettings,
+    pub dsx: DsxClient,
+    pub repo: Arc<dyn Repository>,
+    pub replay: inbound::ReplayCache,
+    pub runtime: RwLock<RuntimeConfig>,
+    registered: AtomicBool,
+}
+
+impl ConnectorContext {
+    pub fn new(settings: ConnectorSettings, repo: Arc<dyn Repository>, uuid: Uuid) -> anyhow::Result<Arc<Self>> {
+        let filter =
+            Filter::parse(&settings.filter).with_context(|| format!("DSXCONNECTOR_FILTER {:?}", settings.filter))?;
+        let model = Connector {
+            name: settings.name.clone(),
+            display_name: settings.display_name.clone(),
+            display_icon: settings.display_icon.clone(),
+            uuid,
+            url: settings.base_url(),
+            status: ConnectorStatus::Ready,
+            item_action: settings.item_action,
+            item_action_move_metainfo: settings.item_action_move_metainfo.clone(),
+            asset: settings.asset.clone(),
+            asset_display_name: settings.asset_display_name.clone(),
+            filter: settings.filter.clone(),
+            ..Connector::default()
+        };
+        let dsx =
+            DsxClient::new(&settings.dsx_connect_url, settings.enrollment_token.clone(), settings.clock_skew, model);
+        let runtime = RwLock::new(RuntimeConfig {
+            filter: Arc::new(filter),
+            item_action: settings.item_action,
+            item_action_move_metainfo: settings.item_action_move_metainfo.clone(),
+        });
+        Ok(Arc::new(Self {
+            settings,
+            dsx,
+            repo,
+            replay: Default::default(),
+            runtime,
+            registered: AtomicBool::new(false),
+        }))
+    }
+
+    /// Registered with dsx-connect at least once.
+    pub fn is_ready(&self) -> bool {
+        self.registered.load(Ordering::Relaxed)
+    }
+
+    /// Enroll (with backoff until it works), then heartbeat with signed refreshes forever.
+    pub async fn keep_registered(self: Arc<Self>) {
+        let mut attempt = 0;
+        loop {
+            match self.dsx.register(false).await {
+                Ok(status) => {
+                    if !self.registered.swap(true, Ordering::Relaxed) {
+                        tracing::info!(%status, url = %self.settings.base_url(), "registered with dsx-connect");
+                        self.confirm_auth().await;
+                    }
+                    attempt = 0;
+                    tokio::time::sleep(self.settings.heartbeat_interval).await;
+                }
+                Err(err) => {
+                    let delay = backoff(attempt);
+                    attempt += 1;
+                    tracing::warn!(error = %err, retry_in = ?delay, "registration failed");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// One signed `scan/auth_check` after enrolling, so a key mismatch shows in the log at once.
+    async fn confirm_auth(&self) {
+        match self.dsx.call(reqwest::Method::POST, "scan/auth_check", Vec::new()).await {
+            Ok(_) => tracing::info!("dsx-connect verified this connector's DSX-HMAC signature"),
+            Err(err) => tracing::warn!(error = %err, "scan/auth_check failed"),
+        }
+    }
+
+    /// Monitor mode: enqueue each new or changed item as its own job.
+    pub fn spawn_monitor(self: &Arc<Self>) {
+        let filter = self.runtime.read().expect("runtime lock").filter.clone();
+        let Some(mut changes) =
+            self.repo.watch(filter, self.settings.monitor_force_polling, self.settings.monitor_poll_interval)
+        else {
+            tracing::warn!("DSXCONNECTOR_MONITOR is on but this connector kind cannot watch");
+            return;
+        };
+        let ctx = Arc::clone(self);
+        tokio::spawn(async move {
+            while let Some(item) = changes.recv().await {
+                tokio::spawn(Arc::clone(&ctx).enqueue_single(item));
+            }
+        });
+    }
+}
+
+/// The connector's uuid, kept in `<data_dir>/connector_uuid.txt` so it survives restarts.
+/// Nothing else (and never a credential) is written there.
+pub fn load_or_create_uuid(data_dir: &Path) -> anyhow::Result<Uuid> {
+    let path = data_dir.join("connector_uuid.txt");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        return text.trim().parse().with_context(|| format!("{} does not hold a uuid", path.display()));
+    }
+    std::fs::create_dir_all(data_dir).with_context(|| format!("create {}", data_dir.display()))?;
+    let uuid = Uuid::new_v4();
+    std::fs::write(&path, format!("{uuid}\n")).with_context(|| format!("write {}", path.display()))?;
+    Ok(uuid)
+}
+
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("DSXCONNECTOR_LOG_LEVEL")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("DSXCONNECTOR_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}
+
+/// Run a connector until SIGTERM/Ctrl-C: serve its routes on `listen`, keep it registered,
+/// and unregister (signed) on the way out.
+pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen: SocketAddr) -> anyhow::Result<()> {
+    tracing::info!("{}", settings.auth_boot_line());
+    if settings.auth_enabled && settings.enrollment_token.is_none() {
+        anyhow::bail!(
+            "DSXCONNECTOR_AUTH__ENABLED=true needs an enrollment token (DSXCONNECT_ENROLLMENT_TOKEN or DSXCONNECT_ENROLLMENT_TOKEN_FILE) to obtain the key it verifies with"
+        );
+    }
+    let uuid = load_or_create_uuid(&settings.data_dir)?;
+    let ctx = ConnectorContext::new(settings, repo, uuid)?;
+    if let Err(reason) = ctx.repo.check().await {
+        tracing::warn!(%reason, "repository not reachable yet");
+    }
+    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+    tracing::info!(%uuid, listen = %listener.local_addr()?, url = %ctx.settings.base_url(), asset = %ctx.settings.asset, "connector serving");
+    let registration = tokio::spawn(Arc::clone(&ctx).keep_registered());
+    if ctx.settings.monitor {
+        ctx.spawn_monitor();
+    }
+    let app = routes::router(Arc::clone(&ctx)).into_make_service_with_connect_info::<SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    registration.abort();
+    if ctx.is_ready() {
+        match tokio::time::timeout(Duration::from_secs(5), ctx.dsx.unregister()).await {
+            Ok(Ok(())) => tracing::info!("unregistered from dsx-connect"),
+            Ok(Err(err)) => tracing::warn!(error = %err, "unregister failed"),
+            Err(_) => tracing::warn!("unregister timed out"),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! The one trait a repository kind implements; the framework does the rest.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use dsx_filter::Filter;
+use dsx_model::{Estimate, ItemAction, ScanRequest};
+use tokio::sync::mpsc;
+
+/// One scannable item, as sent in a scan request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Item {
+    /// filesystem: absolute path; object stores: the key.
+    pub location: String,
+    /// filesystem: file name; object stores: `bucket/key`.
+    pub metainfo: String,
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// Outside the asset (traversal, absolute path elsewhere, escaping symlink).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// The effective action for one `item_action` call.
+#[derive(Debug, Clone)]
+pub struct ActionPlan {
+    pub action: ItemAction,
+    /// Quarantine destination (configured, or `requested_action.destination.path`).
+    pub move_target: String,
+    pub preserve_relative_path: bool,
+}
+
+/// What an item action did.
+#[derive(Debug, Clone)]
+pub struct ActionOutcome {
+    pub message: String,
+    pub description: String,
+}
+
+/// Changes the filter and other runtime settings (`PUT config`).
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    pub filter: Arc<Filter>,
+    pub item_action: ItemAction,
+    pub item_action_move_metainfo: String,
+}
+
+#[async_trait]
+pub trait Repository: Send + Sync + 'static {
+    /// Enumerate every item passing `filter`, streamed through a channel so a huge asset
+    /// never sits in memory. The sender is dropped when enumeration ends.
+    fn enumerate(&self, filter: Arc<Filter>) -> mpsc::Receiver<Result<Item, RepoError>>;
+
+    /// Open an item for reading; the body streams (never the whole file in memory).
+    async fn open(&self, request: &ScanRequest) -> Result<(Body, Option<u64>), RepoError>;
+
+    /// Remediate a malicious item.
+    async fn item_action(&self, request: &ScanRequest, plan: &ActionPlan) -> Result<ActionOutcome, RepoError>;
+
+    /// Is the repository reachable? `Err` carries the reason.
+    async fn check(&self) -> Result<(), String>;
+
+    /// How many items a full scan would enqueue, when cheap to know.
+    async fn estimate(&self, filter: Arc<Filter>) -> Estimate {
+        let _ = filter;
+        Estimate { count: None, confidence: "unknown".into() }
+    }
+
+    /// Watch for new or changed items (monitor mode); `None` when the kind cannot.
+    fn watch(
+        &self,
+        filter: Arc<Filter>,
+        force_polling: bool,
+        poll: std::time::Duration,
+    ) -> Option<mpsc::Receiver<Item>> {
+        let _ = (filter, force_polling, poll);
+        None
+    }
+}
