@@ -362,3 +362,63 @@ async fn filter_limits_full_scan_and_monitor_enqueues_new_files() {
     let queued = stack.queued_locations().await;
     assert_eq!(queued.len(), 2, "{queued:?}");
 }
+
+#[tokio::test]
+async fn a_revoked_connector_re_enrolls_by_itself() {
+    let stack = Stack::start(&[]).await;
+    let store = stack.store().await;
+    let first = store.current_credential(stack.uuid).await.unwrap().unwrap().key_id;
+    // An operator revokes the connector: presence and keys are gone.
+    let resp = stack.operator(Method::DELETE, &format!("connectors/unregister/{}", stack.uuid)).await;
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    assert!(store.resolve_key(&first).await.unwrap().is_none());
+    // The next signed heartbeat meets `unknown_key_id`; the connector re-enrolls with its token.
+    wait_for("re-enrollment", async || {
+        store.current_credential(stack.uuid).await.unwrap().is_some_and(|c| c.key_id != first)
+            && store.get_presence(stack.uuid).await.unwrap().is_some()
+    })
+    .await;
+    assert!(stack.connector.logs().contains("re-enrolling with the enrollment token"));
+    // And dsx-connect's calls work with the new key.
+    let a = stack.root().join("a.txt");
+    assert_eq!(stack.read_file(a.to_str().unwrap()).await.status(), StatusCode::OK);
+}
+
+/// Set a job's status the way any component sharing the Redis does (`dsxconnect:job:<id>`).
+async fn set_job_status(stack: &Stack, job_id: &str, status: &str) {
+    let mut conn =
+        redis::Client::open(stack.redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("HSET")
+        .arg(format!("dsxconnect:job:{job_id}"))
+        .arg("job_id")
+        .arg(job_id)
+        .arg("connector_uuid")
+        .arg(stack.uuid.to_string())
+        .arg("status")
+        .arg(status)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn full_scan_waits_while_paused_and_stops_when_cancelled() {
+    let stack = Stack::start(&[]).await;
+    let job = unique_name("paused-");
+    set_job_status(&stack, &job, "paused").await;
+    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job}", stack.uuid)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(stack.queued_locations().await.is_empty(), "nothing is enqueued while paused");
+    set_job_status(&stack, &job, "running").await;
+    let done = stack.wait_job_done(&job).await;
+    assert_eq!((done["expected_total"].as_u64(), done["enqueued_count"].as_u64()), (Some(4), Some(4)));
+
+    let cancelled = unique_name("cancelled-");
+    set_job_status(&stack, &cancelled, "cancelled").await;
+    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={cancelled}", stack.uuid)).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let done = stack.wait_job_done(&cancelled).await;
+    assert_eq!(done["expected_total"].as_u64(), Some(0));
+    assert_eq!(stack.queued_locations().await.len(), 4, "the cancelled job added nothing");
+}

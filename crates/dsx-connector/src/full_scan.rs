@@ -29,6 +29,10 @@ pub struct FullScanParams {
     pub batch_size: usize,
 }
 
+fn request_job(request: &ScanRequest) -> String {
+    request.scan_job_id.clone().unwrap_or_default()
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Control {
     Run,
@@ -45,14 +49,23 @@ impl ConnectorContext {
         req
     }
 
-    /// POST one JSON body, retrying transient failures. `Ok(false)` when dsx-connect
-    /// refused the item because the job is paused or cancelled (409).
-    async fn enqueue_with_retry(&self, path: &str, body: &serde_json::Value) -> Result<bool, ClientError> {
+    /// POST one JSON body, retrying transient failures. While the job is paused (409
+    /// `job_paused`) it waits and then retries; `Ok(false)` when the job was cancelled.
+    async fn enqueue_with_retry(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+        job_id: &str,
+    ) -> Result<bool, ClientError> {
         let mut attempt = 0;
         loop {
             match self.dsx.post_json(path, body).await {
                 Ok(_) => return Ok(true),
-                Err(ClientError::Refused { status: 409, .. }) => return Ok(false),
+                Err(ClientError::Refused { status: 409, detail }) => {
+                    if detail != "job_paused" || self.job_control(job_id).await == Control::Stop {
+                        return Ok(false);
+                    }
+                }
                 Err(err @ (ClientError::Unreachable(_) | ClientError::Refused { status: 500..=599, .. }))
                     if attempt + 1 < ENQUEUE_ATTEMPTS =>
                 {
@@ -119,7 +132,7 @@ impl ConnectorContext {
             let (ctx, enqueued, stop) = (Arc::clone(&self), Arc::clone(&enqueued), Arc::clone(&stop));
             tasks.spawn(async move {
                 let body = serde_json::to_value(&request).expect("scan request serialises");
-                match ctx.enqueue_with_retry("scan/request", &body).await {
+                match ctx.enqueue_with_retry("scan/request", &body, &request_job(&request)).await {
                     Ok(true) => {
                         enqueued.fetch_add(1, Ordering::Relaxed);
                     }
@@ -137,7 +150,8 @@ impl ConnectorContext {
 
         let total = enqueued.load(Ordering::Relaxed);
         let done = json!({ "enqueued_total": total });
-        if let Err(err) = self.enqueue_with_retry(&format!("scan/jobs/{}/enqueue_done", params.job_id), &done).await {
+        let path = format!("scan/jobs/{}/enqueue_done", params.job_id);
+        if let Err(err) = self.enqueue_with_retry(&path, &done, &params.job_id).await {
             tracing::error!(job_id = %params.job_id, error = %err, "enqueue_done failed");
         }
         tracing::info!(job_id = %params.job_id, enqueued = total, "full scan enumeration finished");
@@ -146,9 +160,10 @@ impl ConnectorContext {
 
     async fn send_batch(&self, requests: Vec<ScanRequest>, batch_size: usize, enqueued: &AtomicU64, stop: &AtomicBool) {
         let count = requests.len() as u64;
+        let job_id = requests.first().map(request_job).unwrap_or_default();
         let body = serde_json::to_value(ScanRequestBatch { requests, batch_size: Some(batch_size) })
             .expect("batch serialises");
-        match self.enqueue_with_retry("scan/request_batch", &body).await {
+        match self.enqueue_with_retry("scan/request_batch", &body, &job_id).await {
             Ok(true) => {
                 enqueued.fetch_add(count, Ordering::Relaxed);
             }
@@ -161,10 +176,11 @@ impl ConnectorContext {
     pub async fn enqueue_single(self: Arc<Self>, item: Item) {
         let job_id = uuid::Uuid::new_v4().to_string();
         let body = serde_json::to_value(self.scan_request(&item, &job_id)).expect("scan request serialises");
-        match self.enqueue_with_retry("scan/request", &body).await {
+        match self.enqueue_with_retry("scan/request", &body, &job_id).await {
             Ok(true) => {
                 let done = json!({ "enqueued_total": 1 });
-                if let Err(err) = self.enqueue_with_retry(&format!("scan/jobs/{job_id}/enqueue_done"), &done).await {
+                let path = format!("scan/jobs/{job_id}/enqueue_done");
+                if let Err(err) = self.enqueue_with_retry(&path, &done, &job_id).await {
                     tracing::warn!(error = %err, "enqueue_done for a monitored item failed");
                 }
                 tracing::info!(location = %item.location, job_id, "monitored change enqueued");
