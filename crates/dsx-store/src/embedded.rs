@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord, ResolvedKey,
-    SecretCodec, Store, StoreError, StoreResult,
+    now_millis, now_secs, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
+    ResolvedKey, SecretCodec, Store, StoreError, StoreResult,
 };
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
@@ -28,6 +28,10 @@ const STATE: TableDefinition<(&str, &str, &str), &str> = TableDefinition::new("s
 /// The scan queue: sequence number → QueuedTask json.
 const SCAN_QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("scan_queue");
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
+/// Per queued task: (visible again at ms, attempt, leased 0/1). Absent = new, visible now.
+const QUEUE_STATE: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("scan_queue_state");
+/// Dead letters in arrival order: sequence → DeadLetter json.
+const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
 /// bucket → (window end in unix seconds, count).
 const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
 
@@ -106,6 +110,8 @@ impl EmbeddedStore {
         txn.open_table(RATE).map_err(unavailable)?;
         txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
         txn.open_table(JOBS).map_err(unavailable)?;
+        txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+        txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         let inner =
             Arc::new(Inner { db, codec, last_sweep_ms: AtomicU64::new(now_millis()), dirty: AtomicBool::new(false) });
@@ -229,6 +235,14 @@ fn credential_in(
 ) -> StoreResult<Option<StoredCredential>> {
     let value = table.get(uuid).map_err(unavailable)?;
     value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
+}
+
+fn ttl_ms_u64(d: Duration) -> u64 {
+    (d.as_millis() as u64).max(1)
+}
+
+fn parse_seq(id: &str) -> StoreResult<u64> {
+    id.parse().map_err(|_| corrupt(format!("not an embedded queue id: {id}")))
 }
 
 fn put_json<V: Serialize>(table: &mut Table<&str, &[u8]>, key: &str, value: &V) -> StoreResult<()> {
@@ -538,6 +552,150 @@ impl Store for EmbeddedStore {
                 let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
                 jobs.insert(job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
                 Ok(Some(job))
+            })
+        })
+        .await
+    }
+
+    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
+        let _ = consumer; // one process owns the file: leases need no owner name
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let now = now_millis();
+                let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                let mut out = Vec::new();
+                for row in queue.iter().map_err(unavailable)? {
+                    if out.len() >= max {
+                        break;
+                    }
+                    let (seq, payload) = row.map_err(unavailable)?;
+                    let seq = seq.value();
+                    let (visible_at, attempt, leased) =
+                        state.get(seq).map_err(unavailable)?.map(|g| g.value()).unwrap_or((0, 1, 0));
+                    if visible_at > now {
+                        continue;
+                    }
+                    // A lease that ran out means the holder died: this is another attempt.
+                    let attempt = if leased == 1 { attempt + 1 } else { attempt };
+                    let task: QueuedTask = match serde_json::from_slice(payload.value()) {
+                        Ok(t) => t,
+                        Err(err) => {
+                            tracing::error!(seq, error = %err, "unreadable queue entry skipped");
+                            continue;
+                        }
+                    };
+                    state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
+                    out.push(Delivery { id: seq.to_string(), task, attempt: attempt as u32 });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+                txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        let attempt = u64::from(delivery.attempt) + 1;
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
+                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        let letter = DeadLetter {
+            task: delivery.task.clone(),
+            reason: reason.to_owned(),
+            retry_count: delivery.attempt.saturating_sub(1),
+            failed_at: now_secs(),
+        };
+        let json = serde_json::to_vec(&letter).map_err(corrupt)?;
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let removed =
+                    txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?.is_some();
+                txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+                if removed {
+                    let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                    let next = dlq.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    dlq.insert(next, json.as_slice()).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)?.skip(start).take(end.saturating_sub(start)) {
+                let (_, json) = row.map_err(unavailable)?;
+                out.push(serde_json::from_slice(json.value()).map_err(corrupt)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            txn.open_table(DEAD_LETTERS).map_err(unavailable)?.len().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                let mut next = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                let mut moved = 0;
+                while moved < max as u64 {
+                    let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
+                    let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
+                    let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
+                    queue.insert(next, task.as_slice()).map_err(unavailable)?;
+                    next += 1;
+                    moved += 1;
+                }
+                Ok(moved)
+            })
+        })
+        .await
+    }
+
+    async fn clear_dead_letters(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            inner.write(true, |txn| {
+                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                let count = dlq.len().map_err(unavailable)?;
+                dlq.retain(|_, _| false).map_err(unavailable)?;
+                Ok(count)
             })
         })
         .await

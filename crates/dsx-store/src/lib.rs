@@ -109,6 +109,26 @@ pub struct QueuedTask {
     pub enqueued_at: u64,
 }
 
+/// A task handed to one worker. Until it is acked, retried or dead-lettered it belongs to
+/// that worker; if the worker dies, another claims it once the lease has run out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    /// Backend handle for ack/retry/dead-letter.
+    pub id: String,
+    pub task: QueuedTask,
+    /// 1 on the first delivery; counts retries and re-deliveries after a crash.
+    pub attempt: u32,
+}
+
+/// A task that exhausted its retries (or cannot be processed), kept with the reason.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub task: QueuedTask,
+    pub reason: String,
+    pub retry_count: u32,
+    pub failed_at: u64,
+}
+
 /// One fixed-window rate-limit observation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateWindow {
@@ -166,6 +186,22 @@ pub trait Store: Send + Sync + 'static {
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;
     /// Record `enqueue_done` (with the connector's total, when sent).
     async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>>;
+    /// Up to `max` tasks for `consumer`: due retries, tasks whose previous holder's lease ran
+    /// out (a crashed worker), then new ones. Each is leased to `consumer` for `lease`.
+    /// Every worker must use the same `lease`: Redis judges a holder dead by the claimer's.
+    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>>;
+    /// Done with a task (whatever its outcome): it leaves the queue.
+    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()>;
+    /// Give a task back to be delivered again after `delay` (attempt + 1), atomically.
+    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()>;
+    /// Move a task to the dead-letter queue with the reason, atomically.
+    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()>;
+    /// Dead letters of the scan queue, oldest first, `start..end` (end exclusive).
+    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>>;
+    async fn dead_letter_count(&self) -> StoreResult<u64>;
+    /// Put up to `max` dead letters back on the queue (attempts reset). Returns how many.
+    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64>;
+    async fn clear_dead_letters(&self) -> StoreResult<u64>;
 
     // ---- rate limiting ----
     /// Count one hit against `bucket` in a fixed window of `window`.

@@ -11,8 +11,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    now_secs, Credential, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord, ResolvedKey, SecretCodec, Store,
-    StoreError, StoreResult,
+    now_secs, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
+    ResolvedKey, SecretCodec, Store, StoreError, StoreResult,
 };
 
 /// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
@@ -97,6 +97,62 @@ end
 return 0
 ";
 
+/// Due retries move from the delay set back onto the stream. Members are `<attempt>|<task json>`.
+/// KEYS: stream, delay set. ARGV: now ms.
+const PROMOTE_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 200)
+for _, m in ipairs(due) do
+  local sep = string.find(m, '|', 1, true)
+  redis.call('XADD', KEYS[1], '*', 'task', string.sub(m, sep + 1), 'attempt', string.sub(m, 1, sep - 1))
+  redis.call('ZREM', KEYS[2], m)
+end
+return #due
+";
+
+/// Ack and delete a stream entry, then optionally park it (delay set) or dead-letter it, in one step.
+/// KEYS: stream, delay set, dead-letter list. ARGV: group, entry id, mode (ack|retry|dead), score, member.
+const SETTLE_SCRIPT: &str = r"
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if acked == 0 then return 0 end
+if ARGV[3] == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+elseif ARGV[3] == 'dead' then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+end
+return 1
+";
+
+/// The entries of an XAUTOCLAIM reply (`[cursor, [[id, [field, value, …]], …], deleted]`),
+/// parsed by hand: redis-rs 0.27's `StreamAutoClaimReply` did not yield them here.
+fn autoclaim_entries(reply: &redis::Value) -> Vec<redis::streams::StreamId> {
+    let redis::Value::Array(parts) = reply else { return Vec::new() };
+    let Some(redis::Value::Array(entries)) = parts.get(1) else { return Vec::new() };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(pair) = entry else { return None };
+            let id = match pair.first()? {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let redis::Value::Array(fields) = pair.get(1)? else { return None };
+            let map = fields
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [redis::Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
+                    _ => None,
+                })
+                .collect();
+            Some(redis::streams::StreamId { id, map })
+        })
+        .collect()
+}
+
+/// Consumer group shared by every worker replica.
+const GROUP: &str = "dsx-connect-workers";
+
 /// Revocation as one atomic step. KEYS: config hash, grace-kid set.
 /// ARGV: uuid, kid index prefix, grace record prefix. Returns how many keys it removed.
 const REVOKE_SCRIPT: &str = r"
@@ -179,6 +235,58 @@ impl RedisStore {
 
     fn scan_queue_key(&self) -> String {
         format!("{}:queue:scan_request", self.ns)
+    }
+    fn delay_key(&self) -> String {
+        format!("{}:queue:scan_request:delayed", self.ns)
+    }
+    fn dlq_key(&self) -> String {
+        format!("{}:dlq:scan_request", self.ns)
+    }
+
+    /// Create the consumer group (from the start of the stream, so nothing enqueued before
+    /// the first worker is skipped). Idempotent; also re-run after a Redis that lost it.
+    async fn ensure_group(&self, conn: &mut ConnectionManager) -> StoreResult<()> {
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.scan_queue_key())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(map_err),
+        }
+    }
+
+    fn delivery(entry: &redis::streams::StreamId, bump: u32) -> StoreResult<Delivery> {
+        let text = |k: &str| match entry.map.get(k) {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let task: QueuedTask =
+            serde_json::from_str(&text("task").ok_or_else(|| corrupt("queue entry without task"))?).map_err(corrupt)?;
+        let attempt = text("attempt").and_then(|a| a.parse().ok()).unwrap_or(1u32) + bump;
+        Ok(Delivery { id: entry.id.clone(), task, attempt })
+    }
+
+    async fn settle(&self, delivery: &Delivery, mode: &str, score: u64, member: String) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        redis::Script::new(SETTLE_SCRIPT)
+            .key(self.scan_queue_key())
+            .key(self.delay_key())
+            .key(self.dlq_key())
+            .arg(GROUP)
+            .arg(&delivery.id)
+            .arg(mode)
+            .arg(score)
+            .arg(member)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
     }
 }
 
@@ -387,7 +495,137 @@ impl Store for RedisStore {
 
     async fn scan_queue_len(&self) -> StoreResult<u64> {
         let mut conn = self.conn().await?;
-        redis::cmd("XLEN").arg(self.scan_queue_key()).query_async(&mut conn).await.map_err(map_err)
+        let (live, delayed): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(self.scan_queue_key())
+            .cmd("ZCARD")
+            .arg(self.delay_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(live + delayed)
+    }
+
+    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
+        let mut conn = self.conn().await?;
+        redis::Script::new(PROMOTE_SCRIPT)
+            .key(self.scan_queue_key())
+            .key(self.delay_key())
+            .arg(crate::now_millis())
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(map_err)?;
+        self.ensure_group(&mut conn).await?;
+        // Entries another worker held longer than the lease: it crashed or hung.
+        let reclaimed: redis::Value = redis::cmd("XAUTOCLAIM")
+            .arg(self.scan_queue_key())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(ttl_ms(lease))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::new();
+        for entry in &autoclaim_entries(&reclaimed) {
+            match Self::delivery(entry, 1) {
+                Ok(d) => out.push(d),
+                Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
+            }
+        }
+        if out.len() < max {
+            let fresh: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max - out.len())
+                .arg("STREAMS")
+                .arg(self.scan_queue_key())
+                .arg(">")
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            for entry in fresh.keys.iter().flat_map(|k| &k.ids) {
+                match Self::delivery(entry, 0) {
+                    Ok(d) => out.push(d),
+                    Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
+        self.settle(delivery, "ack", 0, String::new()).await
+    }
+
+    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
+        let due = crate::now_millis() + ttl_ms(delay);
+        self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt + 1)).await
+    }
+
+    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+        let letter = DeadLetter {
+            task: delivery.task.clone(),
+            reason: reason.to_owned(),
+            retry_count: delivery.attempt.saturating_sub(1),
+            failed_at: now_secs(),
+        };
+        self.settle(delivery, "dead", 0, serde_json::to_string(&letter).map_err(corrupt)?).await
+    }
+
+    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let raw: Vec<String> = conn.lrange(self.dlq_key(), start as isize, end as isize - 1).await.map_err(map_err)?;
+        raw.iter().map(|r| serde_json::from_str(r).map_err(corrupt)).collect()
+    }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        conn.llen(self.dlq_key()).await.map_err(map_err)
+    }
+
+    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let mut moved = 0;
+        while moved < max as u64 {
+            // LPOP then XADD: a crash in between loses nothing but may requeue one letter twice,
+            // which the workers' task-id idempotency absorbs.
+            let Some(raw): Option<String> = conn.lpop(self.dlq_key(), None).await.map_err(map_err)? else { break };
+            let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+            let task = serde_json::to_string(&letter.task).map_err(corrupt)?;
+            redis::cmd("XADD")
+                .arg(self.scan_queue_key())
+                .arg("*")
+                .arg("task")
+                .arg(task)
+                .arg("attempt")
+                .arg(1)
+                .query_async::<String>(&mut conn)
+                .await
+                .map_err(map_err)?;
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
+    async fn clear_dead_letters(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let (count, _): (u64, u64) = redis::pipe()
+            .atomic()
+            .llen(self.dlq_key())
+            .del(self.dlq_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(count)
     }
 
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {

@@ -316,6 +316,82 @@ async fn scan_queue_and_job_counters(h: &Harness) {
     assert!(s.scan_queue_len().await.unwrap() >= before + 3);
 }
 
+fn queued(n: u32) -> dsx_store::QueuedTask {
+    dsx_store::QueuedTask {
+        task_id: format!("task-{n}"),
+        connector_uuid: Uuid::nil(),
+        job_id: "job-q".into(),
+        payload: format!("{{\"location\":\"/f{n}\"}}"),
+        enqueued_at: 1,
+    }
+}
+
+async fn queue_delivers_each_task_once_until_acked(h: &Harness) {
+    let s = &*h.store;
+    s.enqueue_scans(&[queued(1), queued(2), queued(3)]).await.unwrap();
+    let first = s.claim_scans("w1", 2, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        first.iter().map(|d| (d.task.task_id.as_str(), d.attempt)).collect::<Vec<_>>(),
+        [("task-1", 1), ("task-2", 1)]
+    );
+    let second = s.claim_scans("w2", 5, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(
+        second.iter().map(|d| d.task.task_id.as_str()).collect::<Vec<_>>(),
+        ["task-3"],
+        "leased tasks are not handed out twice"
+    );
+    for d in first.iter().chain(&second) {
+        s.ack_scan(d).await.unwrap();
+    }
+    assert!(s.claim_scans("w1", 5, Duration::from_secs(30)).await.unwrap().is_empty());
+    assert_eq!(s.scan_queue_len().await.unwrap(), 0);
+}
+
+async fn expired_lease_is_redelivered_to_another_worker(h: &Harness) {
+    let s = &*h.store;
+    s.enqueue_scans(&[queued(1)]).await.unwrap();
+    let held = s.claim_scans("crashing", 1, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(s.claim_scans("w2", 1, Duration::from_millis(300)).await.unwrap().is_empty(), "still leased");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let again = s.claim_scans("w2", 1, Duration::from_millis(300)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].task.task_id.as_str(), again[0].attempt), ("task-1", 2));
+    s.ack_scan(&again[0]).await.unwrap();
+    assert_eq!(s.scan_queue_len().await.unwrap(), 0);
+}
+
+async fn retry_waits_for_its_delay(h: &Harness) {
+    let s = &*h.store;
+    s.enqueue_scans(&[queued(1)]).await.unwrap();
+    let d = s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    s.retry_scan(&d, Duration::from_millis(400)).await.unwrap();
+    assert!(s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().is_empty(), "not before its delay");
+    assert_eq!(s.scan_queue_len().await.unwrap(), 1, "a waiting retry is still queued");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let d = s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert_eq!((d.task.task_id.as_str(), d.attempt), ("task-1", 2));
+}
+
+async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
+    let s = &*h.store;
+    s.enqueue_scans(&[queued(1), queued(2)]).await.unwrap();
+    for d in s.claim_scans("w1", 2, Duration::from_secs(30)).await.unwrap() {
+        s.dead_letter_scan(&d, "scanner_server: 503").await.unwrap();
+    }
+    assert_eq!(s.scan_queue_len().await.unwrap(), 0);
+    assert_eq!(s.dead_letter_count().await.unwrap(), 2);
+    let letters = s.dead_letters(0, 10).await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!((letters[0].task.task_id.as_str(), letters[0].reason.as_str()), ("task-1", "scanner_server: 503"));
+    assert_eq!(s.dead_letters(1, 2).await.unwrap()[0].task.task_id, "task-2");
+    assert_eq!(s.requeue_dead_letters(1).await.unwrap(), 1);
+    let d = s.claim_scans("w1", 5, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(d.iter().map(|d| (d.task.task_id.as_str(), d.attempt)).collect::<Vec<_>>(), [("task-1", 1)]);
+    assert_eq!(s.clear_dead_letters().await.unwrap(), 1);
+    assert_eq!(s.dead_letter_count().await.unwrap(), 0);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -342,6 +418,10 @@ conformance!(
     rate_limit_counts_in_fixed_windows,
     scan_queue_and_job_counters,
     concurrent_rotations_lose_no_key,
+    queue_delivers_each_task_once_until_acked,
+    expired_lease_is_redelivered_to_another_worker,
+    retry_waits_for_its_delay,
+    dead_letters_keep_the_reason_and_can_be_requeued,
 );
 
 #[tokio::test]
