@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::{
     now_millis, now_secs, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
-    ResolvedKey, SecretCodec, Store, StoreError, StoreResult,
+    ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
@@ -32,6 +32,11 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const QUEUE_STATE: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("scan_queue_state");
 /// Dead letters in arrival order: sequence → DeadLetter json.
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
+/// Results: newest `retain` by sequence, every one by task id and by (job, sequence).
+const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
+const RESULT_BY_TASK: TableDefinition<&str, &[u8]> = TableDefinition::new("result_by_task");
+const RESULTS_BY_JOB: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results_by_job");
+const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// bucket → (window end in unix seconds, count).
 const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
 
@@ -112,6 +117,10 @@ impl EmbeddedStore {
         txn.open_table(JOBS).map_err(unavailable)?;
         txn.open_table(QUEUE_STATE).map_err(unavailable)?;
         txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+        txn.open_table(RESULTS).map_err(unavailable)?;
+        txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+        txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
+        txn.open_table(STATS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         let inner =
             Arc::new(Inner { db, codec, last_sweep_ms: AtomicU64::new(now_millis()), dirty: AtomicBool::new(false) });
@@ -501,6 +510,8 @@ impl Store for EmbeddedStore {
                             status: JobStatus::Running,
                             enqueued_count: 0,
                             processed_count: 0,
+                            succeeded_count: 0,
+                            failed_count: 0,
                             expected_total: None,
                             enqueue_done: false,
                             created_at: now,
@@ -548,6 +559,134 @@ impl Store for EmbeddedStore {
                 let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
                 job.enqueue_done = true;
                 job.expected_total = total.or(job.expected_total);
+                job.updated_at = now_secs();
+                if job.is_complete() && job.status == JobStatus::Running {
+                    job.status = JobStatus::Completed;
+                }
+                let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+                jobs.insert(job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                Ok(Some(job))
+            })
+        })
+        .await
+    }
+
+    async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
+        let record = record.clone();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+                if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
+                    return Ok(None);
+                }
+                let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
+                let mut stats = txn.open_table(STATS).map_err(unavailable)?;
+                let id = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0) + 1;
+                stats.insert("results_seq", id).map_err(unavailable)?;
+                let json = crate::with_id(&record.json, id)?;
+                by_task.insert(record.task_id.as_str(), json.as_bytes()).map_err(unavailable)?;
+                results.insert(id, json.as_bytes()).map_err(unavailable)?;
+                while results.len().map_err(unavailable)? > retain.max(1) as u64 {
+                    results.pop_first().map_err(unavailable)?;
+                }
+                txn.open_table(RESULTS_BY_JOB)
+                    .map_err(unavailable)?
+                    .insert((record.job_id.as_str(), id), json.as_bytes())
+                    .map_err(unavailable)?;
+                for (name, n) in [
+                    ("files_scanned".to_owned(), 1),
+                    (crate::verdict_counter(&record.verdict), 1),
+                    ("total_scan_time_in_microseconds".to_owned(), record.scan_time_us),
+                    ("total_file_size".to_owned(), record.file_size),
+                ] {
+                    let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+                    stats.insert(name.as_str(), current + n).map_err(unavailable)?;
+                }
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let existing = jobs.get(record.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                if let Some(bytes) = existing {
+                    let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                    job.processed_count += 1;
+                    if record.succeeded {
+                        job.succeeded_count += 1;
+                    } else {
+                        job.failed_count += 1;
+                    }
+                    job.updated_at = now_secs();
+                    if job.is_complete() && job.status == JobStatus::Running {
+                        job.status = JobStatus::Completed;
+                    }
+                    let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+                    jobs.insert(record.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                }
+                Ok(Some(id))
+            })
+        })
+        .await
+    }
+
+    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
+        let task_id = task_id.to_owned();
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+            let value = table.get(task_id.as_str()).map_err(unavailable)?;
+            Ok(value.map(|g| String::from_utf8_lossy(g.value()).into_owned()))
+        })
+        .await
+    }
+
+    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
+        let job_id = job_id.map(str::to_owned);
+        self.run(move |inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+            let mut out = Vec::new();
+            match job_id {
+                None => {
+                    let table = txn.open_table(RESULTS).map_err(unavailable)?;
+                    for row in table.iter().map_err(unavailable)?.rev().take(limit) {
+                        out.push(text(row.map_err(unavailable)?.1.value()));
+                    }
+                }
+                Some(job) => {
+                    let table = txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
+                    let range = table.range((job.as_str(), 0)..=(job.as_str(), u64::MAX)).map_err(unavailable)?;
+                    for row in range.rev().take(limit) {
+                        out.push(text(row.map_err(unavailable)?.1.value()));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(STATS).map_err(unavailable)?;
+            let mut out = std::collections::BTreeMap::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (k, v) = row.map_err(unavailable)?;
+                if k.value() != "results_seq" {
+                    out.insert(k.value().to_owned(), v.value());
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
+        let job_id = job_id.to_owned();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let existing = jobs.get(job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                let Some(bytes) = existing else { return Ok(None) };
+                let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                job.status = status;
                 job.updated_at = now_secs();
                 let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
                 jobs.insert(job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;

@@ -94,6 +94,10 @@ pub struct Job {
     /// Set by `enqueue_done`: the connector's own count of what it enqueued.
     pub expected_total: Option<u64>,
     pub enqueue_done: bool,
+    #[serde(default)]
+    pub succeeded_count: u64,
+    #[serde(default)]
+    pub failed_count: u64,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -127,6 +131,21 @@ pub struct DeadLetter {
     pub reason: String,
     pub retry_count: u32,
     pub failed_at: u64,
+}
+
+/// A finished task's result, as the store keeps it. `json` is the ScanResult document; the
+/// store adds its sequence `id`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResultRecord {
+    pub task_id: String,
+    pub job_id: String,
+    pub json: String,
+    /// Verdict spelling (`Benign`, `Malicious`, …), counted into the stats.
+    pub verdict: String,
+    /// True when the task counts as succeeded for its job (scanned, remediation not failed).
+    pub succeeded: bool,
+    pub scan_time_us: u64,
+    pub file_size: u64,
 }
 
 /// One fixed-window rate-limit observation.
@@ -203,9 +222,51 @@ pub trait Store: Send + Sync + 'static {
     async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64>;
     async fn clear_dead_letters(&self) -> StoreResult<u64>;
 
+    // ---- results, stats, job completion ----
+    /// Store a result once per task id: a redelivered task never double-counts. Counts it into
+    /// its job and the stats and completes the job when `enqueue_done` has arrived and every
+    /// enqueued item is done. `None` when the task already had a result.
+    async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>>;
+    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>>;
+    /// Newest first; at most `limit`; only `job_id`'s when given.
+    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>>;
+    /// Counters: `files_scanned`, `<verdict>_count`, `total_scan_time_in_microseconds`, `total_file_size`.
+    async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
+    /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
+    async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
+
     // ---- rate limiting ----
     /// Count one hit against `bucket` in a fixed window of `window`.
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;
+}
+
+/// The stats counter name for a verdict spelling.
+pub fn verdict_counter(verdict: &str) -> String {
+    let key = match verdict {
+        "Unsupported File Type" => "unsupported",
+        "Not Scanned" => "not_scanned",
+        "Non Compliant" => "non_compliant",
+        other => return format!("{}_count", other.to_ascii_lowercase().replace(' ', "_")),
+    };
+    format!("{key}_count")
+}
+
+impl Job {
+    /// Completed once `enqueue_done` arrived and every enqueued item is terminal, in
+    /// whichever order those two things happen.
+    pub fn is_complete(&self) -> bool {
+        let target = self.expected_total.unwrap_or(self.enqueued_count).max(self.enqueued_count);
+        self.enqueue_done && self.processed_count >= target
+    }
+}
+
+/// The result document with the store's sequence `id` set.
+pub(crate) fn with_id(json: &str, id: u64) -> StoreResult<String> {
+    let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    if let Some(obj) = value.as_object_mut() {
+        obj.insert("id".into(), id.into());
+    }
+    Ok(value.to_string())
 }
 
 /// Unix time in seconds.

@@ -11,8 +11,8 @@ use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
-    now_secs, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
-    ResolvedKey, SecretCodec, Store, StoreError, StoreResult,
+    now_secs, with_id, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
+    ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
 /// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
@@ -149,6 +149,38 @@ fn autoclaim_entries(reply: &redis::Value) -> Vec<redis::streams::StreamId> {
         })
         .collect()
 }
+
+/// Store a result once per task and count it into its job and the stats, completing the
+/// job when it is done. KEYS: results list, by-task key, by-job list, job hash, stats hash.
+/// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now.
+const RESULT_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'files_scanned', 1)
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[5], 'total_scan_time_in_microseconds', ARGV[5])
+redis.call('HINCRBY', KEYS[5], 'total_file_size', ARGV[6])
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local processed = redis.call('HINCRBY', KEYS[4], 'processed_count', 1)
+  if ARGV[4] == '1' then
+    redis.call('HINCRBY', KEYS[4], 'succeeded_count', 1)
+  else
+    redis.call('HINCRBY', KEYS[4], 'failed_count', 1)
+  end
+  redis.call('HSET', KEYS[4], 'updated_at', ARGV[7])
+  local enqueued = tonumber(redis.call('HGET', KEYS[4], 'enqueued_count') or '0')
+  local expected = tonumber(redis.call('HGET', KEYS[4], 'expected_total') or '0')
+  local target = math.max(enqueued, expected)
+  if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= target
+     and redis.call('HGET', KEYS[4], 'status') == 'running' then
+    redis.call('HSET', KEYS[4], 'status', 'completed', 'completed_at', ARGV[7])
+  end
+end
+return 1
+";
 
 /// Consumer group shared by every worker replica.
 const GROUP: &str = "dsx-connect-workers";
@@ -647,6 +679,8 @@ impl Store for RedisStore {
             status,
             enqueued_count: num("enqueued_count").unwrap_or(0),
             processed_count: num("processed_count").unwrap_or(0),
+            succeeded_count: num("succeeded_count").unwrap_or(0),
+            failed_count: num("failed_count").unwrap_or(0),
             expected_total: num("expected_total"),
             enqueue_done: fields.get("enqueue_done").is_some_and(|v| v == "1" || v == "true"),
             created_at: num("created_at").unwrap_or(0),
@@ -667,6 +701,77 @@ impl Store for RedisStore {
             pipe.hset(&key, "expected_total", total).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
+        let job = self.get_job(job_id).await?;
+        if let Some(job) = job.as_ref().filter(|j| j.is_complete() && j.status == JobStatus::Running) {
+            return self.set_job_status(&job.job_id, JobStatus::Completed).await;
+        }
+        Ok(job)
+    }
+
+    async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
+        let mut conn = self.conn().await?;
+        let id: u64 = conn.incr("dsxconnect:scan_results:seq", 1u64).await.map_err(map_err)?;
+        let json = with_id(&record.json, id)?;
+        let stored: i64 = redis::Script::new(RESULT_SCRIPT)
+            .key("dsxconnect:scan_results")
+            .key(format!("dsxconnect:scan_result_by_task:{}", record.task_id))
+            .key(format!("dsxconnect:scan_results_by_job:{}", record.job_id))
+            .key(job_key(&record.job_id))
+            .key("dsxconnect:scan_stats")
+            .arg(json)
+            .arg(retain.max(1))
+            .arg(crate::verdict_counter(&record.verdict))
+            .arg(if record.succeeded { "1" } else { "0" })
+            .arg(record.scan_time_us)
+            .arg(record.file_size)
+            .arg(now_secs())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok((stored == 1).then_some(id))
+    }
+
+    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
+        let mut conn = self.conn().await?;
+        conn.get(format!("dsxconnect:scan_result_by_task:{task_id}")).await.map_err(map_err)
+    }
+
+    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        match job_id {
+            None => conn.lrange("dsxconnect:scan_results", 0, limit as isize - 1).await.map_err(map_err),
+            Some(job) => {
+                let mut rows: Vec<String> = conn
+                    .lrange(format!("dsxconnect:scan_results_by_job:{job}"), -(limit as isize), -1)
+                    .await
+                    .map_err(map_err)?;
+                rows.reverse();
+                Ok(rows)
+            }
+        }
+    }
+
+    async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
+        let mut conn = self.conn().await?;
+        let raw: std::collections::HashMap<String, u64> =
+            conn.hgetall("dsxconnect:scan_stats").await.map_err(map_err)?;
+        Ok(raw.into_iter().collect())
+    }
+
+    async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
+        let key = job_key(job_id);
+        let mut conn = self.conn().await?;
+        if !conn.exists::<_, bool>(&key).await.map_err(map_err)? {
+            return Ok(None);
+        }
+        let word = serde_json::to_value(status).map_err(corrupt)?.as_str().unwrap_or("running").to_owned();
+        let _: () = conn
+            .hset_multiple(&key, &[("status", word), ("updated_at", now_secs().to_string())])
+            .await
+            .map_err(map_err)?;
         self.get_job(job_id).await
     }
 

@@ -392,6 +392,61 @@ async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
     assert_eq!(s.dead_letter_count().await.unwrap(), 0);
 }
 
+fn result(task: &str, job: &str, verdict: &str) -> dsx_store::ResultRecord {
+    dsx_store::ResultRecord {
+        task_id: task.into(),
+        job_id: job.into(),
+        json: format!("{{\"scan_request_task_id\":\"{task}\",\"verdict\":\"{verdict}\"}}"),
+        verdict: verdict.into(),
+        succeeded: true,
+        scan_time_us: 10,
+        file_size: 100,
+    }
+}
+
+async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
+    let s = &*h.store;
+    let owner = Uuid::new_v4();
+    let job_a = unique_name("ja");
+    let job_b = unique_name("jb");
+    let task = |job: &str, n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.to_owned(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    s.enqueue_scans(&[task(&job_a, 1), task(&job_a, 2), task(&job_b, 1), task(&job_b, 2)]).await.unwrap();
+    let before = s.stats().await.unwrap();
+    // Job A: enqueue_done first, then the results.
+    assert!(!s.mark_enqueue_done(&job_a, Some(2)).await.unwrap().unwrap().is_complete());
+    let first = s.put_result(&result(&format!("{job_a}-1"), &job_a, "Benign"), 1000).await.unwrap();
+    assert!(first.is_some());
+    assert_eq!(s.put_result(&result(&format!("{job_a}-1"), &job_a, "Benign"), 1000).await.unwrap(), None, "a redelivery never counts twice");
+    assert_eq!(s.get_job(&job_a).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
+    s.put_result(&result(&format!("{job_a}-2"), &job_a, "Malicious"), 1000).await.unwrap().unwrap();
+    let a = s.get_job(&job_a).await.unwrap().unwrap();
+    assert_eq!((a.status, a.processed_count, a.succeeded_count), (dsx_store::JobStatus::Completed, 2, 2));
+    // Job B: the results first, then enqueue_done.
+    s.put_result(&result(&format!("{job_b}-1"), &job_b, "Benign"), 1000).await.unwrap().unwrap();
+    s.put_result(&result(&format!("{job_b}-2"), &job_b, "Non Compliant"), 1000).await.unwrap().unwrap();
+    assert_eq!(s.get_job(&job_b).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
+    assert_eq!(s.mark_enqueue_done(&job_b, Some(2)).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
+
+    let stats = s.stats().await.unwrap();
+    let delta = |k: &str| stats.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
+    assert_eq!((delta("files_scanned"), delta("benign_count"), delta("malicious_count"), delta("non_compliant_count")), (4, 2, 1, 1));
+    let stored: serde_json::Value = serde_json::from_str(&s.get_result(&format!("{job_a}-2")).await.unwrap().unwrap()).unwrap();
+    assert_eq!(stored["verdict"], "Malicious");
+    assert!(stored["id"].as_u64().is_some(), "the store numbers results");
+    let per_job = s.list_results(10, Some(&job_b)).await.unwrap();
+    assert_eq!(per_job.len(), 2);
+    assert!(per_job[0].contains(&format!("{job_b}-2")), "newest first");
+    assert!(s.list_results(2, None).await.unwrap()[0].contains(&format!("{job_b}-2")));
+    assert_eq!(s.set_job_status("no-such-job", dsx_store::JobStatus::Paused).await.unwrap(), None);
+    assert_eq!(s.set_job_status(&job_a, dsx_store::JobStatus::Cancelled).await.unwrap().unwrap().status, dsx_store::JobStatus::Cancelled);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -422,6 +477,7 @@ conformance!(
     expired_lease_is_redelivered_to_another_worker,
     retry_waits_for_its_delay,
     dead_letters_keep_the_reason_and_can_be_requeued,
+    results_count_once_and_complete_jobs_in_either_order,
 );
 
 #[tokio::test]
