@@ -25,7 +25,7 @@ struct Cli {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    dsx_connector::init_logging();
+    dsx_service::init_logging("DSXCONNECTOR");
     let settings = ConnectorSettings::from_env(&DEFAULTS)?;
     let repo = FilesystemRepo::new(&settings.asset, &settings.item_action_move_metainfo)?;
     dsx_connector::run(settings, Arc::new(repo), cli.listen).await

@@ -14,9 +14,9 @@ use secrecy::ExposeSecret;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::{guard, Access};
-use crate::config::{Settings, StoreSettings};
+use crate::config::{ScannerKind, Settings, StoreSettings};
 use crate::connector_client::ConnectorClient;
-use crate::routes::{connectors, proxy, registration, scan, system};
+use crate::routes::{connectors, proxy, registration, results, scan, system};
 use crate::state::{AppState, AuthMetrics, SharedState};
 use crate::tokens::LiveTokens;
 
@@ -55,6 +55,23 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("connectors/healthz/{connector_uuid}"), get(proxy::healthz))
         .route(&api("connectors/readyz/{connector_uuid}"), get(proxy::readyz))
         .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
+        .route(&api("scan/results"), get(results::list))
+        .route(&api("scan/results/job/{job_id}"), get(results::for_job))
+        .route(&api("scan/results/{task_id}"), get(results::one))
+        .route(&api("scan/request/{task_id}"), get(results::task_status))
+        .route(&api("scan/stats"), get(results::stats))
+        .route(&api("scan/jobs/{job_id}"), get(results::job))
+        .route(&api("scan/jobs/{job_id}/pause"), post(results::pause))
+        .route(&api("scan/jobs/{job_id}/resume"), post(results::resume))
+        .route(&api("scan/jobs/{job_id}/cancel"), post(results::cancel))
+        .route(&api("admin/dead-letter/stats"), get(results::dlq_stats))
+        .route(&api("admin/dead-letter/stats/{queue_type}"), get(results::dlq_stats_one))
+        .route(&api("admin/dead-letter/items/{queue_type}"), get(results::dlq_items))
+        .route(&api("admin/dead-letter/requeue"), post(results::dlq_requeue))
+        .route(&api("admin/dead-letter/requeue/{queue_type}"), post(results::dlq_requeue_one))
+        .route(&api("admin/dead-letter/clear"), delete(results::dlq_clear))
+        .route(&api("admin/dead-letter/clear/{queue_type}"), delete(results::dlq_clear_one))
+        .route(&api("admin/dead-letter/health"), get(results::dlq_health))
         .route_layer(guarded(Access::Operator));
     let open_routes = Router::new()
         .route(&api("connectors/register"), post(registration::register))
@@ -109,6 +126,80 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
     let store = open_store(&settings)?;
     let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, CONNECTOR_CALL_TIMEOUT);
     Ok(Arc::new(AppState { settings, store, enrollment, operators, connectors, metrics: AuthMetrics::default() }))
+}
+
+/// Which parts of dsx-connect this process runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Api,
+    Worker,
+    All,
+}
+
+/// The scanner the workers use, from `DSXCONNECT_SCANNER__*`.
+pub fn build_scanner(settings: &Settings) -> anyhow::Result<Arc<dyn dsx_scanner::Scanner>> {
+    let s = &settings.scanner;
+    Ok(match s.kind {
+        ScannerKind::Builtin => {
+            let engine = match &s.blocklist_file {
+                Some(path) => dsx_scanner::BuiltinScanner::with_blocklist_file(path)?,
+                None => dsx_scanner::BuiltinScanner::new(),
+            };
+            Arc::new(engine)
+        }
+        ScannerKind::Dsxa => {
+            let config = dsx_scanner::DsxaConfig {
+                auth_token: s.auth_token.as_ref().map(|t| t.expose_secret().to_owned()),
+                timeout: s.timeout,
+                ..dsx_scanner::DsxaConfig::new(s.base_url.clone().unwrap_or_default())
+            };
+            Arc::new(dsx_scanner::DsxaClient::new(config)?)
+        }
+    })
+}
+
+/// A name for this worker in the consumer group: host and process id.
+fn consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok().map(|h| h.trim().to_owned()))
+        .unwrap_or_else(|| "dsx-connect".into());
+    format!("{host}-{}", std::process::id())
+}
+
+/// Serve `role` until `shutdown` resolves. Workers run beside the API with `all`; a
+/// `worker` process answers only health probes over HTTP.
+pub async fn serve_role(
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    role: Role,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let workers = if role == Role::Api {
+        None
+    } else {
+        let scanner = build_scanner(&state.settings)?;
+        Some(tokio::spawn(crate::worker::run(
+            Arc::clone(&state),
+            scanner,
+            state.settings.workers.clone(),
+            consumer_name(),
+        )))
+    };
+    let result = if role == Role::Worker {
+        let health = Router::new()
+            .route(&api("healthz"), get(system::healthz))
+            .route(&api("readyz"), get(system::readyz))
+            .with_state(Arc::clone(&state));
+        tracing::info!(listen = %listener.local_addr()?, "dsx-connect worker serving health probes");
+        axum::serve(listener, health).with_graceful_shutdown(shutdown).await.map_err(anyhow::Error::from)
+    } else {
+        serve(state, listener, shutdown).await
+    };
+    if let Some(w) = workers {
+        w.abort();
+    }
+    result
 }
 
 /// Serve until `shutdown` resolves.

@@ -33,11 +33,31 @@ pub struct AuthSettings {
     pub register_rate_per_minute: u64,
 }
 
+/// Which scanner the workers use.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ScannerKind {
+    /// The built-in engine (EICAR + SHA-256 blocklist); the default without a DSXA URL.
+    Builtin,
+    /// A DSXA scanner over HTTP.
+    Dsxa,
+}
+
+#[derive(Clone, Debug)]
+pub struct ScannerSettings {
+    pub kind: ScannerKind,
+    pub base_url: Option<String>,
+    pub auth_token: Option<SecretString>,
+    pub timeout: Duration,
+    pub blocklist_file: Option<PathBuf>,
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub app_env: String,
     pub store: StoreSettings,
     pub auth: AuthSettings,
+    pub scanner: ScannerSettings,
+    pub workers: crate::worker::WorkerSettings,
     pub presence_ttl: Duration,
     pub max_body_bytes: usize,
 }
@@ -95,6 +115,43 @@ impl Settings {
             secret_key: read_secret_key(&get)?,
             register_rate_per_minute: parse_num(&get, "DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE", 60)?,
         };
+        let base_url = get("DSXCONNECT_SCANNER__BASE_URL").or_else(|| {
+            get("DSXCONNECT_SCANNER__SCAN_BINARY_URL")
+                .map(|u| u.trim_end_matches('/').trim_end_matches("/scan/binary/v2").to_owned())
+        });
+        let kind = match get("DSXCONNECT_SCANNER__KIND").map(|k| k.to_ascii_lowercase()) {
+            None if base_url.is_some() => ScannerKind::Dsxa,
+            None => ScannerKind::Builtin,
+            Some(k) if k == "builtin" => ScannerKind::Builtin,
+            Some(k) if k == "dsxa" => ScannerKind::Dsxa,
+            Some(k) => {
+                return Err(ConfigError::Invalid {
+                    var: "DSXCONNECT_SCANNER__KIND",
+                    reason: format!("expected dsxa or builtin, got {k:?}"),
+                })
+            }
+        };
+        if kind == ScannerKind::Dsxa && base_url.is_none() {
+            return Err(ConfigError::Invalid {
+                var: "DSXCONNECT_SCANNER__BASE_URL",
+                reason: "DSXCONNECT_SCANNER__KIND=dsxa needs the scanner's URL".into(),
+            });
+        }
+        let scanner = ScannerSettings {
+            kind,
+            base_url,
+            auth_token: get("DSXCONNECT_SCANNER__AUTH_TOKEN").map(SecretString::from),
+            timeout: Duration::from_secs(parse_num(&get, "DSXCONNECT_SCANNER__TIMEOUT_SECONDS", 600)?),
+            blocklist_file: get("DSXCONNECT_SCANNER__BLOCKLIST_FILE").map(PathBuf::from),
+        };
+        let workers = crate::worker::WorkerSettings {
+            max_inflight: parse_num(&get, "DSXCONNECT_SCANNER__MAX_INFLIGHT", 16)?.max(1) as usize,
+            lease: Duration::from_secs(parse_num(&get, "DSXCONNECT_WORKERS__LEASE_SECONDS", 900)?.max(1)),
+            max_retries: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", 5)? as u32,
+            retry_base: Duration::from_millis(parse_num(&get, "DSXCONNECT_WORKERS__RETRY_BASE_MS", 2000)?.max(1)),
+            max_file_size: parse_num(&get, "DSXCONNECT_SCANNER__MAX_FILE_SIZE_BYTES", 2 << 30)?,
+            results_retain: parse_num(&get, "DSXCONNECT_RESULTS_DB__RETAIN", 1000)?.max(1) as usize,
+        };
         let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
         Ok(Self {
             presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
@@ -102,6 +159,8 @@ impl Settings {
             app_env,
             store,
             auth,
+            scanner,
+            workers,
         })
     }
 

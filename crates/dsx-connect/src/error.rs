@@ -27,6 +27,8 @@ pub enum ApiError {
     RouteNotFound,
     #[error("job_not_found")]
     JobNotFound,
+    #[error("result_not_found")]
+    ResultNotFound,
     #[error("{0}")]
     JobClosed(&'static str),
     #[error("connector_unreachable: {0}")]
@@ -51,7 +53,10 @@ impl ApiError {
             }
             ApiError::ConnectorMismatch => StatusCode::FORBIDDEN,
             ApiError::UrlConflict => StatusCode::CONFLICT,
-            ApiError::ConnectorNotFound | ApiError::RouteNotFound | ApiError::JobNotFound => StatusCode::NOT_FOUND,
+            ApiError::ConnectorNotFound
+            | ApiError::RouteNotFound
+            | ApiError::JobNotFound
+            | ApiError::ResultNotFound => StatusCode::NOT_FOUND,
             ApiError::JobClosed(_) => StatusCode::CONFLICT,
             ApiError::ConnectorUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
@@ -74,6 +79,7 @@ impl ApiError {
             ApiError::ConnectorNotFound => "connector_not_found",
             ApiError::RouteNotFound => "not_found",
             ApiError::JobNotFound => "job_not_found",
+            ApiError::ResultNotFound => "result_not_found",
             ApiError::JobClosed(code) => code,
             ApiError::ConnectorUnreachable(_) => "connector_unreachable",
             ApiError::RateLimited { .. } => "rate_limited",

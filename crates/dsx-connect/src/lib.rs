@@ -9,6 +9,7 @@ pub mod error;
 pub mod routes;
 pub mod state;
 pub mod tokens;
+pub mod worker;
 
 pub use app::{build_state, router, serve};
 pub use config::Settings;

@@ -2,6 +2,7 @@ use std::net::SocketAddr;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use dsx_connect::app::Role;
 use dsx_connect::config::{parse_listen, Settings};
 
 /// dsx-connect: orchestrates malware scanning of file repositories through connectors.
@@ -19,6 +20,14 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:8586", value_parser = parse_listen, env = "DSXCONNECT_LISTEN")]
         listen: SocketAddr,
+        /// `api` serves HTTP only, `worker` runs scan workers only (plus health probes), `all` both.
+        #[arg(long, value_enum, default_value = "all", env = "DSXCONNECT_ROLE")]
+        role: Role,
+    },
+    /// The built-in scanner on the DSXA HTTP API (`POST /scan/binary/v2`).
+    Scanner {
+        #[command(subcommand)]
+        command: ScannerCommand,
     },
     /// Start a local dsx-connect with auth on and freshly generated tokens (embedded store;
     /// nothing else to install). Prints the tokens once.
@@ -32,37 +41,19 @@ enum Command {
     },
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DSXCONNECT_LOG_LEVEL")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("DSXCONNECT_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-    tracing::info!("shutting down");
+#[derive(Subcommand)]
+enum ScannerCommand {
+    /// Serve the built-in engine (EICAR test file + SHA-256 blocklist).
+    Serve {
+        #[arg(long, default_value = "0.0.0.0:5000", value_parser = parse_listen)]
+        listen: SocketAddr,
+        /// SHA-256 blocklist, one hex digest per line.
+        #[arg(long, env = "DSXCONNECT_SCANNER__BLOCKLIST_FILE")]
+        blocklist_file: Option<std::path::PathBuf>,
+        /// Token required in `AUTH_TOKEN`/`AUTH` headers.
+        #[arg(long, env = "DSXCONNECT_SCANNER__AUTH_TOKEN", hide_env_values = true)]
+        auth_token: Option<String>,
+    },
 }
 
 fn random_token() -> String {
@@ -98,20 +89,33 @@ async fn quickstart(listen: SocketAddr, data_dir: std::path::PathBuf) -> anyhow:
          \n  operator token:    {operator}   (Authorization: Bearer … for the operator API)\
          \n\nThese tokens are shown once and not stored. Press Ctrl-C to stop.\n"
     );
-    dsx_connect::serve(state, listener, shutdown_signal()).await
+    dsx_connect::serve(state, listener, dsx_service::shutdown_signal()).await
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_logging();
+    dsx_service::init_logging("DSXCONNECT");
     match cli.command {
-        Command::Serve { listen } => {
+        Command::Serve { listen, role } => {
             let settings = Settings::from_env()?;
             let state = dsx_connect::build_state(settings)?;
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
-            dsx_connect::serve(state, listener, shutdown_signal()).await
+            dsx_connect::app::serve_role(state, listener, role, dsx_service::shutdown_signal()).await
+        }
+        Command::Scanner { command: ScannerCommand::Serve { listen, blocklist_file, auth_token } } => {
+            let engine = match blocklist_file {
+                Some(path) => dsx_scanner::BuiltinScanner::with_blocklist_file(&path)?,
+                None => dsx_scanner::BuiltinScanner::new(),
+            };
+            let listener =
+                tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+            tracing::info!(listen = %listener.local_addr()?, "built-in scanner serving the DSXA API");
+            tokio::select! {
+                served = dsx_scanner::serve(listener, std::sync::Arc::new(engine), auth_token) => served.map_err(anyhow::Error::from),
+                _ = dsx_service::shutdown_signal() => Ok(()),
+            }
         }
         Command::Quickstart { listen, data_dir } => quickstart(listen, data_dir).await,
     }

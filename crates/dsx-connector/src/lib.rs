@@ -137,38 +137,6 @@ pub fn load_or_create_uuid(data_dir: &Path) -> anyhow::Result<Uuid> {
     Ok(uuid)
 }
 
-pub fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("DSXCONNECTOR_LOG_LEVEL")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("DSXCONNECTOR_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
-}
-
 /// Run a connector until SIGTERM/Ctrl-C: serve its routes on `listen`, keep it registered,
 /// and unregister (signed) on the way out.
 pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen: SocketAddr) -> anyhow::Result<()> {
@@ -190,7 +158,7 @@ pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen:
         ctx.spawn_monitor();
     }
     let app = routes::router(Arc::clone(&ctx)).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    axum::serve(listener, app).with_graceful_shutdown(dsx_service::shutdown_signal()).await?;
     registration.abort();
     if ctx.is_ready() {
         match tokio::time::timeout(Duration::from_secs(5), ctx.dsx.unregister()).await {

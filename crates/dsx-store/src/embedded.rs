@@ -246,6 +246,23 @@ fn credential_in(
     value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
 }
 
+/// Read-modify-write of one job inside a write transaction; completes it when it is done
+/// (and still running). `None` when the job does not exist.
+fn update_job(txn: &WriteTransaction, job_id: &str, change: impl FnOnce(&mut Job)) -> StoreResult<Option<Job>> {
+    let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+    let existing = jobs.get(job_id).map_err(unavailable)?.map(|g| g.value().to_vec());
+    let Some(bytes) = existing else { return Ok(None) };
+    let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+    change(&mut job);
+    job.updated_at = now_secs();
+    if job.is_complete() && job.status == JobStatus::Running {
+        job.status = JobStatus::Completed;
+    }
+    let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+    jobs.insert(job_id, bytes.as_slice()).map_err(unavailable)?;
+    Ok(Some(job))
+}
+
 fn ttl_ms_u64(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
@@ -553,19 +570,10 @@ impl Store for EmbeddedStore {
         let job_id = job_id.to_owned();
         self.run(move |inner| {
             inner.write(true, |txn| {
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                let existing = jobs.get(job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                let Some(bytes) = existing else { return Ok(None) };
-                let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                job.enqueue_done = true;
-                job.expected_total = total.or(job.expected_total);
-                job.updated_at = now_secs();
-                if job.is_complete() && job.status == JobStatus::Running {
-                    job.status = JobStatus::Completed;
-                }
-                let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
-                jobs.insert(job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                Ok(Some(job))
+                update_job(txn, &job_id, |job| {
+                    job.enqueue_done = true;
+                    job.expected_total = total.or(job.expected_total);
+                })
             })
         })
         .await
@@ -602,23 +610,14 @@ impl Store for EmbeddedStore {
                     let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
                     stats.insert(name.as_str(), current + n).map_err(unavailable)?;
                 }
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                let existing = jobs.get(record.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                if let Some(bytes) = existing {
-                    let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                update_job(txn, &record.job_id, |job| {
                     job.processed_count += 1;
                     if record.succeeded {
                         job.succeeded_count += 1;
                     } else {
                         job.failed_count += 1;
                     }
-                    job.updated_at = now_secs();
-                    if job.is_complete() && job.status == JobStatus::Running {
-                        job.status = JobStatus::Completed;
-                    }
-                    let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
-                    jobs.insert(record.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                }
+                })?;
                 Ok(Some(id))
             })
         })
@@ -680,20 +679,7 @@ impl Store for EmbeddedStore {
 
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                let existing = jobs.get(job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                let Some(bytes) = existing else { return Ok(None) };
-                let mut job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                job.status = status;
-                job.updated_at = now_secs();
-                let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
-                jobs.insert(job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                Ok(Some(job))
-            })
-        })
-        .await
+        self.run(move |inner| inner.write(true, |txn| update_job(txn, &job_id, |job| job.status = status))).await
     }
 
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
@@ -817,7 +803,7 @@ impl Store for EmbeddedStore {
                 while moved < max as u64 {
                     let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
                     let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
-                    let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
+                    let task = serde_json::to_vec(&letter.task.requeued()).map_err(corrupt)?;
                     queue.insert(next, task.as_slice()).map_err(unavailable)?;
                     next += 1;
                     moved += 1;

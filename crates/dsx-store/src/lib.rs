@@ -113,6 +113,14 @@ pub struct QueuedTask {
     pub enqueued_at: u64,
 }
 
+impl QueuedTask {
+    /// The same work under a new task id. A dead-lettered task already has its terminal
+    /// "not scanned" result; the requeued one must be able to store its own.
+    pub fn requeued(&self) -> Self {
+        Self { task_id: Uuid::new_v4().to_string(), ..self.clone() }
+    }
+}
+
 /// A task handed to one worker. Until it is acked, retried or dead-lettered it belongs to
 /// that worker; if the worker dies, another claims it once the lease has run out.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -632,7 +632,7 @@ impl Store for RedisStore {
             // which the workers' task-id idempotency absorbs.
             let Some(raw): Option<String> = conn.lpop(self.dlq_key(), None).await.map_err(map_err)? else { break };
             let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
-            let task = serde_json::to_string(&letter.task).map_err(corrupt)?;
+            let task = serde_json::to_string(&letter.task.requeued()).map_err(corrupt)?;
             redis::cmd("XADD")
                 .arg(self.scan_queue_key())
                 .arg("*")

@@ -1,6 +1,7 @@
 pub mod connectors;
 pub mod proxy;
 pub mod registration;
+pub mod results;
 pub mod scan;
 pub mod system;
 

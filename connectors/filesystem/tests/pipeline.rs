@@ -1,0 +1,287 @@
+//! The scan pipeline end to end: real dsx-connect (API + workers), real filesystem-connector,
+//! the built-in scanner (in-process or served over the DSXA HTTP API), real redis-server or
+//! the embedded store. Auth is on everywhere.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dsx_testkit::{free_port, unique_name, workspace_bin, Service, TestRedis};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+const ENROLL: &str = "pipeline-enrollment-token";
+const OPERATOR: &str = "pipeline-operator-token";
+const API: &str = "/dsx-connect/api/v1";
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+struct Pipeline {
+    _redis: Option<TestRedis>,
+    server_env: Vec<(&'static str, String)>,
+    server: Service,
+    workers: Vec<Service>,
+    connector: Service,
+    asset: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    _server_data: tempfile::TempDir,
+    http: reqwest::Client,
+    uuid: String,
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
+    let port = free_port();
+    let mut svc = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", role],
+        env,
+        port,
+    );
+    svc.wait_http(&format!("{API}/healthz"), 200, Duration::from_secs(20));
+    svc
+}
+
+impl Pipeline {
+    /// `benign` plain files and `eicar` EICAR copies spread over two folders.
+    async fn start(redis: bool, benign: usize, eicar: usize, role: &str, extra: &[(&'static str, String)]) -> Self {
+        let redis = redis.then(TestRedis::get);
+        let server_data = tempfile::tempdir().unwrap();
+        let mut server_env: Vec<(&'static str, String)> = vec![
+            ("DSXCONNECT_APP_ENV", unique_name("pipe")),
+            ("DSXCONNECT_DATA_DIR", server_data.path().display().to_string()),
+            ("DSXCONNECT_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECT_AUTH__ADMIN_TOKENS", OPERATOR.into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ];
+        if let Some(r) = &redis {
+            server_env.push(("DSXCONNECT_REDIS_URL", r.url.clone()));
+        }
+        for (k, v) in extra {
+            server_env.retain(|(key, _)| key != k);
+            server_env.push((k, v.clone()));
+        }
+        let server = spawn_server(&server_env, role);
+
+        let asset = tempfile::tempdir().unwrap();
+        for i in 0..benign {
+            write(&asset.path().join(format!("docs/file-{i:05}.txt")), format!("benign content {i}").as_bytes());
+        }
+        for i in 0..eicar {
+            write(&asset.path().join(format!("inbox/eicar-{i:03}.com")), EICAR);
+        }
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut connector = Service::spawn(
+            workspace_bin("filesystem-connector").to_str().unwrap(),
+            &["--listen", &format!("127.0.0.1:{port}")],
+            &[
+                ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
+                ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
+                ("DSXCONNECTOR_DSX_CONNECT_URL", server.base_url()),
+                ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
+                ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
+                ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
+                ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
+                ("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "16".into()),
+            ],
+            port,
+        );
+        connector.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(20));
+        let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
+        Self {
+            _redis: redis,
+            server_env,
+            server,
+            workers: Vec::new(),
+            connector,
+            asset,
+            _data: data,
+            _server_data: server_data,
+            http: reqwest::Client::new(),
+            uuid,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.asset.path().canonicalize().unwrap()
+    }
+
+    async fn operator(&self, method: Method, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{API}/{path}", self.server.base_url()))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        self.operator(Method::GET, path).await.json().await.unwrap()
+    }
+
+    async fn full_scan(&self, job: &str, query: &str) {
+        let resp =
+            self.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job}{query}", self.uuid)).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+
+    async fn wait_job(&self, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let resp = self.operator(Method::GET, &format!("scan/jobs/{job}")).await;
+            if resp.status() == StatusCode::OK {
+                let j: Value = resp.json().await.unwrap();
+                if done(&j) {
+                    return j;
+                }
+                assert!(Instant::now() < deadline, "job {job} not done in {limit:?}: {j}");
+            } else {
+                assert!(Instant::now() < deadline, "job {job} never appeared");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn results(&self, job: &str) -> Vec<Value> {
+        self.json(&format!("scan/results/job/{job}")).await.as_array().unwrap().clone()
+    }
+}
+
+fn verdict(r: &Value) -> &str {
+    r["verdict"]["verdict"].as_str().unwrap_or("")
+}
+
+fn location(r: &Value) -> String {
+    r["scan_request"]["location"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn full_scan_quarantines_eicar(redis: bool) {
+    let p = Pipeline::start(redis, 12, 3, "all", &[]).await;
+    p.full_scan("job-e2e", "").await;
+    let job = p.wait_job("job-e2e", Duration::from_secs(60), |j| j["status"] == "completed").await;
+    assert_eq!((job["enqueued_count"].as_u64(), job["processed_count"].as_u64()), (Some(15), Some(15)));
+    assert_eq!(job["succeeded_count"].as_u64(), Some(15));
+
+    let results = p.results("job-e2e").await;
+    assert_eq!(results.len(), 15);
+    let benign: Vec<_> = results.iter().filter(|r| verdict(r) == "Benign").collect();
+    let malicious: Vec<_> = results.iter().filter(|r| verdict(r) == "Malicious").collect();
+    assert_eq!((benign.len(), malicious.len()), (12, 3));
+    assert!(benign.iter().all(|r| r["status"] == "scanned"));
+    for r in &malicious {
+        assert_eq!(r["status"], "action succeeded", "{r}");
+        let original = PathBuf::from(location(r));
+        assert!(!original.exists(), "{} still in place", original.display());
+        let quarantined = p.root().join("dsxconnect-quarantine").join(original.file_name().unwrap());
+        assert_eq!(std::fs::read(&quarantined).unwrap(), EICAR);
+    }
+    let stats = p.json("scan/stats").await;
+    assert!(stats["malicious_count"].as_u64().unwrap() >= 3);
+    // Every result carries the registered connector, not anything a body claimed.
+    assert!(results.iter().all(|r| r["scan_request"]["connector"]["uuid"] == p.uuid.as_str()));
+}
+
+#[tokio::test]
+async fn full_scan_on_redis_scans_everything_and_quarantines_eicar() {
+    full_scan_quarantines_eicar(true).await;
+}
+
+#[tokio::test]
+async fn full_scan_on_the_embedded_store_in_one_process() {
+    full_scan_quarantines_eicar(false).await;
+}
+
+#[tokio::test]
+async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
+    let scanner_port = free_port();
+    let spawn_scanner = || {
+        let mut s = Service::spawn(
+            workspace_bin("dsx-connect").to_str().unwrap(),
+            &["scanner", "serve", "--listen", &format!("127.0.0.1:{scanner_port}")],
+            &[],
+            scanner_port,
+        );
+        s.wait_http("/healthz", 200, Duration::from_secs(20));
+        s
+    };
+    let mut scanner = spawn_scanner();
+    let p = Pipeline::start(
+        true,
+        6,
+        2,
+        "all",
+        &[
+            ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+            ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{scanner_port}")),
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "2".into()),
+        ],
+    )
+    .await;
+    scanner.kill();
+    p.full_scan("job-down", "").await;
+    // Each item retries twice, then lands in the dead-letter queue with the reason.
+    let job = p.wait_job("job-down", Duration::from_secs(60), |j| j["status"] == "completed").await;
+    assert_eq!(job["failed_count"].as_u64(), Some(8));
+    let dlq = p.json("admin/dead-letter/items/scan_request?start=0&end=100").await;
+    let items = dlq["items"].as_array().unwrap();
+    assert_eq!(items.len(), 8);
+    assert!(
+        items.iter().all(|i| i["reason"].as_str().unwrap().starts_with("scanner_unreachable") && i["retry_count"] == 2),
+        "{dlq}"
+    );
+
+    // The scanner comes back; requeueing finishes every file.
+    scanner = spawn_scanner();
+    let resp = p.operator(Method::POST, "admin/dead-letter/requeue").await;
+    assert_eq!(resp.json::<Value>().await.unwrap()["requeued"], 8);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let results = p.results("job-down").await;
+        let scanned = results.iter().filter(|r| r["status"] == "scanned" || r["status"] == "action succeeded").count();
+        if scanned == 8 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "requeued items did not finish: {scanned}/8");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(p.json("admin/dead-letter/stats").await["scan_request"], 0);
+    drop(scanner);
+}
+
+#[tokio::test]
+async fn killing_a_worker_mid_scan_loses_nothing_and_never_remediates_twice() {
+    const FILES: usize = 2000;
+    const EICARS: usize = 20;
+    // API-only server; workers run as separate processes so one can be killed -9.
+    let mut p =
+        Pipeline::start(true, FILES - EICARS, EICARS, "api", &[("DSXCONNECT_WORKERS__LEASE_SECONDS", "2".into())])
+            .await;
+    p.full_scan("job-kill", "&batch=true&batch_size=200").await;
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    // Let it get going, then kill it without warning.
+    p.wait_job("job-kill", Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    p.workers[0].signal("KILL");
+    p.workers[0].wait_exit(Duration::from_secs(10));
+    let processed_at_kill = p.json("scan/jobs/job-kill").await["processed_count"].as_u64().unwrap();
+    assert!(processed_at_kill < FILES as u64, "the worker finished before it was killed; make the scan bigger");
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+
+    let job = p.wait_job("job-kill", Duration::from_secs(240), |j| j["status"] == "completed").await;
+    assert_eq!(job["processed_count"].as_u64(), Some(FILES as u64), "{job}");
+    let results = p.results("job-kill").await;
+    assert_eq!(results.len(), FILES, "exactly one result per file");
+    let mut locations: Vec<String> = results.iter().map(location).collect();
+    locations.sort();
+    locations.dedup();
+    assert_eq!(locations.len(), FILES, "no file has two results");
+    // Every EICAR copy is quarantined once: no `name.1.com` duplicates.
+    let quarantine: Vec<_> =
+        std::fs::read_dir(p.root().join("dsxconnect-quarantine")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(quarantine.len(), EICARS, "{quarantine:?}");
+    assert!(quarantine.iter().all(|n| !n.to_string_lossy().contains(".1.")));
+    drop(p.connector);
+}

@@ -1,0 +1,328 @@
+//! Scan workers: claim tasks from the durable queue, fetch the bytes from the connector
+//! (signed, registry URL and key), stream them to the scanner, remediate malicious items,
+//! store the result. At-least-once delivery, made safe by task-id idempotency: a result is
+//! stored once per task, and a repeated remediation finds nothing left to act on.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use dsx_hmac::unix_now;
+use dsx_model::ScanRequest;
+use dsx_scanner::{ScanError, ScanInput, Scanner, Verdict, VerdictKind};
+use dsx_store::{Delivery, JobStatus, ResultRecord};
+use futures_util::TryStreamExt;
+use reqwest::Method;
+use serde_json::{json, Value};
+use tokio::sync::Semaphore;
+
+use crate::connector_client::OutboundError;
+use crate::state::SharedState;
+
+/// Worker settings (`DSXCONNECT_WORKERS__*`, `DSXCONNECT_SCANNER__*`).
+#[derive(Clone, Debug)]
+pub struct WorkerSettings {
+    /// Global in-flight cap (`DSXCONNECT_SCANNER__MAX_INFLIGHT`).
+    pub max_inflight: usize,
+    /// A task held longer than this by a worker that stopped answering is redelivered.
+    pub lease: Duration,
+    pub max_retries: u32,
+    pub retry_base: Duration,
+    pub max_file_size: u64,
+    pub results_retain: usize,
+}
+
+/// Why a task failed, and whether trying again may help.
+#[derive(Debug)]
+struct Failure {
+    class: &'static str,
+    detail: String,
+    retryable: bool,
+}
+
+impl Failure {
+    fn new(class: &'static str, detail: impl Into<String>, retryable: bool) -> Self {
+        Self { class, detail: detail.into(), retryable }
+    }
+    fn reason(&self) -> String {
+        format!("{}: {}", self.class, self.detail)
+    }
+}
+
+impl From<ScanError> for Failure {
+    fn from(err: ScanError) -> Self {
+        Failure::new(err.class(), err.to_string(), err.is_retryable())
+    }
+}
+
+/// Backoff before attempt `n + 1`: `min(base · 2^(n-1), 300 s)`.
+pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
+    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+    (base * factor).min(Duration::from_secs(300))
+}
+
+/// Run workers until `shutdown` resolves.
+pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: WorkerSettings, consumer: String) {
+    let limiter = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
+    let settings = Arc::new(settings);
+    tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, "scan workers started");
+    loop {
+        let free = limiter.available_permits();
+        if free == 0 {
+            // Wait for a slot before claiming more work.
+            drop(limiter.acquire().await);
+            continue;
+        }
+        let deliveries = match state.store.claim_scans(&consumer, free, settings.lease).await {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot claim scan tasks; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if deliveries.is_empty() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        }
+        for delivery in deliveries {
+            let permit = Arc::clone(&limiter).acquire_owned().await.expect("semaphore open");
+            let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
+            tokio::spawn(async move {
+                process(&state, &*scanner, &settings, delivery).await;
+                drop(permit);
+            });
+        }
+    }
+}
+
+async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSettings, delivery: Delivery) {
+    let task_id = delivery.task.task_id.clone();
+    let outcome = handle(state, scanner, settings, &delivery).await;
+    let settled = match outcome {
+        Ok(()) => state.store.ack_scan(&delivery).await,
+        Err(failure) if failure.retryable && delivery.attempt <= settings.max_retries => {
+            let delay = retry_delay(settings.retry_base, delivery.attempt);
+            tracing::warn!(task_id, attempt = delivery.attempt, retry_in = ?delay, reason = %failure.reason(), "scan failed; will retry");
+            state.store.retry_scan(&delivery, delay).await
+        }
+        Err(failure) => {
+            tracing::error!(task_id, attempt = delivery.attempt, reason = %failure.reason(), "scan failed; dead-lettered");
+            // A dead-lettered item is terminal for its job.
+            let request: Option<ScanRequest> = serde_json::from_str(&delivery.task.payload).ok();
+            let record = result_record(&delivery, request.as_ref(), None, json!(null), "not scanned", false, 0);
+            if let Err(err) = state.store.put_result(&record, settings.results_retain).await {
+                tracing::warn!(error = %err, "could not record the dead-lettered result");
+            }
+            state.store.dead_letter_scan(&delivery, &failure.reason()).await
+        }
+    };
+    if let Err(err) = settled {
+        // The lease runs out and the task is delivered again: nothing is lost.
+        tracing::error!(task_id, error = %err, "could not settle task; it will be redelivered");
+    }
+}
+
+async fn handle(
+    state: &SharedState,
+    scanner: &dyn Scanner,
+    settings: &WorkerSettings,
+    delivery: &Delivery,
+) -> Result<(), Failure> {
+    let store_err = |e: dsx_store::StoreError| Failure::new("store", e.to_string(), true);
+    let task = &delivery.task;
+    if state.store.get_result(&task.task_id).await.map_err(store_err)?.is_some() {
+        tracing::debug!(task_id = %task.task_id, "already has a result (redelivery); skipping");
+        return Ok(());
+    }
+    let request: ScanRequest = serde_json::from_str(&task.payload)
+        .map_err(|e| Failure::new("validation", format!("queued request unreadable: {e}"), false))?;
+    match state.store.get_job(&task.job_id).await.map_err(store_err)?.map(|j| j.status) {
+        Some(JobStatus::Cancelled) => {
+            let record = result_record(delivery, Some(&request), None, json!(null), "not scanned", false, 0);
+            state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
+            return Ok(());
+        }
+        Some(JobStatus::Paused) => return Err(Failure::new("job_paused", "job is paused", true)),
+        _ => {}
+    }
+    let started = Instant::now();
+    if request.size_in_bytes.is_some_and(|s| s > settings.max_file_size) {
+        // Too large to scan: a synthetic verdict, as DSXA reports policy violations.
+        let mut verdict = Verdict::new(VerdictKind::NonCompliant);
+        verdict.verdict_details.reason = Some("File Size Too Large".into());
+        verdict.file_info.file_size_in_bytes = request.size_in_bytes;
+        let record = finish(state, delivery, &request, verdict, started, settings).await?;
+        state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
+        return Ok(());
+    }
+
+    let read_started = Instant::now();
+    let body = serde_json::to_vec(&request).map_err(|e| Failure::new("validation", e.to_string(), false))?;
+    let resp =
+        state.connectors.request(task.connector_uuid, Method::POST, "read_file", body).await.map_err(|e| match e {
+            OutboundError::Unreachable(d) => Failure::new("connector_connection", d, true),
+            OutboundError::Store(s) => store_err(s),
+            other => Failure::new("connector_not_registered", other.to_string(), true),
+        })?;
+    let status = resp.status();
+    if status.is_server_error() {
+        return Err(Failure::new("connector_server", status.to_string(), true));
+    }
+    if !status.is_success() {
+        let detail = resp.text().await.unwrap_or_default();
+        return Err(Failure::new("connector_client", format!("{status} {}", truncate(&detail)), false));
+    }
+    let is_json = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.starts_with("application/json"));
+    if is_json {
+        // Python connectors answer errors as 200 JSON: never scan that as the file's content.
+        let detail = resp.text().await.unwrap_or_default();
+        return Err(Failure::new("connector_client", format!("read_file answered JSON: {}", truncate(&detail)), false));
+    }
+    let input = ScanInput {
+        location: request.location.clone(),
+        metainfo: request.metainfo.clone(),
+        connector_name: request.connector.as_ref().map(|c| c.name.clone()).unwrap_or_default(),
+        task_id: task.task_id.clone(),
+        size: request.size_in_bytes,
+        protected_entity: None,
+    };
+    let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let verdict = scanner.scan(&input, Box::pin(stream)).await?;
+    let read_ms = read_started.elapsed().as_millis() as u64;
+    let mut record = finish(state, delivery, &request, verdict, started, settings).await?;
+    record.json = add_timing(&record.json, read_ms);
+    state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
+    Ok(())
+}
+
+/// Remediate when malicious, then build the result record.
+async fn finish(
+    state: &SharedState,
+    delivery: &Delivery,
+    request: &ScanRequest,
+    verdict: Verdict,
+    started: Instant,
+    _settings: &WorkerSettings,
+) -> Result<ResultRecord, Failure> {
+    let (status, action, succeeded) = if verdict.is_malicious() {
+        remediate(state, delivery, request).await?
+    } else {
+        ("scanned", json!(null), true)
+    };
+    let verdict_json = serde_json::to_value(&verdict).unwrap_or(Value::Null);
+    let mut record = result_record(
+        delivery,
+        Some(request),
+        Some(&verdict),
+        verdict_json,
+        status,
+        succeeded,
+        verdict.scan_duration_in_microseconds.unwrap_or(0),
+    );
+    record.json = patch(&record.json, |v| v["item_action"] = action);
+    record.json = add_elapsed(&record.json, started.elapsed().as_millis() as u64);
+    Ok(record)
+}
+
+/// `PUT item_action`. A redelivered task (the worker died after remediating, before storing
+/// the result) may call it again: the item is gone by then, the connector answers 404 and
+/// nothing is remediated twice. That 404 counts as success; skipping the call instead could
+/// leave a malicious file in place if the crash came before the first call.
+async fn remediate(
+    state: &SharedState,
+    delivery: &Delivery,
+    request: &ScanRequest,
+) -> Result<(&'static str, Value, bool), Failure> {
+    let body = serde_json::to_vec(request).map_err(|e| Failure::new("validation", e.to_string(), false))?;
+    match state.connectors.request(delivery.task.connector_uuid, Method::PUT, "item_action", body).await {
+        Ok(resp) => {
+            let status = resp.status();
+            let answer: Value = resp.json().await.unwrap_or(Value::Null);
+            if status == reqwest::StatusCode::NOT_FOUND && delivery.attempt > 1 {
+                tracing::info!(task_id = %delivery.task.task_id, "item already remediated by an earlier attempt");
+                return Ok(("action succeeded", answer, true));
+            }
+            let done = status.is_success() && answer.get("status").and_then(Value::as_str) != Some("error");
+            Ok((if done { "action succeeded" } else { "action attempted, but failed" }, answer, done))
+        }
+        Err(err) => Ok(("action attempted, but failed", json!({"status": "error", "message": err.to_string()}), false)),
+    }
+}
+
+fn result_record(
+    delivery: &Delivery,
+    request: Option<&ScanRequest>,
+    verdict: Option<&Verdict>,
+    verdict_json: Value,
+    status: &str,
+    succeeded: bool,
+    scan_time_us: u64,
+) -> ResultRecord {
+    let task = &delivery.task;
+    let json = json!({
+        "scan_request_task_id": task.task_id,
+        "scan_job_id": task.job_id,
+        "metadata_tag": request.map(|r| r.metainfo.clone()),
+        "scan_request": request,
+        "verdict": verdict_json,
+        "status": status,
+        "finished_at": unix_now(),
+    });
+    ResultRecord {
+        task_id: task.task_id.clone(),
+        job_id: task.job_id.clone(),
+        json: json.to_string(),
+        verdict: verdict.map(|v| v.verdict.as_str()).unwrap_or("Not Scanned").to_owned(),
+        succeeded,
+        scan_time_us,
+        file_size: request
+            .and_then(|r| r.size_in_bytes)
+            .or_else(|| verdict.and_then(|v| v.file_info.file_size_in_bytes))
+            .unwrap_or(0),
+    }
+}
+
+fn add_elapsed(json: &str, ms: u64) -> String {
+    patch(json, |v| {
+        if let Some(verdict) = v.get_mut("verdict").and_then(Value::as_object_mut) {
+            verdict.insert("dsxconnect_request_elapsed_ms".into(), ms.into());
+        }
+    })
+}
+
+fn add_timing(json: &str, read_ms: u64) -> String {
+    patch(json, |v| {
+        if let Some(verdict) = v.get_mut("verdict").and_then(Value::as_object_mut) {
+            verdict.insert("dsxconnect_read_elapsed_ms".into(), read_ms.into());
+        }
+    })
+}
+
+fn patch(json: &str, f: impl FnOnce(&mut Value)) -> String {
+    let mut v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
+    f(&mut v);
+    v.to_string()
+}
+
+fn truncate(s: &str) -> &str {
+    let end = s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len());
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delay_doubles_to_the_cap() {
+        let base = Duration::from_secs(2);
+        assert_eq!(retry_delay(base, 1), Duration::from_secs(2));
+        assert_eq!(retry_delay(base, 2), Duration::from_secs(4));
+        assert_eq!(retry_delay(base, 4), Duration::from_secs(16));
+        assert_eq!(retry_delay(base, 20), Duration::from_secs(300));
+    }
+}
