@@ -159,8 +159,37 @@ fn location(r: &Value) -> String {
     r["scan_request"]["location"].as_str().unwrap_or_default().to_owned()
 }
 
+/// Collect `data:` payloads of an SSE stream until `want` events of `kind` arrived.
+fn collect_sse(resp: reqwest::Response, kind: &'static str, want: usize) -> tokio::task::JoinHandle<Vec<Value>> {
+    tokio::spawn(async move {
+        use futures_util::StreamExt;
+        let mut body = resp.bytes_stream();
+        let (mut buf, mut events) = (String::new(), Vec::new());
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while events.len() < want {
+            let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await else { break };
+            buf.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = buf.find("\n\n") {
+                let frame: String = buf.drain(..end + 2).collect();
+                for line in frame.lines().filter_map(|l| l.strip_prefix("data:")) {
+                    if let Ok(v) = serde_json::from_str::<Value>(line.trim()) {
+                        if v["type"] == kind {
+                            events.push(v);
+                        }
+                    }
+                }
+            }
+        }
+        events
+    })
+}
+
 async fn full_scan_quarantines_eicar(redis: bool) {
     let p = Pipeline::start(redis, 12, 3, "all", &[]).await;
+    let sse = p.operator(Method::GET, "subscribe/scan-result").await;
+    assert_eq!(sse.status(), StatusCode::OK);
+    assert!(sse.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
+    let events = collect_sse(sse, "scan_result", 15);
     p.full_scan("job-e2e", "").await;
     let job = p.wait_job("job-e2e", Duration::from_secs(60), |j| j["status"] == "completed").await;
     assert_eq!((job["enqueued_count"].as_u64(), job["processed_count"].as_u64()), (Some(15), Some(15)));
@@ -183,6 +212,14 @@ async fn full_scan_quarantines_eicar(redis: bool) {
     assert!(stats["malicious_count"].as_u64().unwrap() >= 3);
     // Every result carries the registered connector, not anything a body claimed.
     assert!(results.iter().all(|r| r["scan_request"]["connector"]["uuid"] == p.uuid.as_str()));
+    // The SSE stream delivered one event per file.
+    let events = events.await.unwrap();
+    assert_eq!(events.len(), 15);
+    let mut tasks: Vec<_> =
+        events.iter().map(|e| e["scan_result"]["scan_request_task_id"].as_str().unwrap().to_owned()).collect();
+    tasks.sort();
+    tasks.dedup();
+    assert_eq!(tasks.len(), 15, "one event per task");
 }
 
 #[tokio::test]

@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::{guard, Access};
 use crate::config::{ScannerKind, Settings, StoreSettings};
 use crate::connector_client::ConnectorClient;
-use crate::routes::{connectors, proxy, registration, results, scan, system};
+use crate::routes::{connectors, events, proxy, registration, results, scan, system};
 use crate::state::{AppState, AuthMetrics, SharedState};
 use crate::tokens::LiveTokens;
 
@@ -72,6 +72,10 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("admin/dead-letter/clear"), delete(results::dlq_clear))
         .route(&api("admin/dead-letter/clear/{queue_type}"), delete(results::dlq_clear_one))
         .route(&api("admin/dead-letter/health"), get(results::dlq_health))
+        .route(&api("test/dsxa-connection"), get(system::test_scanner))
+        .route(&api("subscribe/scan-result"), get(events::scan_results))
+        .route(&api("subscribe/connector-registered"), get(events::connectors))
+        .route(&api("subscribe/job-summary/{job_id}"), get(events::job_summary))
         .route_layer(guarded(Access::Operator));
     let open_routes = Router::new()
         .route(&api("connectors/register"), post(registration::register))
@@ -81,6 +85,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("version"), get(system::version))
         .route(&api("meta"), get(system::meta))
         .route(&api("test/connection"), get(system::test_connection))
+        .route(&api("config"), get(system::config))
         .route(&api("scan/jobs/{job_id}/raw"), get(scan::job_raw));
 
     Router::new()
@@ -125,7 +130,16 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
     }
     let store = open_store(&settings)?;
     let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, CONNECTOR_CALL_TIMEOUT);
-    Ok(Arc::new(AppState { settings, store, enrollment, operators, connectors, metrics: AuthMetrics::default() }))
+    let scanner = build_scanner(&settings)?;
+    Ok(Arc::new(AppState {
+        settings,
+        store,
+        enrollment,
+        operators,
+        connectors,
+        scanner,
+        metrics: AuthMetrics::default(),
+    }))
 }
 
 /// Which parts of dsx-connect this process runs.

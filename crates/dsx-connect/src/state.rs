@@ -18,6 +18,8 @@ pub struct AppState {
     pub operators: Arc<LiveTokens>,
     /// Signed calls to connectors (URL and key from the registry).
     pub connectors: ConnectorClient,
+    /// The scanner the workers of this process use.
+    pub scanner: Arc<dyn dsx_scanner::Scanner>,
     pub metrics: AuthMetrics,
 }
 

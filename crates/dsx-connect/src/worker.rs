@@ -152,8 +152,7 @@ async fn handle(
         verdict.verdict_details.reason = Some("File Size Too Large".into());
         verdict.file_info.file_size_in_bytes = request.size_in_bytes;
         let record = finish(state, delivery, &request, verdict, started, settings).await?;
-        state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
-        return Ok(());
+        return store_and_announce(state, &record, settings).await;
     }
 
     let read_started = Instant::now();
@@ -195,7 +194,25 @@ async fn handle(
     let read_ms = read_started.elapsed().as_millis() as u64;
     let mut record = finish(state, delivery, &request, verdict, started, settings).await?;
     record.json = add_timing(&record.json, read_ms);
-    state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
+    store_and_announce(state, &record, settings).await
+}
+
+/// Store the result (once per task) and announce it to SSE subscribers.
+async fn store_and_announce(
+    state: &SharedState,
+    record: &ResultRecord,
+    settings: &WorkerSettings,
+) -> Result<(), Failure> {
+    let store_err = |e: dsx_store::StoreError| Failure::new("store", e.to_string(), true);
+    let Some(id) = state.store.put_result(record, settings.results_retain).await.map_err(store_err)? else {
+        return Ok(()); // a redelivery: announced the first time
+    };
+    let job = state.store.get_job(&record.job_id).await.ok().flatten();
+    let result = crate::patch_json(&record.json, |v| v["id"] = id.into());
+    let event = json!({ "type": "scan_result", "scan_result": serde_json::from_str::<Value>(&result).unwrap_or(Value::Null), "job": job });
+    if let Err(err) = state.store.publish(crate::routes::events::SCAN_RESULT, &event.to_string()).await {
+        tracing::debug!(error = %err, "could not announce a result");
+    }
     Ok(())
 }
 
@@ -302,11 +319,7 @@ fn add_timing(json: &str, read_ms: u64) -> String {
     })
 }
 
-fn patch(json: &str, f: impl FnOnce(&mut Value)) -> String {
-    let mut v: Value = serde_json::from_str(json).unwrap_or(Value::Null);
-    f(&mut v);
-    v.to_string()
-}
+use crate::patch_json as patch;
 
 fn truncate(s: &str) -> &str {
     let end = s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len());

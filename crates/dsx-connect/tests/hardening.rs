@@ -409,3 +409,98 @@ async fn token_route_exchanges_only_a_valid_enrollment_token() {
         server.http.post(server.api("connectors/token")).header("X-Enrollment-Token", "wrong").send().await.unwrap();
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
 }
+
+#[tokio::test]
+async fn registry_changes_are_announced_over_sse() {
+    use futures_util::StreamExt;
+    let server = embedded(&[]);
+    let resp =
+        server.http.get(server.api("subscribe/connector-registered")).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let resp_unauthorized = server.http.get(server.api("subscribe/connector-registered")).send().await.unwrap();
+    assert_eq!(resp_unauthorized.status(), StatusCode::UNAUTHORIZED, "SSE streams are operator routes");
+    let mut body = resp.bytes_stream();
+    let keys = server.enroll().await;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !seen.contains("\"registered\"") {
+        let Ok(Some(Ok(chunk))) = tokio::time::timeout_at(deadline, body.next()).await else {
+            panic!("no event: {seen}")
+        };
+        seen.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(seen.contains(&keys.uuid.to_string()));
+    assert!(!seen.contains(&keys.secret), "events never carry secrets");
+}
+
+#[tokio::test]
+async fn config_is_public_in_part_and_never_leaks_secrets() {
+    let server = embedded(&[
+        ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+        ("DSXCONNECT_SCANNER__BASE_URL", "http://127.0.0.1:9".into()),
+        ("DSXCONNECT_SCANNER__AUTH_TOKEN", "scanner-secret-token".into()),
+    ]);
+    let public: Value = server.http.get(server.api("config")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(public["workers"]["scan_request_batch_enabled"], true);
+    assert_eq!(public["auth"]["enabled"], true);
+    assert!(public.get("scanner").is_none(), "only the public subset without an operator token: {public}");
+    let full = server.operator_get("config").await.text().await.unwrap();
+    assert!(full.contains("\"kind\":\"dsxa\""), "{full}");
+    for secret in ["scanner-secret-token", ENROLL, OPERATOR] {
+        assert!(!full.contains(secret), "config leaked {secret}");
+    }
+    // The scanner at port 9 is not there: the check says so, with its class.
+    let resp = server.operator_get("test/dsxa-connection").await;
+    assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(resp.json::<Value>().await.unwrap()["class"], "scanner_unreachable");
+    assert_eq!(
+        server.http.get(server.api("test/dsxa-connection")).send().await.unwrap().status(),
+        StatusCode::UNAUTHORIZED
+    );
+}
+
+#[tokio::test]
+async fn scan_requests_are_bound_to_the_verified_connector() {
+    let server = embedded(&[]);
+    let alice = server.enroll().await;
+    let bob = server.enroll().await;
+    let path = format!("{PREFIX}/scan/request");
+    // Naming another connector in the body: 403.
+    let body =
+        serde_json::to_vec(&json!({"location": "/x", "metainfo": "x", "connector": {"uuid": bob.uuid}})).unwrap();
+    let resp = server.signed(&alice, Method::POST, &path, &body).await;
+    assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+    // No connector field: attributed to the key's connector, 202 with the task's location.
+    let body =
+        serde_json::to_vec(&json!({"location": "/x", "metainfo": "x", "connector_url": "http://evil/x"})).unwrap();
+    let resp = server.signed(&alice, Method::POST, &path, &body).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    assert!(resp.headers()["location"].to_str().unwrap().starts_with(&format!("{PREFIX}/scan/request/")));
+    let json: Value = resp.json().await.unwrap();
+    assert!(json["message"].as_str().unwrap().starts_with("Scan task ID: "));
+    // Missing required field: 422 naming it.
+    let resp = server.signed(&alice, Method::POST, &path, br#"{"metainfo":"x"}"#).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(resp.json::<Value>().await.unwrap()["detail"][0]["loc"], json!(["body", "location"]));
+    // enqueue_done for a job another connector owns: 403.
+    let job_body = serde_json::to_vec(&json!({"location": "/y", "metainfo": "y", "scan_job_id": "job-owned"})).unwrap();
+    assert_eq!(server.signed(&alice, Method::POST, &path, &job_body).await.status(), StatusCode::ACCEPTED);
+    let resp = server.signed(&bob, Method::POST, &format!("{PREFIX}/scan/jobs/job-owned/enqueue_done"), b"{}").await;
+    assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+    let resp = server
+        .signed(
+            &alice,
+            Method::POST,
+            &format!("{PREFIX}/scan/jobs/job-owned/enqueue_done"),
+            br#"{"enqueued_total": 1}"#,
+        )
+        .await;
+    assert_eq!(resp.status(), StatusCode::OK);
+
+    // With auth off, a body naming an unknown connector: 404.
+    let open = embedded(&[("DSXCONNECT_AUTH__ENABLED", "false".into())]);
+    let body =
+        serde_json::to_vec(&json!({"location": "/x", "metainfo": "x", "connector": {"uuid": Uuid::new_v4()}})).unwrap();
+    let resp = open.send(Method::POST, &path, None, &body).await;
+    assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
+}

@@ -23,9 +23,15 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let kind = if inner.is_syntax() || inner.is_eof() { "json_invalid" } else { "value_error" };
+        let kind = if inner.to_string().starts_with("missing field") { "missing" } else { kind };
         let mut loc = vec!["body".to_owned()];
         if path != "." {
             loc.extend(path.split('.').map(str::to_owned));
+        }
+        // serde reports a missing field at its parent; name the field itself, as FastAPI does.
+        let message = inner.to_string();
+        if let Some(name) = message.strip_prefix("missing field `").and_then(|rest| rest.split('`').next()) {
+            loc.push(name.to_owned());
         }
         let field = loc[1..].join(".");
         let msg = if field.is_empty() { inner.to_string() } else { format!("field `{field}`: {inner}") };
@@ -49,6 +55,13 @@ mod tests {
     fn bad_enum_names_the_field() {
         let err = parse_json::<Connector>(br#"{"item_action": "shred"}"#).unwrap_err();
         assert_eq!(err.loc, ["body", "item_action"]);
+    }
+
+    #[test]
+    fn missing_required_field_is_named() {
+        let err = parse_json::<crate::ScanRequest>(br#"{"metainfo": "x"}"#).unwrap_err();
+        assert_eq!(err.loc, ["body", "location"]);
+        assert_eq!(err.kind, "missing");
     }
 
     #[test]

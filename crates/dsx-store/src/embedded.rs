@@ -73,6 +73,15 @@ struct Inner {
     last_sweep_ms: AtomicU64,
     /// Non-durable commits are waiting for the next durable one.
     dirty: AtomicBool,
+    /// In-process notification channels (one process owns the embedded store).
+    channels: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::broadcast::Sender<String>>>,
+}
+
+impl Inner {
+    fn channel(&self, name: &str) -> tokio::sync::broadcast::Sender<String> {
+        let mut channels = self.channels.lock().expect("channels lock");
+        channels.entry(name.to_owned()).or_insert_with(|| tokio::sync::broadcast::channel(1024).0).clone()
+    }
 }
 
 fn unavailable(err: impl std::fmt::Display) -> StoreError {
@@ -122,8 +131,13 @@ impl EmbeddedStore {
         txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
         txn.open_table(STATS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
-        let inner =
-            Arc::new(Inner { db, codec, last_sweep_ms: AtomicU64::new(now_millis()), dirty: AtomicBool::new(false) });
+        let inner = Arc::new(Inner {
+            db,
+            codec,
+            last_sweep_ms: AtomicU64::new(now_millis()),
+            dirty: AtomicBool::new(false),
+            channels: Default::default(),
+        });
         let flusher = spawn_flusher(Arc::downgrade(&inner))?;
         Ok(Self { inner, flusher: Some(flusher) })
     }
@@ -680,6 +694,33 @@ impl Store for EmbeddedStore {
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
         self.run(move |inner| inner.write(true, |txn| update_job(txn, &job_id, |job| job.status = status))).await
+    }
+
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
+        // No subscriber is not an error.
+        let _ = self.inner.channel(channel).send(message.to_owned());
+        Ok(())
+    }
+
+    async fn subscribe(&self, channel: &str) -> StoreResult<tokio::sync::mpsc::Receiver<String>> {
+        let mut source = self.inner.channel(channel).subscribe();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::spawn(async move {
+            loop {
+                match source.recv().await {
+                    Ok(msg) => {
+                        if tx.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        tracing::warn!(missed = n, "slow subscriber missed notifications");
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        Ok(rx)
     }
 
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {

@@ -243,6 +243,13 @@ pub trait Store: Send + Sync + 'static {
     /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
 
+    // ---- live notifications (SSE) ----
+    /// Publish `message` on `channel` to every subscriber of every replica (best effort: a
+    /// subscriber that is not listening misses it; the stored data stays the truth).
+    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()>;
+    /// Messages published on `channel` from now on. The receiver ends when the store does.
+    async fn subscribe(&self, channel: &str) -> StoreResult<tokio::sync::mpsc::Receiver<String>>;
+
     // ---- rate limiting ----
     /// Count one hit against `bucket` in a fixed window of `window`.
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;

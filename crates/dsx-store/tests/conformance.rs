@@ -460,6 +460,23 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     );
 }
 
+async fn next_message(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Option<String> {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten()
+}
+
+async fn notifications_reach_subscribers_of_their_channel(h: &Harness) {
+    let s = &*h.store;
+    let mut results = s.subscribe("scan_result").await.unwrap();
+    let mut other = s.subscribe("connectors").await.unwrap();
+    s.publish("scan_result", "one").await.unwrap();
+    s.publish("scan_result", "two").await.unwrap();
+    assert_eq!(next_message(&mut results).await.as_deref(), Some("one"));
+    assert_eq!(next_message(&mut results).await.as_deref(), Some("two"));
+    s.publish("connectors", "registered").await.unwrap();
+    assert_eq!(next_message(&mut other).await.as_deref(), Some("registered"), "channels are separate");
+    s.publish("nobody-listens", "x").await.unwrap();
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -491,6 +508,7 @@ conformance!(
     retry_waits_for_its_delay,
     dead_letters_keep_the_reason_and_can_be_requeued,
     results_count_once_and_complete_jobs_in_either_order,
+    notifications_reach_subscribers_of_their_channel,
 );
 
 #[tokio::test]

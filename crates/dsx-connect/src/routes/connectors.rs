@@ -21,6 +21,7 @@ pub async fn unregister(
 ) -> Result<StatusCode, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
     caller.ensure_acts_for(uuid)?;
+    let presence = state.store.get_presence(uuid).await?;
     let had_presence = state.store.delete_presence(uuid).await?;
     let had_keys = state.store.revoke_credentials(uuid).await?;
     let had_record = state.store.get_registration(uuid).await?.is_some();
@@ -35,6 +36,8 @@ pub async fn unregister(
         Caller::Open => "open",
     };
     tracing::info!(target: "audit", %uuid, by, revoked = had_keys, "connector unregistered");
+    let gone = presence.unwrap_or_else(|| dsx_model::Connector { uuid, ..Default::default() });
+    state.announce("unregistered", &gone).await;
     Ok(StatusCode::NO_CONTENT)
 }
 

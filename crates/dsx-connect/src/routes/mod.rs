@@ -1,4 +1,5 @@
 pub mod connectors;
+pub mod events;
 pub mod proxy;
 pub mod registration;
 pub mod results;

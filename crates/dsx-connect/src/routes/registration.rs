@@ -160,6 +160,7 @@ impl AppState {
             if is_new { (StatusCode::CREATED, "registered") } else { (StatusCode::OK, "refreshed") };
         tracing::info!(%uuid, name = %connector.name, url = %connector.url, via, key_id = minted.as_ref().map(|c| c.key_id.as_str()), rotated = minted.is_some() && existing_key.is_some(), "connector {message}");
 
+        self.announce(if is_new { "registered" } else { "refreshed" }, &connector).await;
         let response = RegistrationResponse {
             status: StatusKind::Success,
             message: message.into(),
@@ -170,6 +171,16 @@ impl AppState {
             hmac_secret: minted.map(|c| c.secret.expose_secret().to_owned()),
         };
         Ok((status, Json(response)).into_response())
+    }
+}
+
+impl AppState {
+    /// Tell SSE subscribers about a registry change (best effort).
+    pub async fn announce(&self, kind: &str, connector: &Connector) {
+        let event = serde_json::json!({ "type": kind, "uuid": connector.uuid, "name": connector.name, "url": connector.url, "ts": unix_now() });
+        if let Err(err) = self.store.publish(crate::routes::events::CONNECTORS, &event.to_string()).await {
+            tracing::debug!(error = %err, "could not announce a registry change");
+        }
     }
 }
 

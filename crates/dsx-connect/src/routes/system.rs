@@ -53,3 +53,59 @@ pub async fn test_connection() -> Json<Value> {
 pub async fn auth_check() -> Json<AuthCheckResponse> {
     Json(AuthCheckResponse::default())
 }
+
+/// Largest `scan/request_batch` accepted, advertised to connectors through `GET config`.
+pub const MAX_BATCH: usize = 1000;
+
+/// `GET config`: the public part for anyone (Python connectors read the batch capabilities
+/// unsigned, AUTH.md §8); everything else only with an operator token. Secrets never appear:
+/// tokens and keys are not part of the document at all.
+pub async fn config(State(state): State<SharedState>, headers: axum::http::HeaderMap) -> Json<Value> {
+    let s = &state.settings;
+    let mut doc = json!({
+        "version": VERSION,
+        "auth": { "enabled": s.auth.enabled },
+        "workers": { "scan_request_batch_enabled": true, "scan_request_batch_max_size": MAX_BATCH },
+    });
+    if state.check_operator(&headers).is_ok() {
+        doc["app_env"] = json!(s.app_env);
+        doc["store"] = json!(state.store.backend());
+        doc["auth"] = json!({
+            "enabled": s.auth.enabled,
+            "break_glass": s.auth.break_glass,
+            "hmac_max_skew": s.auth.max_skew,
+            "key_grace_seconds": s.auth.key_grace.as_secs(),
+            "enrollment_tokens": state.enrollment.len(),
+            "operator_tokens": state.operators.len(),
+            "secrets_encrypted_at_rest": s.auth.secret_key.is_some(),
+            "register_rate_per_minute": s.auth.register_rate_per_minute,
+        });
+        doc["scanner"] = json!({
+            "kind": state.scanner.kind(),
+            "base_url": s.scanner.base_url,
+            "auth_token": if s.scanner.auth_token.is_some() { "***" } else { "" },
+            "timeout_seconds": s.scanner.timeout.as_secs(),
+            "max_file_size_bytes": s.workers.max_file_size,
+            "max_inflight": s.workers.max_inflight,
+        });
+        doc["workers"]["scan_request_max_retries"] = json!(s.workers.max_retries);
+        doc["workers"]["lease_seconds"] = json!(s.workers.lease.as_secs());
+        doc["results"] = json!({ "retain": s.workers.results_retain });
+        doc["presence_ttl_seconds"] = json!(s.presence_ttl.as_secs());
+    }
+    Json(doc)
+}
+
+/// `GET test/dsxa-connection` (operator): can the configured scanner be reached?
+pub async fn test_scanner(State(state): State<SharedState>) -> impl IntoResponse {
+    match state.scanner.check().await {
+        Ok(()) => (
+            StatusCode::OK,
+            Json(json!({ "status": "success", "message": format!("{} scanner reachable", state.scanner.kind()) })),
+        ),
+        Err(err) => (
+            StatusCode::BAD_GATEWAY,
+            Json(json!({ "status": "error", "message": err.to_string(), "class": err.class() })),
+        ),
+    }
+}
