@@ -40,7 +40,8 @@ impl Stack {
         let server_port = free_port();
         let mut server = Service::spawn(
             workspace_bin("dsx-connect").to_str().unwrap(),
-            &["serve", "--listen", &format!("127.0.0.1:{server_port}")],
+            // API only: these tests inspect the queue, which workers would drain.
+            &["serve", "--listen", &format!("127.0.0.1:{server_port}"), "--role", "api"],
             &[
                 ("DSXCONNECT_REDIS_URL", redis.url.clone()),
                 ("DSXCONNECT_APP_ENV", env.clone()),
