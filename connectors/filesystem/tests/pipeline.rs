@@ -185,7 +185,14 @@ fn collect_sse(resp: reqwest::Response, kind: &'static str, want: usize) -> toki
 }
 
 async fn full_scan_quarantines_eicar(redis: bool) {
-    let p = Pipeline::start(redis, 12, 3, "all", &[]).await;
+    // A syslog receiver: every result is also sent there (RFC 5424 over UDP).
+    let syslog = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let syslog_env = [
+        ("DSXCONNECT_SYSLOG__ENABLED", "true".to_owned()),
+        ("DSXCONNECT_SYSLOG__HOST", "127.0.0.1".to_owned()),
+        ("DSXCONNECT_SYSLOG__PORT", syslog.local_addr().unwrap().port().to_string()),
+    ];
+    let p = Pipeline::start(redis, 12, 3, "all", &syslog_env).await;
     let sse = p.operator(Method::GET, "subscribe/scan-result").await;
     assert_eq!(sse.status(), StatusCode::OK);
     assert!(sse.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
@@ -220,6 +227,15 @@ async fn full_scan_quarantines_eicar(redis: bool) {
     tasks.sort();
     tasks.dedup();
     assert_eq!(tasks.len(), 15, "one event per task");
+    let mut lines = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while lines.len() < 15 {
+        let n =
+            tokio::time::timeout(Duration::from_secs(10), syslog.recv(&mut buf)).await.expect("syslog line").unwrap();
+        lines.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert_eq!(lines.iter().filter(|l| l.starts_with("<132>1 ")).count(), 3, "malicious results at warning severity");
+    assert!(lines.iter().all(|l| l.contains(" dsx-connect ") && l.contains(" scan_result - {")));
 }
 
 #[tokio::test]

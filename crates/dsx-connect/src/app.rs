@@ -55,7 +55,8 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("connectors/healthz/{connector_uuid}"), get(proxy::healthz))
         .route(&api("connectors/readyz/{connector_uuid}"), get(proxy::readyz))
         .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
-        .route(&api("scan/results"), get(results::list))
+        .route(&api("scan/results"), get(results::list).delete(results::delete_results))
+        .route(&api("scan/jobs"), get(results::jobs).delete(results::delete_jobs))
         .route(&api("scan/results/job/{job_id}"), get(results::for_job))
         .route(&api("scan/results/{task_id}"), get(results::one))
         .route(&api("scan/request/{task_id}"), get(results::task_status))
@@ -131,6 +132,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
     let store = open_store(&settings)?;
     let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, CONNECTOR_CALL_TIMEOUT);
     let scanner = build_scanner(&settings)?;
+    let syslog = settings.syslog.clone().map(crate::syslog::Syslog::new);
     Ok(Arc::new(AppState {
         settings,
         store,
@@ -138,6 +140,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
         operators,
         connectors,
         scanner,
+        syslog,
         metrics: AuthMetrics::default(),
     }))
 }

@@ -58,6 +58,8 @@ pub struct Settings {
     pub auth: AuthSettings,
     pub scanner: ScannerSettings,
     pub workers: crate::worker::WorkerSettings,
+    /// Results to syslog, when `DSXCONNECT_SYSLOG__ENABLED`.
+    pub syslog: Option<crate::syslog::SyslogSettings>,
     pub presence_ttl: Duration,
     pub max_body_bytes: usize,
 }
@@ -152,6 +154,21 @@ impl Settings {
             max_file_size: parse_num(&get, "DSXCONNECT_SCANNER__MAX_FILE_SIZE_BYTES", 2 << 30)?,
             results_retain: parse_num(&get, "DSXCONNECT_RESULTS_DB__RETAIN", 1000)?.max(1) as usize,
         };
+        let syslog = if parse_bool(&get, "DSXCONNECT_SYSLOG__ENABLED", false)? {
+            let transport = get("DSXCONNECT_SYSLOG__TRANSPORT").unwrap_or_else(|| "udp".into());
+            Some(crate::syslog::SyslogSettings {
+                host: get("DSXCONNECT_SYSLOG__HOST").ok_or(ConfigError::Invalid {
+                    var: "DSXCONNECT_SYSLOG__HOST",
+                    reason: "DSXCONNECT_SYSLOG__ENABLED=true needs the syslog server's host".into(),
+                })?,
+                port: parse_num(&get, "DSXCONNECT_SYSLOG__PORT", 514)? as u16,
+                transport: transport
+                    .parse()
+                    .map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_SYSLOG__TRANSPORT", reason })?,
+            })
+        } else {
+            None
+        };
         let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
         Ok(Self {
             presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
@@ -161,6 +178,7 @@ impl Settings {
             auth,
             scanner,
             workers,
+            syslog,
         })
     }
 

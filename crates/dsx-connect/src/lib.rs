@@ -8,6 +8,7 @@ pub mod connector_client;
 pub mod error;
 pub mod routes;
 pub mod state;
+pub mod syslog;
 pub mod tokens;
 pub mod worker;
 

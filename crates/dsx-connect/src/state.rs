@@ -20,6 +20,7 @@ pub struct AppState {
     pub connectors: ConnectorClient,
     /// The scanner the workers of this process use.
     pub scanner: Arc<dyn dsx_scanner::Scanner>,
+    pub syslog: Option<crate::syslog::Syslog>,
     pub metrics: AuthMetrics,
 }
 

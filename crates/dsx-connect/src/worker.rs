@@ -213,6 +213,9 @@ async fn store_and_announce(
     if let Err(err) = state.store.publish(crate::routes::events::SCAN_RESULT, &event.to_string()).await {
         tracing::debug!(error = %err, "could not announce a result");
     }
+    if let Some(syslog) = &state.syslog {
+        syslog.send(record.verdict == "Malicious", &result).await;
+    }
     Ok(())
 }
 

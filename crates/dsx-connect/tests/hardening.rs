@@ -504,3 +504,48 @@ async fn scan_requests_are_bound_to_the_verified_connector() {
     let resp = open.send(Method::POST, &path, None, &body).await;
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
 }
+
+#[tokio::test]
+async fn job_and_result_routes_answer_operators_only() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let body = serde_json::to_vec(&json!({"location": "/x", "metainfo": "x", "scan_job_id": "job-routes"})).unwrap();
+    assert_eq!(
+        server.signed(&keys, Method::POST, &format!("{PREFIX}/scan/request"), &body).await.status(),
+        StatusCode::ACCEPTED
+    );
+    let jobs: Value = server.operator_get("scan/jobs").await.json().await.unwrap();
+    assert!(jobs.as_array().unwrap().iter().any(|j| j["job_id"] == "job-routes"));
+    for (verb, path) in [("POST", "pause"), ("POST", "resume"), ("POST", "cancel")] {
+        let resp = server
+            .http
+            .request(Method::from_bytes(verb.as_bytes()).unwrap(), server.api(&format!("scan/jobs/job-routes/{path}")))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.json::<Value>().await.unwrap(), json!({"ok": true}), "{path}");
+    }
+    let job: Value = server.operator_get("scan/jobs/job-routes").await.json().await.unwrap();
+    assert_eq!(job["status"], "cancelled");
+    // A cancelled job takes no more items.
+    let resp = server.signed(&keys, Method::POST, &format!("{PREFIX}/scan/request"), &body).await;
+    assert_eq!(detail(resp, StatusCode::CONFLICT).await, "job_cancelled");
+    // raw: connectors may read it unsigned; it holds flags and counters only.
+    let raw: Value =
+        server.http.get(server.api("scan/jobs/job-routes/raw")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(raw["status"], "cancelled");
+    assert!(raw.get("scan_request").is_none());
+    let resp = server.http.get(server.api("scan/jobs")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = server.http.delete(server.api("scan/results")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+    let resp = server.http.delete(server.api("scan/jobs")).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], 1);
+    let resp = server.http.get(server.api("scan/jobs/job-routes")).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "job_not_found");
+    let resp = server.http.get(server.api("scan/results/no-such-task")).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "result_not_found");
+    let resp = server.http.get(server.api("admin/dead-letter/items/bogus")).bearer_auth(OPERATOR).send().await.unwrap();
+    assert_eq!(detail(resp, StatusCode::BAD_REQUEST).await, "unknown_queue_type");
+}

@@ -691,6 +691,48 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(JOBS).map_err(unavailable)?;
+            let mut jobs = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                jobs.push(serde_json::from_slice::<Job>(row.map_err(unavailable)?.1.value()).map_err(corrupt)?);
+            }
+            jobs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+            Ok(jobs)
+        })
+        .await
+    }
+
+    async fn delete_jobs(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            inner.write(true, |txn| {
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let n = jobs.len().map_err(unavailable)?;
+                jobs.retain(|_, _| false).map_err(unavailable)?;
+                Ok(n)
+            })
+        })
+        .await
+    }
+
+    async fn clear_results(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            inner.write(true, |txn| {
+                let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
+                let n = results.len().map_err(unavailable)?;
+                results.retain(|_, _| false).map_err(unavailable)?;
+                txn.open_table(RESULT_BY_TASK).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
+                txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
+                // Keep the sequence so ids never repeat; reset the counters.
+                txn.open_table(STATS).map_err(unavailable)?.retain(|k, _| k == "results_seq").map_err(unavailable)?;
+                Ok(n)
+            })
+        })
+        .await
+    }
+
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
         self.run(move |inner| inner.write(true, |txn| update_job(txn, &job_id, |job| job.status = status))).await

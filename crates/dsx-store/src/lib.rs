@@ -240,6 +240,12 @@ pub trait Store: Send + Sync + 'static {
     async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>>;
     /// Counters: `files_scanned`, `<verdict>_count`, `total_scan_time_in_microseconds`, `total_file_size`.
     async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
+    /// Every job, most recently updated first.
+    async fn list_jobs(&self) -> StoreResult<Vec<Job>>;
+    /// Forget every job record (not their queued tasks). Returns how many.
+    async fn delete_jobs(&self) -> StoreResult<u64>;
+    /// Forget every stored result and reset the stats. Returns how many results were listed.
+    async fn clear_results(&self) -> StoreResult<u64>;
     /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
 

@@ -268,6 +268,29 @@ impl RedisStore {
     fn scan_queue_key(&self) -> String {
         format!("{}:queue:scan_request", self.ns)
     }
+    /// Every key matching `pattern`, via SCAN (never KEYS, which blocks Redis).
+    async fn scan_keys(&self, pattern: &str) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
     fn delay_key(&self) -> String {
         format!("{}:queue:scan_request:delayed", self.ns)
     }
@@ -804,6 +827,39 @@ impl Store for RedisStore {
         let raw: std::collections::HashMap<String, u64> =
             conn.hgetall("dsxconnect:scan_stats").await.map_err(map_err)?;
         Ok(raw.into_iter().collect())
+    }
+
+    async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
+        let mut jobs = Vec::new();
+        for key in self.scan_keys("dsxconnect:job:*").await? {
+            if let Some(job) = self.get_job(key.trim_start_matches("dsxconnect:job:")).await? {
+                jobs.push(job);
+            }
+        }
+        jobs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        Ok(jobs)
+    }
+
+    async fn delete_jobs(&self) -> StoreResult<u64> {
+        let keys = self.scan_keys("dsxconnect:job:*").await?;
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        conn.del(keys).await.map_err(map_err)
+    }
+
+    async fn clear_results(&self) -> StoreResult<u64> {
+        let mut keys = self.scan_keys("dsxconnect:scan_result_by_task:*").await?;
+        keys.extend(self.scan_keys("dsxconnect:scan_results_by_job:*").await?);
+        keys.push("dsxconnect:scan_stats".into());
+        let mut conn = self.conn().await?;
+        let listed: u64 = conn.llen("dsxconnect:scan_results").await.map_err(map_err)?;
+        keys.push("dsxconnect:scan_results".into());
+        for chunk in keys.chunks(500) {
+            conn.del::<_, ()>(chunk).await.map_err(map_err)?;
+        }
+        Ok(listed)
     }
 
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {

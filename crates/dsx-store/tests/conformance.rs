@@ -453,6 +453,8 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     assert_eq!(per_job.len(), 2);
     assert!(per_job[0].contains(&format!("{job_b}-2")), "newest first");
     assert!(s.list_results(2, None).await.unwrap()[0].contains(&format!("{job_b}-2")));
+    let jobs = s.list_jobs().await.unwrap();
+    assert!(jobs.iter().any(|j| j.job_id == job_a) && jobs.iter().any(|j| j.job_id == job_b));
     assert_eq!(s.set_job_status("no-such-job", dsx_store::JobStatus::Paused).await.unwrap(), None);
     assert_eq!(
         s.set_job_status(&job_a, dsx_store::JobStatus::Cancelled).await.unwrap().unwrap().status,
@@ -475,6 +477,43 @@ async fn notifications_reach_subscribers_of_their_channel(h: &Harness) {
     s.publish("connectors", "registered").await.unwrap();
     assert_eq!(next_message(&mut other).await.as_deref(), Some("registered"), "channels are separate");
     s.publish("nobody-listens", "x").await.unwrap();
+}
+
+/// Run alone on its backend (it clears shared result keys), so not in the shared-Redis list.
+async fn clearing_results_and_jobs(h: &Harness) {
+    let s = &*h.store;
+    let job = unique_name("jc");
+    s.enqueue_scans(&[dsx_store::QueuedTask {
+        task_id: format!("{job}-1"),
+        connector_uuid: Uuid::nil(),
+        job_id: job.clone(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    }])
+    .await
+    .unwrap();
+    s.put_result(&result(&format!("{job}-1"), &job, "Benign"), 1000).await.unwrap().unwrap();
+    assert!(s.clear_results().await.unwrap() >= 1);
+    assert_eq!(s.get_result(&format!("{job}-1")).await.unwrap(), None);
+    assert!(s.list_results(10, None).await.unwrap().is_empty());
+    assert_eq!(s.stats().await.unwrap().get("files_scanned").copied().unwrap_or(0), 0);
+    assert!(s.delete_jobs().await.unwrap() >= 1);
+    assert_eq!(s.get_job(&job).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn embedded_clearing_results_and_jobs() {
+    clearing_results_and_jobs(&Harness::embedded(SecretCodec::plain())).await;
+}
+
+#[tokio::test]
+async fn redis_clearing_results_and_jobs() {
+    // Result and job keys are global (Python layout): use a private Redis.
+    let server = RedisServer::start();
+    let store = RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap();
+    let h = Harness { store: Arc::new(store), backing: Backing::Embedded { dir: tempfile::tempdir().unwrap() } };
+    clearing_results_and_jobs(&h).await;
+    drop(server);
 }
 
 macro_rules! conformance {

@@ -187,3 +187,22 @@ pub async fn dlq_health(State(state): State<SharedState>) -> Result<Json<Value>,
     let n = state.store.dead_letter_count().await?;
     Ok(Json(json!({ "status": if n == 0 { "healthy" } else { "attention" }, "dead_letters": n })))
 }
+
+/// `GET scan/jobs`: every job, most recently updated first.
+pub async fn jobs(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    Ok(Json(serde_json::to_value(state.store.list_jobs().await?).unwrap_or(Value::Null)))
+}
+
+/// `DELETE scan/jobs`: forget job records (queued tasks still run).
+pub async fn delete_jobs(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let n = state.store.delete_jobs().await?;
+    tracing::info!(target: "audit", deleted = n, "job records deleted");
+    Ok(Json(json!({ "status": "success", "deleted": n })))
+}
+
+/// `DELETE scan/results`: forget stored results and reset the stats.
+pub async fn delete_results(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
+    let n = state.store.clear_results().await?;
+    tracing::info!(target: "audit", cleared = n, "results cleared");
+    Ok(Json(json!({ "status": "success", "cleared": n })))
+}
