@@ -699,7 +699,7 @@ impl Store for EmbeddedStore {
             for row in table.iter().map_err(unavailable)? {
                 jobs.push(serde_json::from_slice::<Job>(row.map_err(unavailable)?.1.value()).map_err(corrupt)?);
             }
-            jobs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+            jobs.sort_by_key(|j| std::cmp::Reverse(j.updated_at));
             Ok(jobs)
         })
         .await

@@ -836,7 +836,7 @@ impl Store for RedisStore {
                 jobs.push(job);
             }
         }
-        jobs.sort_by(|a, b| b.updated_at.cmp(&a.updated_at));
+        jobs.sort_by_key(|j| std::cmp::Reverse(j.updated_at));
         Ok(jobs)
     }
 
