@@ -162,6 +162,6 @@ mod tests {
         let first = &rest[..len.parse::<usize>().unwrap()];
         assert!(first.ends_with(" scan_result - first"), "{stream}");
         assert!(stream.ends_with(" scan_result - second"));
-        assert_eq!("tls".parse::<Transport>().unwrap_err().contains("not supported"), true);
+        assert!("tls".parse::<Transport>().unwrap_err().contains("not supported"));
     }
 }
