@@ -338,3 +338,48 @@ async fn killing_a_worker_mid_scan_loses_nothing_and_never_remediates_twice() {
     assert!(quarantine.iter().all(|n| !n.to_string_lossy().contains(".1.")));
     drop(p.connector);
 }
+
+#[tokio::test]
+async fn the_in_flight_cap_holds_across_worker_replicas() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    // A real HTTP scanner on loopback that answers slowly and records its peak concurrency.
+    let current = Arc::new(AtomicUsize::new(0));
+    let peak = Arc::new(AtomicUsize::new(0));
+    let (c, pk) = (Arc::clone(&current), Arc::clone(&peak));
+    let app = axum::Router::new().route(
+        "/scan/binary/v2",
+        axum::routing::post(move |_body: axum::body::Bytes| {
+            let (c, pk) = (Arc::clone(&c), Arc::clone(&pk));
+            async move {
+                let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+                pk.fetch_max(now, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(150)).await;
+                c.fetch_sub(1, Ordering::SeqCst);
+                axum::Json(serde_json::json!({ "scan_guid": "g", "verdict": "Benign" }))
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let scanner_url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let mut p = Pipeline::start(
+        true,
+        12,
+        0,
+        "api",
+        &[
+            ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+            ("DSXCONNECT_SCANNER__BASE_URL", scanner_url),
+            ("DSXCONNECT_SCANNER__MAX_INFLIGHT", "2".into()),
+        ],
+    )
+    .await;
+    // Two worker replicas, each allowed 2 locally: 4 without a shared cap.
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    p.full_scan("job-cap", "").await;
+    p.wait_job("job-cap", Duration::from_secs(60), |j| j["status"] == "completed").await;
+    assert_eq!(peak.load(Ordering::SeqCst), 2, "the scanner saw at most (and at some point exactly) 2 scans at once");
+}

@@ -60,40 +60,59 @@ pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
     (base * factor).min(Duration::from_secs(300))
 }
 
-/// Run workers until `shutdown` resolves.
+/// Run workers forever (the caller aborts the task to stop them). Every task first takes one
+/// of `max_inflight` slots shared by all worker replicas through the store, so the scanner
+/// never sees more than that many scans at once, however many replicas run.
 pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: WorkerSettings, consumer: String) {
     let limiter = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
     let settings = Arc::new(settings);
+    let mut idle = IDLE_MIN;
     tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, "scan workers started");
     loop {
-        let free = limiter.available_permits();
-        if free == 0 {
-            // Wait for a slot before claiming more work.
-            drop(limiter.acquire().await);
-            continue;
-        }
-        let deliveries = match state.store.claim_scans(&consumer, free, settings.lease).await {
-            Ok(d) => d,
+        let permit = Arc::clone(&limiter).acquire_owned().await.expect("semaphore open");
+        let slot = format!("{consumer}:{}", uuid::Uuid::new_v4());
+        match state.store.acquire_slot(&slot, settings.max_inflight, settings.lease).await {
+            Ok(true) => {}
+            Ok(false) => {
+                drop(permit);
+                tokio::time::sleep(IDLE_MIN).await;
+                continue;
+            }
             Err(err) => {
-                tracing::warn!(error = %err, "cannot claim scan tasks; retrying");
+                tracing::warn!(error = %err, "cannot take a scan slot; retrying");
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 continue;
             }
-        };
-        if deliveries.is_empty() {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
         }
-        for delivery in deliveries {
-            let permit = Arc::clone(&limiter).acquire_owned().await.expect("semaphore open");
-            let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
-            tokio::spawn(async move {
-                process(&state, &*scanner, &settings, delivery).await;
+        let claimed = state.store.claim_scans(&consumer, 1, settings.lease).await;
+        let delivery = match claimed {
+            Ok(mut d) if !d.is_empty() => d.remove(0),
+            other => {
+                if let Err(err) = other {
+                    tracing::warn!(error = %err, "cannot claim scan tasks; retrying");
+                }
+                let _ = state.store.release_slot(&slot).await;
                 drop(permit);
-            });
-        }
+                tokio::time::sleep(idle).await;
+                idle = (idle * 2).min(IDLE_MAX);
+                continue;
+            }
+        };
+        idle = IDLE_MIN;
+        let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
+        tokio::spawn(async move {
+            process(&state, &*scanner, &settings, delivery).await;
+            if let Err(err) = state.store.release_slot(&slot).await {
+                tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+            }
+            drop(permit);
+        });
     }
 }
+
+/// Polling back-off while the queue is empty.
+const IDLE_MIN: Duration = Duration::from_millis(20);
+const IDLE_MAX: Duration = Duration::from_millis(500);
 
 async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSettings, delivery: Delivery) {
     let task_id = delivery.task.task_id.clone();

@@ -73,6 +73,8 @@ struct Inner {
     last_sweep_ms: AtomicU64,
     /// Non-durable commits are waiting for the next durable one.
     dirty: AtomicBool,
+    /// Scan slots (one process owns the embedded store, so they live in memory): slot → expiry.
+    slots: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// In-process notification channels (one process owns the embedded store).
     channels: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::broadcast::Sender<String>>>,
 }
@@ -137,6 +139,7 @@ impl EmbeddedStore {
             last_sweep_ms: AtomicU64::new(now_millis()),
             dirty: AtomicBool::new(false),
             channels: Default::default(),
+            slots: Default::default(),
         });
         let flusher = spawn_flusher(Arc::downgrade(&inner))?;
         Ok(Self { inner, flusher: Some(flusher) })
@@ -736,6 +739,29 @@ impl Store for EmbeddedStore {
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
         self.run(move |inner| inner.write(true, |txn| update_job(txn, &job_id, |job| job.status = status))).await
+    }
+
+    async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool> {
+        let now = std::time::Instant::now();
+        let mut slots = self.inner.slots.lock().expect("slots lock");
+        slots.retain(|_, until| *until > now);
+        if slots.contains_key(slot) || slots.len() < max {
+            slots.insert(slot.to_owned(), now + lease);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn release_slot(&self, slot: &str) -> StoreResult<()> {
+        self.inner.slots.lock().expect("slots lock").remove(slot);
+        Ok(())
+    }
+
+    async fn slots_in_use(&self) -> StoreResult<u64> {
+        let now = std::time::Instant::now();
+        let mut slots = self.inner.slots.lock().expect("slots lock");
+        slots.retain(|_, until| *until > now);
+        Ok(slots.len() as u64)
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {

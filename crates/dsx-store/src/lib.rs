@@ -249,6 +249,14 @@ pub trait Store: Send + Sync + 'static {
     /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
 
+    // ---- global in-flight cap ----
+    /// Take one of `max` scan slots shared by every worker replica. A holder that dies
+    /// without releasing loses its slot after `lease`. False when all slots are taken.
+    async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool>;
+    async fn release_slot(&self, slot: &str) -> StoreResult<()>;
+    /// Slots currently held.
+    async fn slots_in_use(&self) -> StoreResult<u64>;
+
     // ---- live notifications (SSE) ----
     /// Publish `message` on `channel` to every subscriber of every replica (best effort: a
     /// subscriber that is not listening misses it; the stored data stays the truth).

@@ -182,6 +182,17 @@ end
 return 1
 ";
 
+/// A counting semaphore with expiring holders. KEYS: slot set. ARGV: now ms, max, slot, expiry ms.
+const SLOT_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  return 1
+end
+return 0
+";
+
 /// Consumer group shared by every worker replica.
 const GROUP: &str = "dsx-connect-workers";
 
@@ -559,6 +570,42 @@ impl Store for RedisStore {
             .await
             .map_err(map_err)?;
         Ok(live + delayed)
+    }
+
+    async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool> {
+        let mut conn = self.conn().await?;
+        let now = crate::now_millis();
+        let taken: i64 = redis::Script::new(SLOT_SCRIPT)
+            .key(format!("{}:scan:inflight", self.ns))
+            .arg(now)
+            .arg(max)
+            .arg(slot)
+            .arg(now + ttl_ms(lease))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(taken == 1)
+    }
+
+    async fn release_slot(&self, slot: &str) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        conn.zrem::<_, _, ()>(format!("{}:scan:inflight", self.ns), slot).await.map_err(map_err)
+    }
+
+    async fn slots_in_use(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let key = format!("{}:scan:inflight", self.ns);
+        let (_, n): (u64, u64) = redis::pipe()
+            .atomic()
+            .cmd("ZREMRANGEBYSCORE")
+            .arg(&key)
+            .arg("-inf")
+            .arg(crate::now_millis())
+            .zcard(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(n)
     }
 
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {

@@ -516,6 +516,22 @@ async fn redis_clearing_results_and_jobs() {
     drop(server);
 }
 
+async fn scan_slots_cap_concurrency_and_expire(h: &Harness) {
+    let s = &*h.store;
+    let lease = Duration::from_millis(400);
+    assert!(s.acquire_slot("a", 2, lease).await.unwrap());
+    assert!(s.acquire_slot("b", 2, lease).await.unwrap());
+    assert!(!s.acquire_slot("c", 2, lease).await.unwrap(), "cap reached");
+    assert!(s.acquire_slot("a", 2, lease).await.unwrap(), "a holder may renew");
+    assert_eq!(s.slots_in_use().await.unwrap(), 2);
+    s.release_slot("b").await.unwrap();
+    assert!(s.acquire_slot("c", 2, lease).await.unwrap());
+    // A holder that died frees its slot when the lease runs out.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(s.slots_in_use().await.unwrap(), 0);
+    assert!(s.acquire_slot("d", 1, lease).await.unwrap());
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -548,6 +564,7 @@ conformance!(
     dead_letters_keep_the_reason_and_can_be_requeued,
     results_count_once_and_complete_jobs_in_either_order,
     notifications_reach_subscribers_of_their_channel,
+    scan_slots_cap_concurrency_and_expire,
 );
 
 #[tokio::test]
