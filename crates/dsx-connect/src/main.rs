@@ -29,15 +29,18 @@ enum Command {
         #[command(subcommand)]
         command: ScannerCommand,
     },
-    /// Start a local dsx-connect with auth on and freshly generated tokens (embedded store;
-    /// nothing else to install). Prints the tokens once.
+    /// Everything on one machine, nothing to install: dsx-connect with auth on, the built-in
+    /// scanner, a filesystem connector on a sample folder (benign + EICAR files), a full scan.
     Quickstart {
         /// Address to listen on.
         #[arg(long, default_value = "127.0.0.1:8586", value_parser = parse_listen)]
         listen: SocketAddr,
-        /// Where the embedded store keeps its data.
+        /// Where the store, the connector's uuid and the sample folder live.
         #[arg(long, default_value = "./data/quickstart")]
         data_dir: std::path::PathBuf,
+        /// Stop after the scan instead of serving until Ctrl-C.
+        #[arg(long)]
+        exit_after_scan: bool,
     },
 }
 
@@ -56,45 +59,13 @@ enum ScannerCommand {
     },
 }
 
-fn random_token() -> String {
-    use base64::Engine;
-    let bytes: [u8; 24] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
-
-async fn quickstart(listen: SocketAddr, data_dir: std::path::PathBuf) -> anyhow::Result<()> {
-    let enrollment = random_token();
-    let operator = random_token();
-    let data = data_dir.display().to_string();
-    let vars = [
-        ("DSXCONNECT_AUTH__ENABLED", "true"),
-        ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", enrollment.as_str()),
-        ("DSXCONNECT_AUTH__ADMIN_TOKENS", operator.as_str()),
-        ("DSXCONNECT_DATA_DIR", data.as_str()),
-    ];
-    // Quickstart settings win over the environment, except for the rest of DSXCONNECT_*.
-    let settings = Settings::from_lookup(|k| {
-        vars.iter().find(|(name, _)| *name == k).map(|(_, v)| v.to_string()).or_else(|| match k {
-            "DSXCONNECT_REDIS_URL" => None,
-            _ => std::env::var(k).ok(),
-        })
-    })?;
-    let state = dsx_connect::build_state(settings)?;
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
-    let base = format!("http://{listen}");
-    println!(
-        "\ndsx-connect quickstart (auth enabled, embedded store at {data})\n\
-         \n  API:               {base}/dsx-connect/api/v1\
-         \n  enrollment token:  {enrollment}   (DSXCONNECT_ENROLLMENT_TOKEN for connectors)\
-         \n  operator token:    {operator}   (Authorization: Bearer … for the operator API)\
-         \n\nThese tokens are shown once and not stored. Press Ctrl-C to stop.\n"
-    );
-    dsx_connect::serve(state, listener, dsx_service::shutdown_signal()).await
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Quickstart { .. }) && std::env::var_os("DSXCONNECT_LOG_LEVEL").is_none() {
+        // Keep the quickstart's terminal readable: warnings only, unless asked for more.
+        std::env::set_var("DSXCONNECT_LOG_LEVEL", "warn");
+    }
     dsx_service::init_logging("DSXCONNECT");
     match cli.command {
         Command::Serve { listen, role } => {
@@ -117,6 +88,13 @@ async fn main() -> anyhow::Result<()> {
                 _ = dsx_service::shutdown_signal() => Ok(()),
             }
         }
-        Command::Quickstart { listen, data_dir } => quickstart(listen, data_dir).await,
+        Command::Quickstart { listen, data_dir, exit_after_scan } => {
+            dsx_connect::quickstart::run(dsx_connect::quickstart::QuickstartOptions {
+                listen,
+                data_dir,
+                exit_after_scan,
+            })
+            .await
+        }
     }
 }
