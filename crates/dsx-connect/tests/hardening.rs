@@ -7,7 +7,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use dsx_hmac::{generate_nonce, unix_now};
-use dsx_testkit::{free_port, Service};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -18,17 +17,9 @@ fn embedded(extra: &[(&'static str, String)]) -> Server {
 
 #[tokio::test]
 async fn h2_auth_enabled_without_token_refuses_to_start_and_has_no_default_token() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut svc = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
-        &["serve", "--listen", &format!("127.0.0.1:{port}")],
-        &[("DSXCONNECT_AUTH__ENABLED", "true".into()), ("DSXCONNECT_DATA_DIR", dir.path().display().to_string())],
-        port,
-    );
-    let code = svc.wait_exit(Duration::from_secs(20));
+    let (code, logs) = start_expecting_refusal(&[("DSXCONNECT_AUTH__ENABLED", "true".into())]);
     assert_ne!(code, Some(0));
-    assert!(svc.logs().contains("no enrollment token is configured"), "{}", svc.logs());
+    assert!(logs.contains("no enrollment token is configured"), "{logs}");
 
     // With a real token configured, the Python default `dev-enroll` is just a wrong token.
     let server = embedded(&[]);
@@ -378,19 +369,8 @@ async fn auth_disabled_mints_nothing_and_accepts_unsigned_calls() {
 
 #[tokio::test]
 async fn a_bad_secret_key_refuses_to_start_with_a_clear_error() {
-    let port = free_port();
-    let dir = tempfile::tempdir().unwrap();
-    let mut svc = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
-        &["serve", "--listen", &format!("127.0.0.1:{port}")],
-        &[
-            ("DSXCONNECT_AUTH__SECRET_KEY", "too-short".into()),
-            ("DSXCONNECT_DATA_DIR", dir.path().display().to_string()),
-        ],
-        port,
-    );
-    assert_ne!(svc.wait_exit(Duration::from_secs(20)), Some(0));
-    let logs = svc.logs();
+    let (code, logs) = start_expecting_refusal(&[("DSXCONNECT_AUTH__SECRET_KEY", "too-short".into())]);
+    assert_ne!(code, Some(0));
     assert!(logs.contains("DSXCONNECT_AUTH__SECRET_KEY must be 32 bytes"), "{logs}");
     assert!(!logs.contains("too-short"), "the key text is never echoed");
 }

@@ -138,6 +138,22 @@ impl Server {
     }
 }
 
+/// Start the server with `env` where it must refuse to start: its exit code and output.
+pub fn start_expecting_refusal(env: &[(&str, String)]) -> (Option<i32>, String) {
+    let port = free_port();
+    let dir = tempfile::tempdir().unwrap();
+    let mut env = env.to_vec();
+    env.push(("DSXCONNECT_DATA_DIR", dir.path().display().to_string()));
+    let mut svc = Service::spawn(
+        env!("CARGO_BIN_EXE_dsx-connect"),
+        &["serve", "--listen", &format!("127.0.0.1:{port}")],
+        &env,
+        port,
+    );
+    let code = svc.wait_exit(Duration::from_secs(20));
+    (code, svc.logs())
+}
+
 fn spawn_server(env: &[(&'static str, String)]) -> Service {
     let port = free_port();
     let mut svc = Service::spawn(
