@@ -8,7 +8,9 @@ size_mib=${1:-1024}
 cargo build --release --quiet -p dsx-connect -p filesystem-connector
 bin=target/release
 work=$(mktemp -d)
-trap 'kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"' EXIT
+# Stop the connector first so its signed unregister still reaches the server.
+cleanup() { [ -n "${connector_pid:-}" ] && kill "$connector_pid" 2>/dev/null && sleep 0.5; kill $(jobs -p) 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 sport=$(free_port); cport=$(free_port)
 mkdir -p "$work/asset" "$work/server" "$work/connector"
@@ -23,6 +25,7 @@ DSXCONNECTOR_ASSET="$work/asset" DSXCONNECTOR_DATA_DIR="$work/connector" DSXCONN
 DSXCONNECT_ENROLLMENT_TOKEN=measure DSXCONNECTOR_CONNECTOR_URL="http://127.0.0.1:$cport" \
 DSXCONNECTOR_DSX_CONNECT_URL="http://127.0.0.1:$sport" DSXCONNECTOR_LOG_LEVEL=warn \
   "$bin/filesystem-connector" --listen "127.0.0.1:$cport" &
+connector_pid=$!
 until curl -fs "http://127.0.0.1:$cport/filesystem-connector/readyz" >/dev/null; do sleep 0.1; done
 uuid=$(cat "$work/connector/connector_uuid.txt")
 rss_kib() { awk -v f="$1" '$1 == f":" {print $2}' "/proc/$server_pid/status"; }
