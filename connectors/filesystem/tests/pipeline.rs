@@ -217,6 +217,13 @@ async fn full_scan_quarantines_eicar(redis: bool) {
     }
     let stats = p.json("scan/stats").await;
     assert!(stats["malicious_count"].as_u64().unwrap() >= 3);
+    let metrics = p.http.get(format!("{}/metrics", p.server.base_url())).bearer_auth(OPERATOR).send().await.unwrap();
+    let metrics = metrics.text().await.unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("dsxconnect_scans_total{verdict=\"Malicious\"}") && l.ends_with(" 3")),
+        "{metrics}"
+    );
+    assert!(metrics.lines().any(|l| l == "dsxconnect_scanner_duration_seconds_count 15"), "{metrics}");
     // Every result carries the registered connector, not anything a body claimed.
     assert!(results.iter().all(|r| r["scan_request"]["connector"]["uuid"] == p.uuid.as_str()));
     // The SSE stream delivered one event per file.

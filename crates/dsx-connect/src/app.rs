@@ -17,7 +17,7 @@ use crate::auth::{guard, Access};
 use crate::config::{ScannerKind, Settings, StoreSettings};
 use crate::connector_client::ConnectorClient;
 use crate::routes::{connectors, events, proxy, registration, results, scan, system};
-use crate::state::{AppState, AuthMetrics, SharedState};
+use crate::state::{AppState, SharedState};
 use crate::tokens::LiveTokens;
 
 /// Longest a proxied operator call to a connector may take.
@@ -74,6 +74,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("admin/dead-letter/clear/{queue_type}"), delete(results::dlq_clear_one))
         .route(&api("admin/dead-letter/health"), get(results::dlq_health))
         .route(&api("test/dsxa-connection"), get(system::test_scanner))
+        .route("/metrics", get(crate::metrics::render))
         .route(&api("subscribe/scan-result"), get(events::scan_results))
         .route(&api("subscribe/connector-registered"), get(events::connectors))
         .route(&api("subscribe/job-summary/{job_id}"), get(events::job_summary))
@@ -95,6 +96,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(operator_routes)
         .merge(open_routes)
         .fallback(|| async { crate::error::ApiError::RouteNotFound })
+        .layer(from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
@@ -141,7 +143,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
         connectors,
         scanner,
         syslog,
-        metrics: AuthMetrics::default(),
+        metrics: crate::metrics::Metrics::default(),
     }))
 }
 

@@ -2,7 +2,6 @@
 //! break-glass, and the middleware that guards each group of routes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, OriginalUri, Request, State};
@@ -95,7 +94,7 @@ impl crate::state::AppState {
     ) -> Result<Caller, ApiError> {
         let outcome = self.verify_hmac_inner(method, raw_paq, headers, body).await;
         if let Err(ApiError::Hmac(code)) = &outcome {
-            self.metrics.auth_failures[code_index(*code)].fetch_add(1, Ordering::Relaxed);
+            self.metrics.auth_failure(code.code());
             tracing::warn!(code = code.code(), %method, path = raw_paq, "DSX-HMAC verification failed");
         }
         outcome
@@ -172,16 +171,12 @@ impl crate::state::AppState {
             && headers.contains_key("x-enrollment-token")
         {
             let slot = self.check_enrollment(headers)?;
-            self.metrics.break_glass_uses.fetch_add(1, Ordering::Relaxed);
+            self.metrics.break_glass_uses.inc();
             tracing::warn!(%method, path = raw_paq, peer = ?peer, token_slot = %slot, "break-glass: enrollment token accepted in place of DSX-HMAC");
             return Ok(Caller::BreakGlass { slot });
         }
         self.verify_hmac(method, raw_paq, headers, body).await
     }
-}
-
-fn code_index(code: AuthError) -> usize {
-    AuthError::ALL.iter().position(|c| *c == code).unwrap_or(0)
 }
 
 /// Middleware guarding a route group. Connector calls are verified over the exact body

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod config;
 pub mod connector_client;
 pub mod error;
+pub mod metrics;
 pub mod quickstart;
 pub mod routes;
 pub mod state;

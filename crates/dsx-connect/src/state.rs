@@ -1,6 +1,5 @@
 //! Shared server state: settings, the store, live token sets, counters.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use dsx_store::Store;
@@ -21,16 +20,5 @@ pub struct AppState {
     /// The scanner the workers of this process use.
     pub scanner: Arc<dyn dsx_scanner::Scanner>,
     pub syslog: Option<crate::syslog::Syslog>,
-    pub metrics: AuthMetrics,
-}
-
-/// Counters for the auth paths (exported by the metrics endpoint).
-#[derive(Default)]
-pub struct AuthMetrics {
-    /// Indexed like `dsx_hmac::AuthError::ALL`.
-    pub auth_failures: [AtomicU64; 7],
-    pub break_glass_uses: AtomicU64,
-    pub registrations: AtomicU64,
-    pub credentials_minted: AtomicU64,
-    pub rate_limited: AtomicU64,
+    pub metrics: crate::metrics::Metrics,
 }

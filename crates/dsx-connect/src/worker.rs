@@ -209,7 +209,9 @@ async fn handle(
         protected_entity: None,
     };
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
+    let scan_started = Instant::now();
     let verdict = scanner.scan(&input, Box::pin(stream)).await?;
+    state.metrics.scanner_seconds.observe(scan_started.elapsed().as_secs_f64());
     let read_ms = read_started.elapsed().as_millis() as u64;
     let mut record = finish(state, delivery, &request, verdict, started, settings).await?;
     record.json = add_timing(&record.json, read_ms);
@@ -226,6 +228,7 @@ async fn store_and_announce(
     let Some(id) = state.store.put_result(record, settings.results_retain).await.map_err(store_err)? else {
         return Ok(()); // a redelivery: announced the first time
     };
+    state.metrics.scanned(&record.verdict);
     let job = state.store.get_job(&record.job_id).await.ok().flatten();
     let result = crate::patch_json(&record.json, |v| v["id"] = id.into());
     let event = json!({ "type": "scan_result", "scan_result": serde_json::from_str::<Value>(&result).unwrap_or(Value::Null), "job": job });

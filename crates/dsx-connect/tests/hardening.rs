@@ -529,3 +529,28 @@ async fn job_and_result_routes_answer_operators_only() {
     let resp = server.http.get(server.api("admin/dead-letter/items/bogus")).bearer_auth(OPERATOR).send().await.unwrap();
     assert_eq!(detail(resp, StatusCode::BAD_REQUEST).await, "unknown_queue_type");
 }
+
+#[tokio::test]
+async fn metrics_count_requests_and_auth_failures_for_operators() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let path = auth_check_path();
+    let auth = keys.sign("POST", &path, unix_now(), &generate_nonce(), b"");
+    assert_eq!(server.send(Method::POST, &path, Some(auth.clone()), b"").await.status(), StatusCode::OK);
+    assert_eq!(server.send(Method::POST, &path, Some(auth), b"").await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(server.send(Method::POST, &path, None, b"").await.status(), StatusCode::UNAUTHORIZED);
+    let resp = server.http.get(server.url("/metrics")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED, "metrics need the operator token");
+    let text =
+        server.http.get(server.url("/metrics")).bearer_auth(OPERATOR).send().await.unwrap().text().await.unwrap();
+    let line = |needle: &str| {
+        text.lines().find(|l| l.starts_with(needle)).unwrap_or_else(|| panic!("{needle} missing:\n{text}")).to_owned()
+    };
+    assert!(line("dsxconnect_auth_failures_total{code=\"replayed_request\"}").ends_with(" 1"));
+    assert!(line("dsxconnect_auth_failures_total{code=\"missing_hmac\"}").ends_with(" 1"));
+    assert!(line("dsxconnect_registrations_total").ends_with(" 1"));
+    let ok = format!("dsxconnect_http_requests_total{{route=\"{path}\",method=\"POST\",status=\"200\"}}");
+    assert!(line(&ok).ends_with(" 1"));
+    assert!(line("dsxconnect_queue_depth").ends_with(" 0"));
+    assert!(!text.contains(&keys.key_id) && !text.contains(&keys.secret), "no per-key labels");
+}

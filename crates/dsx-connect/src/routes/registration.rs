@@ -1,7 +1,6 @@
 //! `POST connectors/register` and `POST connectors/token` (AUTH.md §2).
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -90,7 +89,7 @@ impl AppState {
         }
         let window = self.store.hit_rate_limit(&format!("register:{}", peer.ip()), Duration::from_secs(60)).await?;
         if window.count > limit {
-            self.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            self.metrics.rate_limited.inc();
             tracing::warn!(peer = %peer.ip(), count = window.count, "registration rate limit exceeded");
             return Err(ApiError::RateLimited { retry_after_secs: window.reset_in_secs });
         }
@@ -138,7 +137,7 @@ impl AppState {
             };
             let grace = if existing_key.is_some() { self.settings.auth.key_grace } else { Duration::ZERO };
             self.store.install_credential(uuid, &credential, grace).await?;
-            self.metrics.credentials_minted.fetch_add(1, Ordering::Relaxed);
+            self.metrics.credentials_minted.inc();
             Some(credential)
         } else {
             None
@@ -153,7 +152,7 @@ impl AppState {
         let record =
             RegistrationRecord { at: unix_now(), via: via.into(), token_slot, peer: Some(peer.ip().to_string()) };
         self.store.put_registration(uuid, &record).await?;
-        self.metrics.registrations.fetch_add(1, Ordering::Relaxed);
+        self.metrics.registrations.inc();
 
         let is_new = live.is_none() && existing_key.is_none();
         let (status, message) =
