@@ -24,6 +24,31 @@ enum Command {
         #[arg(long, value_enum, default_value = "all", env = "DSXCONNECT_ROLE")]
         role: Role,
     },
+    /// Operator commands over the operator API.
+    Admin {
+        /// dsx-connect base URL.
+        #[arg(long, default_value = "http://127.0.0.1:8586", env = "DSXCONNECT_URL")]
+        url: String,
+        /// Operator token (`Authorization: Bearer`).
+        #[arg(long, env = "DSXCONNECT_OPERATOR_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        #[command(subcommand)]
+        command: dsx_connect::cli::AdminCommand,
+    },
+    /// Print a curl command signed with DSX-HMAC (the secret is read from a file).
+    Sign {
+        #[arg(long)]
+        key_id: String,
+        /// File holding the HMAC secret (first line).
+        #[arg(long)]
+        secret_file: std::path::PathBuf,
+        /// HTTP method, e.g. POST.
+        method: String,
+        /// Full URL, e.g. http://127.0.0.1:8586/dsx-connect/api/v1/scan/auth_check
+        url: String,
+        /// Request body (JSON), if any.
+        body: Option<String>,
+    },
     /// The built-in scanner on the DSXA HTTP API (`POST /scan/binary/v2`).
     Scanner {
         #[command(subcommand)]
@@ -87,6 +112,17 @@ async fn main() -> anyhow::Result<()> {
                 served = dsx_scanner::serve(listener, std::sync::Arc::new(engine), auth_token) => served.map_err(anyhow::Error::from),
                 _ = dsx_service::shutdown_signal() => Ok(()),
             }
+        }
+        Command::Admin { url, token, command } => {
+            dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token }, command).await
+        }
+        Command::Sign { key_id, secret_file, method, url, body } => {
+            let secret =
+                std::fs::read_to_string(&secret_file).with_context(|| format!("read {}", secret_file.display()))?;
+            let secret = secret.lines().next().unwrap_or_default().trim();
+            anyhow::ensure!(!secret.is_empty(), "{} is empty", secret_file.display());
+            println!("{}", dsx_connect::cli::signed_curl(&key_id, secret, &method, &url, body.as_deref())?);
+            Ok(())
         }
         Command::Quickstart { listen, data_dir, exit_after_scan } => {
             dsx_connect::quickstart::run(dsx_connect::quickstart::QuickstartOptions {

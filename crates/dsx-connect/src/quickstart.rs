@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use base64::Engine;
 use dsx_connector::{ConnectorDefaults, ConnectorSettings};
 use dsx_model::ItemAction;
 use serde_json::Value;
@@ -25,11 +24,6 @@ pub struct QuickstartOptions {
 
 const BENIGN_FILES: usize = 8;
 const EICAR_FILES: usize = 2;
-
-fn random_token() -> String {
-    let bytes: [u8; 24] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-}
 
 /// Fresh sample files on every run (an earlier run quarantined its EICAR copies).
 fn write_samples(folder: &Path) -> anyhow::Result<()> {
@@ -52,8 +46,8 @@ fn free_loopback_port() -> anyhow::Result<u16> {
 
 pub async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
     let started = Instant::now();
-    let enrollment = random_token();
-    let operator = random_token();
+    let enrollment = crate::cli::random_token();
+    let operator = crate::cli::random_token();
     let sample = opts.data_dir.join("sample");
     write_samples(&sample).with_context(|| format!("write sample files under {}", sample.display()))?;
 
