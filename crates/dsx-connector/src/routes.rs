@@ -113,15 +113,8 @@ async fn item_action(State(ctx): Ctx, body: Bytes) -> Response {
     };
     let plan = plan_for(&ctx, &request);
     let respond = |status, message: String, description: String| {
-        Json(ItemActionStatusResponse {
-            status,
-            message,
-            description,
-            id: None,
-            preview: None,
-            item_action: plan.action,
-        })
-        .into_response()
+        let response = StatusResponse { status, message, description, id: None, preview: None };
+        Json(ItemActionStatusResponse { response, item_action: plan.action }).into_response()
     };
     match plan.action {
         ItemAction::Nothing | ItemAction::NotImplemented => {

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{Connector, ItemAction, StatusKind};
+use crate::{Connector, ItemAction, StatusResponse};
 
 /// Where a `move` puts an item (`requested_action.destination`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -67,17 +67,11 @@ pub struct ScanRequestBatch {
     pub batch_size: Option<usize>,
 }
 
-/// `PUT item_action` answer: a StatusResponse plus the action taken.
+/// `PUT item_action` answer: a StatusResponse plus the action taken (same flat JSON).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemActionStatusResponse {
-    pub status: StatusKind,
-    pub message: String,
-    #[serde(default)]
-    pub description: String,
-    #[serde(default)]
-    pub id: Option<String>,
-    #[serde(default)]
-    pub preview: Option<Vec<serde_json::Value>>,
+    #[serde(flatten)]
+    pub response: StatusResponse,
     pub item_action: ItemAction,
 }
 
