@@ -1,0 +1,92 @@
+//! The deploy files, checked without Docker: the Compose files wire auth the way the docs
+//! say (one token variable reaching both sides), and every variable they set is one the code
+//! reads; the Dockerfiles build packages and expose ports that exist.
+
+use std::path::{Path, PathBuf};
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn compose(name: &str) -> Yaml {
+    let text = std::fs::read_to_string(repo().join("deploy/compose").join(name)).unwrap();
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+fn env<'a>(doc: &'a Yaml, service: &str) -> &'a yaml_rust2::yaml::Hash {
+    doc["services"][service]["environment"].as_hash().unwrap_or_else(|| panic!("{service} has an environment map"))
+}
+
+fn value(env: &yaml_rust2::yaml::Hash, key: &str) -> String {
+    env.get(&Yaml::String(key.into())).and_then(Yaml::as_str).unwrap_or_else(|| panic!("{key} is set")).to_owned()
+}
+
+/// Every Rust source under crates/ and connectors/, concatenated.
+fn sources() -> String {
+    let mut out = String::new();
+    let mut stack = vec![repo().join("crates"), repo().join("connectors")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap().flatten() {
+            let path = entry.path();
+            if path.is_dir() && !path.ends_with("target") {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "rs") && !path.to_string_lossy().contains("/tests/") {
+                out.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// A variable the code reads: server names literally, connector names as `var("NAME")`.
+fn known(sources: &str, var: &str) -> bool {
+    let literal = sources.contains(&format!("\"{var}\""));
+    let connector = var.strip_prefix("DSXCONNECTOR_").is_some_and(|rest| sources.contains(&format!("var(\"{rest}\")")));
+    literal || connector
+}
+
+#[test]
+fn auth_compose_passes_one_token_to_both_sides() {
+    let doc = compose("auth.yaml");
+    let server = env(&doc, "dsx-connect");
+    let connector = env(&doc, "filesystem-connector");
+    assert_eq!(value(server, "DSXCONNECT_AUTH__ENABLED"), "true");
+    assert_eq!(value(server, "DSXCONNECT_AUTH__BREAK_GLASS"), "false");
+    assert_eq!(value(connector, "DSXCONNECTOR_AUTH__ENABLED"), "true");
+    let server_token = value(server, "DSXCONNECT_AUTH__ENROLLMENT_TOKEN");
+    let connector_token = value(connector, "DSXCONNECT_ENROLLMENT_TOKEN");
+    assert!(server_token.starts_with("${DSXCONNECT_ENROLLMENT_TOKEN"), "{server_token}");
+    assert_eq!(server_token, connector_token, "the same variable reaches both sides");
+    assert!(server_token.contains(":?"), "compose refuses to start without the token");
+    let quick = compose("quickstart.yaml");
+    assert_eq!(value(env(&quick, "dsx-connect"), "DSXCONNECT_AUTH__ENABLED"), "false");
+}
+
+#[test]
+fn compose_files_only_set_variables_the_code_reads() {
+    let sources = sources();
+    for file in ["auth.yaml", "quickstart.yaml"] {
+        let doc = compose(file);
+        for (name, service) in doc["services"].as_hash().unwrap() {
+            let Some(env) = service["environment"].as_hash() else { continue };
+            for key in env.keys().filter_map(Yaml::as_str) {
+                assert!(known(&sources, key), "{file}: {} sets {key}, which no code reads", name.as_str().unwrap());
+            }
+        }
+    }
+}
+
+#[test]
+fn dockerfiles_build_workspace_binaries_on_their_default_ports() {
+    for (file, package, port) in [
+        ("dsx-connect.Dockerfile", "dsx-connect", "8586"),
+        ("filesystem-connector.Dockerfile", "filesystem-connector", "8620"),
+    ] {
+        let text = std::fs::read_to_string(repo().join("deploy/docker").join(file)).unwrap();
+        assert!(text.contains(&format!("-p {package} --bin {package}")), "{file}");
+        assert!(text.contains(&format!("EXPOSE {port}")), "{file}");
+        assert!(text.contains("USER 10001"), "{file} runs as non-root");
+    }
+}
