@@ -17,10 +17,3 @@ pub mod worker;
 
 pub use app::{build_state, router, serve};
 pub use config::Settings;
-
-/// Change a JSON document in place (results are kept as JSON text).
-pub(crate) fn patch_json(json: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
-    let mut v: serde_json::Value = serde_json::from_str(json).unwrap_or(serde_json::Value::Null);
-    f(&mut v);
-    v.to_string()
-}

@@ -55,16 +55,6 @@ impl TokenSources {
         Self { inline, files }
     }
 
-    /// Sources with explicit tokens (tests and the quickstart).
-    pub fn from_tokens(slot: &str, tokens: &[&str]) -> Self {
-        let inline = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (format!("{slot}[{i}]"), SecretString::from(t.to_string())))
-            .collect();
-        Self { inline, files: Vec::new() }
-    }
-
     pub fn has_files(&self) -> bool {
         !self.files.is_empty()
     }

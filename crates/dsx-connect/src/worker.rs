@@ -128,7 +128,8 @@ async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSe
             tracing::error!(task_id, attempt = delivery.attempt, reason = %failure.reason(), "scan failed; dead-lettered");
             // A dead-lettered item is terminal for its job.
             let request: Option<ScanRequest> = serde_json::from_str(&delivery.task.payload).ok();
-            let record = result_record(&delivery, request.as_ref(), None, json!(null), "not scanned", false, 0);
+            let record =
+                result_record(&delivery, request.as_ref(), None, json!(null), json!(null), "not scanned", false);
             if let Err(err) = state.store.put_result(&record, settings.results_retain).await {
                 tracing::warn!(error = %err, "could not record the dead-lettered result");
             }
@@ -157,7 +158,7 @@ async fn handle(
         .map_err(|e| Failure::new("validation", format!("queued request unreadable: {e}"), false))?;
     match state.store.get_job(&task.job_id).await.map_err(store_err)?.map(|j| j.status) {
         Some(JobStatus::Cancelled) => {
-            let record = result_record(delivery, Some(&request), None, json!(null), "not scanned", false, 0);
+            let record = result_record(delivery, Some(&request), None, json!(null), json!(null), "not scanned", false);
             state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
             return Ok(());
         }
@@ -170,7 +171,7 @@ async fn handle(
         let mut verdict = Verdict::new(VerdictKind::NonCompliant);
         verdict.verdict_details.reason = Some("File Size Too Large".into());
         verdict.file_info.file_size_in_bytes = request.size_in_bytes;
-        let record = finish(state, delivery, &request, verdict, started, settings).await?;
+        let record = finish(state, delivery, &request, verdict, started, None).await?;
         return store_and_announce(state, &record, settings).await;
     }
 
@@ -213,8 +214,7 @@ async fn handle(
     let verdict = scanner.scan(&input, Box::pin(stream)).await?;
     state.metrics.scanner_seconds.observe(scan_started.elapsed().as_secs_f64());
     let read_ms = read_started.elapsed().as_millis() as u64;
-    let mut record = finish(state, delivery, &request, verdict, started, settings).await?;
-    record.json = add_timing(&record.json, read_ms);
+    let record = finish(state, delivery, &request, verdict, started, Some(read_ms)).await?;
     store_and_announce(state, &record, settings).await
 }
 
@@ -230,44 +230,40 @@ async fn store_and_announce(
     };
     state.metrics.scanned(&record.verdict);
     let job = state.store.get_job(&record.job_id).await.ok().flatten();
-    let result = crate::patch_json(&record.json, |v| v["id"] = id.into());
-    let event = json!({ "type": "scan_result", "scan_result": serde_json::from_str::<Value>(&result).unwrap_or(Value::Null), "job": job });
+    let mut result: Value = serde_json::from_str(&record.json).unwrap_or(Value::Null);
+    result["id"] = id.into();
+    let event = json!({ "type": "scan_result", "scan_result": result, "job": job });
     if let Err(err) = state.store.publish(crate::routes::events::SCAN_RESULT, &event.to_string()).await {
         tracing::debug!(error = %err, "could not announce a result");
     }
     if let Some(syslog) = &state.syslog {
-        syslog.send(record.verdict == "Malicious", &result).await;
+        syslog.send(record.verdict == "Malicious", &event["scan_result"].to_string()).await;
     }
     Ok(())
 }
 
-/// Remediate when malicious, then build the result record.
+/// Remediate when malicious, then build the result record (its JSON is serialized once).
 async fn finish(
     state: &SharedState,
     delivery: &Delivery,
     request: &ScanRequest,
     verdict: Verdict,
     started: Instant,
-    _settings: &WorkerSettings,
+    read_ms: Option<u64>,
 ) -> Result<ResultRecord, Failure> {
     let (status, action, succeeded) = if verdict.is_malicious() {
         remediate(state, delivery, request).await?
     } else {
         ("scanned", json!(null), true)
     };
-    let verdict_json = serde_json::to_value(&verdict).unwrap_or(Value::Null);
-    let mut record = result_record(
-        delivery,
-        Some(request),
-        Some(&verdict),
-        verdict_json,
-        status,
-        succeeded,
-        verdict.scan_duration_in_microseconds.unwrap_or(0),
-    );
-    record.json = patch(&record.json, |v| v["item_action"] = action);
-    record.json = add_elapsed(&record.json, started.elapsed().as_millis() as u64);
-    Ok(record)
+    let mut verdict_json = serde_json::to_value(&verdict).unwrap_or(Value::Null);
+    if let Some(fields) = verdict_json.as_object_mut() {
+        fields.insert("dsxconnect_request_elapsed_ms".into(), (started.elapsed().as_millis() as u64).into());
+        if let Some(ms) = read_ms {
+            fields.insert("dsxconnect_read_elapsed_ms".into(), ms.into());
+        }
+    }
+    Ok(result_record(delivery, Some(request), Some(&verdict), verdict_json, action, status, succeeded))
 }
 
 /// `PUT item_action`. A redelivered task (the worker died after remediating, before storing
@@ -300,9 +296,9 @@ fn result_record(
     request: Option<&ScanRequest>,
     verdict: Option<&Verdict>,
     verdict_json: Value,
+    item_action: Value,
     status: &str,
     succeeded: bool,
-    scan_time_us: u64,
 ) -> ResultRecord {
     let task = &delivery.task;
     let json = json!({
@@ -311,6 +307,7 @@ fn result_record(
         "metadata_tag": request.map(|r| r.metainfo.clone()),
         "scan_request": request,
         "verdict": verdict_json,
+        "item_action": item_action,
         "status": status,
         "finished_at": unix_now(),
     });
@@ -320,31 +317,13 @@ fn result_record(
         json: json.to_string(),
         verdict: verdict.map(|v| v.verdict.as_str()).unwrap_or("Not Scanned").to_owned(),
         succeeded,
-        scan_time_us,
+        scan_time_us: verdict.and_then(|v| v.scan_duration_in_microseconds).unwrap_or(0),
         file_size: request
             .and_then(|r| r.size_in_bytes)
             .or_else(|| verdict.and_then(|v| v.file_info.file_size_in_bytes))
             .unwrap_or(0),
     }
 }
-
-fn add_elapsed(json: &str, ms: u64) -> String {
-    patch(json, |v| {
-        if let Some(verdict) = v.get_mut("verdict").and_then(Value::as_object_mut) {
-            verdict.insert("dsxconnect_request_elapsed_ms".into(), ms.into());
-        }
-    })
-}
-
-fn add_timing(json: &str, read_ms: u64) -> String {
-    patch(json, |v| {
-        if let Some(verdict) = v.get_mut("verdict").and_then(Value::as_object_mut) {
-            verdict.insert("dsxconnect_read_elapsed_ms".into(), read_ms.into());
-        }
-    })
-}
-
-use crate::patch_json as patch;
 
 fn truncate(s: &str) -> &str {
     let end = s.char_indices().nth(200).map(|(i, _)| i).unwrap_or(s.len());

@@ -46,17 +46,7 @@ pub enum AuthError {
 }
 
 impl AuthError {
-    /// Every variant, for metrics labels and docs.
-    pub const ALL: [AuthError; 7] = [
-        AuthError::MissingHmac,
-        AuthError::MalformedHmac,
-        AuthError::MissingKeyId,
-        AuthError::UnknownKeyId,
-        AuthError::StaleRequest,
-        AuthError::BadSignature,
-        AuthError::ReplayedRequest,
-    ];
-
+    /// The wire string sent as `{"detail": "<code>"}`.
     pub fn code(self) -> &'static str {
         match self {
             AuthError::MissingHmac => "missing_hmac",

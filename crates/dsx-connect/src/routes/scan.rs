@@ -1,13 +1,15 @@
 //! Scan intake: `scan/request`, `scan/request_batch`, `scan/jobs/{id}/enqueue_done` and the
 //! job control flags connectors read (`scan/jobs/{id}/raw`).
 
+use std::collections::HashMap;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dsx_hmac::unix_now;
-use dsx_model::{parse_json, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
+use dsx_model::{parse_json, Connector, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
 use dsx_store::{JobStatus, QueuedTask};
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -38,6 +40,7 @@ impl AppState {
         caller: &Caller,
         mut request: ScanRequest,
         index: Option<usize>,
+        registry: &mut HashMap<Uuid, Option<Connector>>,
     ) -> Result<QueuedTask, ApiError> {
         let named = request.connector.as_ref().map(|c| c.uuid);
         let uuid = match caller {
@@ -49,14 +52,12 @@ impl AppState {
             }
             _ => named.ok_or_else(|| missing_connector(index))?,
         };
-        let registered = self.store.get_presence(uuid).await?;
-        match &registered {
+        match self.registered(uuid, registry).await? {
             Some(connector) => {
                 request.connector_url = Some(connector.url.clone());
                 request.connector = Some(connector.clone());
             }
-            None if self.store.current_credential(uuid).await?.is_some() => request.connector_url = None,
-            None => return Err(ApiError::ConnectorNotFound),
+            None => request.connector_url = None,
         }
         let job_id =
             request.scan_job_id.clone().filter(|j| !j.is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
@@ -69,6 +70,23 @@ impl AppState {
             payload,
             enqueued_at: unix_now(),
         })
+    }
+
+    /// The registered model of a connector (`None`: known by its credentials but not live),
+    /// looked up once per request however many items name it. Unknown → 404.
+    async fn registered<'a>(
+        &self,
+        uuid: Uuid,
+        registry: &'a mut HashMap<Uuid, Option<Connector>>,
+    ) -> Result<&'a Option<Connector>, ApiError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = registry.entry(uuid) {
+            let presence = self.store.get_presence(uuid).await?;
+            if presence.is_none() && self.store.current_credential(uuid).await?.is_none() {
+                return Err(ApiError::ConnectorNotFound);
+            }
+            slot.insert(presence);
+        }
+        Ok(&registry[&uuid])
     }
 
     /// 409 when the job no longer takes items.
@@ -88,7 +106,7 @@ pub async fn request(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
-    let task = state.attribute(&caller, request, None).await?;
+    let task = state.attribute(&caller, request, None, &mut HashMap::new()).await?;
     state.ensure_job_open(&task.job_id).await?;
     state.store.enqueue_scans(std::slice::from_ref(&task)).await?;
     let mut response =
@@ -106,10 +124,12 @@ pub async fn request_batch(
 ) -> Result<Response, ApiError> {
     let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
     let mut tasks = Vec::with_capacity(batch.requests.len());
+    let mut registry = HashMap::new();
     for (i, request) in batch.requests.into_iter().enumerate() {
-        tasks.push(state.attribute(&caller, request, Some(i)).await?);
+        tasks.push(state.attribute(&caller, request, Some(i), &mut registry).await?);
     }
     let mut jobs: Vec<&str> = tasks.iter().map(|t| t.job_id.as_str()).collect();
+    jobs.sort_unstable();
     jobs.dedup();
     for job in jobs {
         state.ensure_job_open(job).await?;
