@@ -10,6 +10,14 @@ need_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=""
 command -v redis-server >/dev/null 2>&1 || missing="$missing redis-server"
 command -v curl >/dev/null 2>&1 || missing="$missing curl"   # the CLI test runs a signed curl command
+# The web UI test drives Debian's Chromium through chromedriver (no browser downloads).
+command -v chromium >/dev/null 2>&1 || missing="$missing chromium"
+command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
+# The chart test renders the Helm templates with Go's text/template and sprig, as helm does
+# (no helm package is reachable from these machines).
+command -v go >/dev/null 2>&1 || missing="$missing golang-go"
+[ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || missing="$missing golang-github-masterminds-sprig-dev"
+[ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || missing="$missing golang-gopkg-yaml.v3-dev"
 if [ -n "$missing" ]; then
   echo "==> installing$missing"
   need_root apt-get update -qq

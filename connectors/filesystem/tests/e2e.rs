@@ -423,3 +423,36 @@ async fn full_scan_waits_while_paused_and_stops_when_cancelled() {
     assert_eq!(done["expected_total"].as_u64(), Some(0));
     assert_eq!(stack.queued_locations().await.len(), 4, "the cancelled job added nothing");
 }
+
+/// The connector's OpenAPI document: hidden with DSX-HMAC on; with it off, it lists exactly
+/// the routes the connector serves.
+#[tokio::test]
+async fn openapi_document_is_hidden_when_auth_is_on() {
+    let stack = Stack::start(&[]).await;
+    let resp = stack.http.get(stack.connector_url("/filesystem-connector/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+
+    let open = Stack::start(&[("DSXCONNECTOR_AUTH__ENABLED", "false".into())]).await;
+    let resp = open.http.get(open.connector_url("/filesystem-connector/openapi.json")).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let doc: Value = resp.json().await.unwrap();
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path, ..) in dsx_connector::openapi::ROUTES {
+        let full = format!("/filesystem-connector{}", path.trim_end_matches('/'));
+        assert!(paths[&full][method.to_lowercase()].is_object(), "{method} {full} documented");
+        let m = Method::from_bytes(method.as_bytes()).unwrap();
+        // POST full_scan would start a scan; everything else is harmless with an empty body.
+        if *path == "/full_scan" {
+            continue;
+        }
+        let resp = open.http.request(m, open.connector_url(&full)).body("{}").send().await.unwrap();
+        let status = resp.status();
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {full}");
+        let body: Value = resp.json().await.unwrap_or(Value::Null);
+        assert!(
+            !(status == StatusCode::NOT_FOUND && body.get("message").is_none()),
+            "{method} {full} is documented but not routed: {body}"
+        );
+    }
+    assert_eq!(doc["components"]["schemas"]["ScanRequest"]["type"], "object");
+}

@@ -55,6 +55,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("connectors/healthz/{connector_uuid}"), get(proxy::healthz))
         .route(&api("connectors/readyz/{connector_uuid}"), get(proxy::readyz))
         .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
+        .route(&api("connectors/rotate/{connector_uuid}"), post(connectors::rotate))
         .route(&api("scan/results"), get(results::list).delete(results::delete_results))
         .route(&api("scan/jobs"), get(results::jobs).delete(results::delete_jobs))
         .route(&api("scan/results/job/{job_id}"), get(results::for_job))
@@ -75,6 +76,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("admin/dead-letter/health"), get(results::dlq_health))
         .route(&api("test/dsxa-connection"), get(system::test_scanner))
         .route("/metrics", get(crate::metrics::render))
+        .route(&api("openapi.json"), get(crate::openapi::serve))
         .route(&api("subscribe/scan-result"), get(events::scan_results))
         .route(&api("subscribe/connector-registered"), get(events::connectors))
         .route(&api("subscribe/job-summary/{job_id}"), get(events::job_summary))
@@ -95,6 +97,7 @@ pub fn router(state: SharedState) -> Router {
         .merge(connector_or_operator)
         .merge(operator_routes)
         .merge(open_routes)
+        .merge(crate::ui::routes())
         .fallback(|| async { crate::error::ApiError::RouteNotFound })
         .layer(from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(TraceLayer::new_for_http())
@@ -170,6 +173,7 @@ pub fn build_scanner(settings: &Settings) -> anyhow::Result<Arc<dyn dsx_scanner:
             let config = dsx_scanner::DsxaConfig {
                 auth_token: s.auth_token.as_ref().map(|t| t.expose_secret().to_owned()),
                 timeout: s.timeout,
+                verify_tls: s.verify_tls,
                 ..dsx_scanner::DsxaConfig::new(s.base_url.clone().unwrap_or_default())
             };
             Arc::new(dsx_scanner::DsxaClient::new(config)?)

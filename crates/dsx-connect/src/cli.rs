@@ -13,6 +13,15 @@ pub enum AdminCommand {
     Connectors,
     /// Unregister a connector and revoke its keys.
     Revoke { uuid: String },
+    /// Rotate a connector's key: its next signed heartbeat gets a new one, the old key stays
+    /// valid for the grace period.
+    Rotate {
+        uuid: String,
+        /// Revoke the current key now (a leaked key); the connector re-enrolls with its
+        /// enrollment token on its next call.
+        #[arg(long)]
+        revoke_now: bool,
+    },
     /// Dead letters: list, requeue or clear.
     DeadLetters {
         #[command(subcommand)]
@@ -89,6 +98,10 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
             .call(Method::DELETE, &format!("connectors/unregister/{uuid}"))
             .await
             .map(|_| Value::String(format!("revoked {uuid}")))?,
+        AdminCommand::Rotate { uuid, revoke_now } => {
+            let query = if revoke_now { "?revoke_now=true" } else { "" };
+            op.call(Method::POST, &format!("connectors/rotate/{uuid}{query}")).await?
+        }
         AdminCommand::DeadLetters { action: DeadLetterAction::List { start, end } } => {
             op.call(Method::GET, &format!("admin/dead-letter/items/scan_request?start={start}&end={end}")).await?
         }

@@ -48,6 +48,8 @@ pub struct ScannerSettings {
     pub base_url: Option<String>,
     pub auth_token: Option<SecretString>,
     pub timeout: Duration,
+    /// Verify the DSXA certificate on https URLs.
+    pub verify_tls: bool,
     pub blocklist_file: Option<PathBuf>,
 }
 
@@ -144,6 +146,7 @@ impl Settings {
             base_url,
             auth_token: get("DSXCONNECT_SCANNER__AUTH_TOKEN").map(SecretString::from),
             timeout: Duration::from_secs(parse_num(&get, "DSXCONNECT_SCANNER__TIMEOUT_SECONDS", 600)?),
+            verify_tls: parse_bool(&get, "DSXCONNECT_SCANNER__VERIFY_TLS", true)?,
             blocklist_file: get("DSXCONNECT_SCANNER__BLOCKLIST_FILE").map(PathBuf::from),
         };
         let workers = crate::worker::WorkerSettings {
@@ -244,6 +247,21 @@ mod tests {
         assert_eq!(s.auth.key_grace, Duration::from_secs(120));
         assert_eq!(s.presence_ttl, Duration::from_secs(600));
         assert_eq!(s.max_body_bytes, 16 << 20);
+        assert!(s.scanner.verify_tls, "scanner certificates are verified by default");
+    }
+
+    #[test]
+    fn scanner_settings() {
+        let s = settings(&[("DSXCONNECT_SCANNER__SCAN_BINARY_URL", "https://dsxa:5000/scan/binary/v2/")]).unwrap();
+        assert_eq!(s.scanner.kind, ScannerKind::Dsxa);
+        assert_eq!(s.scanner.base_url.as_deref(), Some("https://dsxa:5000"));
+        let s = settings(&[("DSXCONNECT_SCANNER__BASE_URL", "https://d"), ("DSXCONNECT_SCANNER__VERIFY_TLS", "false")])
+            .unwrap();
+        assert!(!s.scanner.verify_tls);
+        let err = settings(&[("DSXCONNECT_SCANNER__VERIFY_TLS", "sometimes")]).unwrap_err();
+        assert!(err.to_string().starts_with("DSXCONNECT_SCANNER__VERIFY_TLS:"), "{err}");
+        let err = settings(&[("DSXCONNECT_SCANNER__KIND", "dsxa")]).unwrap_err();
+        assert!(err.to_string().contains("DSXCONNECT_SCANNER__BASE_URL"), "{err}");
     }
 
     #[test]

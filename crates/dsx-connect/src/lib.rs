@@ -8,11 +8,13 @@ pub mod config;
 pub mod connector_client;
 pub mod error;
 pub mod metrics;
+pub mod openapi;
 pub mod quickstart;
 pub mod routes;
 pub mod state;
 pub mod syslog;
 pub mod tokens;
+pub mod ui;
 pub mod worker;
 
 pub use app::{build_state, router, serve};

@@ -6,6 +6,7 @@
 pub mod dsx_client;
 pub mod full_scan;
 pub mod inbound;
+pub mod openapi;
 pub mod repository;
 pub mod routes;
 pub mod settings;

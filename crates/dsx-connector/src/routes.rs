@@ -36,6 +36,7 @@ pub fn router(ctx: Arc<ConnectorContext>) -> Router {
         .route("/healthz", get(|| async { Json(json!({ "ok": true })) }))
         .route("/readyz", get(readyz))
         .route("/version", get(|| async { Json(json!({ "version": env!("CARGO_PKG_VERSION") })) }))
+        .route("/openapi.json", get(openapi))
         .route("/", get(root));
     Router::new()
         .nest(&base, protected.merge(open))
@@ -271,6 +272,14 @@ async fn readyz(State(ctx): Ctx) -> Response {
     let model = ctx.dsx.model();
     let status = if ctx.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(model)).into_response()
+}
+
+/// Hidden when DSX-HMAC verification is on (see `openapi.rs`).
+async fn openapi(State(ctx): Ctx) -> Response {
+    if ctx.settings.auth_enabled {
+        return (StatusCode::NOT_FOUND, Json(json!({ "detail": "not_found" }))).into_response();
+    }
+    Json(crate::openapi::document(&ctx.settings.name)).into_response()
 }
 
 async fn root(State(ctx): Ctx) -> Json<Value> {

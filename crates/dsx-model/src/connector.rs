@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// Lifecycle state a connector reports about itself.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ConnectorStatus {
     Ready,
@@ -13,7 +13,7 @@ pub enum ConnectorStatus {
 }
 
 /// What a connector does with a malicious item.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 pub enum ItemAction {
     #[serde(rename = "not implemented")]
     NotImplemented,
@@ -52,7 +52,7 @@ impl std::str::FromStr for ItemAction {
 }
 
 /// The connector model (`ConnectorInstanceModel`) sent at registration and kept as presence.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Connector {
     pub name: String,

@@ -2,7 +2,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 /// `status` of a StatusResponse.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum StatusKind {
     Success,
@@ -11,7 +11,7 @@ pub enum StatusKind {
 }
 
 /// The generic response; all five keys are always present on the wire.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusResponse {
     pub status: StatusKind,
     pub message: String,
@@ -36,14 +36,14 @@ impl StatusResponse {
 }
 
 /// `{"detail": "<code>"}`, the body of every non-validation error.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ErrorBody {
     pub detail: String,
 }
 
 /// Response of `POST connectors/register`. Credential fields are present only on the one
 /// response that mints them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct RegistrationResponse {
     pub status: StatusKind,
     pub message: String,
@@ -58,7 +58,7 @@ pub struct RegistrationResponse {
 }
 
 /// The opaque bearer token kept for compatibility (`connectors/token`, registration).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: String,
@@ -66,7 +66,7 @@ pub struct TokenResponse {
 }
 
 /// `POST scan/auth_check` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct AuthCheckResponse {
     pub status: String,
     pub message: String,

@@ -3,7 +3,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Connector, ItemAction, StatusResponse};
 
 /// Where a `move` puts an item (`requested_action.destination`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Destination {
     pub path: Option<String>,
@@ -12,7 +12,7 @@ pub struct Destination {
 }
 
 /// A remediation the caller asks for, overriding the connector's configured action.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct RequestedAction {
     #[serde(rename = "type")]
@@ -23,7 +23,7 @@ pub struct RequestedAction {
 }
 
 /// `ScanRequest`: one item to scan. `location`/`metainfo` are echoed back to the connector.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScanRequest {
     #[serde(default)]
     pub connector: Option<Connector>,
@@ -60,7 +60,7 @@ impl ScanRequest {
 }
 
 /// `POST scan/request_batch` body.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScanRequestBatch {
     pub requests: Vec<ScanRequest>,
     #[serde(default)]
@@ -68,7 +68,7 @@ pub struct ScanRequestBatch {
 }
 
 /// `PUT item_action` answer: a StatusResponse plus the action taken (same flat JSON).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ItemActionStatusResponse {
     #[serde(flatten)]
     pub response: StatusResponse,
@@ -76,7 +76,7 @@ pub struct ItemActionStatusResponse {
 }
 
 /// `GET estimate` answer.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Estimate {
     pub count: Option<u64>,
     pub confidence: String,

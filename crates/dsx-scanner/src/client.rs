@@ -20,7 +20,7 @@ pub struct DsxaConfig {
     /// Base URL (e.g. `http://dsxa:5000`); a full `.../scan/binary/v2` URL is also accepted.
     pub base_url: String,
     pub auth_token: Option<String>,
-    /// Currently ignored: the workspace reqwest has no TLS backend enabled.
+    /// Verify the scanner's certificate (https URLs; webpki roots). Off only for lab setups.
     pub verify_tls: bool,
     /// Total wall-clock limit for one request, body upload included.
     pub timeout: Duration,
@@ -79,6 +79,7 @@ impl DsxaClient {
             .connect_timeout(config.timeout.min(Duration::from_secs(30)))
             // A streamed body cannot be replayed to a redirect target.
             .redirect(reqwest::redirect::Policy::none())
+            .danger_accept_invalid_certs(!config.verify_tls)
             .build()
             .map_err(|e| ScanError::Protocol(format!("building HTTP client: {e}")))?;
         Ok(DsxaClient { http, scan_url, config })

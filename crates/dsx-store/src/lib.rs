@@ -70,6 +70,9 @@ pub struct RegistrationRecord {
     pub token_slot: Option<String>,
     /// The address the registration came from.
     pub peer: Option<String>,
+    /// An operator asked for a new key: the next signed refresh mints one.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rotation_requested: bool,
 }
 
 /// Lifecycle of a scan job.

@@ -33,8 +33,11 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
     if !path.exists() {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status =
-            std::process::Command::new(cargo).args(["build", "--bin", name]).status().expect("run cargo build");
+        // `--workspace`: the binary may belong to another package than the test's.
+        let status = std::process::Command::new(cargo)
+            .args(["build", "--workspace", "--bin", name])
+            .status()
+            .expect("run cargo build");
         assert!(status.success(), "cargo build --bin {name} failed");
     }
     assert!(path.exists(), "{} was not built", path.display());

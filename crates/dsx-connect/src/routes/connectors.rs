@@ -65,6 +65,7 @@ pub async fn list(State(state): State<SharedState>) -> Result<Json<Vec<Value>>, 
             "last_registered_at": record.as_ref().map(|r| r.at),
             "registered_via": record.as_ref().map(|r| r.via.clone()),
             "enrollment_token_slot": record.as_ref().and_then(|r| r.token_slot.clone()),
+            "rotation_requested": record.as_ref().is_some_and(|r| r.rotation_requested),
             "peer": record.and_then(|r| r.peer),
         });
         rows.push(
@@ -104,4 +105,57 @@ pub async fn get_state(
     caller.ensure_acts_for(uuid)?;
     let value = state.store.get_state(uuid, &ns, &key).await?;
     Ok(Json(json!({ "value": value })))
+}
+
+#[derive(serde::Deserialize, Default)]
+pub struct RotateQuery {
+    /// Revoke the current key at once (a leaked key): the connector must re-enroll.
+    #[serde(default)]
+    revoke_now: Option<String>,
+}
+
+/// `POST connectors/rotate/{uuid}` (operator, ours). By default the connector's next signed
+/// heartbeat receives a new key and the old one stays valid for the grace period, so nothing
+/// in flight is refused. With `revoke_now=true` every key of the connector is revoked at once;
+/// its next call gets `unknown_key_id` and it re-enrolls with its enrollment token.
+pub async fn rotate(
+    State(state): State<SharedState>,
+    Path(raw): Path<String>,
+    axum::extract::Query(query): axum::extract::Query<RotateQuery>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let uuid = parse_uuid(&raw, "connector_uuid")?;
+    if !state.settings.auth.enabled {
+        return Err(ApiError::BadRequest("auth is disabled: connectors have no keys to rotate"));
+    }
+    let Some(current) = state.store.current_credential(uuid).await? else {
+        return Err(ApiError::ConnectorNotFound);
+    };
+    let revoke_now = query.revoke_now.as_deref().is_some_and(|v| matches!(v, "1" | "true" | "yes"));
+    if revoke_now {
+        state.store.revoke_credentials(uuid).await?;
+        tracing::info!(target: "audit", %uuid, key_id = %current.key_id, by = "operator", "connector key revoked for rotation");
+        let body = json!({
+            "status": "success",
+            "message": "key_revoked",
+            "description": "the connector's keys are revoked; it re-enrolls with its enrollment token on its next call",
+        });
+        return Ok((StatusCode::OK, Json(body)));
+    }
+    let mut record = state.store.get_registration(uuid).await?.unwrap_or_else(|| dsx_store::RegistrationRecord {
+        at: 0,
+        via: "unknown".into(),
+        token_slot: None,
+        peer: None,
+        rotation_requested: false,
+    });
+    record.rotation_requested = true;
+    state.store.put_registration(uuid, &record).await?;
+    tracing::info!(target: "audit", %uuid, key_id = %current.key_id, by = "operator", "connector key rotation requested");
+    let grace = state.settings.auth.key_grace.as_secs();
+    let body = json!({
+        "status": "success",
+        "message": "rotation_scheduled",
+        "description": format!("the connector's next signed heartbeat receives a new key; the current key stays valid for {grace} s after that"),
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)))
 }

@@ -127,7 +127,9 @@ impl AppState {
         let mint = match enrolment {
             Enrolment::Open => false,
             Enrolment::Token { .. } => true,
-            Enrolment::Signed { .. } => rotate,
+            Enrolment::Signed { .. } => {
+                rotate || self.store.get_registration(uuid).await?.is_some_and(|r| r.rotation_requested)
+            }
         };
         let minted = if mint {
             let credential = Credential {
@@ -149,8 +151,13 @@ impl AppState {
             Enrolment::Token { slot } => ("enrollment_token", Some(slot.clone())),
             Enrolment::Signed { .. } => ("hmac", None),
         };
-        let record =
-            RegistrationRecord { at: unix_now(), via: via.into(), token_slot, peer: Some(peer.ip().to_string()) };
+        let record = RegistrationRecord {
+            at: unix_now(),
+            via: via.into(),
+            token_slot,
+            peer: Some(peer.ip().to_string()),
+            rotation_requested: false,
+        };
         self.store.put_registration(uuid, &record).await?;
         self.metrics.registrations.inc();
 
