@@ -2,13 +2,11 @@
 //! say (one token variable reaching both sides), and every variable they set is one the code
 //! reads; the Dockerfiles build packages and expose ports that exist.
 
-use std::path::{Path, PathBuf};
+#[path = "common/deploy.rs"]
+mod deploy;
 
+use deploy::{known, repo, sources};
 use yaml_rust2::{Yaml, YamlLoader};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
 
 fn compose(name: &str) -> Yaml {
     let text = std::fs::read_to_string(repo().join("deploy/compose").join(name)).unwrap();
@@ -21,30 +19,6 @@ fn env<'a>(doc: &'a Yaml, service: &str) -> &'a yaml_rust2::yaml::Hash {
 
 fn value(env: &yaml_rust2::yaml::Hash, key: &str) -> String {
     env.get(&Yaml::String(key.into())).and_then(Yaml::as_str).unwrap_or_else(|| panic!("{key} is set")).to_owned()
-}
-
-/// Every Rust source under crates/ and connectors/, concatenated.
-fn sources() -> String {
-    let mut out = String::new();
-    let mut stack = vec![repo().join("crates"), repo().join("connectors")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap().flatten() {
-            let path = entry.path();
-            if path.is_dir() && !path.ends_with("target") {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "rs") && !path.to_string_lossy().contains("/tests/") {
-                out.push_str(&std::fs::read_to_string(&path).unwrap());
-            }
-        }
-    }
-    out
-}
-
-/// A variable the code reads: server names literally, connector names as `var("NAME")`.
-fn known(sources: &str, var: &str) -> bool {
-    let literal = sources.contains(&format!("\"{var}\""));
-    let connector = var.strip_prefix("DSXCONNECTOR_").is_some_and(|rest| sources.contains(&format!("var(\"{rest}\")")));
-    literal || connector
 }
 
 #[test]

@@ -142,7 +142,13 @@ impl DsxClient {
         let body = serde_json::to_vec(&self.model()).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let path = if rotate { "connectors/register?rotate=true" } else { "connectors/register" };
         if self.key_id().is_some() {
-            let resp = self.send_once(Method::POST, path, body.clone()).await?;
+            // The token rides along so a 1.x server, which expects it on every registration,
+            // accepts the heartbeat too; this server goes by the signature.
+            let mut req = self.request(Method::POST, path, body.clone())?;
+            if let Some(token) = &self.token {
+                req = req.header("X-Enrollment-Token", token.expose_secret());
+            }
+            let resp = req.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
             match check(resp).await {
                 Ok((status, json)) => return self.accept_registration(status, json),
                 Err(err) if err.detail() == Some("unknown_key_id") => {

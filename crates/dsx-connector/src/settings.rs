@@ -96,7 +96,8 @@ impl ConnectorSettings {
                         })?
                         .lines()
                         .map(str::trim)
-                        .find(|l| !l.is_empty())
+                        // The first token line; `#` comments are skipped as the server does.
+                        .find(|l| !l.is_empty() && !l.starts_with('#'))
                         .unwrap_or_default()
                         .to_owned(),
                 )
@@ -183,9 +184,10 @@ mod tests {
             "Connector authentication: enrollment token provided; DSX-HMAC verification enabled."
         );
         let dir = std::env::temp_dir().join(format!("tok-{}", uuid::Uuid::new_v4()));
-        std::fs::write(&dir, "\n  from-file \n").unwrap();
+        std::fs::write(&dir, "# enrollment token\n\n  from-file \nnext-token\n").unwrap();
         let s = settings(&[("DSXCONNECT_ENROLLMENT_TOKEN_FILE", dir.to_str().unwrap())]).unwrap();
-        assert!(s.enrollment_token.is_some());
+        use secrecy::ExposeSecret;
+        assert_eq!(s.enrollment_token.as_ref().map(|t| t.expose_secret()), Some("from-file"), "comments skipped");
         assert_eq!(
             s.auth_boot_line(),
             "Connector authentication: enrollment token provided; DSX-HMAC verification disabled."
