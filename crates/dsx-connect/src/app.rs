@@ -215,7 +215,10 @@ pub async fn serve_role(
             .route(&api("readyz"), get(system::readyz))
             .with_state(Arc::clone(&state));
         tracing::info!(listen = %listener.local_addr()?, "dsx-connect worker serving health probes");
-        axum::serve(listener, health).with_graceful_shutdown(shutdown).await.map_err(anyhow::Error::from)
+        axum::serve(dsx_service::no_delay(listener), health)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(anyhow::Error::from)
     } else {
         serve(state, listener, shutdown).await
     };
@@ -240,7 +243,7 @@ pub async fn serve(
         enrollment_tokens = state.enrollment.len(),
         "dsx-connect {} serving", system::VERSION
     );
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<SocketAddr>())
+    axum::serve(dsx_service::no_delay(listener), router(state).into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown)
         .await?;
     Ok(())

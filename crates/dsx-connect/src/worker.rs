@@ -69,46 +69,66 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
     let mut idle = IDLE_MIN;
     tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, "scan workers started");
     loop {
-        let permit = Arc::clone(&limiter).acquire_owned().await.expect("semaphore open");
-        let slot = format!("{consumer}:{}", uuid::Uuid::new_v4());
-        match state.store.acquire_slot(&slot, settings.max_inflight, settings.lease).await {
-            Ok(true) => {}
-            Ok(false) => {
-                drop(permit);
-                tokio::time::sleep(IDLE_MIN).await;
-                continue;
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot take a scan slot; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
+        // Take as many free in-flight places as there are (at least one, waiting for it), then
+        // claim that many tasks in one store round trip.
+        let mut permits = vec![Arc::clone(&limiter).acquire_owned().await.expect("semaphore open")];
+        while permits.len() < CLAIM_AT_MOST {
+            match Arc::clone(&limiter).try_acquire_owned() {
+                Ok(permit) => permits.push(permit),
+                Err(_) => break,
             }
         }
-        let claimed = state.store.claim_scans(&consumer, 1, settings.lease).await;
-        let delivery = match claimed {
-            Ok(mut d) if !d.is_empty() => d.remove(0),
-            other => {
-                if let Err(err) = other {
-                    tracing::warn!(error = %err, "cannot claim scan tasks; retrying");
+        let mut slots = Vec::with_capacity(permits.len());
+        for _ in 0..permits.len() {
+            let slot = format!("{consumer}:{}", uuid::Uuid::new_v4());
+            match state.store.acquire_slot(&slot, settings.max_inflight, settings.lease).await {
+                Ok(true) => slots.push(slot),
+                Ok(false) => break,
+                Err(err) => {
+                    tracing::warn!(error = %err, "cannot take a scan slot; retrying");
+                    break;
                 }
-                let _ = state.store.release_slot(&slot).await;
-                drop(permit);
-                tokio::time::sleep(idle).await;
-                idle = (idle * 2).min(IDLE_MAX);
-                continue;
+            }
+        }
+        if slots.is_empty() {
+            drop(permits);
+            tokio::time::sleep(IDLE_MIN).await;
+            continue;
+        }
+        permits.truncate(slots.len());
+        let deliveries = match state.store.claim_scans(&consumer, slots.len(), settings.lease).await {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot claim scan tasks; retrying");
+                Vec::new()
             }
         };
+        // Give back what the queue had no task for.
+        for slot in slots.drain(deliveries.len()..) {
+            let _ = state.store.release_slot(&slot).await;
+        }
+        permits.truncate(deliveries.len());
+        if deliveries.is_empty() {
+            tokio::time::sleep(idle).await;
+            idle = (idle * 2).min(IDLE_MAX);
+            continue;
+        }
         idle = IDLE_MIN;
-        let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
-        tokio::spawn(async move {
-            process(&state, &*scanner, &settings, delivery).await;
-            if let Err(err) = state.store.release_slot(&slot).await {
-                tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
-            }
-            drop(permit);
-        });
+        for ((delivery, slot), permit) in deliveries.into_iter().zip(slots).zip(permits) {
+            let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
+            tokio::spawn(async move {
+                process(&state, &*scanner, &settings, delivery).await;
+                if let Err(err) = state.store.release_slot(&slot).await {
+                    tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+                }
+                drop(permit);
+            });
+        }
     }
 }
+
+/// Most tasks claimed in one store round trip.
+const CLAIM_AT_MOST: usize = 32;
 
 /// Polling back-off while the queue is empty.
 const IDLE_MIN: Duration = Duration::from_millis(20);
@@ -118,7 +138,14 @@ async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSe
     let task_id = delivery.task.task_id.clone();
     let outcome = handle(state, scanner, settings, &delivery).await;
     let settled = match outcome {
-        Ok(()) => state.store.ack_scan(&delivery).await,
+        Ok(record) => match state.store.complete_scan(&delivery, record.as_ref(), settings.results_retain).await {
+            Ok(Some(id)) => {
+                announce(state, record.as_ref().expect("a new result id comes with a record"), id).await;
+                Ok(())
+            }
+            Ok(None) => Ok(()), // no result, or a redelivery: announced the first time
+            Err(err) => Err(err),
+        },
         Err(failure) if failure.retryable && delivery.attempt <= settings.max_retries => {
             let delay = retry_delay(settings.retry_base, delivery.attempt);
             tracing::warn!(task_id, attempt = delivery.attempt, retry_in = ?delay, reason = %failure.reason(), "scan failed; will retry");
@@ -147,20 +174,19 @@ async fn handle(
     scanner: &dyn Scanner,
     settings: &WorkerSettings,
     delivery: &Delivery,
-) -> Result<(), Failure> {
+) -> Result<Option<ResultRecord>, Failure> {
     let store_err = |e: dsx_store::StoreError| Failure::new("store", e.to_string(), true);
     let task = &delivery.task;
     if state.store.get_result(&task.task_id).await.map_err(store_err)?.is_some() {
         tracing::debug!(task_id = %task.task_id, "already has a result (redelivery); skipping");
-        return Ok(());
+        return Ok(None);
     }
     let request: ScanRequest = serde_json::from_str(&task.payload)
         .map_err(|e| Failure::new("validation", format!("queued request unreadable: {e}"), false))?;
     match state.store.get_job(&task.job_id).await.map_err(store_err)?.map(|j| j.status) {
         Some(JobStatus::Cancelled) => {
             let record = result_record(delivery, Some(&request), None, json!(null), json!(null), "not scanned", false);
-            state.store.put_result(&record, settings.results_retain).await.map_err(store_err)?;
-            return Ok(());
+            return Ok(Some(record));
         }
         Some(JobStatus::Paused) => return Err(Failure::new("job_paused", "job is paused", true)),
         _ => {}
@@ -171,8 +197,7 @@ async fn handle(
         let mut verdict = Verdict::new(VerdictKind::NonCompliant);
         verdict.verdict_details.reason = Some("File Size Too Large".into());
         verdict.file_info.file_size_in_bytes = request.size_in_bytes;
-        let record = finish(state, delivery, &request, verdict, started, None).await?;
-        return store_and_announce(state, &record, settings).await;
+        return finish(state, delivery, &request, verdict, started, None).await.map(Some);
     }
 
     let read_started = Instant::now();
@@ -214,20 +239,11 @@ async fn handle(
     let verdict = scanner.scan(&input, Box::pin(stream)).await?;
     state.metrics.scanner_seconds.observe(scan_started.elapsed().as_secs_f64());
     let read_ms = read_started.elapsed().as_millis() as u64;
-    let record = finish(state, delivery, &request, verdict, started, Some(read_ms)).await?;
-    store_and_announce(state, &record, settings).await
+    finish(state, delivery, &request, verdict, started, Some(read_ms)).await.map(Some)
 }
 
-/// Store the result (once per task) and announce it to SSE subscribers.
-async fn store_and_announce(
-    state: &SharedState,
-    record: &ResultRecord,
-    settings: &WorkerSettings,
-) -> Result<(), Failure> {
-    let store_err = |e: dsx_store::StoreError| Failure::new("store", e.to_string(), true);
-    let Some(id) = state.store.put_result(record, settings.results_retain).await.map_err(store_err)? else {
-        return Ok(()); // a redelivery: announced the first time
-    };
+/// Tell SSE subscribers (and syslog) about a newly stored result.
+async fn announce(state: &SharedState, record: &ResultRecord, id: u64) {
     state.metrics.scanned(&record.verdict);
     let job = state.store.get_job(&record.job_id).await.ok().flatten();
     let mut result: Value = serde_json::from_str(&record.json).unwrap_or(Value::Null);
@@ -239,7 +255,6 @@ async fn store_and_announce(
     if let Some(syslog) = &state.syslog {
         syslog.send(record.verdict == "Malicious", &event["scan_result"].to_string()).await;
     }
-    Ok(())
 }
 
 /// Remediate when malicious, then build the result record (its JSON is serialized once).

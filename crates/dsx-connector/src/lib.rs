@@ -159,7 +159,7 @@ pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen:
         ctx.spawn_monitor();
     }
     let app = routes::router(Arc::clone(&ctx)).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(dsx_service::shutdown_signal()).await?;
+    axum::serve(dsx_service::no_delay(listener), app).with_graceful_shutdown(dsx_service::shutdown_signal()).await?;
     registration.abort();
     if ctx.is_ready() {
         match tokio::time::timeout(Duration::from_secs(5), ctx.dsx.unregister()).await {

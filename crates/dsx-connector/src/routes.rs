@@ -148,7 +148,8 @@ async fn full_scan(State(ctx): Ctx, Query(q): Query<FullScanQuery>) -> Json<Stat
     let params = FullScanParams {
         job_id: job_id.clone(),
         limit: q.limit,
-        batch: q.batch.as_deref().is_some_and(|b| matches!(b.to_ascii_lowercase().as_str(), "1" | "true" | "yes")),
+        // Batches by default: one durable enqueue per batch instead of one per item.
+        batch: q.batch.as_deref().is_none_or(|b| !matches!(b.to_ascii_lowercase().as_str(), "0" | "false" | "no")),
         batch_size: q.batch_size.unwrap_or(100).clamp(1, 10_000),
     };
     tokio::spawn(Arc::clone(&ctx).run_full_scan(params));

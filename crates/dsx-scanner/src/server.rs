@@ -35,7 +35,7 @@ pub async fn serve(
     engine: Arc<BuiltinScanner>,
     auth_token: Option<String>,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(engine, auth_token)).await
+    axum::serve(dsx_service::no_delay(listener), router(engine, auth_token)).await
 }
 
 fn detail(status: StatusCode, msg: impl Into<String>) -> Response {

@@ -2,8 +2,8 @@
 //! Single-node only: one process owns the file at a time.
 
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Weak};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,8 +42,8 @@ const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
 
 /// How often expired rows are purged (piggybacks on writes).
 const SWEEP_EVERY_MS: u64 = 30_000;
-/// Group commit: non-durable writes (replay cache, rate counters) reach the disk within this,
-/// so a crash forgets at most this much of the replay cache instead of fsyncing per request.
+/// Writes that nobody waits for (replay cache, rate counters) reach the disk within this, so a
+/// crash forgets at most this much of the replay cache.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
 
 #[derive(Serialize, Deserialize)]
@@ -62,17 +62,37 @@ struct KidEntry {
 
 pub struct EmbeddedStore {
     inner: Arc<Inner>,
-    /// Dropping the sender stops the flush thread; it is joined on drop so the file is closed
-    /// (and can be reopened) as soon as the store is gone.
-    flusher: Option<(mpsc::Sender<()>, std::thread::JoinHandle<()>)>,
+    /// The group-commit thread; stopped and joined on drop so the file is closed (and can be
+    /// reopened) as soon as the store is gone.
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// Group commit. Every transaction commits without fsync (`Durability::None`, cheap); a caller
+/// that needs its write durable waits until the flush thread's next durable commit, which makes
+/// every earlier commit durable with one fsync. Concurrent writers (workers, intake) share that
+/// fsync instead of queueing one each behind redb's single writer lock.
+#[derive(Default)]
+struct Durable {
+    /// Sequence number of the last commit a finished flush covered.
+    flushed: u64,
+    /// Callers waiting for a flush.
+    waiting: usize,
+    /// The last flush failed: commits up to this sequence number may not be durable.
+    failed: Option<(u64, String)>,
+    stopping: bool,
 }
 
 struct Inner {
     db: Database,
     codec: SecretCodec,
     last_sweep_ms: AtomicU64,
-    /// Non-durable commits are waiting for the next durable one.
-    dirty: AtomicBool,
+    /// Sequence number of the last commit (durable or not).
+    committed: AtomicU64,
+    durable: std::sync::Mutex<Durable>,
+    /// Wakes the flush thread when a caller waits.
+    flush_wanted: std::sync::Condvar,
+    /// Wakes callers when a flush finished.
+    flush_done: std::sync::Condvar,
     /// Scan slots (one process owns the embedded store, so they live in memory): slot → expiry.
     slots: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
     /// In-process notification channels (one process owns the embedded store).
@@ -137,12 +157,22 @@ impl EmbeddedStore {
             db,
             codec,
             last_sweep_ms: AtomicU64::new(now_millis()),
-            dirty: AtomicBool::new(false),
+            committed: AtomicU64::new(0),
+            durable: Default::default(),
+            flush_wanted: Default::default(),
+            flush_done: Default::default(),
             channels: Default::default(),
             slots: Default::default(),
         });
-        let flusher = spawn_flusher(Arc::downgrade(&inner))?;
+        let flusher = spawn_flusher(Arc::clone(&inner))?;
         Ok(Self { inner, flusher: Some(flusher) })
+    }
+
+    /// A point read, run on the calling thread: a redb read transaction takes microseconds
+    /// and never waits for the writer, so handing it to the blocking pool would cost more
+    /// (two thread switches) than it saves. Scans and writes still go through [`Self::run`].
+    fn read_now<T>(&self, f: impl FnOnce(&Inner) -> StoreResult<T>) -> StoreResult<T> {
+        f(&self.inner)
     }
 
     /// Run blocking redb work off the async runtime.
@@ -158,35 +188,64 @@ impl EmbeddedStore {
 }
 
 impl Inner {
-    /// A write transaction; `durable = false` for the replay cache and rate counters, which
-    /// become durable with the next durable commit.
+    /// A write transaction. With `durable`, returns once the write is on disk (group commit,
+    /// see [`Durable`]); without (replay cache, rate counters), within [`FLUSH_EVERY`].
     fn write<T>(&self, durable: bool, f: impl FnOnce(&WriteTransaction) -> StoreResult<T>) -> StoreResult<T> {
         let mut txn = self.db.begin_write().map_err(unavailable)?;
-        if !durable {
-            txn.set_durability(Durability::None);
-            self.dirty.store(true, Ordering::Release);
-        } else {
-            self.dirty.store(false, Ordering::Release);
-        }
+        txn.set_durability(Durability::None);
         let out = f(&txn)?;
         self.maybe_sweep(&txn)?;
-        if let Err(err) = txn.commit() {
-            // Earlier non-durable commits still wait for a durable one.
-            self.dirty.store(true, Ordering::Release);
-            return Err(unavailable(err));
+        txn.commit().map_err(unavailable)?;
+        // redb runs one write transaction at a time, so this numbers commits in order.
+        let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+        if durable {
+            self.wait_durable(seq)?;
         }
         Ok(out)
     }
 
-    /// Make earlier non-durable commits durable (an empty durable commit does it).
+    fn wait_durable(&self, seq: u64) -> StoreResult<()> {
+        let mut state = self.durable.lock().expect("durable lock");
+        state.waiting += 1;
+        self.flush_wanted.notify_one();
+        let result = loop {
+            if state.flushed >= seq {
+                break Ok(());
+            }
+            if let Some((failed, err)) = &state.failed {
+                if *failed >= seq {
+                    break Err(unavailable(format!("commit not durable: {err}")));
+                }
+            }
+            if state.stopping {
+                break Err(unavailable("store closed before the commit was durable"));
+            }
+            state = self.flush_done.wait(state).expect("durable lock");
+        };
+        state.waiting -= 1;
+        result
+    }
+
+    /// Make every earlier commit durable (an empty durable commit does it) and wake the
+    /// callers waiting for it.
     fn flush(&self) {
-        if self.dirty.swap(false, Ordering::AcqRel) {
-            let result = self.db.begin_write().map_err(unavailable).and_then(|txn| txn.commit().map_err(unavailable));
-            if let Err(err) = result {
-                self.dirty.store(true, Ordering::Release);
+        let target = self.committed.load(Ordering::Acquire);
+        if self.durable.lock().expect("durable lock").flushed >= target {
+            return;
+        }
+        let result = self.db.begin_write().map_err(unavailable).and_then(|txn| txn.commit().map_err(unavailable));
+        let mut state = self.durable.lock().expect("durable lock");
+        match result {
+            Ok(()) => {
+                state.flushed = state.flushed.max(target);
+                state.failed = None;
+            }
+            Err(err) => {
                 tracing::warn!(error = %err, "embedded store flush failed");
+                state.failed = Some((target, err.to_string()));
             }
         }
+        self.flush_done.notify_all();
     }
 
     /// Purge expired rows now and then, inside a transaction that is writing anyway.
@@ -231,28 +290,86 @@ impl Drop for Inner {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
-        if let Some((stop, thread)) = self.flusher.take() {
-            drop(stop);
+        if let Some(thread) = self.flusher.take() {
+            self.inner.durable.lock().expect("durable lock").stopping = true;
+            self.inner.flush_wanted.notify_all();
             let _ = thread.join();
         }
     }
 }
 
-/// Background group commit; ends when the store is dropped.
-fn spawn_flusher(inner: Weak<Inner>) -> StoreResult<(mpsc::Sender<()>, std::thread::JoinHandle<()>)> {
-    let (stop, stopped) = mpsc::channel::<()>();
-    let thread = std::thread::Builder::new()
+/// The group-commit thread: flushes at once when a caller waits, else every [`FLUSH_EVERY`].
+fn spawn_flusher(inner: Arc<Inner>) -> StoreResult<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
         .name("embedded-store-flush".into())
-        .spawn(move || {
-            while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(FLUSH_EVERY) {
-                match inner.upgrade() {
-                    Some(inner) => inner.flush(),
-                    None => return,
+        .spawn(move || loop {
+            {
+                let state = inner.durable.lock().expect("durable lock");
+                let (state, _) = inner
+                    .flush_wanted
+                    .wait_timeout_while(state, FLUSH_EVERY, |s| {
+                        // Sleep unless someone waits for a commit that is not flushed yet.
+                        let unflushed = inner.committed.load(Ordering::Acquire) > s.flushed;
+                        !s.stopping && (s.waiting == 0 || !unflushed)
+                    })
+                    .expect("durable lock");
+                if state.stopping {
+                    drop(state);
+                    inner.flush();
+                    inner.flush_done.notify_all();
+                    return;
                 }
             }
+            inner.flush();
         })
-        .map_err(|e| unavailable(format!("cannot start the embedded store's flush thread: {e}")))?;
-    Ok((stop, thread))
+        .map_err(|e| unavailable(format!("cannot start the embedded store's flush thread: {e}")))
+}
+
+/// Store a result once per task id, count it into the stats and its job.
+fn put_result_in(txn: &WriteTransaction, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
+    let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+    if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
+        return Ok(None);
+    }
+    let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
+    let mut stats = txn.open_table(STATS).map_err(unavailable)?;
+    let id = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0) + 1;
+    stats.insert("results_seq", id).map_err(unavailable)?;
+    let json = crate::with_id(&record.json, id)?;
+    by_task.insert(record.task_id.as_str(), json.as_bytes()).map_err(unavailable)?;
+    results.insert(id, json.as_bytes()).map_err(unavailable)?;
+    while results.len().map_err(unavailable)? > retain.max(1) as u64 {
+        results.pop_first().map_err(unavailable)?;
+    }
+    txn.open_table(RESULTS_BY_JOB)
+        .map_err(unavailable)?
+        .insert((record.job_id.as_str(), id), json.as_bytes())
+        .map_err(unavailable)?;
+    for (name, n) in [
+        ("files_scanned".to_owned(), 1),
+        (crate::verdict_counter(&record.verdict), 1),
+        ("total_scan_time_in_microseconds".to_owned(), record.scan_time_us),
+        ("total_file_size".to_owned(), record.file_size),
+    ] {
+        let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+        stats.insert(name.as_str(), current + n).map_err(unavailable)?;
+    }
+    update_job(txn, &record.job_id, |job| {
+        job.processed_count += 1;
+        if record.succeeded {
+            job.succeeded_count += 1;
+        } else {
+            job.failed_count += 1;
+        }
+    })?;
+    Ok(Some(id))
+}
+
+/// A task leaves the queue.
+fn ack_in(txn: &WriteTransaction, seq: u64) -> StoreResult<()> {
+    txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+    txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+    Ok(())
 }
 
 fn credential_in(
@@ -318,7 +435,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_presence(&self, uuid: Uuid) -> StoreResult<Option<Connector>> {
-        self.run(move |inner| inner.read_presence(&uuid.to_string())).await
+        self.read_now(move |inner| inner.read_presence(&uuid.to_string()))
     }
 
     async fn list_presence(&self) -> StoreResult<Vec<Connector>> {
@@ -385,7 +502,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn current_credential(&self, uuid: Uuid) -> StoreResult<Option<Credential>> {
-        self.run(move |inner| {
+        self.read_now(move |inner| {
             let Some(stored) = inner.read_credential(&uuid.to_string())? else { return Ok(None) };
             Ok(Some(Credential {
                 key_id: stored.key_id,
@@ -393,12 +510,11 @@ impl Store for EmbeddedStore {
                 issued_at: stored.issued_at,
             }))
         })
-        .await
     }
 
     async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>> {
         let key_id = key_id.to_owned();
-        self.run(move |inner| {
+        self.read_now(move |inner| {
             // One read transaction: the index and the credential are seen at the same instant.
             let txn = inner.db.begin_read().map_err(unavailable)?;
             let entry: KidEntry = {
@@ -421,7 +537,6 @@ impl Store for EmbeddedStore {
             };
             Ok(Some(ResolvedKey { connector_uuid: entry.uuid, secret: inner.codec.open(&sealed)? }))
         })
-        .await
     }
 
     async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool> {
@@ -574,13 +689,12 @@ impl Store for EmbeddedStore {
 
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
-        self.run(move |inner| {
+        self.read_now(move |inner| {
             let txn = inner.db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(JOBS).map_err(unavailable)?;
             let value = table.get(job_id.as_str()).map_err(unavailable)?;
             value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
         })
-        .await
     }
 
     async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>> {
@@ -598,44 +712,25 @@ impl Store for EmbeddedStore {
 
     async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
         let record = record.clone();
+        self.run(move |inner| inner.write(false, |txn| put_result_in(txn, &record, retain))).await
+    }
+
+    async fn complete_scan(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
+        let seq = parse_seq(&delivery.id)?;
+        let record = record.cloned();
         self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
-                if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
-                    return Ok(None);
-                }
-                let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
-                let mut stats = txn.open_table(STATS).map_err(unavailable)?;
-                let id = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0) + 1;
-                stats.insert("results_seq", id).map_err(unavailable)?;
-                let json = crate::with_id(&record.json, id)?;
-                by_task.insert(record.task_id.as_str(), json.as_bytes()).map_err(unavailable)?;
-                results.insert(id, json.as_bytes()).map_err(unavailable)?;
-                while results.len().map_err(unavailable)? > retain.max(1) as u64 {
-                    results.pop_first().map_err(unavailable)?;
-                }
-                txn.open_table(RESULTS_BY_JOB)
-                    .map_err(unavailable)?
-                    .insert((record.job_id.as_str(), id), json.as_bytes())
-                    .map_err(unavailable)?;
-                for (name, n) in [
-                    ("files_scanned".to_owned(), 1),
-                    (crate::verdict_counter(&record.verdict), 1),
-                    ("total_scan_time_in_microseconds".to_owned(), record.scan_time_us),
-                    ("total_file_size".to_owned(), record.file_size),
-                ] {
-                    let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
-                    stats.insert(name.as_str(), current + n).map_err(unavailable)?;
-                }
-                update_job(txn, &record.job_id, |job| {
-                    job.processed_count += 1;
-                    if record.succeeded {
-                        job.succeeded_count += 1;
-                    } else {
-                        job.failed_count += 1;
-                    }
-                })?;
-                Ok(Some(id))
+            inner.write(false, |txn| {
+                let id = match &record {
+                    Some(record) => put_result_in(txn, record, retain)?,
+                    None => None,
+                };
+                ack_in(txn, seq)?;
+                Ok(id)
             })
         })
         .await
@@ -643,13 +738,12 @@ impl Store for EmbeddedStore {
 
     async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
         let task_id = task_id.to_owned();
-        self.run(move |inner| {
+        self.read_now(move |inner| {
             let txn = inner.db.begin_read().map_err(unavailable)?;
             let table = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
             let value = table.get(task_id.as_str()).map_err(unavailable)?;
             Ok(value.map(|g| String::from_utf8_lossy(g.value()).into_owned()))
         })
-        .await
     }
 
     async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
@@ -794,7 +888,7 @@ impl Store for EmbeddedStore {
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
         let _ = consumer; // one process owns the file: leases need no owner name
         self.run(move |inner| {
-            inner.write(true, |txn| {
+            inner.write(false, |txn| {
                 let now = now_millis();
                 let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
                 let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
@@ -830,14 +924,7 @@ impl Store for EmbeddedStore {
 
     async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
         let seq = parse_seq(&delivery.id)?;
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
-                txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
-                Ok(())
-            })
-        })
-        .await
+        self.run(move |inner| inner.write(false, |txn| ack_in(txn, seq))).await
     }
 
     async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {

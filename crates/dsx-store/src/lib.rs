@@ -221,6 +221,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every worker must use the same `lease`: Redis judges a holder dead by the claimer's.
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>>;
     /// Done with a task (whatever its outcome): it leaves the queue.
+    ///
+    /// Claims, results and acks need not be durable on return (the embedded store commits
+    /// them without waiting for its next fsync): a crash can only lose a suffix of them, and a
+    /// task whose ack is lost is simply delivered again. Intake (`enqueue_scans`) and
+    /// dead-lettering are durable on return.
     async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()>;
     /// Give a task back to be delivered again after `delay` (attempt + 1), atomically.
     async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()>;
@@ -238,6 +243,21 @@ pub trait Store: Send + Sync + 'static {
     /// its job and the stats and completes the job when `enqueue_done` has arrived and every
     /// enqueued item is done. `None` when the task already had a result.
     async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>>;
+    /// A task is done: store its result (when it has one, as `put_result`) and ack it. One
+    /// transaction where the backend allows, so a crash never separates the two.
+    async fn complete_scan(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
+        let id = match record {
+            Some(record) => self.put_result(record, retain).await?,
+            None => None,
+        };
+        self.ack_scan(delivery).await?;
+        Ok(id)
+    }
     async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>>;
     /// Newest first; at most `limit`; only `job_id`'s when given.
     async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>>;

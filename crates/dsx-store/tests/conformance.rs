@@ -407,6 +407,35 @@ fn result(task: &str, job: &str, verdict: &str) -> dsx_store::ResultRecord {
     }
 }
 
+async fn complete_scan_stores_the_result_and_acks_together(h: &Harness) {
+    let s = &*h.store;
+    let job = unique_name("jc");
+    let task = |n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: Uuid::new_v4(),
+        job_id: job.clone(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    s.enqueue_scans(&[task(1), task(2)]).await.unwrap();
+    let lease = Duration::from_millis(300);
+    let mut claimed = s.claim_scans("w", 10, lease).await.unwrap();
+    claimed.retain(|d| d.task.job_id == job);
+    assert_eq!(claimed.len(), 2);
+    let id = s.complete_scan(&claimed[0], Some(&result(&format!("{job}-1"), &job, "Benign")), 1000).await.unwrap();
+    assert!(id.is_some());
+    assert!(s.get_result(&format!("{job}-1")).await.unwrap().is_some());
+    // No result (e.g. an earlier attempt stored it): acked all the same.
+    assert_eq!(s.complete_scan(&claimed[1], None, 1000).await.unwrap(), None);
+    tokio::time::sleep(lease * 2).await;
+    let again = s.claim_scans("w", 10, lease).await.unwrap();
+    assert!(again.iter().all(|d| d.task.job_id != job), "both tasks left the queue: {again:?}");
+    // A repeated completion never counts twice.
+    let repeat = s.complete_scan(&claimed[0], Some(&result(&format!("{job}-1"), &job, "Benign")), 1000).await;
+    assert_eq!(repeat.unwrap(), None);
+    assert_eq!(s.get_job(&job).await.unwrap().unwrap().processed_count, 1);
+}
+
 async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     let s = &*h.store;
     let owner = Uuid::new_v4();
@@ -564,6 +593,7 @@ conformance!(
     retry_waits_for_its_delay,
     dead_letters_keep_the_reason_and_can_be_requeued,
     results_count_once_and_complete_jobs_in_either_order,
+    complete_scan_stores_the_result_and_acks_together,
     notifications_reach_subscribers_of_their_channel,
     scan_slots_cap_concurrency_and_expire,
 );
