@@ -245,6 +245,9 @@ async fn handle(
 /// Tell SSE subscribers (and syslog) about a newly stored result.
 async fn announce(state: &SharedState, record: &ResultRecord, id: u64) {
     state.metrics.scanned(&record.verdict);
+    if state.syslog.is_none() && !state.store.may_have_listeners(crate::routes::events::SCAN_RESULT) {
+        return; // nobody to tell: skip the job lookup and the event's JSON
+    }
     let job = state.store.get_job(&record.job_id).await.ok().flatten();
     let mut result: Value = serde_json::from_str(&record.json).unwrap_or(Value::Null);
     result["id"] = id.into();

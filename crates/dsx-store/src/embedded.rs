@@ -858,6 +858,10 @@ impl Store for EmbeddedStore {
         Ok(slots.len() as u64)
     }
 
+    fn may_have_listeners(&self, channel: &str) -> bool {
+        self.inner.channel(channel).receiver_count() > 0
+    }
+
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
         // No subscriber is not an error.
         let _ = self.inner.channel(channel).send(message.to_owned());

@@ -284,6 +284,12 @@ pub trait Store: Send + Sync + 'static {
     /// Publish `message` on `channel` to every subscriber of every replica (best effort: a
     /// subscriber that is not listening misses it; the stored data stays the truth).
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()>;
+    /// Whether a message on `channel` could reach anyone, so publishers can skip building it.
+    /// With a shared store another replica may be listening, so the default is yes.
+    fn may_have_listeners(&self, channel: &str) -> bool {
+        let _ = channel;
+        true
+    }
     /// Messages published on `channel` from now on. The receiver ends when the store does.
     async fn subscribe(&self, channel: &str) -> StoreResult<tokio::sync::mpsc::Receiver<String>>;
 
