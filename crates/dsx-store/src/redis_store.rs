@@ -224,6 +224,18 @@ fn job_key(job_id: &str) -> String {
 }
 
 /// The index Python components use to find a key's connector.
+/// key id → (owner uuid, sealed secret): the current key from the owner's config hash, else
+/// a key in its grace period. KEYS: kid index, grace key. ARGV: config key prefix, key id.
+const RESOLVE_SCRIPT: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if not owner then return false end
+local fields = redis.call('HMGET', ARGV[1] .. owner, 'hmac_key_id', 'hmac_secret')
+if fields[1] == ARGV[2] and fields[2] then return {owner, fields[2]} end
+local grace = redis.call('GET', KEYS[2])
+if grace then return {owner, grace} end
+return false
+"#;
+
 fn kid_key(key_id: &str) -> String {
     format!("dsxconnect:hmac:kid:{key_id}")
 }
@@ -458,21 +470,20 @@ impl Store for RedisStore {
     }
 
     async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>> {
+        // One round trip on the hot path of every signed request.
         let mut conn = self.conn().await?;
-        let owner: Option<String> = conn.get(kid_key(key_id)).await.map_err(map_err)?;
-        let Some(owner) = owner else { return Ok(None) };
+        let found: Option<(String, String)> = redis::Script::new(RESOLVE_SCRIPT)
+            .key(kid_key(key_id))
+            .key(self.grace_key(key_id))
+            .arg(self.config_key(Uuid::nil()).trim_end_matches(&Uuid::nil().to_string()))
+            .arg(key_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let Some((owner, sealed)) = found else { return Ok(None) };
         let uuid: Uuid =
             owner.parse().map_err(|_| StoreError::Corrupt(format!("key index of {key_id} holds no uuid")))?;
-        let (current, secret): (Option<String>, Option<String>) =
-            conn.hget(self.config_key(uuid), &["hmac_key_id", "hmac_secret"]).await.map_err(map_err)?;
-        let sealed = match (current, secret) {
-            (Some(current), Some(secret)) if current == key_id => Some(secret),
-            _ => conn.get(self.grace_key(key_id)).await.map_err(map_err)?,
-        };
-        match sealed {
-            Some(sealed) => Ok(Some(ResolvedKey { connector_uuid: uuid, secret: self.codec.open(&sealed)? })),
-            None => Ok(None),
-        }
+        Ok(Some(ResolvedKey { connector_uuid: uuid, secret: self.codec.open(&sealed)? }))
     }
 
     async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool> {
