@@ -147,6 +147,7 @@ pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
         scanner,
         syslog,
         metrics: crate::metrics::Metrics::default(),
+        keys: Default::default(),
     }))
 }
 

@@ -120,7 +120,14 @@ impl crate::state::AppState {
         };
         let parsed = parse_authorization(value)?;
         let key_id = parsed.key_id()?;
-        let resolved = self.store.resolve_key(key_id).await?.ok_or(AuthError::UnknownKeyId)?;
+        let resolved = match self.keys.get(key_id) {
+            Some(key) => key,
+            None => {
+                let key = self.store.resolve_key(key_id).await?.ok_or(AuthError::UnknownKeyId)?;
+                self.keys.put(key_id, &key);
+                key
+            }
+        };
         let skew = self.settings.auth.max_skew;
         check_freshness(parsed.ts, unix_now(), skew)?;
         let key = SigningKey::new(resolved.secret.expose_secret());

@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod connector_client;
 pub mod error;
+pub mod key_cache;
 pub mod metrics;
 pub mod openapi;
 pub mod quickstart;

@@ -21,4 +21,6 @@ pub struct AppState {
     pub scanner: Arc<dyn dsx_scanner::Scanner>,
     pub syslog: Option<crate::syslog::Syslog>,
     pub metrics: crate::metrics::Metrics,
+    /// Recently resolved DSX-HMAC keys (see `key_cache`).
+    pub keys: crate::key_cache::KeyCache,
 }

@@ -7,7 +7,6 @@ use async_trait::async_trait;
 use dsx_model::Connector;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, ErrorKind, RedisError};
-use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use crate::{
@@ -34,7 +33,7 @@ impl Namespace {
 pub struct RedisStore {
     client: redis::Client,
     /// Created on first use and kept; `ConnectionManager` reconnects by itself afterwards.
-    conn: Mutex<Option<ConnectionManager>>,
+    conn: tokio::sync::OnceCell<ConnectionManager>,
     ns: String,
     codec: SecretCodec,
 }
@@ -246,30 +245,30 @@ impl RedisStore {
     pub fn new(url: &str, ns: Namespace, codec: SecretCodec) -> StoreResult<Self> {
         let client =
             redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
-        Ok(Self { client, conn: Mutex::new(None), ns: ns.prefix(), codec })
+        Ok(Self { client, conn: tokio::sync::OnceCell::new(), ns: ns.prefix(), codec })
     }
 
     /// The shared connection, created on first use. Waiting for the lock counts against the
     /// connect timeout too, so callers queued behind a slow connect still fail fast.
     async fn conn(&self) -> StoreResult<ConnectionManager> {
-        let connect = async {
-            let mut slot = self.conn.lock().await;
-            if let Some(conn) = slot.as_ref() {
-                return Ok(conn.clone());
-            }
+        // Connected once, the manager reconnects by itself: the hot path is a clone.
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        let connect = self.conn.get_or_try_init(|| async {
             // No retries inside the manager: one attempt per request keeps failures quick, and
             // the manager starts a fresh attempt after every IO error.
             let config = ConnectionManagerConfig::new()
                 .set_connection_timeout(CONNECT_TIMEOUT)
                 .set_response_timeout(RESPONSE_TIMEOUT)
                 .set_number_of_retries(0);
-            let conn = ConnectionManager::new_with_config(self.client.clone(), config).await.map_err(map_err)?;
-            *slot = Some(conn.clone());
-            Ok(conn)
-        };
+            ConnectionManager::new_with_config(self.client.clone(), config).await.map_err(map_err)
+        });
+        // Waiting behind another caller's connect counts against the timeout too.
         tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
             .await
             .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
+            .cloned()
     }
 
     fn presence_key(&self, uuid: Uuid) -> String {

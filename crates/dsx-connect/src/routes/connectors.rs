@@ -24,6 +24,7 @@ pub async fn unregister(
     let presence = state.store.get_presence(uuid).await?;
     let had_presence = state.store.delete_presence(uuid).await?;
     let had_keys = state.store.revoke_credentials(uuid).await?;
+    state.keys.forget_connector(uuid);
     let had_record = state.store.get_registration(uuid).await?.is_some();
     state.store.delete_registration(uuid).await?;
     if !(had_presence || had_keys || had_record) {
@@ -133,6 +134,7 @@ pub async fn rotate(
     let revoke_now = query.revoke_now.as_deref().is_some_and(|v| matches!(v, "1" | "true" | "yes"));
     if revoke_now {
         state.store.revoke_credentials(uuid).await?;
+        state.keys.forget_connector(uuid);
         tracing::info!(target: "audit", %uuid, key_id = %current.key_id, by = "operator", "connector key revoked for rotation");
         let body = json!({
             "status": "success",
