@@ -1,0 +1,544 @@
+//! `dsx-bench report`: turn one bench run's outputs (criterion text, the JSON of the other
+//! subcommands) into docs/performance.md, with each target marked PASS or MISS.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::Context;
+use clap::Args;
+use serde_json::Value;
+
+use crate::stats::fmt_ms;
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// Directory with the run's outputs.
+    #[arg(long)]
+    pub dir: PathBuf,
+    /// Where to write the Markdown.
+    #[arg(long, default_value = "docs/performance.md")]
+    pub out: PathBuf,
+    /// The run used the small sizes of `bench.sh --quick`.
+    #[arg(long)]
+    pub quick: bool,
+    /// An extra line for the list of run details at the top (repeatable).
+    #[arg(long)]
+    pub note: Vec<String>,
+}
+
+/// One criterion result: `time: [lo mid hi]` in nanoseconds, throughput in bytes/s if given.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CriterionResult {
+    pub name: String,
+    pub time_ns: [f64; 3],
+    pub thrpt_bps: Option<[f64; 3]>,
+}
+
+fn time_unit_ns(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "ps" => 1e-3,
+        "ns" => 1.0,
+        "µs" | "us" | "μs" => 1e3,
+        "ms" => 1e6,
+        "s" => 1e9,
+        _ => return None,
+    })
+}
+
+fn thrpt_unit_bps(unit: &str) -> Option<f64> {
+    Some(match unit {
+        "B/s" => 1.0,
+        "KiB/s" => 1024.0,
+        "MiB/s" => 1024.0 * 1024.0,
+        "GiB/s" => 1024.0 * 1024.0 * 1024.0,
+        "TiB/s" => 1024.0f64.powi(4),
+        "KB/s" => 1e3,
+        "MB/s" => 1e6,
+        "GB/s" => 1e9,
+        _ => return None,
+    })
+}
+
+/// `[1.2 µs 1.3 µs 1.4 µs]` → three values scaled by `unit`.
+fn triple(text: &str, unit: fn(&str) -> Option<f64>) -> Option<[f64; 3]> {
+    let inner = text.split_once('[')?.1.split_once(']')?.0;
+    let parts: Vec<&str> = inner.split_whitespace().collect();
+    if parts.len() != 6 {
+        return None;
+    }
+    let mut out = [0.0; 3];
+    for i in 0..3 {
+        out[i] = parts[2 * i].parse::<f64>().ok()? * unit(parts[2 * i + 1])?;
+    }
+    Some(out)
+}
+
+/// Parse criterion's text output (names, `time:` and `thrpt:` lines).
+pub fn parse_criterion(text: &str) -> Vec<CriterionResult> {
+    let mut out: Vec<CriterionResult> = Vec::new();
+    let mut pending_name = String::new();
+    for line in text.lines() {
+        let trimmed = line.trim();
+        if let Some(i) = line.find("time:") {
+            let before = line[..i].trim();
+            let name = if before.is_empty() { pending_name.clone() } else { before.to_owned() };
+            if let Some(t) = triple(&line[i..], time_unit_ns) {
+                out.push(CriterionResult { name, time_ns: t, thrpt_bps: None });
+            }
+        } else if let Some(i) = line.find("thrpt:") {
+            if let (Some(last), Some(t)) = (out.last_mut(), triple(&line[i..], thrpt_unit_bps)) {
+                last.thrpt_bps = Some(t);
+            }
+        } else if !trimmed.is_empty()
+            && !line.starts_with(char::is_whitespace)
+            && !trimmed.starts_with("Benchmarking")
+            && !trimmed.starts_with("Found")
+            && !trimmed.starts_with("Running")
+            && !trimmed.starts_with("Gnuplot")
+            && !trimmed.contains("outlier")
+        {
+            pending_name = trimmed.to_owned();
+        }
+    }
+    out
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns < 1e3 {
+        format!("{ns:.1} ns")
+    } else if ns < 1e6 {
+        format!("{:.3} µs", ns / 1e3)
+    } else if ns < 1e9 {
+        format!("{:.3} ms", ns / 1e6)
+    } else {
+        format!("{:.3} s", ns / 1e9)
+    }
+}
+
+fn fmt_bps(bps: f64) -> String {
+    if bps >= 1e9 {
+        format!("{:.2} GB/s", bps / 1e9)
+    } else {
+        format!("{:.1} MB/s", bps / 1e6)
+    }
+}
+
+fn read_json(dir: &Path, name: &str) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+fn run_text(cmd: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(cmd).args(args).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+struct Machine {
+    cpus: usize,
+    model: String,
+    kernel: String,
+    memory: String,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim().to_owned()))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default();
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines().find_map(|l| {
+                l.strip_prefix("MemTotal:").and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            })
+        })
+        .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    Machine { cpus: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0), model, kernel, memory }
+}
+
+/// A target row: name, measured text, Some(pass) or None when not measured, and why a
+/// measured value is not judged (a run smaller than the target's size).
+struct Target {
+    name: &'static str,
+    measured: String,
+    pass: Option<bool>,
+    not_judged: Option<String>,
+}
+
+impl Target {
+    fn result(&self) -> String {
+        match (&self.not_judged, self.pass) {
+            (Some(why), Some(_)) => format!("n/a ({why})"),
+            (_, Some(true)) => "PASS".into(),
+            (_, Some(false)) => "MISS".into(),
+            (_, None) => "not run".into(),
+        }
+    }
+}
+
+fn num(v: &Value, path: &[&str]) -> Option<f64> {
+    let mut cur = v;
+    for p in path {
+        cur = cur.get(p)?;
+    }
+    cur.as_f64()
+}
+
+pub fn run(args: ReportArgs) -> anyhow::Result<i32> {
+    let text = render(&args.dir, args.quick, &args.note);
+    if let Some(parent) = args.out.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, text).with_context(|| format!("write {}", args.out.display()))?;
+    eprintln!("dsx-bench report: wrote {}", args.out.display());
+    Ok(0)
+}
+
+fn http_row(label: &str, v: Option<&Value>) -> String {
+    let Some(v) = v else { return format!("| {label} | not run | | | | | | |\n") };
+    let ms = |k: &str| num(v, &["latency_ms", k]).map(fmt_ms).unwrap_or_default();
+    format!(
+        "| {label} | {} | {:.0} | {} | {} | {} | {} | {} | {} |\n",
+        v["concurrency"],
+        num(v, &["rps"]).unwrap_or(0.0),
+        ms("p50"),
+        ms("p90"),
+        ms("p99"),
+        ms("p999"),
+        ms("max"),
+        match v["error_count"].as_u64() {
+            Some(0) | None => "0".to_owned(),
+            Some(n) => format!("{n} {}", v["errors"]),
+        }
+    )
+}
+
+pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
+    let m = machine();
+    let commit = run_text("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_else(|| "unknown".into());
+    let dirty = run_text("git", &["status", "--porcelain", "--untracked-files=no"]).is_some_and(|s| !s.is_empty());
+    let date = run_text("date", &["-u", "+%Y-%m-%d %H:%M UTC"]).unwrap_or_else(|| "unknown".into());
+
+    let verify = parse_criterion(&std::fs::read_to_string(dir.join("criterion-verify.txt")).unwrap_or_default());
+    let matcher = parse_criterion(&std::fs::read_to_string(dir.join("criterion-matcher.txt")).unwrap_or_default());
+    let on = read_json(dir, "http-auth-on.json");
+    let off = read_json(dir, "http-auth-off.json");
+    let scan = read_json(dir, "http-scan-request.json");
+    let register = read_json(dir, "http-register.json");
+    let pipe_embedded = read_json(dir, "pipeline-embedded.json");
+    let pipe_redis = read_json(dir, "pipeline-redis.json");
+    let large = read_json(dir, "large-file.json");
+
+    let verify_small = verify.iter().find(|r| r.name == "verify/0");
+    let verify_large = verify.iter().find(|r| r.name == "verify/1048576");
+    let ratio = match (&on, &off) {
+        (Some(a), Some(b)) => match (num(a, &["rps"]), num(b, &["rps"])) {
+            (Some(x), Some(y)) if y > 0.0 => Some(x / y),
+            _ => None,
+        },
+        _ => None,
+    };
+    let p99 = on.as_ref().and_then(|v| num(v, &["latency_ms", "p99"]));
+    let files_per_s = pipe_embedded.as_ref().and_then(|v| num(v, &["files_per_s"]));
+    let growth = large.as_ref().and_then(|v| num(v, &["rss_growth_mib"]));
+    let concurrency = on.as_ref().and_then(|v| v["concurrency"].as_u64());
+    let pipe_files = pipe_embedded.as_ref().and_then(|v| v["files"].as_u64());
+    let large_mib = large.as_ref().and_then(|v| v["size_mib"].as_u64());
+    let targets = [
+        Target {
+            name: "signed `scan/auth_check` p99 < 5 ms at concurrency 32 (Redis)",
+            measured: p99.map(|p| format!("{} ms", fmt_ms(p))).unwrap_or_default(),
+            pass: p99.map(|p| p < 5.0),
+            not_judged: concurrency.filter(|&c| c != 32).map(|c| format!("run at concurrency {c}")),
+        },
+        Target {
+            name: "auth on ≥ 0.85 × auth off (`auth_check` req/s, same run)",
+            measured: ratio.map(|r| format!("{r:.2} ×")).unwrap_or_default(),
+            pass: ratio.map(|r| r >= 0.85),
+            not_judged: None,
+        },
+        Target {
+            name: "verify < 2 µs, small request (`verify/0`)",
+            measured: verify_small.map(|r| fmt_ns(r.time_ns[1])).unwrap_or_default(),
+            pass: verify_small.map(|r| r.time_ns[1] < 2000.0),
+            not_judged: None,
+        },
+        Target {
+            name: "body hashing ≥ 1 GB/s (`verify/1048576`)",
+            measured: verify_large.and_then(|r| r.thrpt_bps).map(|t| fmt_bps(t[1])).unwrap_or_default(),
+            pass: verify_large.and_then(|r| r.thrpt_bps).map(|t| t[1] >= 1e9),
+            not_judged: None,
+        },
+        Target {
+            name: "pipeline ≥ 2,000 files/s, 10,000 × 4 KiB (embedded store)",
+            measured: files_per_s.map(|f| format!("{f:.0} files/s")).unwrap_or_default(),
+            pass: files_per_s.map(|f| f >= 2000.0),
+            not_judged: pipe_files.filter(|&n| n != 10_000).map(|n| format!("{n}-file run")),
+        },
+        Target {
+            name: "1 GiB file: dsx-connect RSS growth < 64 MiB",
+            measured: growth.map(|g| format!("{g:.1} MiB")).unwrap_or_default(),
+            pass: growth.map(|g| g < 64.0),
+            not_judged: large_mib.filter(|&m| m != 1024).map(|m| format!("{m} MiB run")),
+        },
+    ];
+
+    let mut s = String::new();
+    s += "# Performance\n\n";
+    s += "<!-- Written by `bash scripts/bench.sh`; edit the generator (crates/dsx-bench/src/report.rs), not this file. -->\n\n";
+    if quick {
+        s += "**Quick run** (`bench.sh --quick`): small sizes and short durations, for a fast look only. \
+              Targets that depend on size (pipeline, large file) are not meaningful here.\n\n";
+    }
+    s += &format!(
+        "- Date: {date}\n- Commit: `{commit}`{}\n- Machine: {} CPUs ({}), {} memory, Linux {}\n",
+        if dirty { " (working tree had uncommitted changes)" } else { "" },
+        m.cpus,
+        m.model,
+        m.memory,
+        m.kernel
+    );
+    s += &format!(
+        "- Load generator and servers share the same {} CPUs: every number below includes the cost of \
+         the client (dsx-bench signing and sending, or the connector) competing with the server. \
+         The machine is a shared VM and noisy; compare ratios measured in the same run, and read absolute \
+         numbers only as context.\n",
+        m.cpus
+    );
+    for n in notes {
+        s += &format!("- {n}\n");
+    }
+
+    s += "\n## Targets\n\n| target | measured | result |\n| --- | --- | --- |\n";
+    for t in &targets {
+        s += &format!("| {} | {} | {} |\n", t.name, if t.measured.is_empty() { "—" } else { &t.measured }, t.result());
+    }
+
+    s += "\n## Micro-benchmarks (criterion)\n\n";
+    s += "`cargo bench -p dsx-hmac --bench verify` and `cargo bench -p dsx-filter --bench matcher` with short \
+          warm-up and measurement times. Time is criterion's [low, estimate, high] interval; throughput is the \
+          estimate, in decimal units (1 GB = 10⁹ bytes). `verify/N` is the server-side check of a request with \
+          an N-byte body (parse, key schedule, freshness, HMAC), without the store.\n\n";
+    s += "| benchmark | time (low / estimate / high) | throughput |\n| --- | --- | --- |\n";
+    if verify.is_empty() && matcher.is_empty() {
+        s += "| not run | | |\n";
+    }
+    for r in verify.iter().chain(matcher.iter()) {
+        s += &format!(
+            "| `{}` | {} / **{}** / {} | {} |\n",
+            r.name.replace('|', "\\|"),
+            fmt_ns(r.time_ns[0]),
+            fmt_ns(r.time_ns[1]),
+            fmt_ns(r.time_ns[2]),
+            r.thrpt_bps.map(|t| fmt_bps(t[1])).unwrap_or_default()
+        );
+    }
+
+    s += "\n## HTTP load (Redis store)\n\n";
+    s += "`dsx-bench http`: closed loop, each worker sends its next request when the previous one is \
+          answered; every request is signed when sent (fresh timestamp and nonce), so the client's signing \
+          cost is inside the latency. The servers run `dsx-connect serve --role api` (no scan workers). \
+          Latencies in milliseconds, of successful requests after the warm-up.\n\n";
+    s += "| scenario | concurrency | req/s | p50 | p90 | p99 | p99.9 | max | errors |\n";
+    s += "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n";
+    s += &http_row("`scan/auth_check`, auth on (signed)", on.as_ref());
+    s += &http_row("`scan/auth_check`, auth off (unsigned)", off.as_ref());
+    s += &http_row("`scan/request` (enqueue), auth on", scan.as_ref());
+    s += &http_row("`connectors/register` burst (enrollment token)", register.as_ref());
+    if let Some(r) = ratio {
+        s += &format!("\nAuth on / auth off, `auth_check` req/s in this run: **{r:.2}**.\n");
+    }
+    let http_runs = [
+        ("`scan/auth_check`, auth on", &on),
+        ("`scan/auth_check`, auth off", &off),
+        ("`scan/request`, auth on", &scan),
+        ("`connectors/register`", &register),
+    ];
+    let mut cpu_names: Vec<String> = http_runs
+        .iter()
+        .filter_map(|(_, v)| {
+            v.as_ref()?.get("cpu_us_per_request")?.as_object().map(|o| o.keys().cloned().collect::<Vec<_>>())
+        })
+        .flatten()
+        .collect();
+    cpu_names.sort();
+    cpu_names.dedup();
+    if !cpu_names.is_empty() {
+        s += "\nCPU time per successful request in the measured window (µs, user + system, from `/proc/<pid>/stat`); \
+              all processes share the machine's CPUs:\n\n";
+        s += &format!("| scenario | {} |\n|{}\n", cpu_names.join(" | "), " --- |".repeat(cpu_names.len() + 1));
+        for (label, v) in http_runs {
+            let Some(v) = v else { continue };
+            let cells: Vec<String> = cpu_names
+                .iter()
+                .map(|n| num(v, &["cpu_us_per_request", n]).map(|x| format!("{x:.1}")).unwrap_or_default())
+                .collect();
+            s += &format!("| {label} | {} |\n", cells.join(" | "));
+        }
+    }
+
+    s += "\n## Pipeline (full scan, end to end)\n\n";
+    s += "`dsx-bench pipeline`: the real `filesystem-connector` enqueues a full scan of generated files, \
+          `dsx-connect serve --role all` (auth on, built-in scanner) reads each file back from the connector, \
+          scans it and stores the result. Time runs from the full-scan trigger until the job is `completed`; \
+          every file is then checked to have exactly one result with the right verdict.\n\n";
+    s += "| store | files × size | elapsed | files/s | MiB/s | all enqueued after | results verified |\n";
+    s += "| --- | --- | --- | --- | --- | --- | --- |\n";
+    for (label, v) in [("embedded", &pipe_embedded), ("Redis", &pipe_redis)] {
+        match v {
+            None => s += &format!("| {label} | not run | | | | | |\n"),
+            Some(v) => {
+                s += &format!(
+                    "| {label} | {} × {} B | {:.2} s | **{:.0}** | {:.1} | {} | {} |\n",
+                    v["files"],
+                    v["size"],
+                    num(v, &["elapsed_s"]).unwrap_or(0.0),
+                    num(v, &["files_per_s"]).unwrap_or(0.0),
+                    num(v, &["mib_per_s"]).unwrap_or(0.0),
+                    num(v, &["enqueue_done_s"]).map(|x| format!("{x:.2} s")).unwrap_or_else(|| "—".into()),
+                    if v["verified"] == true { "yes" } else { "no" }
+                )
+            }
+        }
+    }
+    for (label, v) in [("embedded", &pipe_embedded), ("Redis", &pipe_redis)] {
+        let Some(v) = v else { continue };
+        if let (Some(e), Some(c), Some(b)) =
+            (num(v, &["elapsed_s"]), num(v, &["cpu_s", "dsx_connect"]), num(v, &["cpu_s", "connector"]))
+        {
+            s += &format!(
+                "\nCPU during the {label} run ({e:.2} s on {} CPUs): dsx-connect {c:.2} s ({:.0}% of one CPU), \
+                 filesystem-connector {b:.2} s ({:.0}%)",
+                v["cpu_s"]["cpus"],
+                100.0 * c / e,
+                100.0 * b / e
+            );
+            if let Some(others) = v["cpu_s"]["others"].as_object() {
+                for (name, secs) in others {
+                    if let Some(x) = secs.as_f64() {
+                        s += &format!(", {name} {x:.2} s ({:.0}%)", 100.0 * x / e);
+                    }
+                }
+            }
+            if let Some(files) = num(v, &["files"]) {
+                s += &format!("; {:.0} µs of dsx-connect CPU per file", c * 1e6 / files);
+            }
+            s += ".\n";
+        }
+    }
+    let stage_names = |v: &Value| -> Vec<String> {
+        v["stages_ms"].as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default()
+    };
+    for (label, v) in [("embedded", &pipe_embedded), ("Redis", &pipe_redis)] {
+        let Some(v) = v else { continue };
+        let names = stage_names(v);
+        if names.is_empty() {
+            continue;
+        }
+        s += &format!(
+            "\nPer-item stage latency, {label} store (ms, from the stored results; the worker stores its \
+             timings in whole milliseconds, the scanner in microseconds):\n\n\
+             | stage | p50 | p90 | p99 | p99.9 | max |\n| --- | --- | --- | --- | --- | --- |\n"
+        );
+        for n in names {
+            let p = |k: &str| num(v, &["stages_ms", &n, k]).map(fmt_ms).unwrap_or_default();
+            s += &format!(
+                "| {} | {} | {} | {} | {} | {} |\n",
+                stage_doc(&n),
+                p("p50"),
+                p("p90"),
+                p("p99"),
+                p("p999"),
+                p("max")
+            );
+        }
+    }
+
+    s += "\n## Large file\n\n";
+    s += "`dsx-bench large-file`: one file of random bytes, full scan on the embedded store. Memory is \
+          dsx-connect's `VmRSS` before the scan and `VmHWM` (peak) at the end, from `/proc/<pid>/status`.\n\n";
+    match &large {
+        None => s += "Not run.\n",
+        Some(v) => {
+            s += "| size | elapsed | MiB/s | RSS before | RSS peak | growth |\n| --- | --- | --- | --- | --- | --- |\n";
+            s += &format!(
+                "| {} MiB | {:.2} s | {:.0} | {:.1} MiB | {:.1} MiB | **{:.1} MiB** |\n",
+                v["size_mib"],
+                num(v, &["elapsed_s"]).unwrap_or(0.0),
+                num(v, &["mib_per_s"]).unwrap_or(0.0),
+                num(v, &["rss_before_mib"]).unwrap_or(0.0),
+                num(v, &["rss_peak_mib"]).unwrap_or(0.0),
+                num(v, &["rss_growth_mib"]).unwrap_or(0.0)
+            );
+        }
+    }
+
+    s += "\n## Reproducing\n\n";
+    s += "```sh\nbash scripts/bench.sh            # full sizes, rewrites this file\nbash scripts/bench.sh --quick    # small sizes\n```\n\n";
+    s += "Single runs: `target/release/dsx-bench http --help`, `… pipeline --help`, `… large-file --help`. \
+          `dsx-bench` looks for `dsx-connect` and `filesystem-connector` next to itself (or `--bin-dir`).\n";
+    s
+}
+
+fn stage_doc(key: &str) -> String {
+    match key {
+        "read_elapsed" => "read+scan: `read_file` from the connector streamed into the scanner".into(),
+        "request_elapsed" => "total in the worker (claim → result built)".into(),
+        "scanner" => "scanner's own time (`scan_duration_in_microseconds`)".into(),
+        other => format!("`{other}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SAMPLE: &str = "\
+verify/0                time:   [374.47 ns 375.30 ns 376.26 ns]
+                        thrpt:  [2.5346 MiB/s 2.5411 MiB/s 2.5468 MiB/s]
+Found 3 outliers among 100 measurements (3.00%)
+verify/1048576          time:   [612.10 µs 615.00 µs 618.20 µs]
+                        thrpt:  [1.5797 GiB/s 1.5879 GiB/s 1.5954 GiB/s]
+                 change:
+                        time:   [-1.0% +0.2% +1.1%] (p = 0.70 > 0.05)
+matches \"sub1 -tmp --exclude sub2\" x1050
+                        time:   [12.100 us 12.200 us 12.300 us]
+sign/small              time:   [1.0100 µs 1.0200 µs 1.0300 µs]
+";
+
+    #[test]
+    fn parses_criterion_output() {
+        let r = parse_criterion(SAMPLE);
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert_eq!(r[0].name, "verify/0");
+        assert!((r[0].time_ns[1] - 375.30).abs() < 1e-9);
+        assert!((r[1].time_ns[1] - 615_000.0).abs() < 1e-6);
+        let t = r[1].thrpt_bps.unwrap();
+        assert!((t[1] - 1.5879 * 1024.0 * 1024.0 * 1024.0).abs() < 1.0);
+        assert_eq!(r[2].name, "matches \"sub1 -tmp --exclude sub2\" x1050");
+        assert!((r[2].time_ns[0] - 12_100.0).abs() < 1e-6);
+        assert_eq!(r[3].name, "sign/small");
+        assert!(r[3].thrpt_bps.is_none());
+    }
+
+    #[test]
+    fn render_marks_targets() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("criterion-verify.txt"), SAMPLE).unwrap();
+        let http = |rps: f64, p99: f64| {
+            serde_json::json!({"concurrency": 32, "rps": rps, "error_count": 0, "errors": {},
+                "latency_ms": {"p50": 1.0, "p90": 2.0, "p99": p99, "p999": 7.0, "max": 9.0}})
+        };
+        std::fs::write(dir.path().join("http-auth-on.json"), http(800.0, 4.0).to_string()).unwrap();
+        std::fs::write(dir.path().join("http-auth-off.json"), http(1000.0, 3.0).to_string()).unwrap();
+        let md = render(dir.path(), false, &[]);
+        assert!(md.contains("| 4.000 ms | PASS |"), "{md}");
+        assert!(md.contains("| 0.80 × | MISS |"), "{md}");
+        assert!(md.contains("| 375.3 ns | PASS |"), "{md}");
+        assert!(md.contains("| 1.70 GB/s | PASS |"), "{md}");
+        assert!(md.contains("| — | not run |"), "{md}");
+    }
+}
