@@ -70,7 +70,13 @@ pub async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listen on {}", opts.listen))?;
     let api = format!("http://{}", listener.local_addr()?);
-    let server = tokio::spawn(crate::app::serve_role(state, listener, Role::All, dsx_service::shutdown_signal()));
+    // The server stops after the connector (which stops on Ctrl-C itself), so the connector's
+    // signed unregister still reaches it.
+    let (connector_done, connector_stopped) = tokio::sync::oneshot::channel::<()>();
+    let stop_server = async move {
+        let _ = connector_stopped.await;
+    };
+    let server = tokio::spawn(crate::app::serve_role(state, listener, Role::All, stop_server));
 
     // The filesystem connector, in this process, enrolled with the generated token.
     let connector_port = free_loopback_port()?;
@@ -99,11 +105,12 @@ pub async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
         &connector_settings.item_action_move_metainfo,
     )?;
     let uuid_file = Path::new(&opts.data_dir).join("connector").join("connector_uuid.txt");
-    let connector = tokio::spawn(dsx_connector::run(
-        connector_settings,
-        Arc::new(repo),
-        SocketAddr::from(([127, 0, 0, 1], connector_port)),
-    ));
+    let connector_addr = SocketAddr::from(([127, 0, 0, 1], connector_port));
+    let connector = tokio::spawn(async move {
+        let ran = dsx_connector::run(connector_settings, Arc::new(repo), connector_addr).await;
+        let _ = connector_done.send(());
+        ran
+    });
 
     println!("\ndsx-connect quickstart — auth enabled, embedded store, built-in scanner");
     println!("  API:              {api}/dsx-connect/api/v1");
