@@ -125,10 +125,18 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
 
 /// Build the shared state: validate settings, load tokens, open the store.
 pub fn build_state(settings: Settings) -> anyhow::Result<SharedState> {
-    settings.validate()?;
+    build_state_for(settings, Role::All)
+}
+
+/// [`build_state`] for one role. A worker never checks an enrollment token, so it starts
+/// without one; a process that serves the API refuses to (H2).
+pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedState> {
+    if role != Role::Worker {
+        settings.validate()?;
+    }
     let enrollment = LiveTokens::new("enrollment", settings.auth.enrollment.clone()).map_err(anyhow::Error::msg)?;
     let operators = LiveTokens::new("operator", settings.auth.operator.clone()).map_err(anyhow::Error::msg)?;
-    if settings.auth.enabled && operators.is_empty() {
+    if settings.auth.enabled && operators.is_empty() && role != Role::Worker {
         tracing::warn!("auth is enabled but no operator token is set (DSXCONNECT_AUTH__ADMIN_TOKENS): the operator API will refuse every call");
     }
     if settings.auth.break_glass {

@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { listen, role } => {
             let settings = Settings::from_env()?;
-            let state = dsx_connect::build_state(settings)?;
+            let state = dsx_connect::app::build_state_for(settings, role)?;
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
             dsx_connect::app::serve_role(state, listener, role, dsx_service::shutdown_signal()).await

@@ -21,6 +21,19 @@ async fn h2_auth_enabled_without_token_refuses_to_start_and_has_no_default_token
     assert_ne!(code, Some(0));
     assert!(logs.contains("no enrollment token is configured"), "{logs}");
 
+    // A worker never checks an enrollment token: it starts without one.
+    let dir = tempfile::tempdir().unwrap();
+    let port = dsx_testkit::free_port();
+    let mut worker = dsx_testkit::Service::spawn(
+        env!("CARGO_BIN_EXE_dsx-connect"),
+        &["serve", "--role", "worker", "--listen", &format!("127.0.0.1:{port}")],
+        &[("DSXCONNECT_AUTH__ENABLED", "true".into()), ("DSXCONNECT_DATA_DIR", dir.path().display().to_string())],
+        port,
+    );
+    worker.wait_http(&format!("{PREFIX}/healthz"), 200, std::time::Duration::from_secs(20));
+    assert!(!worker.logs().contains("no operator token"), "no operator-API warning from a worker");
+    worker.kill();
+
     // With a real token configured, the Python default `dev-enroll` is just a wrong token.
     let server = embedded(&[]);
     let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("dev-enroll")).await;
