@@ -79,6 +79,7 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
             }
         }
         let mut slots = Vec::with_capacity(permits.len());
+        let mut store_down = false;
         for _ in 0..permits.len() {
             let slot = format!("{consumer}:{}", uuid::Uuid::new_v4());
             match state.store.acquire_slot(&slot, settings.max_inflight, settings.lease).await {
@@ -86,13 +87,15 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
                 Ok(false) => break,
                 Err(err) => {
                     tracing::warn!(error = %err, "cannot take a scan slot; retrying");
+                    store_down = true;
                     break;
                 }
             }
         }
         if slots.is_empty() {
             drop(permits);
-            tokio::time::sleep(IDLE_MIN).await;
+            // All slots busy: look again soon. Store unreachable: don't spin on it.
+            tokio::time::sleep(if store_down { Duration::from_secs(1) } else { IDLE_MIN }).await;
             continue;
         }
         permits.truncate(slots.len());

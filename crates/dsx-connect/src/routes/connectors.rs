@@ -131,8 +131,7 @@ pub async fn rotate(
     let Some(current) = state.store.current_credential(uuid).await? else {
         return Err(ApiError::ConnectorNotFound);
     };
-    let revoke_now = query.revoke_now.as_deref().is_some_and(|v| matches!(v, "1" | "true" | "yes"));
-    if revoke_now {
+    if super::query_flag(query.revoke_now.as_deref()) {
         state.store.revoke_credentials(uuid).await?;
         state.keys.forget_connector(uuid);
         tracing::info!(target: "audit", %uuid, key_id = %current.key_id, by = "operator", "connector key revoked for rotation");

@@ -20,3 +20,8 @@ pub fn parse_uuid(raw: &str, name: &str) -> Result<Uuid, ApiError> {
         })
     })
 }
+
+/// A boolean query flag as FastAPI reads it: `1`, `true` or `yes` (any case) is on.
+pub fn query_flag(value: Option<&str>) -> bool {
+    value.is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+}

@@ -32,7 +32,7 @@ pub struct RegisterQuery {
 
 impl RegisterQuery {
     fn rotate(&self) -> bool {
-        self.rotate.as_deref().is_some_and(|v| matches!(v.to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+        super::query_flag(self.rotate.as_deref())
     }
 }
 
