@@ -42,15 +42,15 @@ impl ConnectorContext {
             Filter::parse(&settings.filter).with_context(|| format!("DSXCONNECTOR_FILTER {:?}", settings.filter))?;
         let model = Connector {
             name: settings.name.clone(),
-            display_name: settings.display_name.clone(),
-            display_icon: settings.display_icon.clone(),
+            display_name: Some(settings.display_name.clone()).filter(|s| !s.is_empty()),
+            display_icon: Some(settings.display_icon.clone()).filter(|s| !s.is_empty()),
             uuid,
             url: settings.base_url(),
             status: ConnectorStatus::Ready,
             item_action: settings.item_action,
             item_action_move_metainfo: settings.item_action_move_metainfo.clone(),
             asset: settings.asset.clone(),
-            asset_display_name: settings.asset_display_name.clone(),
+            asset_display_name: Some(settings.asset_display_name.clone()).filter(|s| !s.is_empty()),
             filter: settings.filter.clone(),
             ..Connector::default()
         };

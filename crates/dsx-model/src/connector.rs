@@ -52,21 +52,34 @@ impl std::str::FromStr for ItemAction {
 }
 
 /// The connector model (`ConnectorInstanceModel`) sent at registration and kept as presence.
+///
+/// Python 1.x connectors send `null` for every unset optional field (`display_name`,
+/// `display_icon`, `meta_info`, `asset_display_name` by default), so those are `Option`s that
+/// round-trip as `null`; the other fields read `null` as their default rather than refusing the
+/// registration (docs/interop.md, "Nulls").
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct Connector {
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub name: String,
-    pub display_name: String,
-    pub display_icon: String,
+    pub display_name: Option<String>,
+    pub display_icon: Option<String>,
+    #[serde(deserialize_with = "crate::nulls::uuid_or_new")]
     pub uuid: Uuid,
-    pub meta_info: String,
+    pub meta_info: Option<String>,
     /// Base URL including `/<name>`; dsx-connect calls `<url>/read_file` etc.
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub url: String,
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub status: ConnectorStatus,
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub item_action: ItemAction,
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub item_action_move_metainfo: String,
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub asset: String,
-    pub asset_display_name: String,
+    pub asset_display_name: Option<String>,
+    #[serde(deserialize_with = "crate::nulls::or_default")]
     pub filter: String,
     pub last_repo_check_ts: Option<serde_json::Value>,
     pub last_repo_check_reason: Option<String>,
@@ -77,16 +90,16 @@ impl Default for Connector {
     fn default() -> Self {
         Self {
             name: "connector".into(),
-            display_name: String::new(),
-            display_icon: String::new(),
+            display_name: None,
+            display_icon: None,
             uuid: Uuid::new_v4(),
-            meta_info: String::new(),
+            meta_info: None,
             url: String::new(),
             status: ConnectorStatus::default(),
             item_action: ItemAction::default(),
             item_action_move_metainfo: String::new(),
             asset: String::new(),
-            asset_display_name: String::new(),
+            asset_display_name: None,
             filter: String::new(),
             last_repo_check_ts: None,
             last_repo_check_reason: None,
@@ -119,6 +132,24 @@ mod tests {
         assert_eq!(json["item_action"], "movetag");
         assert_eq!(json["name"], "filesystem-connector");
         assert!(json.get("something_new").is_none());
+    }
+
+    #[test]
+    fn python_nulls_are_accepted() {
+        // What a Python 1.x connector sends with its default settings.
+        let body = br#"{"name":"filesystem-connector","display_name":null,"display_icon":null,
+            "uuid":"5d84f8ce-d115-4201-9a07-11af8531faa7","meta_info":null,"url":"http://h:1/filesystem-connector",
+            "status":"ready","item_action":"move","item_action_move_metainfo":null,"asset":null,
+            "asset_display_name":null,"filter":null,"last_repo_check_ts":null,"last_repo_check_reason":null,
+            "last_repo_check_message":null}"#;
+        let c: Connector = parse_json(body).unwrap();
+        assert_eq!(c.display_name, None);
+        assert_eq!(c.asset, "");
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json["display_name"].is_null() && json["asset_display_name"].is_null());
+        let c: Connector = parse_json(br#"{"uuid":null,"status":null,"item_action":null,"name":null}"#).unwrap();
+        assert_ne!(c.uuid, Uuid::nil());
+        assert_eq!((c.name.as_str(), c.item_action), ("", ItemAction::Nothing));
     }
 
     #[test]

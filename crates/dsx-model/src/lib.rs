@@ -2,6 +2,7 @@
 //! match the Python 1.x models; unknown fields are ignored on input).
 
 mod connector;
+mod nulls;
 mod responses;
 mod scan;
 mod validate;

@@ -10,12 +10,14 @@ pub enum StatusKind {
     Nothing,
 }
 
-/// The generic response; all five keys are always present on the wire.
+/// The generic response; all five keys are always present on the wire. Python peers send
+/// `"description": null` (and sometimes `"message": null`), read here as empty strings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct StatusResponse {
     pub status: StatusKind,
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub message: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::nulls::or_default")]
     pub description: String,
     #[serde(default)]
     pub id: Option<String>,
@@ -24,6 +26,10 @@ pub struct StatusResponse {
 }
 
 impl StatusResponse {
+    pub fn error(message: impl Into<String>, description: impl Into<String>) -> Self {
+        Self { status: StatusKind::Error, ..Self::success(message, description) }
+    }
+
     pub fn success(message: impl Into<String>, description: impl Into<String>) -> Self {
         Self {
             status: StatusKind::Success,
@@ -76,5 +82,20 @@ pub struct AuthCheckResponse {
 impl Default for AuthCheckResponse {
     fn default() -> Self {
         Self { status: "success".into(), message: "auth_ok".into(), description: "HMAC verified".into() }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_json;
+
+    #[test]
+    fn python_null_description_parses() {
+        let r: StatusResponse =
+            parse_json(br#"{"status":"success","message":"ok","description":null,"id":null,"preview":null}"#).unwrap();
+        assert_eq!(r.description, "");
+        let r: StatusResponse = parse_json(br#"{"status":"error","message":null}"#).unwrap();
+        assert_eq!((r.status, r.message.as_str()), (StatusKind::Error, ""));
     }
 }

@@ -15,7 +15,7 @@ pub struct Destination {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(default)]
 pub struct RequestedAction {
-    #[serde(rename = "type")]
+    #[serde(rename = "type", deserialize_with = "crate::nulls::lenient_item_action")]
     pub kind: Option<ItemAction>,
     pub destination: Option<Destination>,
     pub tags: Option<std::collections::BTreeMap<String, String>>,
@@ -80,4 +80,34 @@ pub struct ItemActionStatusResponse {
 pub struct Estimate {
     pub count: Option<u64>,
     pub confidence: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse_json;
+
+    #[test]
+    fn requested_action_type_is_a_free_string() {
+        for (raw, want) in [
+            (r#"" MoveTag ""#, Some(ItemAction::MoveTag)),
+            (r#""move_tag""#, Some(ItemAction::MoveTag)),
+            (r#""DELETE""#, Some(ItemAction::Delete)),
+            (r#""shred""#, None),
+            (r#""""#, None),
+            ("null", None),
+            ("5", None),
+        ] {
+            let body = format!(r#"{{"location":"/a","metainfo":"a","requested_action":{{"type":{raw}}}}}"#);
+            let req: ScanRequest = parse_json(body.as_bytes()).unwrap();
+            assert_eq!(req.requested_action.unwrap().kind, want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn item_action_response_with_null_description_parses() {
+        let body = br#"{"status":"nothing","message":"Item action did nothing or not implemented","description":null,"id":null,"preview":null,"item_action":"nothing"}"#;
+        let r: ItemActionStatusResponse = parse_json(body).unwrap();
+        assert_eq!(r.item_action, ItemAction::Nothing);
+    }
 }

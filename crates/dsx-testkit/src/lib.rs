@@ -2,6 +2,7 @@
 //! (or the one CI shares through `DSX_TEST_REDIS_URL`), free loopback ports, unique namespaces.
 
 mod process;
+pub mod python_fixtures;
 mod redis;
 
 pub use process::Service;
