@@ -20,9 +20,6 @@ use crate::routes::{connectors, events, proxy, registration, results, scan, syst
 use crate::state::{AppState, SharedState};
 use crate::tokens::LiveTokens;
 
-/// Longest a proxied operator call to a connector may take.
-const CONNECTOR_CALL_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// How often token files are re-read (SIGHUP re-reads at once).
 const TOKEN_RELOAD_EVERY: Duration = Duration::from_secs(5);
 
@@ -143,7 +140,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         tracing::warn!("DSXCONNECT_AUTH__BREAK_GLASS is on: enrollment tokens are accepted in place of DSX-HMAC");
     }
     let store = open_store(&settings)?;
-    let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, CONNECTOR_CALL_TIMEOUT);
+    let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled);
     let scanner = build_scanner(&settings)?;
     let syslog = settings.syslog.clone().map(crate::syslog::Syslog::new);
     Ok(Arc::new(AppState {

@@ -5,11 +5,20 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use dsx_hmac::{sign_request, SigningKey};
-use dsx_store::{Store, StoreError};
-use reqwest::Method;
+use dsx_hmac::{generate_key_id, generate_secret, sign_request, SigningKey};
+use dsx_store::{Credential, Store, StoreError};
+use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
+
+/// Longest wait for a TCP (and TLS) connection to a connector.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest silence while waiting for a connector's answer or the next chunk of a streamed
+/// body. A per-read limit, not a total: a large `read_file` that keeps flowing is never cut
+/// (Python 1.x also waits 30 s per network operation).
+const READ_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// The key check made during a token-only re-registration answers quickly or not at all.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum OutboundError {
@@ -23,6 +32,20 @@ pub enum OutboundError {
     Store(#[from] StoreError),
 }
 
+/// What a signed probe of a connector's `GET config` shows about the key it holds
+/// (docs/authentication.md, "Re-registration").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyProbe {
+    /// It accepted the call signed with its current key and refused one signed with a random key.
+    Holds,
+    /// It refused the call signed with its current key: it lost the key (a restart).
+    Lacks,
+    /// It accepts any call, signed or not: it cannot show which key it holds.
+    DoesNotVerify,
+    /// No usable answer (down, starting, 5xx, or a clock problem).
+    Unknown(String),
+}
+
 #[derive(Clone)]
 pub struct ConnectorClient {
     http: reqwest::Client,
@@ -32,16 +55,17 @@ pub struct ConnectorClient {
 
 impl ConnectorClient {
     /// `sign`: whether auth is enabled (calls are then signed with the connector's key).
-    pub fn new(store: Arc<dyn Store>, sign: bool, timeout: Duration) -> Self {
+    pub fn new(store: Arc<dyn Store>, sign: bool) -> Self {
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(timeout)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_IDLE_TIMEOUT)
             .build()
             .expect("HTTP client");
         Self { http, store, sign }
     }
 
-    /// A signed request to `<registered url>/<path_and_query>`.
+    /// A signed request to `<registered url>/<path_and_query>`. The key is looked up on every
+    /// call, so a retry after a `401` uses whatever key the connector holds by then.
     pub async fn request(
         &self,
         uuid: Uuid,
@@ -50,12 +74,31 @@ impl ConnectorClient {
         body: Vec<u8>,
     ) -> Result<reqwest::Response, OutboundError> {
         let connector = self.store.get_presence(uuid).await?.ok_or(OutboundError::NotRegistered(uuid))?;
-        let target = format!("{}/{}", connector.url.trim_end_matches('/'), path_and_query.trim_start_matches('/'));
+        let credential = if self.sign {
+            Some(self.store.current_credential(uuid).await?.ok_or(OutboundError::NoCredentials(uuid))?)
+        } else {
+            None
+        };
+        self.send(&connector.url, credential.as_ref(), method, path_and_query, body, None).await
+    }
+
+    async fn send(
+        &self,
+        base_url: &str,
+        credential: Option<&Credential>,
+        method: Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+        deadline: Option<Duration>,
+    ) -> Result<reqwest::Response, OutboundError> {
+        let target = format!("{}/{}", base_url.trim_end_matches('/'), path_and_query.trim_start_matches('/'));
         let url =
             reqwest::Url::parse(&target).map_err(|e| OutboundError::Unreachable(format!("bad URL {target}: {e}")))?;
         let mut req = self.http.request(method.clone(), url.clone());
-        if self.sign {
-            let credential = self.store.current_credential(uuid).await?.ok_or(OutboundError::NoCredentials(uuid))?;
+        if let Some(deadline) = deadline {
+            req = req.timeout(deadline);
+        }
+        if let Some(credential) = credential {
             let paq = match url.query() {
                 Some(q) => format!("{}?{q}", url.path()),
                 None => url.path().to_owned(),
@@ -66,6 +109,62 @@ impl ConnectorClient {
         if !body.is_empty() {
             req = req.header("Content-Type", "application/json");
         }
-        req.body(body).send().await.map_err(|e| OutboundError::Unreachable(e.to_string()))
+        req.body(body).send().await.map_err(|e| OutboundError::Unreachable(error_chain(&e)))
     }
+
+    /// Does the connector at `base_url` hold `current`? A signed `GET config` (every
+    /// connector verifies it when its inbound auth is on), then, if that passed, the same call
+    /// signed with a random key to tell a connector that verifies from one that accepts all.
+    pub async fn probe_key(&self, base_url: &str, current: &Credential) -> KeyProbe {
+        let signed = self.send(base_url, Some(current), Method::GET, "config", Vec::new(), Some(PROBE_TIMEOUT)).await;
+        match signed {
+            Err(err) => return KeyProbe::Unknown(err.to_string()),
+            Ok(resp) if resp.status().is_server_error() => return KeyProbe::Unknown(resp.status().to_string()),
+            Ok(resp) if refused(resp.status()) => {
+                let detail = detail_of(resp).await;
+                // A clock or replay complaint says nothing about the key.
+                if matches!(detail.as_str(), "stale_request" | "replayed_request") {
+                    return KeyProbe::Unknown(format!("connector answered {detail}"));
+                }
+                return KeyProbe::Lacks;
+            }
+            Ok(_) => {}
+        }
+        let random = Credential {
+            key_id: generate_key_id(),
+            secret: secrecy::SecretString::from(generate_secret()),
+            issued_at: 0,
+        };
+        match self.send(base_url, Some(&random), Method::GET, "config", Vec::new(), Some(PROBE_TIMEOUT)).await {
+            Ok(resp) if refused(resp.status()) => KeyProbe::Holds,
+            Ok(resp) if resp.status().is_server_error() => KeyProbe::Unknown(resp.status().to_string()),
+            Ok(_) => KeyProbe::DoesNotVerify,
+            Err(err) => KeyProbe::Unknown(err.to_string()),
+        }
+    }
+}
+
+fn refused(status: StatusCode) -> bool {
+    status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN
+}
+
+async fn detail_of(resp: reqwest::Response) -> String {
+    let json: serde_json::Value = resp.json().await.unwrap_or_default();
+    json.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_owned()
+}
+
+/// `error sending request` alone hides the cause (refused, timed out, unknown issuer…):
+/// name every source in the chain.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

@@ -33,6 +33,9 @@ pub enum ApiError {
     JobClosed(&'static str),
     #[error("connector_unreachable: {0}")]
     ConnectorUnreachable(String),
+    /// A token-only re-registration of a live connector whose key could not be checked.
+    #[error("key_check_unavailable")]
+    KeyCheckUnavailable,
     #[error("rate_limited")]
     RateLimited { retry_after_secs: u64 },
     #[error("body_too_large")]
@@ -60,6 +63,7 @@ impl ApiError {
             ApiError::JobClosed(_) => StatusCode::CONFLICT,
             ApiError::ConnectorUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::KeyCheckUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -83,6 +87,7 @@ impl ApiError {
             ApiError::JobClosed(code) => code,
             ApiError::ConnectorUnreachable(_) => "connector_unreachable",
             ApiError::RateLimited { .. } => "rate_limited",
+            ApiError::KeyCheckUnavailable => "key_check_unavailable",
             ApiError::BodyTooLarge => "body_too_large",
             ApiError::Validation(_) => "validation_error",
             ApiError::BadRequest(code) => code,
@@ -115,6 +120,10 @@ impl IntoResponse for ApiError {
             }
             ApiError::RateLimited { retry_after_secs } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+            }
+            // The connector may be starting: its registration retry finds it listening.
+            ApiError::KeyCheckUnavailable => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
             }
             _ => {}
         }

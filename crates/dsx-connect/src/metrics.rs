@@ -45,6 +45,7 @@ pub struct Metrics {
     pub rate_limited: Counter,
     pub scans: Family<VerdictLabel, Counter>,
     pub scanner_seconds: Histogram,
+    pub remediation_failures: Counter,
     queue_depth: Gauge,
     dead_letters: Gauge,
     inflight: Gauge,
@@ -64,6 +65,7 @@ impl Default for Metrics {
             scans: Family::default(),
             // 1 ms … ~33 s
             scanner_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            remediation_failures: Counter::default(),
             queue_depth: Gauge::default(),
             dead_letters: Gauge::default(),
             inflight: Gauge::default(),
@@ -88,6 +90,11 @@ impl Default for Metrics {
         );
         registry.register("scans", "Stored scan results by verdict", m.scans.clone());
         registry.register("scanner_duration_seconds", "Time the scanner took per file", m.scanner_seconds.clone());
+        registry.register(
+            "remediation_failures",
+            "Malicious items whose item action finally failed (dead-lettered, left in place)",
+            m.remediation_failures.clone(),
+        );
         registry.register("queue_depth", "Scan tasks waiting or in progress", m.queue_depth.clone());
         registry.register("dead_letters", "Scan tasks in the dead-letter queue", m.dead_letters.clone());
         registry.register("scans_in_flight", "Scan slots held across all workers", m.inflight.clone());

@@ -37,11 +37,14 @@ struct Failure {
     class: &'static str,
     detail: String,
     retryable: bool,
+    /// The result to keep if this failure is final: a scanned item whose remediation failed
+    /// keeps its verdict (and the connector's answer) instead of becoming "not scanned".
+    result: Option<ResultRecord>,
 }
 
 impl Failure {
     fn new(class: &'static str, detail: impl Into<String>, retryable: bool) -> Self {
-        Self { class, detail: detail.into(), retryable }
+        Self { class, detail: detail.into(), retryable, result: None }
     }
     fn reason(&self) -> String {
         format!("{}: {}", self.class, self.detail)
@@ -154,12 +157,21 @@ async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSe
             tracing::warn!(task_id, attempt = delivery.attempt, retry_in = ?delay, reason = %failure.reason(), "scan failed; will retry");
             state.store.retry_scan(&delivery, delay).await
         }
-        Err(failure) => {
-            tracing::error!(task_id, attempt = delivery.attempt, reason = %failure.reason(), "scan failed; dead-lettered");
+        Err(mut failure) => {
             // A dead-lettered item is terminal for its job.
-            let request: Option<ScanRequest> = serde_json::from_str(&delivery.task.payload).ok();
-            let record =
-                result_record(&delivery, request.as_ref(), None, json!(null), json!(null), "not scanned", false);
+            let record = match failure.result.take() {
+                Some(record) => {
+                    // A malicious item left in place must be visible to the operator.
+                    state.metrics.remediation_failures.inc();
+                    tracing::warn!(task_id, attempt = delivery.attempt, location = %record_location(&record), reason = %failure.reason(), "malicious item NOT remediated; dead-lettered");
+                    record
+                }
+                None => {
+                    tracing::error!(task_id, attempt = delivery.attempt, reason = %failure.reason(), "scan failed; dead-lettered");
+                    let request: Option<ScanRequest> = serde_json::from_str(&delivery.task.payload).ok();
+                    result_record(&delivery, request.as_ref(), None, json!(null), json!(null), "not scanned", false)
+                }
+            };
             if let Err(err) = state.store.put_result(&record, settings.results_retain).await {
                 tracing::warn!(error = %err, "could not record the dead-lettered result");
             }
@@ -212,12 +224,10 @@ async fn handle(
             other => Failure::new("connector_not_registered", other.to_string(), true),
         })?;
     let status = resp.status();
-    if status.is_server_error() {
-        return Err(Failure::new("connector_server", status.to_string(), true));
-    }
     if !status.is_success() {
         let detail = resp.text().await.unwrap_or_default();
-        return Err(Failure::new("connector_client", format!("{status} {}", truncate(&detail)), false));
+        let (class, retryable) = classify_connector_status(status);
+        return Err(Failure::new(class, format!("read_file: {status} {}", truncate(&detail)), retryable));
     }
     let is_json = resp
         .headers()
@@ -272,11 +282,7 @@ async fn finish(
     started: Instant,
     read_ms: Option<u64>,
 ) -> Result<ResultRecord, Failure> {
-    let (status, action, succeeded) = if verdict.is_malicious() {
-        remediate(state, delivery, request).await?
-    } else {
-        ("scanned", json!(null), true)
-    };
+    let remediation = if verdict.is_malicious() { Some(remediate(state, delivery, request).await) } else { None };
     let mut verdict_json = serde_json::to_value(&verdict).unwrap_or(Value::Null);
     if let Some(fields) = verdict_json.as_object_mut() {
         fields.insert("dsxconnect_request_elapsed_ms".into(), (started.elapsed().as_millis() as u64).into());
@@ -284,32 +290,87 @@ async fn finish(
             fields.insert("dsxconnect_read_elapsed_ms".into(), ms.into());
         }
     }
-    Ok(result_record(delivery, Some(request), Some(&verdict), verdict_json, action, status, succeeded))
+    let record = |action: Value, status: &str, succeeded: bool| {
+        result_record(delivery, Some(request), Some(&verdict), verdict_json.clone(), action, status, succeeded)
+    };
+    match remediation {
+        None => Ok(record(json!(null), "scanned", true)),
+        Some(Ok(done)) => Ok(record(done.answer, done.status, true)),
+        Some(Err((mut failure, answer))) => {
+            failure.result = Some(record(answer, "action attempted, but failed", false));
+            Err(failure)
+        }
+    }
 }
 
-/// `PUT item_action`. A redelivered task (the worker died after remediating, before storing
-/// the result) may call it again: the item is gone by then, the connector answers 404 and
-/// nothing is remediated twice. That 404 counts as success; skipping the call instead could
-/// leave a malicious file in place if the crash came before the first call.
+/// How a connector's HTTP error status is handled. A 401/403 usually follows a key change
+/// (the connector restarted and re-enrolled, or rotated): the next attempt signs with the
+/// key the registry holds by then. A 503 is a connector that is starting or busy.
+fn classify_connector_status(status: reqwest::StatusCode) -> (&'static str, bool) {
+    match status.as_u16() {
+        401 | 403 => ("connector_auth", true),
+        408 | 429 => ("connector_busy", true),
+        500..=599 => ("connector_server", true),
+        _ => ("connector_client", false),
+    }
+}
+
+/// What the connector did with a malicious item.
+struct Remediation {
+    status: &'static str,
+    answer: Value,
+}
+
+/// `PUT item_action`. Failures that may pass on a later attempt (connection, 401 after a
+/// key change, 5xx, an I/O error the connector reports) are retried like a read; the final
+/// failure is dead-lettered with its reason (`process`). A redelivered task (the worker died
+/// after remediating, before storing the result) may call it again: the item is gone by
+/// then and the connector answers "not found", which counts as done on a later attempt.
 async fn remediate(
     state: &SharedState,
     delivery: &Delivery,
     request: &ScanRequest,
-) -> Result<(&'static str, Value, bool), Failure> {
-    let body = serde_json::to_vec(request).map_err(|e| Failure::new("validation", e.to_string(), false))?;
-    match state.connectors.request(delivery.task.connector_uuid, Method::PUT, "item_action", body).await {
-        Ok(resp) => {
-            let status = resp.status();
-            let answer: Value = resp.json().await.unwrap_or(Value::Null);
-            if status == reqwest::StatusCode::NOT_FOUND && delivery.attempt > 1 {
-                tracing::info!(task_id = %delivery.task.task_id, "item already remediated by an earlier attempt");
-                return Ok(("action succeeded", answer, true));
-            }
-            let done = status.is_success() && answer.get("status").and_then(Value::as_str) != Some("error");
-            Ok((if done { "action succeeded" } else { "action attempted, but failed" }, answer, done))
+) -> Result<Remediation, (Failure, Value)> {
+    let body =
+        serde_json::to_vec(request).map_err(|e| (Failure::new("validation", e.to_string(), false), Value::Null))?;
+    let resp = match state.connectors.request(delivery.task.connector_uuid, Method::PUT, "item_action", body).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            let answer =
+                json!({ "status": "error", "message": "item_action not delivered", "description": err.to_string() });
+            let class = if matches!(err, OutboundError::Store(_)) { "store" } else { "item_action_connection" };
+            return Err((Failure::new(class, err.to_string(), true), answer));
         }
-        Err(err) => Ok(("action attempted, but failed", json!({"status": "error", "message": err.to_string()}), false)),
+    };
+    let status = resp.status();
+    let answer: Value = resp.json().await.unwrap_or(Value::Null);
+    let reported = answer.get("status").and_then(Value::as_str);
+    // Our connectors answer failures as a 200 `status:"error"` body (what Python servers
+    // read) with an `error_code`; older ones use HTTP errors.
+    let code = answer.get("error_code").or_else(|| answer.get("detail")).and_then(Value::as_str).unwrap_or("");
+    let gone = status == reqwest::StatusCode::NOT_FOUND || code == "not_found";
+    if gone && delivery.attempt > 1 {
+        tracing::info!(task_id = %delivery.task.task_id, "item already remediated by an earlier attempt");
+        return Ok(Remediation { status: "action succeeded", answer });
     }
+    if status.is_success() && reported != Some("error") {
+        let status = if reported == Some("nothing") { "scanned" } else { "action succeeded" };
+        return Ok(Remediation { status, answer });
+    }
+    let reason = answer
+        .get("description")
+        .or_else(|| answer.get("message"))
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .unwrap_or_else(|| truncate(&answer.to_string()).to_owned());
+    let (class, retryable) = if status.is_success() {
+        ("item_action", code == "repository_error")
+    } else {
+        let (class, retryable) = classify_connector_status(status);
+        (if class == "connector_client" { "item_action" } else { class }, retryable)
+    };
+    Err((Failure::new(class, format!("item_action {status}: {reason}"), retryable), answer))
 }
 
 fn result_record(
@@ -344,6 +405,12 @@ fn result_record(
             .or_else(|| verdict.and_then(|v| v.file_info.file_size_in_bytes))
             .unwrap_or(0),
     }
+}
+
+/// The item a stored result is about, for log lines.
+fn record_location(record: &ResultRecord) -> String {
+    let json: Value = serde_json::from_str(&record.json).unwrap_or_default();
+    json["scan_request"]["location"].as_str().unwrap_or_default().to_owned()
 }
 
 fn truncate(s: &str) -> &str {

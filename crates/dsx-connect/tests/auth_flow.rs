@@ -17,7 +17,8 @@ async fn full_flow(backend: Backend) {
     // Short grace so the test can watch the old key die.
     let server = Server::start(backend, &[("DSXCONNECT_AUTH__KEY_GRACE_SECONDS", "2".into())]);
     let uuid = Uuid::new_v4();
-    let url = "http://127.0.0.1:9/filesystem-connector";
+    let connector = StandInConnector::start(KeyMode::Lost).await;
+    let url = connector.url.as_str();
 
     // 1. Enrollment: 201 with credentials of the contract's shapes.
     let resp = server.register(&connector_body(uuid, url), Some(ENROLL)).await;
@@ -65,8 +66,27 @@ async fn full_flow(backend: Backend) {
     let resp = server.signed(&unknown, Method::POST, &path, b"").await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
 
-    // 5. Unsigned re-registration (Python heartbeat): a *new* secret (H1, H11), the old key
-    //    keeps working for the grace period only.
+    // 5. Unsigned re-registration (Python heartbeat) of a live connector that holds its key:
+    //    refreshed, and no key for the token holder (H1, H11). dsx-connect checked the key
+    //    with a signed call to the registered URL.
+    connector.set(KeyMode::Holds(keys.clone()));
+    let probes = connector.calls();
+    let resp = server.register(&connector_body(uuid, url), Some(ENROLL)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(json["message"], "refreshed");
+    assert!(json.get("hmac_secret").is_none() && json.get("hmac_key_id").is_none(), "{json}");
+    assert_eq!(connector.calls(), probes + 2, "a signed key check, then one signed with a random key");
+    assert_eq!(server.signed(&keys, Method::POST, &path, b"").await.status(), StatusCode::OK);
+
+    //    A connector that cannot be checked (starting, overloaded): 503 with Retry-After, no key.
+    connector.set(KeyMode::Busy);
+    let resp = server.register(&connector_body(uuid, url), Some(ENROLL)).await;
+    assert_eq!(resp.headers()["retry-after"], "2");
+    assert_eq!(detail(resp, StatusCode::SERVICE_UNAVAILABLE).await, "key_check_unavailable");
+
+    //    A connector that lost its key (restarted): a new key; the old one lives out its grace.
+    connector.set(KeyMode::Lost);
     let resp = server.register(&connector_body(uuid, url), Some(ENROLL)).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let json: Value = resp.json().await.unwrap();
@@ -81,9 +101,13 @@ async fn full_flow(backend: Backend) {
     let resp = server.register(&connector_body(uuid, "http://evil.example:1/x"), Some(ENROLL)).await;
     assert_eq!(detail(resp, StatusCode::CONFLICT).await, "url_conflict");
 
-    // 7. Signed refresh: 200, no secret; it may change the URL.
+    // 7. Nor can a key obtained with the token alone: a recovered key keeps the URL.
     let new_url = "http://127.0.0.1:10/filesystem-connector";
-    let body = serde_json::to_vec(&connector_body(uuid, new_url)).unwrap();
+    let moved = serde_json::to_vec(&connector_body(uuid, new_url)).unwrap();
+    let resp = server.signed(&rotated, Method::POST, &format!("{PREFIX}/connectors/register"), &moved).await;
+    assert_eq!(detail(resp, StatusCode::CONFLICT).await, "url_conflict");
+    //    A signed refresh at the same URL: 200, no secret.
+    let body = serde_json::to_vec(&connector_body(uuid, url)).unwrap();
     let resp = server.signed(&rotated, Method::POST, &format!("{PREFIX}/connectors/register"), &body).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let json: Value = resp.json().await.unwrap();
@@ -91,9 +115,18 @@ async fn full_flow(backend: Backend) {
     assert!(json.get("hmac_secret").is_none() && json.get("hmac_key_id").is_none(), "{json}");
     let listed: Value = server.operator_get("connectors/list").await.json().await.unwrap();
     let row = listed.as_array().unwrap().iter().find(|c| c["uuid"] == uuid.to_string()).expect("listed");
-    assert_eq!(row["url"], new_url);
+    assert_eq!(row["url"], url);
     assert_eq!(row["auth"]["hmac_key_id"], rotated.key_id);
     assert_eq!(row["auth"]["registered_via"], "hmac");
+
+    //    The connector's own first key (enrolled while nothing was live) may move it.
+    let other = server.enroll().await;
+    let other_body = serde_json::to_vec(&connector_body(other.uuid, new_url)).unwrap();
+    let resp = server.signed(&other, Method::POST, &format!("{PREFIX}/connectors/register"), &other_body).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let listed: Value = server.operator_get("connectors/list").await.json().await.unwrap();
+    let row = listed.as_array().unwrap().iter().find(|c| c["uuid"] == other.uuid.to_string()).expect("listed");
+    assert_eq!(row["url"], new_url);
 
     // After the grace period the old key is revoked.
     tokio::time::sleep(Duration::from_millis(2600)).await;
@@ -101,11 +134,13 @@ async fn full_flow(backend: Backend) {
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
     assert_eq!(server.signed(&rotated, Method::POST, &path, b"").await.status(), StatusCode::OK);
 
-    // 8. Signed rotation on request.
+    // 8. Signed rotation on request. A key rotated from a recovered one is recovered too.
     let resp = server.signed(&rotated, Method::POST, &format!("{PREFIX}/connectors/register?rotate=true"), &body).await;
     assert_eq!(resp.status(), StatusCode::OK);
     let third = Keys::from_registration(uuid, &resp.json().await.unwrap());
     assert_ne!(third.secret, rotated.secret);
+    let resp = server.signed(&third, Method::POST, &format!("{PREFIX}/connectors/register"), &moved).await;
+    assert_eq!(detail(resp, StatusCode::CONFLICT).await, "url_conflict");
 
     // 9. Unregister with its own key: 204, and every key of it is revoked (H6, H12).
     let resp = server.signed(&third, Method::DELETE, &format!("{PREFIX}/connectors/unregister/{uuid}"), b"").await;

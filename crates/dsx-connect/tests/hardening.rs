@@ -304,20 +304,60 @@ async fn token_files_rotate_without_restart() {
 }
 
 #[tokio::test]
-async fn a_connector_that_lost_its_key_re_enrolls_and_the_python_heartbeat_works() {
+async fn python_heartbeats_keep_the_key_and_a_connector_that_lost_it_re_enrolls() {
     let server = embedded(&[]);
-    let keys = server.enroll().await;
-    let url = "http://127.0.0.1:9/filesystem-connector";
-    // Python connectors re-register every 60 s with the token only: each gets fresh keys.
-    let mut last = keys.clone();
+    let connector = StandInConnector::start(KeyMode::Lost).await;
+    let uuid = Uuid::new_v4();
+    let resp = server.register(&connector_body(uuid, &connector.url), Some(ENROLL)).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    let keys = Keys::from_registration(uuid, &resp.json().await.unwrap());
+
+    // A Python connector that verifies inbound calls re-registers every 60 s with the token
+    // only: its key stays the one it knows, so dsx-connect's calls keep verifying.
+    connector.set(KeyMode::Holds(keys.clone()));
     for _ in 0..3 {
-        let resp = server.register(&connector_body(keys.uuid, url), Some(ENROLL)).await;
+        let resp = server.register(&connector_body(uuid, &connector.url), Some(ENROLL)).await;
         assert_eq!(resp.status(), StatusCode::OK);
-        let next = Keys::from_registration(keys.uuid, &resp.json().await.unwrap());
-        assert_ne!(next.secret, last.secret);
-        assert_eq!(server.signed(&next, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
-        last = next;
+        let json: Value = resp.json().await.unwrap();
+        assert!(json.get("hmac_secret").is_none(), "no key churn: {json}");
+        assert_eq!(server.signed(&keys, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
     }
+
+    // One that does not verify (the 1.x default) cannot show its key: it gets a fresh one each
+    // time, as from 1.x, and the previous one keeps working through the grace period.
+    connector.set(KeyMode::NoVerify);
+    let resp = server.register(&connector_body(uuid, &connector.url), Some(ENROLL)).await;
+    let fresh = Keys::from_registration(uuid, &resp.json().await.unwrap());
+    assert_ne!(fresh.secret, keys.secret);
+    for k in [&keys, &fresh] {
+        assert_eq!(server.signed(k, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+    }
+
+    // Restarted without its key: a new key at once.
+    connector.set(KeyMode::Lost);
+    let resp = server.register(&connector_body(uuid, &connector.url), Some(ENROLL)).await;
+    let again = Keys::from_registration(uuid, &resp.json().await.unwrap());
+    assert_eq!(server.signed(&again, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_key_check_against_a_stopped_connector_defers_and_the_expired_registration_is_free_again() {
+    let server = embedded(&[("DSXCONNECT_PRESENCE_TTL_SECONDS", "2".into())]);
+    let connector = StandInConnector::start(KeyMode::Lost).await;
+    let url = connector.url.clone();
+    let uuid = Uuid::new_v4();
+    let resp = server.register(&connector_body(uuid, &url), Some(ENROLL)).await;
+    assert_eq!(resp.status(), StatusCode::CREATED);
+    drop(connector); // nothing listens at the registered URL any more
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let resp = server.register(&connector_body(uuid, &url), Some(ENROLL)).await;
+    assert_eq!(detail(resp, StatusCode::SERVICE_UNAVAILABLE).await, "key_check_unavailable");
+    // Once the registration expired, the token may enroll the uuid again (anywhere).
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let resp = server.register(&connector_body(uuid, "http://127.0.0.1:9/filesystem-connector"), Some(ENROLL)).await;
+    assert!(resp.status().is_success(), "{}", resp.status());
+    let json: Value = resp.json().await.unwrap();
+    assert!(json["hmac_secret"].as_str().is_some(), "{json}");
 }
 
 #[tokio::test]

@@ -73,6 +73,11 @@ pub struct RegistrationRecord {
     /// An operator asked for a new key: the next signed refresh mints one.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub rotation_requested: bool,
+    /// The current key was minted for an enrollment-token-only re-registration of a live
+    /// connector (it had lost its key, or does not verify inbound calls). Such a key, and any
+    /// key rotated from it, may not move the connector to another URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recovered_key_id: Option<String>,
 }
 
 /// Lifecycle of a scan job.

@@ -197,6 +197,7 @@ async fn registration_record_round_trip(h: &Harness) {
         token_slot: Some("X[1]".into()),
         peer: Some("10.0.0.1".into()),
         rotation_requested: false,
+        recovered_key_id: None,
     };
     assert_eq!(s.get_registration(uuid).await.unwrap(), None);
     s.put_registration(uuid, &record).await.unwrap();
@@ -649,8 +650,14 @@ async fn embedded_store_is_durable_across_reopen() {
     h.store.install_credential(uuid, &c, Duration::ZERO).await.unwrap();
     h.store.put_presence(&presence, Duration::from_secs(60)).await.unwrap();
     h.store.put_state(uuid, "ns", "k", "v").await.unwrap();
-    let record =
-        RegistrationRecord { at: 7, via: "hmac".into(), token_slot: None, peer: None, rotation_requested: true };
+    let record = RegistrationRecord {
+        at: 7,
+        via: "hmac".into(),
+        token_slot: None,
+        peer: None,
+        rotation_requested: true,
+        recovered_key_id: None,
+    };
     h.store.put_registration(uuid, &record).await.unwrap();
     assert!(h.store.remember_nonce("kid", "nonce", Duration::from_secs(60)).await.unwrap());
     let h = h.reopen(SecretCodec::plain());

@@ -148,6 +148,7 @@ pub async fn rotate(
         token_slot: None,
         peer: None,
         rotation_requested: false,
+        recovered_key_id: None,
     });
     record.rotation_requested = true;
     state.store.put_registration(uuid, &record).await?;

@@ -18,6 +18,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
 use crate::auth::{raw_path_and_query, read_body, Caller};
+use crate::connector_client::KeyProbe;
 use crate::error::ApiError;
 use crate::state::{AppState, SharedState};
 
@@ -43,7 +44,7 @@ enum Enrolment {
     /// Enrollment token (Python connectors, first start, or a connector that lost its key).
     Token { slot: String },
     /// Signed with the connector's current (or grace) key.
-    Signed { caller_uuid: uuid::Uuid },
+    Signed { caller_uuid: uuid::Uuid, key_id: String },
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -63,7 +64,7 @@ pub async fn register(
     } else if headers.get(axum::http::header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(b"DSX-HMAC ")) {
         let paq = raw_path_and_query(&uri, None);
         match state.verify_hmac(&method, &paq, &headers, &body).await? {
-            Caller::Connector { uuid, .. } => Enrolment::Signed { caller_uuid: uuid },
+            Caller::Connector { uuid, key_id } => Enrolment::Signed { caller_uuid: uuid, key_id },
             _ => unreachable!("verify_hmac only yields connector callers"),
         }
     } else {
@@ -104,32 +105,49 @@ impl AppState {
         peer: SocketAddr,
     ) -> Result<Response, ApiError> {
         let uuid = connector.uuid;
-        if let Enrolment::Signed { caller_uuid } = enrolment {
-            if caller_uuid != uuid {
+        if let Enrolment::Signed { caller_uuid, .. } = &enrolment {
+            if *caller_uuid != uuid {
                 return Err(ApiError::ConnectorMismatch);
             }
         }
         let live = self.store.get_presence(uuid).await?;
         let existing_key = if self.settings.auth.enabled { self.store.current_credential(uuid).await? } else { None };
+        let previous = self.store.get_registration(uuid).await?;
+        let rotation_requested = previous.as_ref().is_some_and(|r| r.rotation_requested);
+        let recovered_key = previous.as_ref().and_then(|r| r.recovered_key_id.clone());
 
-        // H1: an unsigned caller may not redirect a live connector.
-        if matches!(enrolment, Enrolment::Token { .. }) {
-            if let Some(current) = &live {
-                if current.url != connector.url {
-                    tracing::warn!(%uuid, peer = %peer, "registration refused: unsigned URL change of a live connector");
-                    return Err(ApiError::UrlConflict);
-                }
+        // H1: only a holder of the live connector's own (not recovered) key may move it.
+        if let Some(current) = live.as_ref().filter(|c| c.url != connector.url) {
+            let may_move = match &enrolment {
+                Enrolment::Open => true,
+                Enrolment::Token { .. } => false,
+                Enrolment::Signed { key_id, .. } => recovered_key.as_deref() != Some(key_id.as_str()),
+            };
+            if !may_move {
+                tracing::warn!(%uuid, peer = %peer, from = %current.url, to = %connector.url, "registration refused: URL change of a live connector without its key");
+                return Err(ApiError::UrlConflict);
             }
         }
 
-        // A secret is disclosed exactly once, when minted (H11): a signed refresh never
-        // gets one unless it asks to rotate.
-        let mint = match enrolment {
-            Enrolment::Open => false,
-            Enrolment::Token { .. } => true,
-            Enrolment::Signed { .. } => {
-                rotate || self.store.get_registration(uuid).await?.is_some_and(|r| r.rotation_requested)
-            }
+        // A secret is disclosed exactly once, when minted (H11). An enrollment token alone gets
+        // a key for a live connector only when the connector at its registered URL shows it
+        // lost its key (or cannot show anything): docs/authentication.md, "Re-registration".
+        let (mint, recovering) = match &enrolment {
+            Enrolment::Open => (false, false),
+            Enrolment::Signed { .. } => (rotate || rotation_requested, false),
+            Enrolment::Token { .. } => match (&live, &existing_key) {
+                (Some(current), Some(key)) if !rotation_requested => {
+                    match self.connectors.probe_key(&current.url, key).await {
+                        KeyProbe::Holds => (false, false),
+                        KeyProbe::Lacks | KeyProbe::DoesNotVerify => (true, true),
+                        KeyProbe::Unknown(why) => {
+                            tracing::warn!(%uuid, peer = %peer, url = %current.url, reason = %why, "token-only re-registration of a live connector deferred: its key could not be checked");
+                            return Err(ApiError::KeyCheckUnavailable);
+                        }
+                    }
+                }
+                _ => (true, false),
+            },
         };
         let minted = if mint {
             let credential = Credential {
@@ -144,6 +162,14 @@ impl AppState {
         } else {
             None
         };
+        // A key rotated from a recovered key stays recovered, or rotation would launder it.
+        let rotated_from_recovered =
+            matches!(&enrolment, Enrolment::Signed { key_id, .. } if recovered_key.as_deref() == Some(key_id.as_str()));
+        let recovered_key_id = match &minted {
+            Some(c) if recovering || rotated_from_recovered => Some(c.key_id.clone()),
+            Some(_) => None,
+            None => recovered_key,
+        };
 
         self.store.put_presence(&connector, self.settings.presence_ttl).await?;
         let (via, token_slot) = match &enrolment {
@@ -156,7 +182,8 @@ impl AppState {
             via: via.into(),
             token_slot,
             peer: Some(peer.ip().to_string()),
-            rotation_requested: false,
+            rotation_requested: rotation_requested && !mint,
+            recovered_key_id,
         };
         self.store.put_registration(uuid, &record).await?;
         self.metrics.registrations.inc();
@@ -164,7 +191,7 @@ impl AppState {
         let is_new = live.is_none() && existing_key.is_none();
         let (status, message) =
             if is_new { (StatusCode::CREATED, "registered") } else { (StatusCode::OK, "refreshed") };
-        tracing::info!(%uuid, name = %connector.name, url = %connector.url, via, key_id = minted.as_ref().map(|c| c.key_id.as_str()), rotated = minted.is_some() && existing_key.is_some(), "connector {message}");
+        tracing::info!(%uuid, name = %connector.name, url = %connector.url, via, key_id = minted.as_ref().map(|c| c.key_id.as_str()), rotated = minted.is_some() && existing_key.is_some(), recovering, "connector {message}");
 
         self.announce(if is_new { "registered" } else { "refreshed" }, &connector).await;
         let response = RegistrationResponse {

@@ -217,3 +217,85 @@ pub async fn detail(resp: Response, status: StatusCode) -> String {
 pub fn auth_check_path() -> String {
     format!("{PREFIX}/scan/auth_check")
 }
+
+/// How a [`StandInConnector`] answers dsx-connect's signed `GET config` key check.
+#[derive(Clone, Debug)]
+pub enum KeyMode {
+    /// Verifies DSX-HMAC with these keys (an honest connector that holds its key).
+    Holds(Keys),
+    /// Refuses every call with `401 unknown_key_id` (restarted; lost its key).
+    Lost,
+    /// Accepts every call (inbound auth off, the Python 1.x default).
+    NoVerify,
+    /// Answers 503 (starting or overloaded).
+    Busy,
+}
+
+/// A real HTTP server on loopback standing in for a connector's `GET <name>/config`, the call
+/// dsx-connect makes to check which key a live connector holds. Counts the calls it gets.
+pub struct StandInConnector {
+    pub url: String,
+    mode: std::sync::Arc<std::sync::Mutex<KeyMode>>,
+    pub calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl StandInConnector {
+    pub async fn start(mode: KeyMode) -> Self {
+        use axum::http::{HeaderMap, StatusCode as S};
+        let mode = std::sync::Arc::new(std::sync::Mutex::new(mode));
+        let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (m, c) = (mode.clone(), calls.clone());
+        let app = axum::Router::new().route(
+            "/filesystem-connector/config",
+            axum::routing::get(move |headers: HeaderMap| {
+                let (m, c) = (m.clone(), c.clone());
+                async move {
+                    c.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    let mode = m.lock().unwrap().clone();
+                    let refuse = |d: &str| (S::UNAUTHORIZED, axum::Json(json!({ "detail": d })));
+                    match mode {
+                        KeyMode::NoVerify => (S::OK, axum::Json(json!({}))),
+                        KeyMode::Busy => (S::SERVICE_UNAVAILABLE, axum::Json(json!({ "detail": "busy" }))),
+                        KeyMode::Lost => refuse("unknown_key_id"),
+                        KeyMode::Holds(keys) => {
+                            let value = headers.get("authorization").and_then(|v| v.to_str().ok());
+                            let Ok(parsed) = dsx_hmac::parse_authorization(value) else {
+                                return refuse("missing_hmac");
+                            };
+                            if parsed.key_id() != Ok(keys.key_id.as_str()) {
+                                return refuse("unknown_key_id");
+                            }
+                            let key = SigningKey::new(&keys.secret);
+                            match dsx_hmac::verify_signature(&parsed, &key, "GET", "/filesystem-connector/config", b"")
+                            {
+                                Ok(()) => (S::OK, axum::Json(json!({}))),
+                                Err(_) => refuse("bad_signature"),
+                            }
+                        }
+                    }
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/filesystem-connector", listener.local_addr().unwrap());
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { url, mode, calls, task }
+    }
+
+    pub fn set(&self, mode: KeyMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for StandInConnector {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
