@@ -140,7 +140,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         tracing::warn!("DSXCONNECT_AUTH__BREAK_GLASS is on: enrollment tokens are accepted in place of DSX-HMAC");
     }
     let store = open_store(&settings)?;
-    let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled);
+    let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, settings.connector_urls.clone());
     let scanner = build_scanner(&settings)?;
     let syslog = settings.syslog.clone().map(crate::syslog::Syslog::new);
     Ok(Arc::new(AppState {

@@ -64,6 +64,8 @@ pub struct Settings {
     pub syslog: Option<crate::syslog::SyslogSettings>,
     pub presence_ttl: Duration,
     pub max_body_bytes: usize,
+    /// Which connector URLs may be registered and called (`DSXCONNECT_CONNECTORS__URL_ALLOW`).
+    pub connector_urls: crate::url_policy::UrlPolicy,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -75,6 +77,26 @@ pub enum ConfigError {
          DSXCONNECT_AUTH__ENROLLMENT_TOKENS or DSXCONNECT_AUTH__ENROLLMENT_TOKEN_FILE (there is no default token)"
     )]
     NoEnrollmentToken,
+}
+
+/// `DSXCONNECT_CONNECTORS__URL_ALLOW` (default: loopback, private networks, cluster names), and
+/// never the Redis this server uses.
+fn connector_url_policy(
+    get: &impl Fn(&str) -> Option<String>,
+    store: &StoreSettings,
+) -> Result<crate::url_policy::UrlPolicy, ConfigError> {
+    const VAR: &str = "DSXCONNECT_CONNECTORS__URL_ALLOW";
+    let list = get(VAR).unwrap_or_else(|| crate::url_policy::DEFAULT_ALLOW.to_owned());
+    let mut policy =
+        crate::url_policy::UrlPolicy::parse(&list).map_err(|reason| ConfigError::Invalid { var: VAR, reason })?;
+    if let StoreSettings::Redis { url } = store {
+        if let Ok(parsed) = reqwest::Url::parse(url) {
+            if let Some(host) = parsed.host_str() {
+                policy.deny_endpoint(host.trim_start_matches('[').trim_end_matches(']'), parsed.port().unwrap_or(6379));
+            }
+        }
+    }
+    Ok(policy)
 }
 
 /// Environments whose presence TTL is the longer development value (600 s instead of 120 s).
@@ -173,7 +195,9 @@ impl Settings {
             None
         };
         let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
+        let connector_urls = connector_url_policy(&get, &store)?;
         Ok(Self {
+            connector_urls,
             presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
             max_body_bytes: parse_num(&get, "DSXCONNECT_MAX_BODY_BYTES", 16 * 1024 * 1024)? as usize,
             app_env,

@@ -11,6 +11,8 @@ use reqwest::{Method, StatusCode};
 use secrecy::ExposeSecret;
 use uuid::Uuid;
 
+use crate::url_policy::{PolicyResolver, UrlPolicy};
+
 /// Longest wait for a TCP (and TLS) connection to a connector.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest silence while waiting for a connector's answer or the next chunk of a streamed
@@ -28,6 +30,9 @@ pub enum OutboundError {
     NoCredentials(Uuid),
     #[error("connector unreachable: {0}")]
     Unreachable(String),
+    /// The registered URL is not one dsx-connect may call (`DSXCONNECT_CONNECTORS__URL_ALLOW`).
+    #[error("connector URL refused: {0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -51,17 +56,23 @@ pub struct ConnectorClient {
     http: reqwest::Client,
     store: Arc<dyn Store>,
     sign: bool,
+    policy: Arc<UrlPolicy>,
 }
 
 impl ConnectorClient {
     /// `sign`: whether auth is enabled (calls are then signed with the connector's key).
-    pub fn new(store: Arc<dyn Store>, sign: bool) -> Self {
+    /// Every target, literal or resolved, must pass `policy` when the call is made.
+    pub fn new(store: Arc<dyn Store>, sign: bool, policy: UrlPolicy) -> Self {
+        let policy = Arc::new(policy);
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_IDLE_TIMEOUT)
+            .dns_resolver(Arc::new(PolicyResolver(Arc::clone(&policy))))
+            // A redirect would leave the checked URL.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("HTTP client");
-        Self { http, store, sign }
+        Self { http, store, sign, policy }
     }
 
     /// A signed request to `<registered url>/<path_and_query>`. The key is looked up on every
@@ -91,9 +102,14 @@ impl ConnectorClient {
         body: Vec<u8>,
         deadline: Option<Duration>,
     ) -> Result<reqwest::Response, OutboundError> {
-        let target = format!("{}/{}", base_url.trim_end_matches('/'), path_and_query.trim_start_matches('/'));
-        let url =
-            reqwest::Url::parse(&target).map_err(|e| OutboundError::Unreachable(format!("bad URL {target}: {e}")))?;
+        let base = self.policy.parse_url(base_url).map_err(|e| OutboundError::Refused(e.to_string()))?;
+        if let Some(ip) = literal_ip(&base) {
+            let port = base.port_or_known_default().unwrap_or(80);
+            self.policy
+                .check_addr(&ip.to_string(), std::net::SocketAddr::new(ip, port))
+                .map_err(|e| OutboundError::Refused(e.to_string()))?;
+        }
+        let url = UrlPolicy::join(&base, path_and_query);
         let mut req = self.http.request(method.clone(), url.clone());
         if let Some(deadline) = deadline {
             req = req.timeout(deadline);
@@ -142,6 +158,11 @@ impl ConnectorClient {
             Err(err) => KeyProbe::Unknown(err.to_string()),
         }
     }
+}
+
+/// The address of a URL whose host is an IP literal (those bypass the resolver).
+fn literal_ip(url: &reqwest::Url) -> Option<std::net::IpAddr> {
+    url.host_str()?.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
 fn refused(status: StatusCode) -> bool {

@@ -16,6 +16,7 @@ pub mod state;
 pub mod syslog;
 pub mod tokens;
 pub mod ui;
+pub mod url_policy;
 pub mod worker;
 
 pub use app::{build_state, router, serve};

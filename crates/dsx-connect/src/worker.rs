@@ -220,6 +220,7 @@ async fn handle(
     let resp =
         state.connectors.request(task.connector_uuid, Method::POST, "read_file", body).await.map_err(|e| match e {
             OutboundError::Unreachable(d) => Failure::new("connector_connection", d, true),
+            OutboundError::Refused(d) => Failure::new("connector_url_refused", d, false),
             OutboundError::Store(s) => store_err(s),
             other => Failure::new("connector_not_registered", other.to_string(), true),
         })?;
@@ -338,8 +339,12 @@ async fn remediate(
         Err(err) => {
             let answer =
                 json!({ "status": "error", "message": "item_action not delivered", "description": err.to_string() });
-            let class = if matches!(err, OutboundError::Store(_)) { "store" } else { "item_action_connection" };
-            return Err((Failure::new(class, err.to_string(), true), answer));
+            let (class, retryable) = match err {
+                OutboundError::Store(_) => ("store", true),
+                OutboundError::Refused(_) => ("connector_url_refused", false),
+                _ => ("item_action_connection", true),
+            };
+            return Err((Failure::new(class, err.to_string(), retryable), answer));
         }
     };
     let status = resp.status();

@@ -36,9 +36,9 @@ async fn h2_auth_enabled_without_token_refuses_to_start_and_has_no_default_token
 
     // With a real token configured, the Python default `dev-enroll` is just a wrong token.
     let server = embedded(&[]);
-    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("dev-enroll")).await;
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), Some("dev-enroll")).await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
-    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), None).await;
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), None).await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
 }
 
@@ -52,7 +52,7 @@ async fn enrollment_token_accepted_as_bearer_any_case_and_trimmed() {
             .http
             .post(server.api("connectors/register"))
             .header(header, value)
-            .json(&connector_body(Uuid::new_v4(), "http://h/c"))
+            .json(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"))
             .send()
             .await
             .unwrap();
@@ -140,10 +140,10 @@ async fn h8_percent_encoded_paths_verify_in_encoded_and_decoded_form() {
 async fn h10_registration_is_rate_limited_per_address() {
     let server = embedded(&[("DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE", "3".into())]);
     for _ in 0..3 {
-        let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("wrong")).await;
+        let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), Some("wrong")).await;
         assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     }
-    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some(ENROLL)).await;
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), Some(ENROLL)).await;
     let retry_after: u64 = resp.headers()["retry-after"].to_str().unwrap().parse().unwrap();
     assert!((1..=60).contains(&retry_after));
     assert_eq!(detail(resp, StatusCode::TOO_MANY_REQUESTS).await, "rate_limited");
@@ -286,20 +286,21 @@ async fn token_files_rotate_without_restart() {
         ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", String::new()),
         ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN_FILE", file.display().to_string()),
     ]);
-    let body = connector_body(Uuid::new_v4(), "http://h/c");
+    let body = connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c");
     assert_eq!(server.register(&body, Some("old-token")).await.status(), StatusCode::CREATED);
     std::fs::write(&file, "new-token\n").unwrap();
     server.svc.signal("HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let status = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("new-token")).await.status();
+        let status =
+            server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), Some("new-token")).await.status();
         if status == StatusCode::CREATED {
             break;
         }
         assert!(Instant::now() < deadline, "new token never accepted");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some("old-token")).await;
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), Some("old-token")).await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
 }
 
@@ -370,7 +371,7 @@ async fn redis_going_away_is_503_and_the_server_recovers() {
     let resp = server.signed(&keys, Method::POST, &auth_check_path(), b"").await;
     assert_eq!(detail(resp, StatusCode::SERVICE_UNAVAILABLE).await, "registry_unavailable");
     assert!(started.elapsed() < Duration::from_secs(5), "store errors must not hang: {:?}", started.elapsed());
-    let resp = server.register(&connector_body(Uuid::new_v4(), "http://h/c"), Some(ENROLL)).await;
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"), Some(ENROLL)).await;
     assert_eq!(detail(resp, StatusCode::SERVICE_UNAVAILABLE).await, "registry_unavailable");
     let resp = server.http.get(server.api("readyz")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -412,7 +413,7 @@ async fn redis_down_at_start_serves_not_ready_then_recovers() {
 async fn auth_disabled_mints_nothing_and_accepts_unsigned_calls() {
     let server = embedded(&[("DSXCONNECT_AUTH__ENABLED", "false".into())]);
     let uuid = Uuid::new_v4();
-    let resp = server.register(&connector_body(uuid, "http://h/c"), None).await;
+    let resp = server.register(&connector_body(uuid, "http://127.0.0.1:9/c"), None).await;
     assert_eq!(resp.status(), StatusCode::CREATED);
     let json: Value = resp.json().await.unwrap();
     assert!(json.get("hmac_secret").is_none());
@@ -606,4 +607,53 @@ async fn metrics_count_requests_and_auth_failures_for_operators() {
     assert!(line(&ok).ends_with(" 1"));
     assert!(line("dsxconnect_queue_depth").ends_with(" 0"));
     assert!(!text.contains(&keys.key_id) && !text.contains(&keys.secret), "no per-key labels");
+}
+
+#[tokio::test]
+async fn ssrf_registration_refuses_urls_dsx_connect_must_not_call() {
+    let server = Server::start(Backend::Redis, &[]);
+    let redis_port = reqwest::Url::parse(&server.env.iter().find(|(k, _)| *k == "DSXCONNECT_REDIS_URL").unwrap().1)
+        .unwrap()
+        .port()
+        .unwrap();
+    for bad in [
+        "file:///etc/passwd".to_owned(),
+        "gopher://127.0.0.1:70/_x".to_owned(),
+        "http://169.254.169.254/latest/meta-data".to_owned(),
+        "http://[fe80::1]/x".to_owned(),
+        "http://0.0.0.0:8620/filesystem-connector".to_owned(),
+        "http://239.1.1.1/x".to_owned(),
+        "http://8.8.8.8/x".to_owned(),
+        "http://127.0.0.1:8620/filesystem-connector?x=".to_owned(),
+        "http://u:p@127.0.0.1:8620/filesystem-connector".to_owned(),
+        "not a url".to_owned(),
+        format!("http://127.0.0.1:{redis_port}/filesystem-connector"),
+        format!("http://localhost:{redis_port}/filesystem-connector"),
+    ] {
+        let resp = server.register(&connector_body(Uuid::new_v4(), &bad), Some(ENROLL)).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+        let json: Value = resp.json().await.unwrap();
+        assert_eq!(json["detail"][0]["loc"], json!(["body", "url"]), "{bad}: {json}");
+    }
+    // Loopback (the quickstart) and cluster names are allowed by default.
+    for good in
+        ["http://127.0.0.1:8620/filesystem-connector", "http://fs.scan.svc.cluster.local:8620/filesystem-connector"]
+    {
+        let resp = server.register(&connector_body(Uuid::new_v4(), good), Some(ENROLL)).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{good}");
+    }
+}
+
+#[tokio::test]
+async fn ssrf_the_operator_allow_list_replaces_the_default() {
+    let server = embedded(&[("DSXCONNECT_CONNECTORS__URL_ALLOW", "10.0.0.0/8, *.example.internal".into())]);
+    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:8620/c"), Some(ENROLL)).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    for good in ["http://10.2.3.4:8620/c", "http://scanner.example.internal:8620/c"] {
+        let resp = server.register(&connector_body(Uuid::new_v4(), good), Some(ENROLL)).await;
+        assert_eq!(resp.status(), StatusCode::CREATED, "{good}");
+    }
+    let (code, logs) = start_expecting_refusal(&[("DSXCONNECT_CONNECTORS__URL_ALLOW", "10.0.0.0/8,not valid!".into())]);
+    assert_ne!(code, Some(0));
+    assert!(logs.contains("DSXCONNECT_CONNECTORS__URL_ALLOW"), "{logs}");
 }

@@ -20,7 +20,7 @@ impl From<OutboundError> for ApiError {
         match err {
             OutboundError::NotRegistered(_) => ApiError::ConnectorNotFound,
             OutboundError::NoCredentials(_) => ApiError::ConnectorNotFound,
-            OutboundError::Unreachable(e) => ApiError::ConnectorUnreachable(e),
+            OutboundError::Unreachable(e) | OutboundError::Refused(e) => ApiError::ConnectorUnreachable(e),
             OutboundError::Store(e) => ApiError::Store(e),
         }
     }

@@ -11,7 +11,7 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use dsx_hmac::{generate_key_id, generate_secret, unix_now};
-use dsx_model::{parse_json, Connector, RegistrationResponse, StatusKind, TokenResponse};
+use dsx_model::{parse_json, Connector, FieldError, RegistrationResponse, StatusKind, TokenResponse};
 use dsx_store::{Credential, RegistrationRecord};
 use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
@@ -21,6 +21,7 @@ use crate::auth::{raw_path_and_query, read_body, Caller};
 use crate::connector_client::KeyProbe;
 use crate::error::ApiError;
 use crate::state::{AppState, SharedState};
+use crate::url_policy::UrlError;
 
 /// Lifetime advertised for the compatibility bearer token (nothing requires it).
 const ACCESS_TOKEN_TTL_SECS: u64 = 3600;
@@ -77,6 +78,8 @@ pub async fn register(
         }
     };
     let connector: Connector = parse_json(&body).map_err(ApiError::Validation)?;
+    // The syntax is checked before anything else; the addresses after the conflict rules.
+    state.settings.connector_urls.parse_url(&connector.url).map_err(url_error)?;
     state.register_connector(connector, enrolment, query.rotate(), peer).await
 }
 
@@ -128,6 +131,12 @@ impl AppState {
                 return Err(ApiError::UrlConflict);
             }
         }
+
+        // SSRF: workers will POST to this URL; every address it stands for must be allowed.
+        self.settings.connector_urls.check(&connector.url).await.map_err(|e| {
+            tracing::warn!(%uuid, peer = %peer, url = %connector.url, reason = %e, "registration refused: connector URL not allowed");
+            url_error(e)
+        })?;
 
         // A secret is disclosed exactly once, when minted (H11). An enrollment token alone gets
         // a key for a live connector only when the connector at its registered URL shows it
@@ -215,6 +224,15 @@ impl AppState {
             tracing::debug!(error = %err, "could not announce a registry change");
         }
     }
+}
+
+/// 422 naming `url`, like any other invalid field.
+fn url_error(err: UrlError) -> ApiError {
+    ApiError::Validation(FieldError {
+        loc: vec!["body".into(), "url".into()],
+        msg: format!("field `url`: {err}"),
+        kind: "value_error",
+    })
 }
 
 /// The opaque, URL-safe bearer token kept for compatibility; not stored, nothing requires it.
