@@ -72,8 +72,20 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     }
 }
 
+/// The one value of a credential header. A request with two `Authorization` (or
+/// `X-Enrollment-Token`) headers is refused whatever they hold: proxies and frameworks
+/// disagree on which one wins, and the one checked must be the one acted on.
+fn single(headers: &HeaderMap, name: impl header::AsHeaderName) -> Result<Option<&header::HeaderValue>, ()> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next();
+    if values.next().is_some() {
+        return Err(());
+    }
+    Ok(first)
+}
+
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let value = single(headers, header::AUTHORIZATION).ok()??.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()).filter(|t| !t.is_empty())
 }
@@ -107,7 +119,7 @@ impl crate::state::AppState {
         headers: &HeaderMap,
         body: &[u8],
     ) -> Result<Caller, ApiError> {
-        let value = match headers.get(header::AUTHORIZATION) {
+        let value = match single(headers, header::AUTHORIZATION).map_err(|()| AuthError::MalformedHmac)? {
             None => None,
             // Non-visible-ASCII bytes: a DSX-HMAC header that no honest signer produces.
             Some(v) => Some(v.to_str().map_err(|_| {
@@ -142,6 +154,9 @@ impl crate::state::AppState {
     /// The enrollment token of a request (`X-Enrollment-Token`, or `Authorization: Bearer`),
     /// checked in constant time. Returns the matching slot name.
     pub fn check_enrollment(&self, headers: &HeaderMap) -> Result<String, ApiError> {
+        if single(headers, "x-enrollment-token").is_err() || single(headers, header::AUTHORIZATION).is_err() {
+            return Err(ApiError::InvalidEnrollmentToken);
+        }
         let presented = headers
             .get("x-enrollment-token")
             .and_then(|v| v.to_str().ok())
@@ -154,6 +169,9 @@ impl crate::state::AppState {
     pub fn check_operator(&self, headers: &HeaderMap) -> Result<Caller, ApiError> {
         if !self.settings.auth.enabled {
             return Ok(Caller::Open);
+        }
+        if single(headers, header::AUTHORIZATION).is_err() {
+            return Err(ApiError::InvalidOperatorToken);
         }
         bearer(headers)
             .and_then(|t| self.operators.matches(t))

@@ -657,3 +657,46 @@ async fn ssrf_the_operator_allow_list_replaces_the_default() {
     assert_ne!(code, Some(0));
     assert!(logs.contains("DSXCONNECT_CONNECTORS__URL_ALLOW"), "{logs}");
 }
+
+#[tokio::test]
+async fn two_authorization_headers_are_refused_whatever_they_hold() {
+    let server = embedded(&[]);
+    let keys = server.enroll().await;
+    let path = auth_check_path();
+    let good = keys.sign("POST", &path, unix_now(), &generate_nonce(), b"");
+    // A valid signature with a second header beside it, either order.
+    for (first, second) in [(good.clone(), "Bearer x".to_owned()), ("DSX-HMAC key_id=x".to_owned(), good.clone())] {
+        let resp = server
+            .http
+            .post(server.url(&path))
+            .header("Authorization", first)
+            .header("Authorization", second)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "malformed_hmac");
+    }
+    // The same valid signature alone still works (it was not consumed as a nonce above).
+    assert_eq!(server.send(Method::POST, &path, Some(good), b"").await.status(), StatusCode::OK);
+    // Two operator tokens, even both valid.
+    let resp = server
+        .http
+        .get(server.api("connectors/list"))
+        .header("Authorization", format!("Bearer {OPERATOR}"))
+        .header("Authorization", format!("Bearer {OPERATOR}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_operator_token");
+    // Two enrollment tokens.
+    let resp = server
+        .http
+        .post(server.api("connectors/register"))
+        .header("X-Enrollment-Token", ENROLL)
+        .header("X-Enrollment-Token", "other")
+        .json(&connector_body(Uuid::new_v4(), "http://127.0.0.1:9/c"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
+}
