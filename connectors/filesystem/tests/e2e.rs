@@ -103,7 +103,7 @@ impl Stack {
     fn dsx_client(&self) -> ConnectorClient {
         let store =
             RedisStore::new(&self.redis.url, Namespace { env: self.env.clone() }, SecretCodec::plain()).unwrap();
-        ConnectorClient::new(Arc::new(store), true, Duration::from_secs(30))
+        ConnectorClient::new(Arc::new(store), true, Default::default())
     }
 
     async fn store(&self) -> RedisStore {

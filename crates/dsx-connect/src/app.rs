@@ -53,6 +53,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("connectors/readyz/{connector_uuid}"), get(proxy::readyz))
         .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
         .route(&api("connectors/rotate/{connector_uuid}"), post(connectors::rotate))
+        .route(&api("connectors/readmit/{connector_uuid}"), post(connectors::readmit))
         .route(&api("scan/results"), get(results::list).delete(results::delete_results))
         .route(&api("scan/jobs"), get(results::jobs).delete(results::delete_jobs))
         .route(&api("scan/results/job/{job_id}"), get(results::for_job))
@@ -242,6 +243,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     state.enrollment.spawn_reloader(TOKEN_RELOAD_EVERY);
     state.operators.spawn_reloader(TOKEN_RELOAD_EVERY);
+    state.spawn_revocation_listener();
     tracing::info!(
         listen = %listener.local_addr()?,
         store = state.store.backend(),

@@ -11,8 +11,10 @@ use serde_json::Value;
 pub enum AdminCommand {
     /// List registered connectors with their auth state (key id, last registration, token slot).
     Connectors,
-    /// Unregister a connector and revoke its keys.
+    /// Unregister a connector, revoke its keys and keep its uuid out until readmitted.
     Revoke { uuid: String },
+    /// Let a revoked connector enroll again.
+    Readmit { uuid: String },
     /// Rotate a connector's key: its next signed heartbeat gets a new one, the old key stays
     /// valid for the grace period.
     Rotate {
@@ -98,6 +100,7 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
             .call(Method::DELETE, &format!("connectors/unregister/{uuid}"))
             .await
             .map(|_| Value::String(format!("revoked {uuid}")))?,
+        AdminCommand::Readmit { uuid } => op.call(Method::POST, &format!("connectors/readmit/{uuid}")).await?,
         AdminCommand::Rotate { uuid, revoke_now } => {
             let query = if revoke_now { "?revoke_now=true" } else { "" };
             op.call(Method::POST, &format!("connectors/rotate/{uuid}{query}")).await?

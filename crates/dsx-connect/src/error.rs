@@ -21,6 +21,9 @@ pub enum ApiError {
     ConnectorMismatch,
     #[error("url_conflict")]
     UrlConflict,
+    /// An operator revoked this connector; it stays out until readmitted.
+    #[error("connector_revoked")]
+    ConnectorRevoked,
     #[error("connector_not_found")]
     ConnectorNotFound,
     #[error("not_found")]
@@ -54,7 +57,7 @@ impl ApiError {
             ApiError::Hmac(_) | ApiError::InvalidEnrollmentToken | ApiError::InvalidOperatorToken => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::ConnectorMismatch => StatusCode::FORBIDDEN,
+            ApiError::ConnectorMismatch | ApiError::ConnectorRevoked => StatusCode::FORBIDDEN,
             ApiError::UrlConflict => StatusCode::CONFLICT,
             ApiError::ConnectorNotFound
             | ApiError::RouteNotFound
@@ -80,6 +83,7 @@ impl ApiError {
             ApiError::InvalidOperatorToken => "invalid_operator_token",
             ApiError::ConnectorMismatch => "connector_mismatch",
             ApiError::UrlConflict => "url_conflict",
+            ApiError::ConnectorRevoked => "connector_revoked",
             ApiError::ConnectorNotFound => "connector_not_found",
             ApiError::RouteNotFound => "not_found",
             ApiError::JobNotFound => "job_not_found",

@@ -73,11 +73,22 @@ pub const OPERATIONS: &[Operation] = &[
             "DELETE",
             "connectors/unregister/{connector_uuid}",
             ConnectorOrOperator,
-            "Unregister a connector and revoke its keys",
+            "Unregister a connector and revoke its keys (by an operator: also keep the uuid out until readmitted)",
         ),
         204,
     ),
-    op("GET", "connectors/list", Operator, "Registered connectors with their auth state (never a secret)"),
+    op(
+        "GET",
+        "connectors/list",
+        Operator,
+        "Registered connectors with their auth state (never a secret); revoked ones too",
+    ),
+    op(
+        "POST",
+        "connectors/readmit/{connector_uuid}",
+        Operator,
+        "Lift an operator revocation: the uuid may enroll again",
+    ),
     status(
         op(
             "POST",

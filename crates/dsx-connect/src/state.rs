@@ -24,3 +24,35 @@ pub struct AppState {
     /// Recently resolved DSX-HMAC keys (see `key_cache`).
     pub keys: crate::key_cache::KeyCache,
 }
+
+impl AppState {
+    /// Drop a connector's keys from this replica's cache now, and tell the other replicas.
+    pub async fn forget_keys_everywhere(&self, uuid: uuid::Uuid) {
+        self.keys.forget_connector(uuid);
+        if let Err(err) = self.store.publish(crate::routes::events::REVOCATIONS, &uuid.to_string()).await {
+            // Their cache entries expire within a second anyway (key_cache).
+            tracing::warn!(%uuid, error = %err, "could not announce a revocation to other replicas");
+        }
+    }
+
+    /// Follow revocations made on other replicas, so a revoked key stops working everywhere
+    /// at once rather than when the cache entry expires.
+    pub fn spawn_revocation_listener(self: &std::sync::Arc<Self>) {
+        let state = std::sync::Arc::clone(self);
+        tokio::spawn(async move {
+            loop {
+                match state.store.subscribe(crate::routes::events::REVOCATIONS).await {
+                    Ok(mut rx) => {
+                        while let Some(message) = rx.recv().await {
+                            if let Ok(uuid) = message.parse() {
+                                state.keys.forget_connector(uuid);
+                            }
+                        }
+                    }
+                    Err(err) => tracing::warn!(error = %err, "cannot follow revocations yet; retrying"),
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        });
+    }
+}

@@ -700,3 +700,89 @@ async fn two_authorization_headers_are_refused_whatever_they_hold() {
         .unwrap();
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "invalid_enrollment_token");
 }
+
+#[tokio::test]
+async fn an_operator_revocation_keeps_the_connector_out_until_readmitted() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let server = Server::start(backend, &[]);
+        let keys = server.enroll().await;
+        let body = connector_body(keys.uuid, "http://127.0.0.1:9/filesystem-connector");
+        let resp = server
+            .http
+            .delete(server.api(&format!("connectors/unregister/{}", keys.uuid)))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+        // Its keys are gone and its enrollment token no longer brings it back.
+        let resp = server.signed(&keys, Method::POST, &auth_check_path(), b"").await;
+        assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
+        for _ in 0..2 {
+            let resp = server.register(&body, Some(ENROLL)).await;
+            assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_revoked", "{backend:?}");
+        }
+        let listed: Value = server.operator_get("connectors/list").await.json().await.unwrap();
+        let row = listed.as_array().unwrap().iter().find(|c| c["uuid"] == keys.uuid.to_string()).expect("listed");
+        assert_eq!(row["status"], "revoked", "{row}");
+        assert!(row["auth"]["revoked_at"].as_u64().is_some(), "{row}");
+        // An operator readmits it; it enrolls again with a new key.
+        let resp = server
+            .http
+            .post(server.api(&format!("connectors/readmit/{}", keys.uuid)))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = server.register(&body, Some(ENROLL)).await;
+        assert!(resp.status().is_success(), "{}", resp.status());
+        let fresh = Keys::from_registration(keys.uuid, &resp.json().await.unwrap());
+        assert_eq!(server.signed(&fresh, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+        let listed: Value = server.operator_get("connectors/list").await.json().await.unwrap();
+        let rows: Vec<_> = listed.as_array().unwrap().iter().filter(|c| c["uuid"] == keys.uuid.to_string()).collect();
+        assert_eq!(rows.len(), 1);
+        assert_ne!(rows[0]["status"], "revoked");
+        // Readmitting what is not revoked is a 404.
+        let resp = server
+            .http
+            .post(server.api(&format!("connectors/readmit/{}", keys.uuid)))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
+    }
+}
+
+#[tokio::test]
+async fn a_revocation_reaches_every_api_replica_at_once() {
+    let a = Server::start(Backend::Redis, &[]);
+    let same = |name: &str| a.env.iter().find(|(k, _)| *k == name).unwrap().1.clone();
+    let b = Server::start(
+        Backend::Redis,
+        &[("DSXCONNECT_APP_ENV", same("DSXCONNECT_APP_ENV")), ("DSXCONNECT_REDIS_URL", same("DSXCONNECT_REDIS_URL"))],
+    );
+    let keys = a.enroll().await;
+    let path = auth_check_path();
+    // B resolves (and caches) the key.
+    let resp = b.signed(&keys, Method::POST, &path, b"").await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    let resp = a
+        .http
+        .delete(a.api(&format!("connectors/unregister/{}", keys.uuid)))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), StatusCode::NO_CONTENT);
+    let revoked_at = Instant::now();
+    loop {
+        let status = b.signed(&keys, Method::POST, &path, b"").await.status();
+        if status == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(revoked_at.elapsed() < Duration::from_millis(400), "replica B still accepts the revoked key");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -583,6 +583,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>> {
+        self.run(|inner| {
+            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(REGISTRATIONS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)? {
+                let (key, value) = row.map_err(unavailable)?;
+                let Ok(uuid) = key.value().parse::<Uuid>() else { continue };
+                out.push((uuid, serde_json::from_slice(value.value()).map_err(corrupt)?));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()> {
         self.run(move |inner| {
             inner.write(true, |txn| {

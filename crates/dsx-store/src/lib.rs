@@ -60,7 +60,7 @@ pub struct ResolvedKey {
 }
 
 /// Who registered a connector last and how (never the token itself).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RegistrationRecord {
     /// Unix seconds of the last successful registration or refresh.
     pub at: u64,
@@ -78,6 +78,10 @@ pub struct RegistrationRecord {
     /// key rotated from it, may not move the connector to another URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recovered_key_id: Option<String>,
+    /// Unix seconds when an operator revoked the connector: its uuid may not register again
+    /// until an operator re-admits it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at: Option<u64>,
 }
 
 /// Lifecycle of a scan job.
@@ -203,6 +207,8 @@ pub trait Store: Send + Sync + 'static {
     async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()>;
     async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>>;
     async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()>;
+    /// Every registration record (connectors known to the registry, revoked ones included).
+    async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>>;
 
     // ---- replay cache ----
     /// Record `(key_id, nonce)` for `ttl`. True on first use, false when already seen.

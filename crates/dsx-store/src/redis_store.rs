@@ -287,6 +287,11 @@ impl RedisStore {
         format!("{}:connectors:registration:{uuid}", self.ns)
     }
 
+    /// The uuids that have a registration record, so they can be listed without a SCAN.
+    fn registrations_index(&self) -> String {
+        format!("{}:connectors:registrations", self.ns)
+    }
+
     fn scan_queue_key(&self) -> String {
         format!("{}:queue:scan_request", self.ns)
     }
@@ -504,7 +509,36 @@ impl Store for RedisStore {
     async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()> {
         let json = serde_json::to_string(record).map_err(corrupt)?;
         let mut conn = self.conn().await?;
-        conn.set::<_, _, ()>(self.registration_key(uuid), json).await.map_err(map_err)
+        redis::pipe()
+            .atomic()
+            .set(self.registration_key(uuid), json)
+            .ignore()
+            .sadd(self.registrations_index(), uuid.to_string())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>> {
+        let mut conn = self.conn().await?;
+        let ids: Vec<String> = conn.smembers(self.registrations_index()).await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(256) {
+            let keys: Vec<String> =
+                chunk.iter().filter_map(|id| id.parse().ok()).map(|u| self.registration_key(u)).collect();
+            if keys.is_empty() {
+                continue;
+            }
+            let values: Vec<Option<String>> =
+                redis::cmd("MGET").arg(&keys).query_async(&mut conn).await.map_err(map_err)?;
+            for (id, value) in chunk.iter().zip(values) {
+                if let (Ok(uuid), Some(json)) = (id.parse::<Uuid>(), value) {
+                    out.push((uuid, serde_json::from_str(&json).map_err(corrupt)?));
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>> {
@@ -515,7 +549,15 @@ impl Store for RedisStore {
 
     async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        conn.del::<_, ()>(self.registration_key(uuid)).await.map_err(map_err)
+        redis::pipe()
+            .atomic()
+            .del(self.registration_key(uuid))
+            .ignore()
+            .srem(self.registrations_index(), uuid.to_string())
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await
+            .map_err(map_err)
     }
 
     async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool> {

@@ -197,13 +197,23 @@ async fn registration_record_round_trip(h: &Harness) {
         token_slot: Some("X[1]".into()),
         peer: Some("10.0.0.1".into()),
         rotation_requested: false,
-        recovered_key_id: None,
+        recovered_key_id: Some("kid".into()),
+        revoked_at: None,
     };
     assert_eq!(s.get_registration(uuid).await.unwrap(), None);
     s.put_registration(uuid, &record).await.unwrap();
-    assert_eq!(s.get_registration(uuid).await.unwrap(), Some(record));
+    assert_eq!(s.get_registration(uuid).await.unwrap(), Some(record.clone()));
+    let listed = s.list_registrations().await.unwrap();
+    assert!(listed.contains(&(uuid, record.clone())), "listed");
+    // A revoked connector's record stays listed with its revocation.
+    let revoked = RegistrationRecord { revoked_at: Some(99), ..record };
+    s.put_registration(uuid, &revoked).await.unwrap();
+    let listed = s.list_registrations().await.unwrap();
+    assert_eq!(listed.iter().filter(|(u, _)| *u == uuid).count(), 1, "one row per uuid");
+    assert!(listed.contains(&(uuid, revoked)));
     s.delete_registration(uuid).await.unwrap();
     assert_eq!(s.get_registration(uuid).await.unwrap(), None);
+    assert!(!s.list_registrations().await.unwrap().iter().any(|(u, _)| *u == uuid), "gone from the list");
 }
 
 async fn nonces_are_remembered_for_their_ttl(h: &Harness) {
@@ -656,7 +666,7 @@ async fn embedded_store_is_durable_across_reopen() {
         token_slot: None,
         peer: None,
         rotation_requested: true,
-        recovered_key_id: None,
+        ..Default::default()
     };
     h.store.put_registration(uuid, &record).await.unwrap();
     assert!(h.store.remember_nonce("kid", "nonce", Duration::from_secs(60)).await.unwrap());

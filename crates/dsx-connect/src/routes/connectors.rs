@@ -7,13 +7,17 @@ use axum::{Extension, Json};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use dsx_hmac::unix_now;
+
 use super::parse_uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::state::SharedState;
 
 /// `DELETE connectors/unregister/{uuid}`: the connector itself (its own key) or an operator.
-/// Deletes presence and revokes the credentials (H12, H6).
+/// Deletes presence and revokes the credentials (H12, H6). An operator's unregister is a
+/// revocation (`admin revoke`): the uuid stays on the deny list until `admin readmit`, so its
+/// enrollment token cannot bring it back.
 pub async fn unregister(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
@@ -24,11 +28,17 @@ pub async fn unregister(
     let presence = state.store.get_presence(uuid).await?;
     let had_presence = state.store.delete_presence(uuid).await?;
     let had_keys = state.store.revoke_credentials(uuid).await?;
-    state.keys.forget_connector(uuid);
-    let had_record = state.store.get_registration(uuid).await?.is_some();
-    state.store.delete_registration(uuid).await?;
+    state.forget_keys_everywhere(uuid).await;
+    let record = state.store.get_registration(uuid).await?;
+    let had_record = record.is_some();
     if !(had_presence || had_keys || had_record) {
         return Err(ApiError::ConnectorNotFound);
+    }
+    if caller == Caller::Operator {
+        let revoked = dsx_store::RegistrationRecord { revoked_at: Some(unix_now()), ..record.unwrap_or_default() };
+        state.store.put_registration(uuid, &revoked).await?;
+    } else {
+        state.store.delete_registration(uuid).await?;
     }
     let by = match &caller {
         Caller::Operator => "operator",
@@ -36,7 +46,7 @@ pub async fn unregister(
         Caller::BreakGlass { .. } => "break-glass",
         Caller::Open => "open",
     };
-    tracing::info!(target: "audit", %uuid, by, revoked = had_keys, "connector unregistered");
+    tracing::info!(target: "audit", %uuid, by, revoked = had_keys, denied = by == "operator", "connector unregistered");
     let gone = presence.unwrap_or_else(|| dsx_model::Connector { uuid, ..Default::default() });
     state.announce("unregistered", &gone).await;
     Ok(StatusCode::NO_CONTENT)
@@ -51,10 +61,28 @@ struct ListedConnector {
     auth: Value,
 }
 
-/// `GET connectors/list` (operator).
+/// `POST connectors/readmit/{uuid}` (operator, ours): lift an `admin revoke`; the connector
+/// may enroll again with its enrollment token.
+pub async fn readmit(State(state): State<SharedState>, Path(raw): Path<String>) -> Result<Json<Value>, ApiError> {
+    let uuid = parse_uuid(&raw, "connector_uuid")?;
+    match state.store.get_registration(uuid).await? {
+        Some(record) if record.revoked_at.is_some() => state.store.delete_registration(uuid).await?,
+        _ => return Err(ApiError::ConnectorNotFound),
+    }
+    tracing::info!(target: "audit", %uuid, by = "operator", "connector readmitted");
+    Ok(Json(json!({ "status": "success", "message": "readmitted", "description": format!("{uuid} may enroll again") })))
+}
+
+/// `GET connectors/list` (operator): live connectors, then revoked ones (`status: "revoked"`).
 pub async fn list(State(state): State<SharedState>) -> Result<Json<Vec<Value>>, ApiError> {
     let mut rows = Vec::new();
-    for connector in state.store.list_presence().await? {
+    let live = state.store.list_presence().await?;
+    for (uuid, record) in state.store.list_registrations().await? {
+        if let Some(at) = record.revoked_at.filter(|_| !live.iter().any(|c| c.uuid == uuid)) {
+            rows.push(json!({ "uuid": uuid, "status": "revoked", "auth": { "revoked_at": at, "peer": record.peer } }));
+        }
+    }
+    for connector in live {
         let record = state.store.get_registration(connector.uuid).await?;
         let key_id = if state.settings.auth.enabled {
             state.store.current_credential(connector.uuid).await?.map(|c| c.key_id)
@@ -133,7 +161,7 @@ pub async fn rotate(
     };
     if super::query_flag(query.revoke_now.as_deref()) {
         state.store.revoke_credentials(uuid).await?;
-        state.keys.forget_connector(uuid);
+        state.forget_keys_everywhere(uuid).await;
         tracing::info!(target: "audit", %uuid, key_id = %current.key_id, by = "operator", "connector key revoked for rotation");
         let body = json!({
             "status": "success",
@@ -147,8 +175,7 @@ pub async fn rotate(
         via: "unknown".into(),
         token_slot: None,
         peer: None,
-        rotation_requested: false,
-        recovered_key_id: None,
+        ..Default::default()
     });
     record.rotation_requested = true;
     state.store.put_registration(uuid, &record).await?;

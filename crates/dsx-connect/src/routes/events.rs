@@ -15,6 +15,8 @@ use crate::state::SharedState;
 /// Channel names on the store's notification bus (`<env>:dsx-connect:notify:<name>` in Redis).
 pub const SCAN_RESULT: &str = "scan_result";
 pub const CONNECTORS: &str = "connectors";
+/// Connector uuids whose keys were revoked: every API replica drops them from its key cache.
+pub const REVOCATIONS: &str = "revocations";
 
 const HEARTBEAT: Duration = Duration::from_secs(15);
 

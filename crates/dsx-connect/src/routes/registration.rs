@@ -116,6 +116,10 @@ impl AppState {
         let live = self.store.get_presence(uuid).await?;
         let existing_key = if self.settings.auth.enabled { self.store.current_credential(uuid).await? } else { None };
         let previous = self.store.get_registration(uuid).await?;
+        if let Some(at) = previous.as_ref().and_then(|r| r.revoked_at) {
+            tracing::warn!(%uuid, peer = %peer, revoked_at = at, "registration refused: connector revoked by an operator");
+            return Err(ApiError::ConnectorRevoked);
+        }
         let rotation_requested = previous.as_ref().is_some_and(|r| r.rotation_requested);
         let recovered_key = previous.as_ref().and_then(|r| r.recovered_key_id.clone());
 
@@ -193,6 +197,7 @@ impl AppState {
             peer: Some(peer.ip().to_string()),
             rotation_requested: rotation_requested && !mint,
             recovered_key_id,
+            revoked_at: None,
         };
         self.store.put_registration(uuid, &record).await?;
         self.metrics.registrations.inc();
