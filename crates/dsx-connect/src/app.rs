@@ -1,6 +1,5 @@
 //! Router assembly and server start-up.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -222,10 +221,7 @@ pub async fn serve_role(
             .route(&api("readyz"), get(system::readyz))
             .with_state(Arc::clone(&state));
         tracing::info!(listen = %listener.local_addr()?, "dsx-connect worker serving health probes");
-        axum::serve(dsx_service::no_delay(listener), health)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(anyhow::Error::from)
+        dsx_service::serve(listener, health, state.settings.server_limits, shutdown).await.map_err(anyhow::Error::from)
     } else {
         serve(state, listener, shutdown).await
     };
@@ -251,8 +247,7 @@ pub async fn serve(
         enrollment_tokens = state.enrollment.len(),
         "dsx-connect {} serving", system::VERSION
     );
-    axum::serve(dsx_service::no_delay(listener), router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    let limits = state.settings.server_limits;
+    dsx_service::serve(listener, router(state), limits, shutdown).await?;
     Ok(())
 }

@@ -57,6 +57,9 @@ pub fn raw_path_and_query(req_uri: &axum::http::Uri, original: Option<&OriginalU
     uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| uri.path().to_owned())
 }
 
+/// Longest time a request body (JSON, at most `DSXCONNECT_MAX_BODY_BYTES`) may take to arrive.
+const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Read a body up to `limit` bytes; larger ones are `413 body_too_large` without reading on.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
@@ -65,7 +68,10 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
         return Err(ApiError::BodyTooLarge);
     }
     let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
+    // A body that trickles in holds a connection slot: bound the whole read.
+    let collected =
+        tokio::time::timeout(BODY_READ_TIMEOUT, limited.collect()).await.map_err(|_| ApiError::BodyTimeout)?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge),
         Err(_) => Err(ApiError::BadRequest("body_read_error")),

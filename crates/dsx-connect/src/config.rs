@@ -66,6 +66,8 @@ pub struct Settings {
     pub max_body_bytes: usize,
     /// Which connector URLs may be registered and called (`DSXCONNECT_CONNECTORS__URL_ALLOW`).
     pub connector_urls: crate::url_policy::UrlPolicy,
+    /// Header-read deadline, connection cap and shutdown grace (`DSXCONNECT_SERVER__*`).
+    pub server_limits: dsx_service::ServerLimits,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -196,8 +198,11 @@ impl Settings {
         };
         let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
         let connector_urls = connector_url_policy(&get, &store)?;
+        let server_limits = dsx_service::ServerLimits::from_lookup(dsx_service::http::DSXCONNECT_LIMITS, get)
+            .map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_SERVER__*", reason })?;
         Ok(Self {
             connector_urls,
+            server_limits,
             presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
             max_body_bytes: parse_num(&get, "DSXCONNECT_MAX_BODY_BYTES", 16 * 1024 * 1024)? as usize,
             app_env,

@@ -43,6 +43,9 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("body_too_large")]
     BodyTooLarge,
+    /// The request body did not arrive in time.
+    #[error("body_timeout")]
+    BodyTimeout,
     #[error("validation error: {0}")]
     Validation(FieldError),
     #[error("{0}")]
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyCheckUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::BodyTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -93,6 +97,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::KeyCheckUnavailable => "key_check_unavailable",
             ApiError::BodyTooLarge => "body_too_large",
+            ApiError::BodyTimeout => "body_timeout",
             ApiError::Validation(_) => "validation_error",
             ApiError::BadRequest(code) => code,
             ApiError::Store(StoreError::Unavailable(_)) => "registry_unavailable",

@@ -107,11 +107,12 @@ async fn main() -> anyhow::Result<()> {
             };
             let listener =
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
+            let limits = dsx_service::ServerLimits::from_env(dsx_service::http::DSXCONNECT_LIMITS)
+                .map_err(anyhow::Error::msg)?;
             tracing::info!(listen = %listener.local_addr()?, "built-in scanner serving the DSXA API");
-            tokio::select! {
-                served = dsx_scanner::serve(listener, std::sync::Arc::new(engine), auth_token) => served.map_err(anyhow::Error::from),
-                _ = dsx_service::shutdown_signal() => Ok(()),
-            }
+            let engine = std::sync::Arc::new(engine);
+            dsx_scanner::serve(listener, engine, auth_token, limits, dsx_service::shutdown_signal()).await?;
+            Ok(())
         }
         Command::Admin { url, token, command } => {
             dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token }, command).await

@@ -147,6 +147,8 @@ pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen:
             "DSXCONNECTOR_AUTH__ENABLED=true needs an enrollment token (DSXCONNECT_ENROLLMENT_TOKEN or DSXCONNECT_ENROLLMENT_TOKEN_FILE) to obtain the key it verifies with"
         );
     }
+    let limits =
+        dsx_service::ServerLimits::from_env(dsx_service::http::DSXCONNECTOR_LIMITS).map_err(anyhow::Error::msg)?;
     let uuid = load_or_create_uuid(&settings.data_dir)?;
     let ctx = ConnectorContext::new(settings, repo, uuid)?;
     if let Err(reason) = ctx.repo.check().await {
@@ -158,8 +160,7 @@ pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen:
     if ctx.settings.monitor {
         ctx.spawn_monitor();
     }
-    let app = routes::router(Arc::clone(&ctx)).into_make_service_with_connect_info::<SocketAddr>();
-    axum::serve(dsx_service::no_delay(listener), app).with_graceful_shutdown(dsx_service::shutdown_signal()).await?;
+    dsx_service::serve(listener, routes::router(Arc::clone(&ctx)), limits, dsx_service::shutdown_signal()).await?;
     registration.abort();
     if ctx.is_ready() {
         match tokio::time::timeout(Duration::from_secs(5), ctx.dsx.unregister()).await {

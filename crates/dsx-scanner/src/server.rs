@@ -30,12 +30,16 @@ pub fn router(engine: Arc<BuiltinScanner>, auth_token: Option<String>) -> Router
         .with_state(state)
 }
 
+/// Serve until `shutdown` resolves, with the shared server limits (header deadline,
+/// connection cap, bounded drain).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<BuiltinScanner>,
     auth_token: Option<String>,
+    limits: dsx_service::ServerLimits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(dsx_service::no_delay(listener), router(engine, auth_token)).await
+    dsx_service::serve(listener, router(engine, auth_token), limits, shutdown).await
 }
 
 fn detail(status: StatusCode, msg: impl Into<String>) -> Response {

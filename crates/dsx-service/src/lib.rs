@@ -1,5 +1,9 @@
 //! Process plumbing shared by every binary of the project.
 
+pub mod http;
+
+pub use http::{serve, ServerLimits};
+
 /// Logging to stderr: filter from `<PREFIX>_LOG_LEVEL` (else `RUST_LOG`, else `info`), JSON
 /// lines when `<PREFIX>_LOG_FORMAT=json`.
 pub fn init_logging(prefix: &str) {
@@ -34,19 +38,4 @@ pub async fn shutdown_signal() {
     let term = std::future::pending::<()>();
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
     tracing::info!("shutting down");
-}
-
-/// A listener whose accepted connections have `TCP_NODELAY` set. Responses are written in
-/// pieces (headers, then streamed body chunks); with Nagle's algorithm on, the second small
-/// write waits for the peer's delayed ACK, which costs ~40 ms per request on Linux.
-pub fn no_delay(
-    listener: tokio::net::TcpListener,
-) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
-    use axum::serve::ListenerExt;
-    fn set_nodelay(tcp: &mut tokio::net::TcpStream) {
-        if let Err(err) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %err, "could not set TCP_NODELAY");
-        }
-    }
-    listener.tap_io(set_nodelay as fn(&mut tokio::net::TcpStream))
 }
