@@ -1,6 +1,6 @@
-//! Filesystem repository: the asset is a folder. Every path it touches is confined to the
-//! asset (and the quarantine folder): `..`, absolute paths elsewhere and symlinks that escape
-//! are refused before anything is read or changed.
+//! Filesystem repository: the asset is a folder. Every file it reads or changes is reached
+//! through directory handles opened at start, without following any symlink (see `confine`):
+//! `..`, absolute paths elsewhere and symlinks are refused before anything is read or changed.
 
 mod actions;
 mod confine;
@@ -17,10 +17,10 @@ use dsx_filter::Filter;
 use dsx_model::{Estimate, ScanRequest};
 use tokio::sync::mpsc;
 
-pub use confine::Confinement;
+pub use confine::{Confinement, FsError};
 
-/// Suffix of the sidecar files that `tag` writes beside an item; never scanned.
-pub const SIDECAR_SUFFIX: &str = ".dsxconnect.json";
+/// Suffix of the sidecar files that `tag` writes beside an item (Python 1.x's name); never scanned.
+pub const SIDECAR_SUFFIX: &str = ".dsx.tags.json";
 
 pub struct FilesystemRepo {
     confine: Arc<Confinement>,
@@ -34,7 +34,8 @@ impl FilesystemRepo {
             .canonicalize()
             .with_context(|| format!("DSXCONNECTOR_ASSET {asset:?} is not an existing folder"))?;
         anyhow::ensure!(root.is_dir(), "DSXCONNECTOR_ASSET {asset:?} is not a folder");
-        Ok(Self { confine: Arc::new(Confinement::new(root, quarantine)) })
+        let confine = Confinement::new(root, quarantine).context("DSXCONNECTOR_ASSET")?;
+        Ok(Self { confine: Arc::new(confine) })
     }
 
     pub fn root(&self) -> &Path {
@@ -101,10 +102,13 @@ impl Repository for FilesystemRepo {
     }
 
     async fn open(&self, request: &ScanRequest) -> Result<(Body, Option<u64>), RepoError> {
-        let path = self.confine.resolve_item(&request.location)?;
-        let file =
-            tokio::fs::File::open(&path).await.map_err(|e| RepoError::Io(format!("open {}: {e}", path.display())))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
+        let confine = Arc::clone(&self.confine);
+        let location = request.location.clone();
+        let file = tokio::task::spawn_blocking(move || confine.open_file(&confine.locate(&location)?))
+            .await
+            .map_err(|e| RepoError::Io(format!("open task: {e}")))??;
+        let size = file.metadata().ok().map(|m| m.len());
+        let file = tokio::fs::File::from_std(file);
         Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)), size))
     }
 
