@@ -86,6 +86,8 @@ pub struct Confinement {
     root_dir: OwnedFd,
     /// Absolute path of the configured quarantine folder (for display and for skipping it).
     quarantine: PathBuf,
+    /// The same as configured, before canonicalisation, so requests may name it either way.
+    quarantine_as_configured: PathBuf,
     /// The configured quarantine as a target: below the asset handle, or its own base.
     quarantine_target: Target,
 }
@@ -95,8 +97,9 @@ impl Confinement {
     pub fn new(root: PathBuf, quarantine: &str) -> Result<Self, FsError> {
         let root_dir = rustix::fs::open(&root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| FsError::from_errno("open asset", &root, e))?;
+        let quarantine_as_configured = lexical_normal(&root.join(quarantine));
         let (quarantine, quarantine_target) = configured_quarantine(&root, quarantine);
-        Ok(Self { root, root_dir, quarantine, quarantine_target })
+        Ok(Self { root, root_dir, quarantine, quarantine_as_configured, quarantine_target })
     }
 
     pub fn root(&self) -> &Path {
@@ -179,7 +182,9 @@ impl Confinement {
             return Err(FsError::DotDot(format!("quarantine {requested}")));
         }
         let absolute = if path.is_absolute() { path.to_path_buf() } else { self.root.join(path) };
-        if let Ok(below) = absolute.strip_prefix(&self.quarantine) {
+        let below_quarantine =
+            absolute.strip_prefix(&self.quarantine).or_else(|_| absolute.strip_prefix(&self.quarantine_as_configured));
+        if let Ok(below) = below_quarantine {
             let mut target = self.quarantine_target.clone();
             target.rel.push(below);
             return Ok(target);
@@ -303,7 +308,7 @@ pub fn open_dir_beneath(dir: BorrowedFd<'_>, rel: &Path) -> Result<OwnedFd, Errn
 /// trusted); outside, the operator's path is canonicalised once, as configuration.
 fn configured_quarantine(root: &Path, quarantine: &str) -> (PathBuf, Target) {
     let q = Path::new(quarantine);
-    let joined = lexical_normal(&if q.is_absolute() { q.to_path_buf() } else { root.join(q) });
+    let joined = lexical_normal(&root.join(q)); // an absolute `q` replaces the root
     if let Ok(rel) = joined.strip_prefix(root) {
         return (joined.clone(), Target { base: Base::Asset, rel: rel.to_path_buf() });
     }
@@ -421,12 +426,22 @@ mod tests {
 
         // A quarantine outside the asset is its own base; requests may go below it.
         let q = outside.path().canonicalize().unwrap().join("q");
-        let c = Confinement::new(root, q.to_str().unwrap()).unwrap();
+        let c = Confinement::new(root.clone(), q.to_str().unwrap()).unwrap();
+        let t = c.target(q.to_str().unwrap()).unwrap();
+        assert_eq!((t.base, t.rel.as_path()), (Base::Quarantine, Path::new("")));
         let t = c.target(q.join("day1").to_str().unwrap()).unwrap();
         assert_eq!((t.base, t.rel.as_path()), (Base::Quarantine, Path::new("day1")));
         let dir = c.create_dirs(&t, Path::new("a/b")).unwrap();
         assert!(q.join("day1/a/b").is_dir());
         drop(dir);
+
+        // Configured through a symlinked path: requests naming it that way are accepted too.
+        let alias = outside.path().join("alias");
+        std::os::unix::fs::symlink(&q, &alias).unwrap();
+        let c = Confinement::new(asset.path().canonicalize().unwrap(), alias.to_str().unwrap()).unwrap();
+        assert_eq!(c.quarantine(), q);
+        let t = c.target(alias.to_str().unwrap()).unwrap();
+        assert_eq!((t.base, t.rel.as_path()), (Base::Quarantine, Path::new("")));
     }
 
     #[test]
