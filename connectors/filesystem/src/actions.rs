@@ -335,6 +335,31 @@ mod tests {
     }
 
     #[test]
+    fn move_across_filesystems_copies_without_overwriting() {
+        use std::os::unix::fs::MetadataExt;
+        let f = fixture();
+        let shm = Path::new("/dev/shm");
+        let other_fs = shm.metadata().map(|m| m.dev() != f.root.metadata().unwrap().dev()).unwrap_or(false);
+        if !other_fs {
+            eprintln!("skipped: no second filesystem at /dev/shm");
+            return;
+        }
+        let q = tempfile::tempdir_in(shm).unwrap();
+        let confine = Confinement::new(f.root.clone(), q.path().to_str().unwrap()).unwrap();
+        let mut plan = plan(ItemAction::MoveTag);
+        plan.move_target = q.path().display().to_string();
+        std::fs::create_dir_all(q.path().join("sub")).unwrap();
+        std::fs::write(q.path().join("sub/bad.exe"), b"already here").unwrap();
+        let p = f.root.join("sub/bad.exe");
+        let out = apply(&confine, &request(&p), &plan).unwrap();
+        assert_eq!(out.description, q.path().join("sub/bad.1.exe").display().to_string());
+        assert!(!p.exists(), "the original is removed after the copy");
+        assert_eq!(std::fs::read(q.path().join("sub/bad.1.exe")).unwrap(), b"evil");
+        assert_eq!(std::fs::read(q.path().join("sub/bad.exe")).unwrap(), b"already here");
+        assert!(q.path().join("sub/bad.1.exe.dsx.tags.json").exists());
+    }
+
+    #[test]
     fn suffixes() {
         assert_eq!(with_suffix(OsStr::new("a.tar.gz"), 0), "a.tar.gz");
         assert_eq!(with_suffix(OsStr::new("a.tar.gz"), 2), "a.tar.2.gz");
