@@ -230,6 +230,43 @@ impl Confinement {
     }
 }
 
+/// One entry of a folder listing; symlinks are reported as such, never resolved.
+pub struct Listed {
+    pub name: OsString,
+    pub kind: FileType,
+    pub size: Option<u64>,
+}
+
+impl Confinement {
+    /// The entries of the asset folder `rel`, read through a confined handle (a folder swapped
+    /// for a symlink is refused rather than listed), sorted by name.
+    pub fn list(&self, rel: &Path) -> Result<Vec<Listed>, FsError> {
+        use std::os::unix::ffi::OsStrExt;
+        let shown = self.root.join(rel);
+        let dir = open_dir_beneath(self.root_dir.as_fd(), rel).map_err(|e| FsError::from_errno("open", &shown, e))?;
+        let entries = rustix::fs::Dir::read_from(&dir).map_err(|e| FsError::from_errno("list", &shown, e))?;
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| FsError::from_errno("list", &shown, e))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let name = name.to_owned();
+            let (mut kind, mut size) = (entry.file_type(), None);
+            // Regular files need their size; some filesystems do not report the type at all.
+            if matches!(kind, FileType::RegularFile | FileType::Unknown) {
+                let Ok(stat) = rustix::fs::statat(&dir, &name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
+                kind = FileType::from_raw_mode(stat.st_mode);
+                size = u64::try_from(stat.st_size).ok();
+            }
+            out.push(Listed { name, kind, size });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+}
+
 /// A regular file reached through its confined parent folder.
 pub struct Entry {
     pub dir: OwnedFd,

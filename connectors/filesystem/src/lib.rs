@@ -15,6 +15,7 @@ use axum::body::Body;
 use dsx_connector::{ActionOutcome, ActionPlan, Item, RepoError, Repository};
 use dsx_filter::Filter;
 use dsx_model::{Estimate, ScanRequest};
+use rustix::fs::FileType;
 use tokio::sync::mpsc;
 
 pub use confine::{Confinement, FsError};
@@ -58,34 +59,33 @@ fn item_for(path: &Path, size: Option<u64>) -> Item {
     }
 }
 
-/// Walk the tree depth-first without following symlinks, pruning what the filter rules out.
+/// Walk the tree depth-first through confined folder handles, never following a symlink,
+/// pruning what the filter rules out.
 fn walk(confine: &Confinement, filter: &Filter, tx: &mpsc::Sender<Result<Item, RepoError>>) {
     let root = confine.root().to_path_buf();
-    let mut stack: Vec<PathBuf> = vec![root.clone()];
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
+        let entries = match confine.list(&dir) {
             Ok(e) => e,
             Err(err) => {
-                let _ = tx.blocking_send(Err(RepoError::Io(format!("{}: {err}", dir.display()))));
+                let _ = tx.blocking_send(Err(err.into()));
                 continue;
             }
         };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
         let mut subdirs = Vec::new();
         for entry in entries {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let path = root.join(&dir).join(&entry.name);
             let Some(rel) = relative(&root, &path) else { continue };
-            if kind.is_dir() {
+            if entry.kind == FileType::Directory {
                 if !confine.is_quarantine(&path) && filter.may_descend(&rel) {
-                    subdirs.push(path);
+                    subdirs.push(dir.join(&entry.name));
                 }
-            } else if kind.is_file() && !rel.ends_with(SIDECAR_SUFFIX) && filter.matches(&rel) {
-                let size = entry.metadata().ok().map(|m| m.len());
-                if tx.blocking_send(Ok(item_for(&path, size))).is_err() {
-                    return; // the consumer stopped (limit reached, scan cancelled)
-                }
+            } else if entry.kind == FileType::RegularFile
+                && !rel.ends_with(SIDECAR_SUFFIX)
+                && filter.matches(&rel)
+                && tx.blocking_send(Ok(item_for(&path, entry.size))).is_err()
+            {
+                return; // the consumer stopped (limit reached, scan cancelled)
             }
         }
         stack.extend(subdirs.into_iter().rev());

@@ -247,3 +247,21 @@ fn exchange(a: &Path, b: &Path) -> rustix::io::Result<()> {
     use rustix::fs::{renameat_with, RenameFlags, CWD};
     renameat_with(CWD, a, CWD, b, RenameFlags::EXCHANGE)
 }
+
+#[tokio::test]
+async fn enumeration_lists_regular_files_only_and_never_descends_a_symlink() {
+    let f = Fixture::new();
+    std::fs::write(f.root.join("sub/bad.exe.dsx.tags.json"), b"{}").unwrap();
+    std::fs::create_dir_all(f.quarantine().join("old")).unwrap();
+    std::fs::write(f.quarantine().join("old/q.exe"), b"q").unwrap();
+    symlink(&f.outside(), &f.root.join("outdir"));
+    symlink(&f.outside().join("secret.txt"), &f.root.join("out.txt"));
+    symlink(&f.root.join("sub"), &f.root.join("subalias"));
+    let mut rx = f.repo.enumerate(Arc::new(dsx_filter::Filter::everything()));
+    let mut items = Vec::new();
+    while let Some(item) = rx.recv().await {
+        let item = item.unwrap();
+        items.push((item.location, item.size));
+    }
+    assert_eq!(items, [(f.root.join("sub/bad.exe").display().to_string(), Some(4))]);
+}
