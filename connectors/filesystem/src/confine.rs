@@ -275,7 +275,7 @@ pub struct Entry {
     pub rel: PathBuf,
 }
 
-/// openat2 is Linux ≥ 5.6; older kernels and some seccomp profiles answer ENOSYS.
+/// openat2 is Linux ≥ 5.6; older kernels and seccomp profiles that hide it answer ENOSYS.
 static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
 
 /// Open `rel` below `dir` without following any symlink and without leaving `dir`.
@@ -292,6 +292,9 @@ pub fn open_beneath(dir: BorrowedFd<'_>, rel: &Path, flags: OFlags, mode: Mode) 
                     NO_OPENAT2.store(true, Ordering::Relaxed);
                     break;
                 }
+                // Older container seccomp profiles answer EPERM for syscalls they do not know;
+                // our read-only opens have no other reason for EPERM. The fallback is as safe.
+                Err(Errno::PERM) => break,
                 other => return other,
             }
         }
