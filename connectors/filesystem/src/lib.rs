@@ -1,6 +1,6 @@
-//! Filesystem repository: the asset is a folder. Every path it touches is confined to the
-//! asset (and the quarantine folder): `..`, absolute paths elsewhere and symlinks that escape
-//! are refused before anything is read or changed.
+//! Filesystem repository: the asset is a folder. Every file it reads or changes is reached
+//! through directory handles opened at start, without following any symlink (see `confine`):
+//! `..`, absolute paths elsewhere and symlinks are refused before anything is read or changed.
 
 mod actions;
 mod confine;
@@ -15,12 +15,13 @@ use axum::body::Body;
 use dsx_connector::{ActionOutcome, ActionPlan, Item, RepoError, Repository};
 use dsx_filter::Filter;
 use dsx_model::{Estimate, ScanRequest};
+use rustix::fs::FileType;
 use tokio::sync::mpsc;
 
-pub use confine::Confinement;
+pub use confine::{Confinement, FsError};
 
-/// Suffix of the sidecar files that `tag` writes beside an item; never scanned.
-pub const SIDECAR_SUFFIX: &str = ".dsxconnect.json";
+/// Suffix of the sidecar files that `tag` writes beside an item (Python 1.x's name); never scanned.
+pub const SIDECAR_SUFFIX: &str = ".dsx.tags.json";
 
 pub struct FilesystemRepo {
     confine: Arc<Confinement>,
@@ -34,7 +35,8 @@ impl FilesystemRepo {
             .canonicalize()
             .with_context(|| format!("DSXCONNECTOR_ASSET {asset:?} is not an existing folder"))?;
         anyhow::ensure!(root.is_dir(), "DSXCONNECTOR_ASSET {asset:?} is not a folder");
-        Ok(Self { confine: Arc::new(Confinement::new(root, quarantine)) })
+        let confine = Confinement::new(root, quarantine).context("DSXCONNECTOR_ASSET")?;
+        Ok(Self { confine: Arc::new(confine) })
     }
 
     pub fn root(&self) -> &Path {
@@ -57,34 +59,33 @@ fn item_for(path: &Path, size: Option<u64>) -> Item {
     }
 }
 
-/// Walk the tree depth-first without following symlinks, pruning what the filter rules out.
+/// Walk the tree depth-first through confined folder handles, never following a symlink,
+/// pruning what the filter rules out.
 fn walk(confine: &Confinement, filter: &Filter, tx: &mpsc::Sender<Result<Item, RepoError>>) {
     let root = confine.root().to_path_buf();
-    let mut stack: Vec<PathBuf> = vec![root.clone()];
+    let mut stack: Vec<PathBuf> = vec![PathBuf::new()];
     while let Some(dir) = stack.pop() {
-        let entries = match std::fs::read_dir(&dir) {
+        let entries = match confine.list(&dir) {
             Ok(e) => e,
             Err(err) => {
-                let _ = tx.blocking_send(Err(RepoError::Io(format!("{}: {err}", dir.display()))));
+                let _ = tx.blocking_send(Err(err.into()));
                 continue;
             }
         };
-        let mut entries: Vec<_> = entries.flatten().collect();
-        entries.sort_by_key(|e| e.file_name());
         let mut subdirs = Vec::new();
         for entry in entries {
-            let path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
+            let path = root.join(&dir).join(&entry.name);
             let Some(rel) = relative(&root, &path) else { continue };
-            if kind.is_dir() {
+            if entry.kind == FileType::Directory {
                 if !confine.is_quarantine(&path) && filter.may_descend(&rel) {
-                    subdirs.push(path);
+                    subdirs.push(dir.join(&entry.name));
                 }
-            } else if kind.is_file() && !rel.ends_with(SIDECAR_SUFFIX) && filter.matches(&rel) {
-                let size = entry.metadata().ok().map(|m| m.len());
-                if tx.blocking_send(Ok(item_for(&path, size))).is_err() {
-                    return; // the consumer stopped (limit reached, scan cancelled)
-                }
+            } else if entry.kind == FileType::RegularFile
+                && !rel.ends_with(SIDECAR_SUFFIX)
+                && filter.matches(&rel)
+                && tx.blocking_send(Ok(item_for(&path, entry.size))).is_err()
+            {
+                return; // the consumer stopped (limit reached, scan cancelled)
             }
         }
         stack.extend(subdirs.into_iter().rev());
@@ -101,10 +102,13 @@ impl Repository for FilesystemRepo {
     }
 
     async fn open(&self, request: &ScanRequest) -> Result<(Body, Option<u64>), RepoError> {
-        let path = self.confine.resolve_item(&request.location)?;
-        let file =
-            tokio::fs::File::open(&path).await.map_err(|e| RepoError::Io(format!("open {}: {e}", path.display())))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
+        let confine = Arc::clone(&self.confine);
+        let location = request.location.clone();
+        let file = tokio::task::spawn_blocking(move || confine.open_file(&confine.locate(&location)?))
+            .await
+            .map_err(|e| RepoError::Io(format!("open task: {e}")))??;
+        let size = file.metadata().ok().map(|m| m.len());
+        let file = tokio::fs::File::from_std(file);
         Ok((Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024)), size))
     }
 

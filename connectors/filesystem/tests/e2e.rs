@@ -232,7 +232,7 @@ async fn mutual_dsx_hmac_between_server_and_filesystem_connector() {
     let outcome: Value = resp.json().await.unwrap();
     assert_eq!((outcome["status"].as_str(), outcome["item_action"].as_str()), (Some("success"), Some("move")));
     assert!(!victim.exists());
-    assert_eq!(std::fs::read(stack.root().join("dsxconnect-quarantine/d.bin")).unwrap(), b"delta");
+    assert_eq!(std::fs::read(stack.root().join("dsxconnect-quarantine/sub2/d.bin")).unwrap(), b"delta");
 
     // Path confinement over the wire: 403 for escapes, 404 for missing, nothing read.
     for (location, status) in [

@@ -212,7 +212,8 @@ async fn full_scan_quarantines_eicar(redis: bool) {
         assert_eq!(r["status"], "action succeeded", "{r}");
         let original = PathBuf::from(location(r));
         assert!(!original.exists(), "{} still in place", original.display());
-        let quarantined = p.root().join("dsxconnect-quarantine").join(original.file_name().unwrap());
+        // Python 1.x layout: the path relative to the asset is kept under the quarantine.
+        let quarantined = p.root().join("dsxconnect-quarantine").join(original.strip_prefix(p.root()).unwrap());
         assert_eq!(std::fs::read(&quarantined).unwrap(), EICAR);
     }
     let stats = p.json("scan/stats").await;
@@ -339,8 +340,10 @@ async fn killing_a_worker_mid_scan_loses_nothing_and_never_remediates_twice() {
     locations.dedup();
     assert_eq!(locations.len(), FILES, "no file has two results");
     // Every EICAR copy is quarantined once: no `name.1.com` duplicates.
-    let quarantine: Vec<_> =
-        std::fs::read_dir(p.root().join("dsxconnect-quarantine")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let quarantine: Vec<_> = std::fs::read_dir(p.root().join("dsxconnect-quarantine/inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(quarantine.len(), EICARS, "{quarantine:?}");
     assert!(quarantine.iter().all(|n| !n.to_string_lossy().contains(".1.")));
     drop(p.connector);

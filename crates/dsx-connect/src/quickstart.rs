@@ -40,6 +40,22 @@ fn write_samples(folder: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Every file below `dir`: the filesystem connector keeps relative paths in the quarantine.
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(entry.path()),
+                Ok(_) => files.push(entry.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    files
+}
+
 fn free_loopback_port() -> anyhow::Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
@@ -176,8 +192,7 @@ pub async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
     for (verdict, n) in &verdicts {
         println!("  {:<28} {n}", verdict);
     }
-    let mut quarantined: Vec<_> =
-        std::fs::read_dir(&quarantine).map(|entries| entries.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let mut quarantined = files_under(&quarantine);
     quarantined.sort();
     println!("  {:<28} {}", "quarantined", quarantined.len());
     for path in &quarantined {

@@ -28,7 +28,8 @@ fn quickstart_scans_the_sample_folder_and_quarantines_eicar() {
     assert!(out.contains("auth enabled"), "{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("files scanned") && l.trim_end().ends_with("10")), "{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("Malicious") && l.trim_end().ends_with('2')), "{out}");
-    let quarantine = dir.path().join("sample/dsxconnect-quarantine");
+    // The relative path is kept under the quarantine (Python 1.x layout).
+    let quarantine = dir.path().join("sample/dsxconnect-quarantine/downloads");
     let mut names: Vec<_> = std::fs::read_dir(&quarantine).unwrap().map(|e| e.unwrap().file_name()).collect();
     names.sort();
     assert_eq!(names, ["eicar-0.com", "eicar-1.com"]);
