@@ -148,9 +148,12 @@ async fn full_scan(State(ctx): Ctx, Query(q): Query<FullScanQuery>) -> Json<Stat
     let params = FullScanParams {
         job_id: job_id.clone(),
         limit: q.limit,
-        // Batches by default: one durable enqueue per batch instead of one per item.
-        batch: q.batch.as_deref().is_none_or(|b| !matches!(b.to_ascii_lowercase().as_str(), "0" | "false" | "no")),
-        batch_size: q.batch_size.unwrap_or(100).clamp(1, 10_000),
+        // Without `batch`, the server's advertised capability decides (full_scan.rs).
+        batch: q
+            .batch
+            .as_deref()
+            .map(|b| !matches!(b.trim().to_ascii_lowercase().as_str(), "0" | "false" | "no" | "off")),
+        batch_size: q.batch_size.map(|n| n.clamp(1, 10_000)),
     };
     tokio::spawn(Arc::clone(&ctx).run_full_scan(params));
     let mut resp = StatusResponse::success("Full scan initiated", format!("job {job_id}"));
