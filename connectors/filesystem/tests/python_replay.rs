@@ -364,3 +364,60 @@ async fn every_python_call_to_a_connector_gets_an_answer_python_reads() {
     assert!(all.len() >= 32, "{} fixtures", all.len());
     assert!(t.server.with(|s| s.auth_failures.is_empty()), "{:?}", t.server.with(|s| s.auth_failures.clone()));
 }
+
+/// Webhook events get the checks a full scan applies: the item must be inside the asset and
+/// match the filter; only then is one scan request sent.
+#[tokio::test]
+async fn webhook_events_are_confined_and_filtered() {
+    let server = PythonServer::start(|_| {}).await;
+    let asset = tempfile::tempdir().unwrap();
+    let quarantine = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let root = asset.path().canonicalize().unwrap();
+    write(&root.join("docs/report.pdf"), b"pdf");
+    write(&root.join("docs/notes.txt"), b"txt");
+    write(&outside.path().join("secret.txt"), b"secret");
+    let connector = Connector::start(&server, &root, quarantine.path(), &[("DSXCONNECTOR_FILTER", "*.pdf")]).await;
+    let path = "/filesystem-connector/webhook/event";
+    let event = |location: String| serde_json::to_vec(&json!({ "path": location })).unwrap();
+    let answer = |resp: reqwest::Response| async move {
+        assert_eq!(resp.status(), 200);
+        resp.json::<Value>().await.unwrap()
+    };
+
+    let refused = [
+        outside.path().join("secret.txt").display().to_string(),
+        format!("{}/../secret.txt", root.display()),
+        root.join("docs/missing.pdf").display().to_string(),
+    ];
+    for location in refused {
+        let body = answer(connector.signed("POST", path, event(location.clone())).await).await;
+        assert_eq!(body["status"], "error", "{location}: {body}");
+    }
+    let body =
+        answer(connector.signed("POST", path, event(root.join("docs/notes.txt").display().to_string())).await).await;
+    assert_eq!(body["status"], "nothing", "filtered out: {body}");
+    assert!(server.with(|s| s.calls_to("POST", "/scan/request").is_empty()), "nothing was enqueued");
+
+    let pdf = root.join("docs/report.pdf").display().to_string();
+    let body = answer(connector.signed("POST", path, event(pdf.clone())).await).await;
+    assert_eq!(body["status"], "success", "{body}");
+    server.with(|s| {
+        let sent = s.calls_to("POST", "/scan/request");
+        assert_eq!(sent.len(), 1);
+        assert_eq!(sent[0].json()["location"], pdf.as_str());
+        assert_eq!(sent[0].json()["scan_job_id"], body["id"]);
+    });
+
+    // The Graph handshake needs no signature; anything else unsigned is refused.
+    let http = reqwest::Client::new();
+    let url = format!("{}{path}", connector.base);
+    let resp = http.post(format!("{url}?validationToken=tok%20en")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.text().await.unwrap(), "tok en");
+    let resp = http.post(format!("{url}?validationToken=%0Aevil")).send().await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let resp = http.post(&url).body(event(pdf)).send().await.unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(server.with(|s| s.calls_to("POST", "/scan/request").len()), 1);
+}

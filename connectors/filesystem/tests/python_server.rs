@@ -146,11 +146,17 @@ async fn pause_mid_scan_waits_and_loses_nothing_in_every_shape() {
         .await;
         let job = format!("job-pause-{shape:?}");
         t.connector.full_scan(&format!("job_id={job}")).await;
-        t.server.wait_until("the connector to wait on the paused job", |s| s.raw_polls_while_paused >= 2).await;
+        // Waiting, not retrying: the job is polled again and again, the refused items are not
+        // resent while it is paused.
+        t.server
+            .wait_until("the connector to wait on the paused job", |s| {
+                s.conflicts >= 1 && s.raw_polls_while_paused >= 3 * s.conflicts.max(2)
+            })
+            .await;
         let (accepted, conflicts) = t.server.with(|s| (s.accepted.len(), s.conflicts));
         assert_eq!(accepted, 10, "{shape:?}");
         assert!(conflicts >= 1, "{shape:?}: the 409 path ran");
-        // Waiting, not hammering: at most one refused request per slot in flight.
+        // At most one refused request per slot in flight.
         let limit = t.connector.ctx.settings.full_scan_enqueue_concurrency;
         assert!(conflicts <= limit, "{shape:?}: {conflicts} conflicts");
         assert!(t.server.with(|s| s.enqueue_done(&job).is_none()), "{shape:?}: still paused, not done");
@@ -240,4 +246,13 @@ async fn heartbeats_keep_the_fixture_key() {
         assert!(s.auth_failures.is_empty(), "{:?}", s.auth_failures);
     });
     assert_eq!(connector.ctx.dsx.key_id().as_deref(), Some(dsx_testkit::python_fixtures::HMAC_KEY_ID));
+
+    // Shutdown unregisters with a signed DELETE naming the fixture uuid (fixture 91).
+    connector.ctx.dsx.unregister().await.unwrap();
+    server.with(|s| {
+        let deletes = s.calls_to("DELETE", &format!("/connectors/unregister/{CONNECTOR_UUID}"));
+        assert_eq!(deletes.len(), 1);
+        assert!(deletes[0].signed);
+        assert!(s.auth_failures.is_empty(), "{:?}", s.auth_failures);
+    });
 }
