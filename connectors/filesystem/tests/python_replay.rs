@@ -421,3 +421,43 @@ async fn webhook_events_are_confined_and_filtered() {
     assert_eq!(resp.status(), 401);
     assert_eq!(server.with(|s| s.calls_to("POST", "/scan/request").len()), 1);
 }
+
+/// `objects` pages with an opaque cursor, under a scope; every item appears exactly once.
+#[tokio::test]
+async fn objects_are_paged_under_a_scope() {
+    let server = PythonServer::start(|_| {}).await;
+    let asset = tempfile::tempdir().unwrap();
+    let quarantine = tempfile::tempdir().unwrap();
+    let root = asset.path().canonicalize().unwrap();
+    for name in ["a/1.txt", "a/2.txt", "a/sub/3.txt", "ab/4.txt", "b/5.txt"] {
+        write(&root.join(name), name.as_bytes());
+    }
+    let connector = Connector::start(&server, &root, quarantine.path(), &[]).await;
+    let page = |query: String| {
+        let connector = &connector;
+        async move {
+            let resp = connector.signed("GET", &format!("/filesystem-connector/objects?{query}"), Vec::new()).await;
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let mut seen = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..10 {
+        let (status, body) = page(format!("scope=a&limit=2&cursor={cursor}")).await;
+        assert_eq!(status, 200, "{body}");
+        for o in body["objects"].as_array().unwrap() {
+            seen.push(o["metadata"]["relative_path"].as_str().unwrap().to_owned());
+        }
+        match body["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_owned(),
+            None => break,
+        }
+    }
+    seen.sort();
+    assert_eq!(seen, ["a/1.txt", "a/2.txt", "a/sub/3.txt"], "scope `a` is the folder, not the prefix `ab`");
+    let (status, body) = page("limit=100".into()).await;
+    assert_eq!((status, body["objects"].as_array().unwrap().len()), (200, 5));
+    assert!(body["next_cursor"].is_null());
+    let (status, _) = page("cursor=not-a-cursor".into()).await;
+    assert_eq!(status, 422);
+}

@@ -426,13 +426,14 @@ pub struct ObjectEntry {
 async fn objects(State(ctx): Ctx, Query(q): Query<ObjectsQuery>) -> Response {
     let Some((offset, limit)) = page_bounds(q.limit, q.cursor.as_deref()) else { return invalid_cursor() };
     let scope = q.scope.as_deref().map(|s| s.trim_matches('/')).unwrap_or_default().to_owned();
+    let under_scope = format!("{scope}/");
     let filter = ctx.runtime.read().expect("runtime lock").filter.clone();
     let mut rx = ctx.repo.enumerate(filter);
     let (mut matched, mut objects, mut more) = (0usize, Vec::new(), false);
     while let Some(next) = rx.recv().await {
         let Ok(item) = next else { continue };
         let rel = relative_to_asset(&ctx.settings.asset, &item.location);
-        if !scope.is_empty() && rel != scope && !rel.starts_with(&format!("{scope}/")) {
+        if !scope.is_empty() && rel != scope && !rel.starts_with(&under_scope) {
             continue;
         }
         matched += 1;
