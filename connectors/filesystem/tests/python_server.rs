@@ -9,7 +9,7 @@ use std::collections::BTreeSet;
 
 use dsx_testkit::python_fixtures::CONNECTOR_UUID;
 use serde_json::Value;
-use support::{populate, Connector, JobShape, PythonServer, ServerState};
+use support::{populate, BatchRefusal, Connector, JobShape, PythonServer, ServerState};
 
 struct Setup {
     server: PythonServer,
@@ -116,21 +116,24 @@ async fn batch_on_server_gets_batches_of_its_size() {
 
 #[tokio::test]
 async fn a_batch_the_server_does_not_queue_falls_back_to_singles() {
-    // Batching advertised, yet request_batch answers 202 `status:"error"`, `queued_items:0`.
-    let t = setup(25, |s| {
-        s.batch_enabled = true;
-        s.batch_refuses = true;
-    })
-    .await;
-    t.connector.full_scan("batch=true&batch_size=5&job_id=job-fallback").await;
-    let done = t.server.wait_enqueue_done("job-fallback").await;
-    t.server.with(|s| {
-        assert_eq!(s.refused_batches, 1, "one refusal ends batching for the scan");
-        assert!(s.batches.is_empty());
-        assert_eq!(sorted(&s.accepted), t.locations, "the refused batch's items went out one by one");
-        assert_eq!(total(&done), 25, "nothing counted that was not queued, nothing lost");
-        assert_clean(s, "job-fallback");
-    });
+    // Batching advertised, yet request_batch queues nothing: 202 `status:"error"`,
+    // `queued_items:0` (fixture 44), 202 success with `queued_items:0`, or no such route.
+    for refusal in [BatchRefusal::DisabledBody, BatchRefusal::NothingQueued, BatchRefusal::NoRoute] {
+        let t = setup(25, |s| {
+            s.batch_enabled = true;
+            s.batch_refusal = Some(refusal);
+        })
+        .await;
+        t.connector.full_scan("batch=true&batch_size=5&job_id=job-fallback").await;
+        let done = t.server.wait_enqueue_done("job-fallback").await;
+        t.server.with(|s| {
+            assert_eq!(s.refused_batches, 1, "{refusal:?}: one refusal ends batching for the scan");
+            assert!(s.batches.is_empty());
+            assert_eq!(sorted(&s.accepted), t.locations, "{refusal:?}: the refused batch's items went out one by one");
+            assert_eq!(total(&done), 25, "{refusal:?}: nothing counted that was not queued, nothing lost");
+            assert_clean(s, "job-fallback");
+        });
+    }
 }
 
 /// A pause in the middle of a scan: the server answers 409 (in each shape), the connector

@@ -35,6 +35,17 @@ pub enum JobShape {
     Combined,
 }
 
+/// Ways a server that advertises batching may still not queue a batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BatchRefusal {
+    /// `202` with fixture 44's body: `status:"error"`, `queued_items:0`.
+    DisabledBody,
+    /// `202`, `status:"success"` but `queued_items:0`.
+    NothingQueued,
+    /// `404`: no batch intake at all.
+    NoRoute,
+}
+
 /// One call the connector made.
 #[derive(Debug, Clone)]
 pub struct Call {
@@ -55,8 +66,8 @@ impl Call {
 pub struct ServerState {
     /// `GET config` answers fixture 96 (batching on) instead of 20 (off).
     pub batch_enabled: bool,
-    /// Batching advertised, but `request_batch` answers like a disabled intake (fixture 44).
-    pub batch_refuses: bool,
+    /// Batching advertised, but `request_batch` does not queue: how it says so.
+    pub batch_refusal: Option<BatchRefusal>,
     pub shape: JobShape,
     pub paused: bool,
     pub cancelled: bool,
@@ -244,11 +255,19 @@ async fn handle(State(state): State<Arc<Mutex<ServerState>>>, req: Request) -> R
             let Ok(batch) = serde_json::from_slice::<ScanRequestBatch>(&body) else {
                 return json_value(StatusCode::UNPROCESSABLE_ENTITY, json!({ "detail": "invalid body" }));
             };
-            if !s.batch_enabled || s.batch_refuses {
+            let refusal = if s.batch_enabled { s.batch_refusal } else { Some(BatchRefusal::DisabledBody) };
+            if let Some(refusal) = refusal {
                 s.refused_batches += 1;
                 let mut answer = fixture_json("44");
                 answer["batch_size"] = json!(batch.batch_size);
-                return json_value(StatusCode::ACCEPTED, answer);
+                return match refusal {
+                    BatchRefusal::DisabledBody => json_value(StatusCode::ACCEPTED, answer),
+                    BatchRefusal::NothingQueued => {
+                        answer["status"] = json!("success");
+                        json_value(StatusCode::ACCEPTED, answer)
+                    }
+                    BatchRefusal::NoRoute => json_value(StatusCode::NOT_FOUND, json!({ "detail": "Not Found" })),
+                };
             }
             if batch.requests.is_empty() {
                 return json_response(StatusCode::ACCEPTED, fixture_body("99"));
