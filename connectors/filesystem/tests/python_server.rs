@@ -62,6 +62,7 @@ async fn batch_off_server_gets_single_requests_and_the_true_total() {
         assert_eq!(total(&done), 25, "enqueue_done carries the true total");
         assert!(s.calls_to("POST", "/scan/request_batch").is_empty());
         assert_eq!(s.calls_to("GET", "/config").len(), 1, "capabilities were read");
+        assert_eq!(s.calls_to("GET", "/scan/jobs/job-single/raw").len(), 1, "job checked once, before the first item");
         assert_clean(s, "job-single");
         s.accepted.clear();
     });

@@ -328,8 +328,13 @@ fn raw_job(s: &ServerState, job_id: &str) -> Value {
     } else {
         "running"
     };
-    let mut doc = fixture_json("80");
+    // Before its first item Python has no job hash: `data` is `{}`, `ttl` -2 (fixture 28).
+    let fresh = s.accepted.is_empty() && !s.paused && !s.cancelled;
+    let mut doc = fixture_json(if fresh { "28" } else { "80" });
     doc["key"] = json!(format!("dsxconnect:job:{job_id}"));
+    if fresh && s.shape == JobShape::Python {
+        return doc;
+    }
     let data = doc["data"].as_object_mut().unwrap();
     data.insert("job_id".into(), json!(job_id));
     data.insert("status".into(), json!(status));
