@@ -120,7 +120,7 @@ impl Stack {
             let resp = self.http.get(self.api(&format!("scan/jobs/{job_id}/raw"))).send().await.unwrap();
             if resp.status() == StatusCode::OK {
                 let job: Value = resp.json().await.unwrap();
-                if job["enqueue_done"] == true {
+                if job_flag(&job, "enqueue_done") {
                     return job;
                 }
             }
@@ -156,6 +156,21 @@ impl Stack {
         let body = serde_json::to_vec(&json!({ "location": location, "metainfo": "x" })).unwrap();
         self.dsx_client().request(self.uuid, Method::POST, "read_file", body).await.unwrap()
     }
+}
+
+/// A field of `GET scan/jobs/{id}/raw`: top level (this server's flat shape) or in Python's
+/// `data` hash, whose values are all strings.
+fn job_field<'a>(job: &'a Value, name: &str) -> Option<&'a Value> {
+    job.get(name).filter(|v| !v.is_null()).or_else(|| job.get("data")?.get(name))
+}
+
+fn job_u64(job: &Value, name: &str) -> Option<u64> {
+    let v = job_field(job, name)?;
+    v.as_u64().or_else(|| v.as_str()?.parse().ok())
+}
+
+fn job_flag(job: &Value, name: &str) -> bool {
+    matches!(job_field(job, name), Some(v) if *v == true || *v == "1" || *v == "true")
 }
 
 async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
@@ -209,7 +224,7 @@ async fn mutual_dsx_hmac_between_server_and_filesystem_connector() {
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     assert_eq!(resp.headers()["x-job-id"], "job-all");
     let job = stack.wait_job_done("job-all").await;
-    assert_eq!((job["expected_total"].as_u64(), job["enqueued_count"].as_u64()), (Some(4), Some(4)));
+    assert_eq!((job_u64(&job, "expected_total"), job_u64(&job, "enqueued_count")), (Some(4), Some(4)));
     // Batched, with a limit.
     let resp = stack
         .operator(
@@ -219,7 +234,7 @@ async fn mutual_dsx_hmac_between_server_and_filesystem_connector() {
         .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let job = stack.wait_job_done("job-batch").await;
-    assert_eq!((job["expected_total"].as_u64(), job["enqueued_count"].as_u64()), (Some(3), Some(3)));
+    assert_eq!((job_u64(&job, "expected_total"), job_u64(&job, "enqueued_count")), (Some(3), Some(3)));
     let queued = stack.queued_locations().await;
     assert_eq!(queued.len(), 7);
     assert!(queued.contains(&stack.root().join("sub1/tmp/c.txt").display().to_string()));
@@ -347,7 +362,7 @@ async fn filter_limits_full_scan_and_monitor_enqueues_new_files() {
     let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id=job-filter", stack.uuid)).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let job = stack.wait_job_done("job-filter").await;
-    assert_eq!(job["expected_total"].as_u64(), Some(1));
+    assert_eq!(job_u64(&job, "expected_total"), Some(1));
     assert_eq!(stack.queued_locations().await, vec![stack.root().join("sub1/b.txt").display().to_string()]);
     let estimate: Value =
         stack.operator(Method::GET, &format!("connectors/estimate/{}", stack.uuid)).await.json().await.unwrap();
@@ -413,14 +428,14 @@ async fn full_scan_waits_while_paused_and_stops_when_cancelled() {
     assert!(stack.queued_locations().await.is_empty(), "nothing is enqueued while paused");
     set_job_status(&stack, &job, "running").await;
     let done = stack.wait_job_done(&job).await;
-    assert_eq!((done["expected_total"].as_u64(), done["enqueued_count"].as_u64()), (Some(4), Some(4)));
+    assert_eq!((job_u64(&done, "expected_total"), job_u64(&done, "enqueued_count")), (Some(4), Some(4)));
 
     let cancelled = unique_name("cancelled-");
     set_job_status(&stack, &cancelled, "cancelled").await;
     let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={cancelled}", stack.uuid)).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
     let done = stack.wait_job_done(&cancelled).await;
-    assert_eq!(done["expected_total"].as_u64(), Some(0));
+    assert_eq!(job_u64(&done, "expected_total"), Some(0));
     assert_eq!(stack.queued_locations().await.len(), 4, "the cancelled job added nothing");
 }
 

@@ -1,13 +1,14 @@
 //! Outbound calls to dsx-connect: registration (enrollment token, then signed refreshes),
 //! and every later call signed with the connector's key. Credentials live in memory only.
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use dsx_hmac::{sign_request, SigningKey};
 use dsx_model::{Connector, RegistrationResponse, API_PREFIX};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
 use serde_json::Value;
 
 /// One DSX-HMAC key as the connector holds it: the id and the pre-keyed HMAC state.
@@ -48,6 +49,28 @@ fn previous_key_grace(skew: u64) -> Duration {
     Duration::from_secs(2 * skew.max(1))
 }
 
+/// What dsx-connect's `GET config` advertises about `scan/request_batch`
+/// (`workers.scan_request_batch_*`; Python 1.x ships it off by default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub struct BatchCapabilities {
+    #[serde(default, rename = "scan_request_batch_enabled")]
+    pub enabled: bool,
+    #[serde(default, rename = "scan_request_batch_default_size")]
+    pub default_size: Option<usize>,
+    #[serde(default, rename = "scan_request_batch_max_size")]
+    pub max_size: Option<usize>,
+}
+
+/// The part of `GET config` a connector reads.
+#[derive(Debug, Deserialize)]
+struct ServerConfig {
+    #[serde(default)]
+    workers: Option<BatchCapabilities>,
+}
+
+/// Capabilities are re-read at most this often: a full scan asks once, not per batch.
+const CAPABILITIES_TTL: Duration = Duration::from_secs(30);
+
 pub struct DsxClient {
     http: reqwest::Client,
     base_url: String,
@@ -56,6 +79,7 @@ pub struct DsxClient {
     current: RwLock<Option<Arc<Credentials>>>,
     previous: RwLock<Option<(Arc<Credentials>, Instant)>>,
     model: RwLock<Connector>,
+    capabilities: Mutex<Option<(Instant, BatchCapabilities)>>,
 }
 
 impl DsxClient {
@@ -73,6 +97,7 @@ impl DsxClient {
             current: RwLock::new(None),
             previous: RwLock::new(None),
             model: RwLock::new(model),
+            capabilities: Mutex::new(None),
         }
     }
 
@@ -199,6 +224,32 @@ impl DsxClient {
     ) -> Result<(StatusCode, Value), ClientError> {
         let body = serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
         self.call(Method::POST, path, body).await
+    }
+
+    /// The server's batch intake, from `GET config` (cached for 30 s). `None` when the server
+    /// cannot say (unreachable, or no `workers` section): callers then decide for themselves.
+    pub async fn batch_capabilities(&self) -> Option<BatchCapabilities> {
+        if let Some((at, caps)) = *self.capabilities.lock().expect("capabilities lock") {
+            if at.elapsed() < CAPABILITIES_TTL {
+                return Some(caps);
+            }
+        }
+        let caps = match self.call(Method::GET, "config", Vec::new()).await {
+            Ok((_, json)) => match serde_json::from_value::<ServerConfig>(json) {
+                Ok(ServerConfig { workers: Some(caps) }) => caps,
+                Ok(_) => return None,
+                Err(err) => {
+                    tracing::warn!(error = %err, "GET config: unexpected workers section");
+                    return None;
+                }
+            },
+            Err(err) => {
+                tracing::warn!(error = %err, "GET config failed; batch capability unknown");
+                return None;
+            }
+        };
+        *self.capabilities.lock().expect("capabilities lock") = Some((Instant::now(), caps));
+        Some(caps)
     }
 
     /// Signed unregister (graceful shutdown).

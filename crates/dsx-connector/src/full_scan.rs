@@ -1,6 +1,7 @@
 //! Full scan: enumerate in the background and enqueue scan requests to dsx-connect, one by
-//! one with bounded concurrency or in batches; honour `limit`, pause and cancel; end with
-//! `enqueue_done` carrying the true total.
+//! one with bounded concurrency or in batches when the server takes them; honour `limit`,
+//! pause and cancel (in this server's shapes and in Python 1.x's); end with `enqueue_done`
+//! carrying the true total.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -8,35 +9,145 @@ use std::time::Duration;
 
 use dsx_model::{ScanRequest, ScanRequestBatch};
 use reqwest::Method;
-use serde_json::json;
+use serde::Deserialize;
+use serde_json::{json, Value};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::dsx_client::ClientError;
+use crate::dsx_client::{BatchCapabilities, ClientError};
 use crate::repository::Item;
 use crate::ConnectorContext;
 
-/// How often (in items) the job's pause/cancel flags are checked.
+/// How often (in items) the job's pause/cancel flags are checked between batches.
 const CONTROL_CHECK_EVERY: u64 = 100;
 /// Attempts for one enqueue when dsx-connect is unreachable or answers 5xx.
 const ENQUEUE_ATTEMPTS: u32 = 5;
+/// How often a paused job is looked at again.
+const PAUSE_POLL: Duration = Duration::from_millis(500);
+/// Batch size when neither the full-scan request nor the server names one.
+const DEFAULT_BATCH_SIZE: usize = 100;
+/// A 409 while the job reads as running (the pause ended in between, or the server refuses
+/// for a reason the job does not show) is retried this often before the item counts as refused.
+const CONFLICT_RETRIES: u32 = 5;
 
 #[derive(Debug, Clone)]
 pub struct FullScanParams {
     pub job_id: String,
     pub limit: Option<u64>,
-    pub batch: bool,
-    pub batch_size: usize,
+    /// The `batch` query parameter; `None` follows what the server advertises.
+    pub batch: Option<bool>,
+    pub batch_size: Option<usize>,
 }
 
-fn request_job(request: &ScanRequest) -> String {
-    request.scan_job_id.clone().unwrap_or_default()
+/// The batch size to enqueue with, or `None` for single `scan/request`s.
+///
+/// A server that says batching is off is never sent batches, even when asked for (a Python
+/// 1.x server would answer `202` with `status:"error"` and queue nothing). Without a `batch`
+/// parameter, batches are used exactly when the server advertises them.
+pub fn choose_batch(params: &FullScanParams, caps: Option<BatchCapabilities>) -> Option<usize> {
+    let wanted = match (params.batch, caps) {
+        (Some(false), _) => false,
+        (_, Some(caps)) if !caps.enabled => false,
+        (Some(true), _) => true,
+        (None, caps) => caps.is_some_and(|c| c.enabled),
+    };
+    if !wanted {
+        return None;
+    }
+    let size = params.batch_size.or(caps.and_then(|c| c.default_size)).unwrap_or(DEFAULT_BATCH_SIZE);
+    let max = caps.and_then(|c| c.max_size).filter(|m| *m > 0).unwrap_or(usize::MAX);
+    Some(size.clamp(1, max))
+}
+
+/// `GET scan/jobs/{id}/raw`, in every shape a server sends: Python's
+/// `{"key","ttl","data":{…}}` whose `data.paused`/`data.cancel` are `"1"`, this server's flat
+/// `{"status": …}`, or both at once.
+#[derive(Debug, Default, Deserialize)]
+pub struct JobRaw {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    data: Option<JobRawData>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct JobRawData {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    paused: Option<Value>,
+    #[serde(default)]
+    cancel: Option<Value>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    Running,
+    Paused,
+    Cancelled,
+}
+
+/// A Python job-hash flag: every value is a string, set ones are `"1"`.
+fn flag(value: &Option<Value>) -> bool {
+    match value {
+        Some(Value::String(s)) => s == "1" || s.eq_ignore_ascii_case("true"),
+        Some(Value::Bool(b)) => *b,
+        Some(Value::Number(n)) => n.as_u64() == Some(1),
+        _ => false,
+    }
+}
+
+impl JobRaw {
+    pub fn state(&self) -> JobState {
+        let data = self.data.as_ref();
+        let cancelled = data.is_some_and(|d| flag(&d.cancel))
+            || self.status.as_deref() == Some("cancelled")
+            || data.and_then(|d| d.status.as_deref()) == Some("cancelled");
+        // Python resumes by deleting `paused`; its `data.status` is not what its peers go by.
+        let paused = data.is_some_and(|d| flag(&d.paused)) || self.status.as_deref() == Some("paused");
+        if cancelled {
+            JobState::Cancelled
+        } else if paused {
+            JobState::Paused
+        } else {
+            JobState::Running
+        }
+    }
+}
+
+/// The parts of a `scan/request` or `scan/request_batch` answer that say whether anything
+/// was queued: Python answers a refused batch with `202` and `status:"error"`.
+#[derive(Debug, Default, Deserialize)]
+struct EnqueueAnswer {
+    #[serde(default)]
+    status: Option<String>,
+    #[serde(default)]
+    queued_items: Option<u64>,
+}
+
+impl EnqueueAnswer {
+    fn read(json: &Value) -> Self {
+        serde_json::from_value(json.clone()).unwrap_or_default()
+    }
+
+    fn is_error(&self) -> bool {
+        self.status.as_deref() == Some("error")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Control {
     Run,
     Stop,
+}
+
+/// What became of one batch.
+enum BatchOutcome {
+    Queued(u64),
+    /// The server would not take it as a batch: send these one by one.
+    Refused(Vec<ScanRequest>),
+    Stopped,
+    Failed,
 }
 
 impl ConnectorContext {
@@ -49,21 +160,29 @@ impl ConnectorContext {
         req
     }
 
-    /// POST one JSON body, retrying transient failures. While the job is paused (409
-    /// `job_paused`) it waits and then retries; `Ok(false)` when the job was cancelled.
-    async fn enqueue_with_retry(
-        &self,
-        path: &str,
-        body: &serde_json::Value,
-        job_id: &str,
-    ) -> Result<bool, ClientError> {
+    /// POST one JSON body, retrying transient failures, and return the answer. A 409 (job
+    /// paused or cancelled; Python's carries no `detail`) is settled by the job's raw state:
+    /// paused → wait, then send the same body again; cancelled → `Ok(None)`.
+    async fn enqueue_with_retry(&self, path: &str, body: &Value, job_id: &str) -> Result<Option<Value>, ClientError> {
         let mut attempt = 0;
+        let mut conflicts = 0;
         loop {
             match self.dsx.post_json(path, body).await {
-                Ok(_) => return Ok(true),
+                Ok((_, json)) => return Ok(Some(json)),
                 Err(ClientError::Refused { status: 409, detail }) => {
-                    if detail != "job_paused" || self.job_control(job_id).await == Control::Stop {
-                        return Ok(false);
+                    if detail == "job_cancelled" {
+                        return Ok(None);
+                    }
+                    match self.job_control(job_id).await {
+                        (Control::Stop, _) => return Ok(None),
+                        (Control::Run, true) => conflicts = 0,
+                        (Control::Run, false) => {
+                            conflicts += 1;
+                            if conflicts > CONFLICT_RETRIES {
+                                return Err(ClientError::Refused { status: 409, detail });
+                            }
+                            tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
+                        }
                     }
                 }
                 Err(err @ (ClientError::Unreachable(_) | ClientError::Refused { status: 500..=599, .. }))
@@ -78,36 +197,66 @@ impl ConnectorContext {
         }
     }
 
-    /// Pause/cancel check through `GET scan/jobs/{id}/raw`; waits while paused.
-    async fn job_control(&self, job_id: &str) -> Control {
+    /// The job's state from `GET scan/jobs/{id}/raw`. An error or an unknown shape reads as
+    /// running, as Python connectors read it (a server without job control).
+    pub async fn job_state(&self, job_id: &str) -> JobState {
+        match self.dsx.call(Method::GET, &format!("scan/jobs/{job_id}/raw"), Vec::new()).await {
+            Ok((_, json)) => serde_json::from_value::<JobRaw>(json).map(|r| r.state()).unwrap_or(JobState::Running),
+            Err(_) => JobState::Running,
+        }
+    }
+
+    /// Waits while the job is paused (Python connectors skip the item instead, losing it).
+    /// Returns whether to go on, and whether it had to wait.
+    async fn job_control(&self, job_id: &str) -> (Control, bool) {
+        let mut waited = false;
         loop {
-            match self.dsx.call(Method::GET, &format!("scan/jobs/{job_id}/raw"), Vec::new()).await {
-                Ok((_, json)) => match json.get("status").and_then(|s| s.as_str()) {
-                    Some("cancelled") => return Control::Stop,
-                    Some("paused") => tokio::time::sleep(Duration::from_secs(2)).await,
-                    _ => return Control::Run,
-                },
-                // A server without job control, or a passing error: keep going.
-                Err(_) => return Control::Run,
+            match self.job_state(job_id).await {
+                JobState::Cancelled => return (Control::Stop, waited),
+                JobState::Running => {
+                    if waited {
+                        tracing::info!(job_id, "job resumed");
+                    }
+                    return (Control::Run, waited);
+                }
+                JobState::Paused => {
+                    if !waited {
+                        tracing::info!(job_id, "job paused; waiting");
+                    }
+                    waited = true;
+                    tokio::time::sleep(PAUSE_POLL).await;
+                }
             }
         }
     }
 
     pub async fn run_full_scan(self: Arc<Self>, params: FullScanParams) -> u64 {
+        let caps = if params.batch == Some(false) { None } else { self.dsx.batch_capabilities().await };
+        let mut batch_size = choose_batch(&params, caps);
+        let job_id = params.job_id.clone();
         let filter = self.runtime.read().expect("runtime lock").filter.clone();
-        let mut items = self.repo.enumerate(filter);
-        let enqueued = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let limiter = Arc::new(Semaphore::new(self.settings.full_scan_enqueue_concurrency));
-        let mut tasks = JoinSet::new();
-        let mut batch: Vec<ScanRequest> = Vec::new();
+        let mut enqueuer = Enqueuer {
+            ctx: Arc::clone(&self),
+            job_id: job_id.clone(),
+            limiter: Arc::new(Semaphore::new(self.settings.full_scan_enqueue_concurrency)),
+            tasks: JoinSet::new(),
+            enqueued: Arc::new(AtomicU64::new(0)),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        let mut pending: Vec<ScanRequest> = Vec::new();
         let mut seen = 0u64;
-        tracing::info!(job_id = %params.job_id, batch = params.batch, limit = ?params.limit, "full scan started");
+        tracing::info!(job_id, batch_size, limit = ?params.limit, "full scan started");
 
-        while let Some(next) = items.recv().await {
-            if stop.load(Ordering::Relaxed) || params.limit.is_some_and(|l| seen >= l) {
+        // Paused before it began: wait; cancelled: enumerate nothing.
+        let mut items = match self.job_control(&job_id).await.0 {
+            Control::Run => Some(self.repo.enumerate(filter)),
+            Control::Stop => None,
+        };
+        while let Some(rx) = items.as_mut() {
+            if enqueuer.stop.load(Ordering::Relaxed) || params.limit.is_some_and(|l| seen >= l) {
                 break;
             }
+            let Some(next) = rx.recv().await else { break };
             let item = match next {
                 Ok(item) => item,
                 Err(err) => {
@@ -116,77 +265,206 @@ impl ConnectorContext {
                 }
             };
             seen += 1;
-            if seen.is_multiple_of(CONTROL_CHECK_EVERY) && self.job_control(&params.job_id).await == Control::Stop {
-                tracing::info!(job_id = %params.job_id, "job cancelled; stopping enumeration");
+            if seen.is_multiple_of(CONTROL_CHECK_EVERY) && self.job_control(&job_id).await.0 == Control::Stop {
+                tracing::info!(job_id, "job cancelled; stopping enumeration");
                 break;
             }
-            let request = self.scan_request(&item, &params.job_id);
-            if params.batch {
-                batch.push(request);
-                if batch.len() >= params.batch_size {
-                    self.send_batch(std::mem::take(&mut batch), params.batch_size, &enqueued, &stop).await;
-                }
-                continue;
-            }
-            let permit = Arc::clone(&limiter).acquire_owned().await.expect("semaphore open");
-            let (ctx, enqueued, stop) = (Arc::clone(&self), Arc::clone(&enqueued), Arc::clone(&stop));
-            tasks.spawn(async move {
-                let body = serde_json::to_value(&request).expect("scan request serialises");
-                match ctx.enqueue_with_retry("scan/request", &body, &request_job(&request)).await {
-                    Ok(true) => {
-                        enqueued.fetch_add(1, Ordering::Relaxed);
+            let request = self.scan_request(&item, &job_id);
+            match batch_size {
+                Some(size) => {
+                    pending.push(request);
+                    if pending.len() >= size && !enqueuer.batch(std::mem::take(&mut pending), size).await {
+                        batch_size = None;
                     }
-                    Ok(false) => stop.store(true, Ordering::Relaxed),
-                    Err(err) => tracing::error!(location = %request.location, error = %err, "could not enqueue"),
                 }
-                drop(permit);
-            });
-            while tasks.try_join_next().is_some() {}
+                None => enqueuer.single(request).await,
+            }
         }
-        if !batch.is_empty() {
-            self.send_batch(batch, params.batch_size, &enqueued, &stop).await;
+        if let (false, Some(size)) = (pending.is_empty(), batch_size) {
+            if !enqueuer.stop.load(Ordering::Relaxed) {
+                enqueuer.batch(pending, size).await;
+            }
         }
-        while tasks.join_next().await.is_some() {}
+        let total = enqueuer.finish().await;
 
-        let total = enqueued.load(Ordering::Relaxed);
         let done = json!({ "enqueued_total": total });
-        let path = format!("scan/jobs/{}/enqueue_done", params.job_id);
-        if let Err(err) = self.enqueue_with_retry(&path, &done, &params.job_id).await {
-            tracing::error!(job_id = %params.job_id, error = %err, "enqueue_done failed");
+        let path = format!("scan/jobs/{job_id}/enqueue_done");
+        if let Err(err) = self.enqueue_with_retry(&path, &done, &job_id).await {
+            tracing::error!(job_id, error = %err, "enqueue_done failed");
         }
-        tracing::info!(job_id = %params.job_id, enqueued = total, "full scan enumeration finished");
+        tracing::info!(job_id, enqueued = total, "full scan enumeration finished");
         total
     }
 
-    async fn send_batch(&self, requests: Vec<ScanRequest>, batch_size: usize, enqueued: &AtomicU64, stop: &AtomicBool) {
+    async fn send_batch(&self, requests: Vec<ScanRequest>, batch_size: usize, job_id: &str) -> BatchOutcome {
         let count = requests.len() as u64;
-        let job_id = requests.first().map(request_job).unwrap_or_default();
-        let body = serde_json::to_value(ScanRequestBatch { requests, batch_size: Some(batch_size) })
-            .expect("batch serialises");
-        match self.enqueue_with_retry("scan/request_batch", &body, &job_id).await {
-            Ok(true) => {
-                enqueued.fetch_add(count, Ordering::Relaxed);
+        let batch = ScanRequestBatch { requests, batch_size: Some(batch_size) };
+        let body = serde_json::to_value(&batch).expect("batch serialises");
+        match self.enqueue_with_retry("scan/request_batch", &body, job_id).await {
+            Ok(Some(json)) => {
+                let answer = EnqueueAnswer::read(&json);
+                match answer.queued_items {
+                    _ if answer.is_error() => {
+                        tracing::warn!(%json, "dsx-connect did not take the batch; sending the items one by one");
+                        BatchOutcome::Refused(batch.requests)
+                    }
+                    Some(0) => BatchOutcome::Refused(batch.requests),
+                    Some(queued) if queued < count => {
+                        // Which ones is not said; resending could scan some twice.
+                        tracing::error!(queued, items = count, "dsx-connect queued only part of a batch");
+                        BatchOutcome::Queued(queued)
+                    }
+                    _ => BatchOutcome::Queued(count),
+                }
             }
-            Ok(false) => stop.store(true, Ordering::Relaxed),
-            Err(err) => tracing::error!(error = %err, items = count, "could not enqueue batch"),
+            Ok(None) => BatchOutcome::Stopped,
+            // No batch intake at all (an older server): singles still work.
+            Err(ClientError::Refused { status: 400..=499, detail }) => {
+                tracing::warn!(%detail, "scan/request_batch refused; sending the items one by one");
+                BatchOutcome::Refused(batch.requests)
+            }
+            Err(err) => {
+                tracing::error!(error = %err, items = count, "could not enqueue batch");
+                BatchOutcome::Failed
+            }
+        }
+    }
+
+    /// One item as its own job (monitor mode, webhook events): `scan/request`, then
+    /// `enqueue_done` with a total of one. Returns the job id.
+    pub async fn enqueue_item(&self, item: &Item) -> Result<String, String> {
+        let job_id = uuid::Uuid::new_v4().to_string();
+        let body = serde_json::to_value(self.scan_request(item, &job_id)).expect("scan request serialises");
+        match self.enqueue_with_retry("scan/request", &body, &job_id).await {
+            Ok(Some(json)) if !EnqueueAnswer::read(&json).is_error() => {
+                self.count_enqueued(1);
+                let done = json!({ "enqueued_total": 1 });
+                let path = format!("scan/jobs/{job_id}/enqueue_done");
+                if let Err(err) = self.enqueue_with_retry(&path, &done, &job_id).await {
+                    tracing::warn!(error = %err, "enqueue_done for a single item failed");
+                }
+                Ok(job_id)
+            }
+            Ok(Some(json)) => Err(format!("dsx-connect refused the scan request: {json}")),
+            Ok(None) => Err("the job was cancelled".into()),
+            Err(err) => Err(err.to_string()),
         }
     }
 
     /// Monitor mode: each new or changed item is a single-item job.
     pub async fn enqueue_single(self: Arc<Self>, item: Item) {
-        let job_id = uuid::Uuid::new_v4().to_string();
-        let body = serde_json::to_value(self.scan_request(&item, &job_id)).expect("scan request serialises");
-        match self.enqueue_with_retry("scan/request", &body, &job_id).await {
-            Ok(true) => {
-                let done = json!({ "enqueued_total": 1 });
-                let path = format!("scan/jobs/{job_id}/enqueue_done");
-                if let Err(err) = self.enqueue_with_retry(&path, &done, &job_id).await {
-                    tracing::warn!(error = %err, "enqueue_done for a monitored item failed");
-                }
-                tracing::info!(location = %item.location, job_id, "monitored change enqueued");
-            }
-            Ok(false) => tracing::warn!(location = %item.location, "monitored change refused by dsx-connect"),
+        match self.enqueue_item(&item).await {
+            Ok(job_id) => tracing::info!(location = %item.location, job_id, "monitored change enqueued"),
             Err(err) => tracing::error!(location = %item.location, error = %err, "could not enqueue monitored change"),
         }
+    }
+}
+
+/// The enqueueing half of one full scan: single requests in flight, batches, the count.
+struct Enqueuer {
+    ctx: Arc<ConnectorContext>,
+    job_id: String,
+    limiter: Arc<Semaphore>,
+    tasks: JoinSet<()>,
+    enqueued: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Enqueuer {
+    /// Send one `scan/request` in the background (bounded concurrency).
+    async fn single(&mut self, request: ScanRequest) {
+        let permit = Arc::clone(&self.limiter).acquire_owned().await.expect("semaphore open");
+        let (ctx, enqueued, stop, job_id) =
+            (Arc::clone(&self.ctx), Arc::clone(&self.enqueued), Arc::clone(&self.stop), self.job_id.clone());
+        self.tasks.spawn(async move {
+            let body = serde_json::to_value(&request).expect("scan request serialises");
+            match ctx.enqueue_with_retry("scan/request", &body, &job_id).await {
+                Ok(Some(json)) if !EnqueueAnswer::read(&json).is_error() => {
+                    enqueued.fetch_add(1, Ordering::Relaxed);
+                    ctx.count_enqueued(1);
+                }
+                Ok(Some(json)) => tracing::error!(location = %request.location, %json, "scan request refused"),
+                Ok(None) => stop.store(true, Ordering::Relaxed),
+                Err(err) => tracing::error!(location = %request.location, error = %err, "could not enqueue"),
+            }
+            drop(permit);
+        });
+        while self.tasks.try_join_next().is_some() {}
+    }
+
+    /// Send one batch; `false` when the server would not take batches (its items then went
+    /// out one by one, and the caller should stop batching).
+    async fn batch(&mut self, requests: Vec<ScanRequest>, size: usize) -> bool {
+        match self.ctx.send_batch(requests, size, &self.job_id).await {
+            BatchOutcome::Queued(n) => {
+                self.enqueued.fetch_add(n, Ordering::Relaxed);
+                self.ctx.count_enqueued(n);
+                true
+            }
+            BatchOutcome::Refused(requests) => {
+                for request in requests {
+                    self.single(request).await;
+                }
+                false
+            }
+            BatchOutcome::Stopped => {
+                self.stop.store(true, Ordering::Relaxed);
+                true
+            }
+            BatchOutcome::Failed => true,
+        }
+    }
+
+    /// Wait for the requests in flight; the number dsx-connect accepted.
+    async fn finish(mut self) -> u64 {
+        while self.tasks.join_next().await.is_some() {}
+        self.enqueued.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(json: Value) -> JobState {
+        serde_json::from_value::<JobRaw>(json).unwrap().state()
+    }
+
+    #[test]
+    fn job_state_in_every_shape() {
+        // Python 1.x (fixtures 28, 80, 83, 88).
+        assert_eq!(raw(json!({"key": "dsxconnect:job:j", "ttl": -2, "data": {}})), JobState::Running);
+        assert_eq!(raw(json!({"key": "k", "ttl": 1, "data": {"status": "running"}})), JobState::Running);
+        assert_eq!(raw(json!({"key": "k", "ttl": 1, "data": {"status": "paused", "paused": "1"}})), JobState::Paused);
+        assert_eq!(
+            raw(json!({"key": "k", "ttl": 1, "data": {"status": "cancelled", "cancel": "1", "paused": "1"}})),
+            JobState::Cancelled
+        );
+        // Resumed: Python deletes `paused`.
+        assert_eq!(raw(json!({"data": {"status": "paused"}})), JobState::Running);
+        // This server, flat and combined.
+        assert_eq!(raw(json!({"status": "paused", "enqueue_done": false})), JobState::Paused);
+        assert_eq!(raw(json!({"status": "cancelled"})), JobState::Cancelled);
+        assert_eq!(raw(json!({"status": "running"})), JobState::Running);
+        assert_eq!(raw(json!({"status": "paused", "key": "k", "data": {"paused": "1"}})), JobState::Paused);
+        assert_eq!(raw(json!({"status": "running", "data": {"paused": "0"}})), JobState::Running);
+    }
+
+    fn params(batch: Option<bool>, batch_size: Option<usize>) -> FullScanParams {
+        FullScanParams { job_id: "j".into(), limit: None, batch, batch_size }
+    }
+
+    #[test]
+    fn batch_follows_the_server() {
+        let off = BatchCapabilities { enabled: false, default_size: Some(10), max_size: Some(100) };
+        let on = BatchCapabilities { enabled: true, ..off };
+        assert_eq!(choose_batch(&params(None, None), Some(off)), None);
+        assert_eq!(choose_batch(&params(Some(true), Some(5)), Some(off)), None, "asked for, but the server is off");
+        assert_eq!(choose_batch(&params(None, None), Some(on)), Some(10), "the server's default size");
+        assert_eq!(choose_batch(&params(Some(true), Some(500)), Some(on)), Some(100), "clamped to the server's max");
+        assert_eq!(choose_batch(&params(Some(false), None), Some(on)), None);
+        assert_eq!(choose_batch(&params(None, None), None), None, "unknown server: singles");
+        assert_eq!(choose_batch(&params(Some(true), None), None), Some(DEFAULT_BATCH_SIZE));
+        assert_eq!(choose_batch(&params(Some(true), Some(0)), Some(on)), Some(1));
     }
 }

@@ -13,7 +13,7 @@ pub mod settings;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,6 +34,8 @@ pub struct ConnectorContext {
     pub replay: inbound::ReplayCache,
     pub runtime: RwLock<RuntimeConfig>,
     registered: AtomicBool,
+    /// Scan requests dsx-connect accepted since start (shown by `GET /`).
+    enqueued: AtomicU64,
 }
 
 impl ConnectorContext {
@@ -68,12 +70,21 @@ impl ConnectorContext {
             replay: Default::default(),
             runtime,
             registered: AtomicBool::new(false),
+            enqueued: AtomicU64::new(0),
         }))
     }
 
     /// Registered with dsx-connect at least once.
     pub fn is_ready(&self) -> bool {
         self.registered.load(Ordering::Relaxed)
+    }
+
+    pub fn count_enqueued(&self, n: u64) {
+        self.enqueued.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn enqueued_since_start(&self) -> u64 {
+        self.enqueued.load(Ordering::Relaxed)
     }
 
     /// Enroll (with backoff until it works), then heartbeat with signed refreshes forever.

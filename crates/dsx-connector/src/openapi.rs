@@ -16,9 +16,9 @@ pub const ROUTES: &[Route] = &[
         "PUT",
         "/item_action",
         true,
-        "Apply the configured (or requested) action to an item",
+        "Apply the configured (or requested) action to an item; a failure is a 200 with `status:\"error\"` and `error_code`",
         Some("ScanRequest"),
-        Some("ItemActionStatusResponse"),
+        Some("ItemActionAnswer"),
     ),
     (
         "POST",
@@ -28,15 +28,39 @@ pub const ROUTES: &[Route] = &[
         None,
         Some("StatusResponse"),
     ),
-    ("GET", "/repo_check", true, "Can the connector reach its repository? `?preview=N`", None, Some("StatusResponse")),
+    (
+        "GET",
+        "/repo_check",
+        true,
+        "Can the connector reach its repository? `?preview=N`; unreachable is a 200 with `status:\"error\"`",
+        None,
+        Some("StatusResponse"),
+    ),
     ("GET", "/estimate", true, "How many items a full scan would enqueue", None, Some("Estimate")),
     ("GET", "/config", true, "The connector's configuration (secrets masked)", None, None),
-    ("PUT", "/config", true, "Change filter, item action or quarantine", None, None),
-    ("GET", "/assets", true, "The asset this connector scans", None, None),
-    ("GET", "/objects", true, "A page of the asset's items", None, None),
+    (
+        "PUT",
+        "/config",
+        true,
+        "Change `filter`, `item_action`, `item_action_move_metainfo` or `requested_action.type`/`.destination`; \
+         answers the GET view, or `{\"error\":\"no_supported_fields\",\"supported\":[…]}`",
+        None,
+        None,
+    ),
+    ("GET", "/assets", true, "The asset this connector scans; `?type&source&limit&cursor`", None, Some("AssetsPage")),
+    ("GET", "/objects", true, "A page of the asset's items; `?scope&limit&cursor`", None, Some("ObjectsPage")),
+    (
+        "POST",
+        "/webhook/event",
+        true,
+        "Scan one item named by `location` (or `path`, `file_path`); `?validationToken=X` is answered \
+         `X` (text/plain) without a signature, the Microsoft Graph handshake",
+        None,
+        Some("StatusResponse"),
+    ),
     ("GET", "/healthz", false, "Liveness", None, None),
     ("GET", "/readyz", false, "Readiness: the connector model, 503 until registered", None, None),
-    ("GET", "/version", false, "Version", None, None),
+    ("GET", "/version", false, "Name, id, instance id and version", None, Some("VersionInfo")),
     ("GET", "/", false, "Name, version and asset", None, None),
     ("GET", "/openapi.json", false, "This document (404 when DSX-HMAC verification is on)", None, None),
 ];
@@ -48,6 +72,10 @@ fn schemas() -> Map<String, Value> {
     generator.subschema_for::<StatusResponse>();
     generator.subschema_for::<ItemActionStatusResponse>();
     generator.subschema_for::<Estimate>();
+    generator.subschema_for::<crate::routes::ItemActionAnswer>();
+    generator.subschema_for::<crate::routes::AssetsPage>();
+    generator.subschema_for::<crate::routes::ObjectsPage>();
+    generator.subschema_for::<crate::routes::VersionInfo>();
     generator.take_definitions(true)
 }
 

@@ -31,6 +31,25 @@ pub enum RepoError {
     Io(String),
 }
 
+impl RepoError {
+    /// The stable code of the error (`detail` of an HTTP error, `error_code` of an item action).
+    pub fn code(&self) -> &'static str {
+        match self {
+            RepoError::NotFound(_) => "not_found",
+            RepoError::Forbidden(_) => "forbidden",
+            RepoError::Invalid(_) => "invalid_request",
+            RepoError::Io(_) => "repository_error",
+        }
+    }
+
+    /// The human-readable reason.
+    pub fn reason(&self) -> &str {
+        match self {
+            RepoError::NotFound(m) | RepoError::Forbidden(m) | RepoError::Invalid(m) | RepoError::Io(m) => m,
+        }
+    }
+}
+
 /// The effective action for one `item_action` call.
 #[derive(Debug, Clone)]
 pub struct ActionPlan {
