@@ -380,15 +380,21 @@ async fn filter_limits_full_scan_and_monitor_enqueues_new_files() {
 }
 
 #[tokio::test]
-async fn a_revoked_connector_re_enrolls_by_itself() {
+async fn a_revoked_connector_stays_out_until_readmitted_then_re_enrolls_by_itself() {
     let stack = Stack::start(&[]).await;
     let store = stack.store().await;
     let first = store.current_credential(stack.uuid).await.unwrap().unwrap().key_id;
-    // An operator revokes the connector: presence and keys are gone.
+    // An operator revokes the connector: presence and keys are gone, the uuid is denied.
     let resp = stack.operator(Method::DELETE, &format!("connectors/unregister/{}", stack.uuid)).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     assert!(store.resolve_key(&first).await.unwrap().is_none());
-    // The next signed heartbeat meets `unknown_key_id`; the connector re-enrolls with its token.
+    // Its next heartbeat meets `unknown_key_id`, its re-enrollment with the token is refused.
+    wait_for("a refused re-enrollment", async || stack.connector.logs().contains("connector_revoked")).await;
+    assert!(store.current_credential(stack.uuid).await.unwrap().is_none(), "no key for a revoked connector");
+    assert!(store.get_presence(stack.uuid).await.unwrap().is_none());
+    // Readmitted by an operator, it comes back by itself.
+    let resp = stack.operator(Method::POST, &format!("connectors/readmit/{}", stack.uuid)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
     wait_for("re-enrollment", async || {
         store.current_credential(stack.uuid).await.unwrap().is_some_and(|c| c.key_id != first)
             && store.get_presence(stack.uuid).await.unwrap().is_some()
