@@ -153,9 +153,7 @@ fn message(part: &Value) -> Message {
     let headers = part["headers"]
         .as_array()
         .map(|hs| {
-            hs.iter()
-                .filter_map(|h| Some((h.get(0)?.as_str()?.to_owned(), h.get(1)?.as_str()?.to_owned())))
-                .collect()
+            hs.iter().filter_map(|h| Some((h.get(0)?.as_str()?.to_owned(), h.get(1)?.as_str()?.to_owned()))).collect()
         })
         .unwrap_or_default();
     // `body_text` is the exact body; `body_json` is only its parsed form.
