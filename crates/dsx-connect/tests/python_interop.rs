@@ -100,7 +100,7 @@ const EXPECTATIONS: &[Expect] = &[
     e("08", Main, Operator, 200, "the connector model, relayed (s2c 09 checked)"),
     e("10", Main, Operator, 200, "StatusResponse success, relayed (s2c 11; 12 and 13 via preview and estimate)"),
     e("14", Main, Operator, 200, "status success, message auth_ok (s2c 15 checked)"),
-    e("16", Main, Recorded, 200, "a version (ours: {\"version\"}, Python: a bare string)"),
+    e("16", Main, Recorded, 200, "a bare JSON string"),
     e("17", Main, Recorded, 200, "version"),
     e("18", Main, Recorded, 200, "status alive"),
     e("19", Main, Recorded, 200, "status ready"),
@@ -357,6 +357,11 @@ fn server_env(batch: bool) -> Vec<(&'static str, String)> {
 
 impl Replay {
     async fn start(backend: Backend) -> Self {
+        Self::start_with(backend, &[]).await
+    }
+
+    /// With `extra` settings on the main server.
+    async fn start_with(backend: Backend, extra: &[(&'static str, String)]) -> Self {
         let stand_in = StandIn::start().await;
         let mut rewrites = vec![(RECORDED_CONNECTOR_BASE.to_owned(), stand_in.base.clone())];
         // Jobs born from an operator's full scan get the id our server mints (mapped when it
@@ -365,7 +370,7 @@ impl Replay {
             rewrites.push(((*job).to_owned(), Uuid::new_v4().to_string()));
         }
         Self {
-            main: Peer { server: Server::start(backend, &server_env(true)), key: None },
+            main: Peer { server: Server::start(backend, &[server_env(true), extra.to_vec()].concat()), key: None },
             batch_off: Peer { server: Server::start(backend, &server_env(false)), key: None },
             stand_in,
             rewrites,
@@ -611,7 +616,8 @@ impl Replay {
                     self.assert_s2c(since, "15").await;
                 }
             }
-            "16" | "17" => assert!(answer.json()["version"].is_string()),
+            "16" => assert!(answer.json().is_string(), "a bare JSON string, as Python's \"0.3.88\""),
+            "17" => assert!(answer.json()["version"].is_string()),
             "18" => assert_eq!(answer.json()["status"], "alive"),
             "19" => assert_eq!(answer.json()["status"], "ready"),
             "20" | "96" => {
@@ -865,4 +871,157 @@ fn every_server_bound_fixture_has_an_expectation() {
     assert_eq!(unique.len(), expected.len(), "one expectation per fixture");
     assert_eq!(unique, bound, "expectations and server-bound fixtures differ");
     assert!(bound.len() >= 60, "only {} server-bound fixtures found", bound.len());
+}
+
+// ---------------------------------------------------------------------------------------
+// The server fixes the replay called for, each on its own.
+
+impl Replay {
+    /// Enrol the Python connector (fixture 01) on the main server.
+    async fn enrol(&mut self) {
+        let answer = self.send(&py::get("01"), Target::Main, Auth::Recorded).await;
+        assert_eq!(answer.status, StatusCode::CREATED);
+        self.take_key(Target::Main, &answer);
+    }
+
+    /// Send `fixture`'s scan request into `job` (a fresh id), signed; its task id.
+    async fn scan_into(&mut self, fixture: &str, job: &str) -> String {
+        let f = py::get(fixture);
+        let recorded = f.request.message.json().unwrap()["scan_job_id"].as_str().unwrap().to_owned();
+        self.map_job(&recorded, job);
+        let answer = self.send(&f, Target::Main, Auth::Signed).await;
+        self.rewrites.pop();
+        assert_eq!(answer.status, StatusCode::ACCEPTED);
+        answer.json()["message"].as_str().unwrap().strip_prefix("Scan task ID: ").unwrap().to_owned()
+    }
+
+    async fn operator_json(&self, method: Method, path: &str) -> Value {
+        let answer = self.operator(method, path).await;
+        assert_eq!(answer.status, StatusCode::OK, "{path}: {}", String::from_utf8_lossy(&answer.body));
+        answer.json()
+    }
+
+    async fn wait_results(&self, job: &str, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let rows = self.operator_json(Method::GET, &format!("scan/results/job/{job}")).await;
+            let rows = rows.as_array().unwrap().clone();
+            if rows.len() >= n {
+                return rows;
+            }
+            assert!(Instant::now() < deadline, "job {job} has {} of {n} results", rows.len());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// `GET scan/results/{task_id}` is a list (`[]` when unknown); `DELETE scan/results?job_id=X`
+/// forgets that job's results only; without `job_id`, all of them.
+async fn results_by_task_and_per_job_delete(backend: Backend) {
+    let mut r = Replay::start(backend).await;
+    r.enrol().await;
+    let (gone, kept) = (Uuid::new_v4().to_string(), Uuid::new_v4().to_string());
+    let gone_task = r.scan_into("29", &gone).await;
+    let kept_task = r.scan_into("30", &kept).await;
+    r.wait_results(&gone, 1).await;
+    r.wait_results(&kept, 1).await;
+
+    let one = r.operator_json(Method::GET, &format!("scan/results/{gone_task}")).await;
+    let one = one.as_array().expect("a list");
+    assert_eq!(one.len(), 1);
+    assert_eq!(one[0]["scan_request_task_id"], gone_task.as_str());
+    assert_eq!(r.operator_json(Method::GET, &format!("scan/results/{}", Uuid::new_v4())).await, json!([]));
+
+    let deleted = r.operator_json(Method::DELETE, &format!("scan/results?job_id={gone}")).await;
+    assert_eq!((deleted["status"].as_str(), deleted["job_id"].as_str()), (Some("success"), Some(gone.as_str())));
+    assert_eq!(deleted["cleared"], 1);
+    assert_eq!(r.operator_json(Method::GET, &format!("scan/results/job/{gone}")).await, json!([]));
+    assert_eq!(r.operator_json(Method::GET, &format!("scan/results/{gone_task}")).await, json!([]));
+    let recent = r.operator_json(Method::GET, "scan/results?limit=1000").await;
+    assert!(!recent.as_array().unwrap().iter().any(|row| row["scan_job_id"] == gone.as_str()));
+    assert_eq!(r.operator_json(Method::GET, &format!("scan/results/{kept_task}")).await.as_array().unwrap().len(), 1);
+    assert_eq!(r.wait_results(&kept, 1).await.len(), 1, "the other job's results stay");
+
+    // Everything: only on a store of our own (the shared test Redis holds other tests' results).
+    if matches!(backend, Backend::Embedded) {
+        let deleted = r.operator_json(Method::DELETE, "scan/results").await;
+        assert_eq!(deleted["job_id"], "all");
+        assert_eq!(r.operator_json(Method::GET, &format!("scan/results/job/{kept}")).await, json!([]));
+        assert_eq!(r.operator_json(Method::GET, "scan/stats").await["files_scanned"], 0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_by_task_and_per_job_delete_on_redis() {
+    results_by_task_and_per_job_delete(Backend::Redis).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_by_task_and_per_job_delete_on_embedded() {
+    results_by_task_and_per_job_delete(Backend::Embedded).await;
+}
+
+/// `batch_size` is clamped to `…_MAX_SIZE` and defaults to `…_DEFAULT_SIZE`; `GET config`
+/// advertises both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batch_size_is_clamped_and_defaulted() {
+    let mut r = Replay::start_with(
+        Backend::Embedded,
+        &[
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_SIZE", "3".into()),
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_DEFAULT_SIZE", "2".into()),
+        ],
+    )
+    .await;
+    r.enrol().await;
+    let s = &r.main.server;
+    let config: Value = s.http.get(s.api("config")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (&config["workers"]["scan_request_batch_max_size"], &config["workers"]["scan_request_batch_default_size"]),
+        (&json!(3), &json!(2))
+    );
+    let (kid, secret) = r.main.key.clone().unwrap();
+    let keys = common::Keys { uuid: py::CONNECTOR_UUID.parse().unwrap(), key_id: kid, secret };
+    let path = format!("{}/scan/request_batch", common::PREFIX);
+    for (batch_size, reported) in [(Some(500), 3), (None, 2), (Some(1), 1)] {
+        let mut body = json!({"requests": [{"location": "/a/x.txt", "metainfo": "x.txt"}]});
+        if let Some(n) = batch_size {
+            body["batch_size"] = json!(n);
+        }
+        let resp = s.signed(&keys, Method::POST, &path, &serde_json::to_vec(&body).unwrap()).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+        let answer: Value = resp.json().await.unwrap();
+        assert_eq!((answer["status"].as_str(), answer["batch_size"].as_u64()), (Some("success"), Some(reported)));
+    }
+}
+
+/// Python 1.x's syslog names alone turn syslog on in Python's frame, to a real UDP listener.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_syslog_names_send_python_frames() {
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let port = udp.local_addr().unwrap().port();
+    let mut r = Replay::start_with(
+        Backend::Embedded,
+        &[
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "127.0.0.1".into()),
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_PORT", port.to_string()),
+            ("DSXCONNECT_SYSLOG__TRANSPORT", "udp".into()),
+        ],
+    )
+    .await;
+    r.enrol().await;
+    r.scan_into("30", &Uuid::new_v4().to_string()).await;
+    let mut buf = vec![0u8; 65536];
+    let n = tokio::time::timeout(Duration::from_secs(30), udp.recv(&mut buf)).await.expect("a syslog frame").unwrap();
+    let frame = std::str::from_utf8(&buf[..n]).unwrap();
+    let json = frame
+        .strip_prefix("<134>dsx-connect ")
+        .and_then(|f| f.strip_suffix("\n\0"))
+        .unwrap_or_else(|| panic!("not Python's frame: {frame:?}"));
+    let doc: Value = serde_json::from_str(json).unwrap();
+    assert_eq!(doc["source"], "dsx-connect");
+    assert_eq!(doc["verdict"]["verdict"], "Malicious");
+    let location = py::get("30").request.message.json().unwrap()["location"].clone();
+    assert_eq!(doc["scan_request"]["location"], location);
+    assert_eq!(doc["item_action"]["status"], "success", "the stand-in moved it (fixture 33)");
 }

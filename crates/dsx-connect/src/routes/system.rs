@@ -29,8 +29,9 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     }
 }
 
-pub async fn version() -> Json<Value> {
-    Json(json!({ "version": VERSION }))
+/// A bare JSON string, as Python 1.x answers (`"0.3.88"`); `meta` has the structured form.
+pub async fn version() -> Json<&'static str> {
+    Json(VERSION)
 }
 
 pub async fn meta(State(state): State<SharedState>) -> Json<Value> {
