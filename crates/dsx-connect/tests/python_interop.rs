@@ -127,7 +127,7 @@ const EXPECTATIONS: &[Expect] = &[
     e("53", Main, Operator, 200, "the connector's config after the change (s2c 54 checked)"),
     e("61", Main, Operator, 200, "the connector's no_supported_fields answer, relayed"),
     e("62", Main, Operator, 400, "detail no_fields_to_update"),
-    e("63", Main, Operator, 404, "a 404"),
+    e("63", Main, Operator, 404, "a 404 (ours: connector_not_found; Python: a sentence)"),
     e("64", Main, Recorded, 401, "detail invalid_enrollment_token"),
     e("65", Main, Recorded, 401, "detail invalid_enrollment_token"),
     e("66", Main, Recorded, 200, "access_token, token_type Bearer, expires_in"),
@@ -137,7 +137,7 @@ const EXPECTATIONS: &[Expect] = &[
     e("70", Main, Stale, 401, "detail stale_request"),
     e("71", Main, Signed, 200, "status success, message auth_ok"),
     e("72", Main, Recorded, 401, "a 401 (ours: missing_hmac; Python: unknown_key_id)"),
-    e("73", Main, Recorded, 401, "a 401"),
+    e("73", Main, Recorded, 401, "a 401 (ours: missing_hmac; Python: unauthorized)"),
     e("74", Main, Signed, 409, "StatusResponse error, Job paused/cancelled, scan_job_id=<id> (+ detail job_paused)"),
     e("75", Main, Operator, 404, "detail job_not_found"),
     e("79", Main, Operator, 202, "X-Job-Id"),
@@ -750,7 +750,7 @@ impl Replay {
             }
             "61" => assert_eq!(answer.json()["error"], "no_supported_fields"),
             "62" => assert_eq!(answer.json()["detail"], "no_fields_to_update"),
-            "63" => {}
+            "63" => assert_eq!(answer.json()["detail"], "connector_not_found"),
             "64" | "65" | "67" => assert_eq!(answer.json()["detail"], "invalid_enrollment_token"),
             "66" => {
                 let body = answer.json();
@@ -758,10 +758,9 @@ impl Replay {
                 assert_eq!(body["token_type"], "Bearer");
                 assert!(body["expires_in"].as_u64().is_some());
             }
-            "68" | "72" => assert_eq!(answer.json()["detail"], "missing_hmac"),
+            "68" | "72" | "73" => assert_eq!(answer.json()["detail"], "missing_hmac"),
             "69" => assert_eq!(answer.json()["detail"], "bad_signature"),
             "70" => assert_eq!(answer.json()["detail"], "stale_request"),
-            "73" => {}
             "74" | "87" => {
                 let job = self.ours(if n == "74" { RECORDED_JOBS[6] } else { RECORDED_JOBS[3] });
                 let body = answer.json();
