@@ -685,22 +685,26 @@ impl Replay {
                 assert_eq!(raw["data"]["processed_count"], accepted, "{raw}");
                 assert_eq!(raw["data"]["enqueue_done"], "1");
                 if n == "34" {
-                    // Our workers read both files from the stand-in and moved the EICAR one.
+                    // Our workers read both files from the stand-in and moved the EICAR one,
+                    // echoing the fields a Python connector reads back (location, metainfo).
+                    let echoed = |c: &Call, fixture: &str| {
+                        let sent = py::get(fixture).request.message.json().unwrap();
+                        let body: Value = serde_json::from_slice(&c.body).unwrap();
+                        body["location"] == sent["location"] && body["metainfo"] == sent["metainfo"]
+                    };
                     let calls = self.stand_in.calls();
-                    let reads: Vec<&Call> =
-                        calls.iter().filter(|c| c.path_and_query == "/filesystem-connector/read_file").collect();
+                    let to = |method: &str, route: &str| -> Vec<Call> {
+                        let target = format!("/filesystem-connector/{route}");
+                        calls.iter().filter(|c| c.method == method && c.path_and_query == target).cloned().collect()
+                    };
                     for fixture in ["29", "30"] {
-                        let location = py::get(fixture).request.message.json().unwrap()["location"].clone();
                         assert!(
-                            reads
-                                .iter()
-                                .any(|c| serde_json::from_slice::<Value>(&c.body).unwrap()["location"] == location),
-                            "read_file for {location}"
+                            to("POST", "read_file").iter().any(|c| echoed(c, fixture)),
+                            "read_file for {fixture}'s item"
                         );
                     }
-                    assert!(calls
-                        .iter()
-                        .any(|c| c.method == "PUT" && c.path_and_query == "/filesystem-connector/item_action"));
+                    assert!(to("PUT", "item_action").iter().any(|c| echoed(c, "30")), "item_action for the EICAR item");
+                    assert!(!to("PUT", "item_action").iter().any(|c| echoed(c, "29")), "no action on the benign item");
                 }
             }
             "35" => {
