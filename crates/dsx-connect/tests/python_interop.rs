@@ -324,8 +324,10 @@ struct Peer {
 }
 
 struct Replay {
+    backend: Backend,
     main: Peer,
-    batch_off: Peer,
+    /// Started when a fixture needs it (42, 44).
+    batch_off: Option<Peer>,
     stand_in: StandIn,
     /// recorded → ours, applied to paths and bodies.
     rewrites: Vec<(String, String)>,
@@ -370,8 +372,9 @@ impl Replay {
             rewrites.push(((*job).to_owned(), Uuid::new_v4().to_string()));
         }
         Self {
+            backend,
             main: Peer { server: Server::start(backend, &[server_env(true), extra.to_vec()].concat()), key: None },
-            batch_off: Peer { server: Server::start(backend, &server_env(false)), key: None },
+            batch_off: None,
             stand_in,
             rewrites,
             covered: BTreeSet::new(),
@@ -393,7 +396,7 @@ impl Replay {
     fn peer(&self, target: Target) -> &Peer {
         match target {
             Target::Main => &self.main,
-            Target::BatchOff => &self.batch_off,
+            Target::BatchOff => self.batch_off.as_ref().expect("batch-off server started"),
         }
     }
 
@@ -504,15 +507,16 @@ impl Replay {
         }
         match target {
             Target::Main => self.main.key = Some((kid, secret)),
-            Target::BatchOff => self.batch_off.key = Some((kid, secret)),
+            Target::BatchOff => self.batch_off.as_mut().expect("batch-off server started").key = Some((kid, secret)),
         }
     }
 
     /// Everything that must happen before `f` is replayed.
     async fn before(&mut self, f: &Fixture) {
         match &f.name[..2] {
-            "42" | "44" if self.batch_off.key.is_none() => {
-                // The batch-off server needs the connector enrolled too.
+            "42" | "44" if self.batch_off.is_none() => {
+                // Python's defaults (batch intake off), with the connector enrolled there too.
+                self.batch_off = Some(Peer { server: Server::start(self.backend, &server_env(false)), key: None });
                 let reg = py::get("01");
                 let answer = self.send(&reg, Target::BatchOff, Auth::Recorded).await;
                 assert_eq!(answer.status, StatusCode::CREATED);
