@@ -86,6 +86,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("version"), get(system::version))
         .route(&api("meta"), get(system::meta))
         .route(&api("test/connection"), get(system::test_connection))
+        .route(&api("connection/test"), get(system::test_connection))
         .route(&api("config"), get(system::config))
         .route(&api("scan/jobs/{job_id}/raw"), get(scan::job_raw));
 

@@ -53,6 +53,17 @@ pub struct ScannerSettings {
     pub blocklist_file: Option<PathBuf>,
 }
 
+/// `scan/request_batch` intake (Python 1.x names, `DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchSettings {
+    /// On by default here (Python's default is off): we advertise it through `GET config`.
+    pub enabled: bool,
+    /// `batch_size` is clamped to this.
+    pub max_size: usize,
+    /// `batch_size` when the request names none.
+    pub default_size: usize,
+}
+
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub app_env: String,
@@ -62,6 +73,7 @@ pub struct Settings {
     pub workers: crate::worker::WorkerSettings,
     /// Results to syslog, when `DSXCONNECT_SYSLOG__ENABLED`.
     pub syslog: Option<crate::syslog::SyslogSettings>,
+    pub batch: BatchSettings,
     pub presence_ttl: Duration,
     pub max_body_bytes: usize,
     /// Which connector URLs may be registered and called (`DSXCONNECT_CONNECTORS__URL_ALLOW`).
@@ -143,10 +155,11 @@ impl Settings {
             secret_key: read_secret_key(&get)?,
             register_rate_per_minute: parse_num(&get, "DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE", 60)?,
         };
-        let base_url = get("DSXCONNECT_SCANNER__BASE_URL").or_else(|| {
-            get("DSXCONNECT_SCANNER__SCAN_BINARY_URL")
-                .map(|u| u.trim_end_matches('/').trim_end_matches("/scan/binary/v2").to_owned())
-        });
+        // Ours first, then Python 1.x's own names and its legacy flat ones.
+        let base_url = get("DSXCONNECT_SCANNER__BASE_URL")
+            .or_else(|| get("DSXCONNECT_SCANNER__SCAN_BINARY_URL").map(|u| base_of_scan_binary_url(&u)))
+            .or_else(|| get("SCANNER_BASE_URL"))
+            .or_else(|| get("SCAN_BINARY_URL").map(|u| base_of_scan_binary_url(&u)));
         let kind = match get("DSXCONNECT_SCANNER__KIND").map(|k| k.to_ascii_lowercase()) {
             None if base_url.is_some() => ScannerKind::Dsxa,
             None => ScannerKind::Builtin,
@@ -168,7 +181,10 @@ impl Settings {
         let scanner = ScannerSettings {
             kind,
             base_url,
-            auth_token: get("DSXCONNECT_SCANNER__AUTH_TOKEN").map(SecretString::from),
+            auth_token: get("DSXCONNECT_SCANNER__AUTH_TOKEN")
+                .or_else(|| get("SCANNER_AUTH_TOKEN"))
+                .or_else(|| get("AUTH_TOKEN"))
+                .map(SecretString::from),
             timeout: Duration::from_secs(parse_num(&get, "DSXCONNECT_SCANNER__TIMEOUT_SECONDS", 600)?),
             verify_tls: parse_bool(&get, "DSXCONNECT_SCANNER__VERIFY_TLS", true)?,
             blocklist_file: get("DSXCONNECT_SCANNER__BLOCKLIST_FILE").map(PathBuf::from),
@@ -181,20 +197,11 @@ impl Settings {
             max_file_size: parse_num(&get, "DSXCONNECT_SCANNER__MAX_FILE_SIZE_BYTES", 2 << 30)?,
             results_retain: parse_num(&get, "DSXCONNECT_RESULTS_DB__RETAIN", 1000)?.max(1) as usize,
         };
-        let syslog = if parse_bool(&get, "DSXCONNECT_SYSLOG__ENABLED", false)? {
-            let transport = get("DSXCONNECT_SYSLOG__TRANSPORT").unwrap_or_else(|| "udp".into());
-            Some(crate::syslog::SyslogSettings {
-                host: get("DSXCONNECT_SYSLOG__HOST").ok_or(ConfigError::Invalid {
-                    var: "DSXCONNECT_SYSLOG__HOST",
-                    reason: "DSXCONNECT_SYSLOG__ENABLED=true needs the syslog server's host".into(),
-                })?,
-                port: parse_num(&get, "DSXCONNECT_SYSLOG__PORT", 514)? as u16,
-                transport: transport
-                    .parse()
-                    .map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_SYSLOG__TRANSPORT", reason })?,
-            })
-        } else {
-            None
+        let syslog = syslog_settings(&get)?;
+        let batch = BatchSettings {
+            enabled: parse_bool(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_ENABLED", true)?,
+            max_size: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_SIZE", 100)?.max(1) as usize,
+            default_size: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_DEFAULT_SIZE", 10)?.max(1) as usize,
         };
         let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
         let connector_urls = connector_url_policy(&get, &store)?;
@@ -211,6 +218,7 @@ impl Settings {
             scanner,
             workers,
             syslog,
+            batch,
         })
     }
 
@@ -221,6 +229,50 @@ impl Settings {
         }
         Ok(())
     }
+}
+
+/// The DSXA base URL from a `…/scan/binary/v2` URL: everything before `/scan/binary`.
+fn base_of_scan_binary_url(url: &str) -> String {
+    let url = url.trim_end_matches('/');
+    url.find("/scan/binary").map_or(url, |at| &url[..at]).to_owned()
+}
+
+/// Syslog from our names (`__ENABLED`, `__HOST`, `__PORT`) or Python 1.x's
+/// (`__SYSLOG_SERVER_URL`, `__SYSLOG_SERVER_PORT`); ours win when both are set. Python has
+/// no on/off switch, so naming its server turns syslog on, in Python's frame format and
+/// with its tcp default, unless our variables say otherwise.
+fn syslog_settings(
+    get: &impl Fn(&str) -> Option<String>,
+) -> Result<Option<crate::syslog::SyslogSettings>, ConfigError> {
+    use crate::syslog::{Format, SyslogSettings};
+    let ours = get("DSXCONNECT_SYSLOG__HOST");
+    let python = get("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL");
+    let python_style = ours.is_none() && python.is_some();
+    if !parse_bool(get, "DSXCONNECT_SYSLOG__ENABLED", python_style)? {
+        return Ok(None);
+    }
+    let host = ours.or(python).ok_or(ConfigError::Invalid {
+        var: "DSXCONNECT_SYSLOG__HOST",
+        reason: "DSXCONNECT_SYSLOG__ENABLED=true needs the syslog server's host".into(),
+    })?;
+    let port = match get("DSXCONNECT_SYSLOG__PORT") {
+        Some(_) => parse_num(get, "DSXCONNECT_SYSLOG__PORT", 514)?,
+        None => parse_num(get, "DSXCONNECT_SYSLOG__SYSLOG_SERVER_PORT", 514)?,
+    };
+    let port = u16::try_from(port).map_err(|_| ConfigError::Invalid {
+        var: "DSXCONNECT_SYSLOG__PORT",
+        reason: format!("{port} is not a port number"),
+    })?;
+    let transport = get("DSXCONNECT_SYSLOG__TRANSPORT")
+        .unwrap_or_else(|| if python_style { "tcp" } else { "udp" }.into())
+        .parse()
+        .map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_SYSLOG__TRANSPORT", reason })?;
+    let format = match get("DSXCONNECT_SYSLOG__FORMAT") {
+        Some(f) => f.parse().map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_SYSLOG__FORMAT", reason })?,
+        None if python_style => Format::Python,
+        None => Format::Rfc5424,
+    };
+    Ok(Some(SyslogSettings { host, port, transport, format }))
 }
 
 fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -291,6 +343,91 @@ mod tests {
         assert!(err.to_string().starts_with("DSXCONNECT_SCANNER__VERIFY_TLS:"), "{err}");
         let err = settings(&[("DSXCONNECT_SCANNER__KIND", "dsxa")]).unwrap_err();
         assert!(err.to_string().contains("DSXCONNECT_SCANNER__BASE_URL"), "{err}");
+    }
+
+    #[test]
+    fn python_scanner_names_are_aliases() {
+        let s = settings(&[("SCAN_BINARY_URL", "http://dsxa:5000/scan/binary/v2")]).unwrap();
+        assert_eq!((s.scanner.kind, s.scanner.base_url.as_deref()), (ScannerKind::Dsxa, Some("http://dsxa:5000")));
+        let s =
+            settings(&[("SCANNER_BASE_URL", "http://b:5000"), ("SCAN_BINARY_URL", "http://x/scan/binary/v2")]).unwrap();
+        assert_eq!(s.scanner.base_url.as_deref(), Some("http://b:5000"));
+        let s = settings(&[
+            ("DSXCONNECT_SCANNER__SCAN_BINARY_URL", "http://ours:5000/api/scan/binary/v2"),
+            ("SCANNER_BASE_URL", "http://legacy:5000"),
+        ])
+        .unwrap();
+        assert_eq!(s.scanner.base_url.as_deref(), Some("http://ours:5000/api"), "ours win, cut at /scan/binary");
+        let token = |pairs: &[(&str, &str)]| {
+            settings(pairs).unwrap().scanner.auth_token.map(|t| secrecy::ExposeSecret::expose_secret(&t).to_owned())
+        };
+        assert_eq!(token(&[("AUTH_TOKEN", "a")]).as_deref(), Some("a"));
+        assert_eq!(token(&[("AUTH_TOKEN", "a"), ("SCANNER_AUTH_TOKEN", "s")]).as_deref(), Some("s"));
+        assert_eq!(
+            token(&[("SCANNER_AUTH_TOKEN", "s"), ("DSXCONNECT_SCANNER__AUTH_TOKEN", "o")]).as_deref(),
+            Some("o")
+        );
+    }
+
+    #[test]
+    fn syslog_reads_ours_and_python_names() {
+        use crate::syslog::{Format, Transport};
+        assert!(settings(&[]).unwrap().syslog.is_none(), "off unless configured");
+        let py = settings(&[
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "10.0.0.9"),
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_PORT", "5514"),
+        ])
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!(
+            (py.host.as_str(), py.port, py.transport, py.format),
+            ("10.0.0.9", 5514, Transport::Tcp, Format::Python)
+        );
+        let ours = settings(&[
+            ("DSXCONNECT_SYSLOG__ENABLED", "true"),
+            ("DSXCONNECT_SYSLOG__HOST", "ours"),
+            ("DSXCONNECT_SYSLOG__PORT", "600"),
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "python"),
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_PORT", "700"),
+        ])
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!(
+            (ours.host.as_str(), ours.port, ours.transport, ours.format),
+            ("ours", 600, Transport::Udp, Format::Rfc5424)
+        );
+        let chosen = settings(&[
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "h"),
+            ("DSXCONNECT_SYSLOG__TRANSPORT", "udp"),
+            ("DSXCONNECT_SYSLOG__FORMAT", "rfc5424"),
+        ])
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!((chosen.transport, chosen.format), (Transport::Udp, Format::Rfc5424));
+        assert!(settings(&[("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "h"), ("DSXCONNECT_SYSLOG__ENABLED", "false")])
+            .unwrap()
+            .syslog
+            .is_none());
+        let err = settings(&[("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "h"), ("DSXCONNECT_SYSLOG__TRANSPORT", "tls")])
+            .unwrap_err();
+        assert!(err.to_string().contains("DSXCONNECT_SYSLOG__TRANSPORT") && err.to_string().contains("tls"), "{err}");
+    }
+
+    #[test]
+    fn batch_intake_defaults_on_and_reads_python_names() {
+        let b = settings(&[]).unwrap().batch;
+        assert_eq!(b, BatchSettings { enabled: true, max_size: 100, default_size: 10 });
+        let b = settings(&[
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_ENABLED", "false"),
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_SIZE", "7"),
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_DEFAULT_SIZE", "3"),
+        ])
+        .unwrap()
+        .batch;
+        assert_eq!(b, BatchSettings { enabled: false, max_size: 7, default_size: 3 });
     }
 
     #[test]

@@ -30,10 +30,9 @@ pub enum ApiError {
     RouteNotFound,
     #[error("job_not_found")]
     JobNotFound,
-    #[error("result_not_found")]
-    ResultNotFound,
-    #[error("{0}")]
-    JobClosed(&'static str),
+    /// `scan/request` into a paused (`job_paused`) or cancelled (`job_cancelled`) job.
+    #[error("{code}")]
+    JobClosed { code: &'static str, job_id: String },
     #[error("connector_unreachable: {0}")]
     ConnectorUnreachable(String),
     /// A token-only re-registration of a live connector whose key could not be checked.
@@ -62,11 +61,8 @@ impl ApiError {
             }
             ApiError::ConnectorMismatch | ApiError::ConnectorRevoked => StatusCode::FORBIDDEN,
             ApiError::UrlConflict => StatusCode::CONFLICT,
-            ApiError::ConnectorNotFound
-            | ApiError::RouteNotFound
-            | ApiError::JobNotFound
-            | ApiError::ResultNotFound => StatusCode::NOT_FOUND,
-            ApiError::JobClosed(_) => StatusCode::CONFLICT,
+            ApiError::ConnectorNotFound | ApiError::RouteNotFound | ApiError::JobNotFound => StatusCode::NOT_FOUND,
+            ApiError::JobClosed { .. } => StatusCode::CONFLICT,
             ApiError::ConnectorUnreachable(_) => StatusCode::BAD_GATEWAY,
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::KeyCheckUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -91,8 +87,7 @@ impl ApiError {
             ApiError::ConnectorNotFound => "connector_not_found",
             ApiError::RouteNotFound => "not_found",
             ApiError::JobNotFound => "job_not_found",
-            ApiError::ResultNotFound => "result_not_found",
-            ApiError::JobClosed(code) => code,
+            ApiError::JobClosed { code, .. } => code,
             ApiError::ConnectorUnreachable(_) => "connector_unreachable",
             ApiError::RateLimited { .. } => "rate_limited",
             ApiError::KeyCheckUnavailable => "key_check_unavailable",
@@ -116,6 +111,16 @@ impl IntoResponse for ApiError {
         let status = self.status();
         let body = match &self {
             ApiError::Validation(field) => json!({ "detail": [field] }),
+            // Python connectors read a StatusResponse here; ours read `detail` to tell a
+            // pause (wait and retry) from a cancel (stop).
+            ApiError::JobClosed { code, job_id } => json!({
+                "status": "error",
+                "message": "Job paused/cancelled",
+                "description": format!("scan_job_id={job_id}"),
+                "id": null,
+                "preview": null,
+                "detail": code,
+            }),
             other => json!({ "detail": other.detail() }),
         };
         let mut response = (status, Json(body)).into_response();

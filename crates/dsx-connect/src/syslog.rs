@@ -1,4 +1,7 @@
-//! Scan results to syslog: RFC 5424 messages over UDP, or TCP with RFC 6587 octet counting.
+//! Scan results to syslog, over UDP or TCP, in one of two frame formats:
+//! - [`Format::Rfc5424`]: RFC 5424 messages (TCP with RFC 6587 octet counting);
+//! - [`Format::Python`]: what Python dsx-connect 1.x sends, so its log pipelines keep parsing:
+//!   `<134>dsx-connect {"timestamp","source","scan_request","verdict","item_action"}\n\0`.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,11 +29,30 @@ impl std::str::FromStr for Transport {
     }
 }
 
+/// Which frame each result is sent in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Rfc5424,
+    Python,
+}
+
+impl std::str::FromStr for Format {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "rfc5424" => Ok(Format::Rfc5424),
+            "python" => Ok(Format::Python),
+            other => Err(format!("expected rfc5424 or python, got {other:?}")),
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct SyslogSettings {
     pub host: String,
     pub port: u16,
     pub transport: Transport,
+    pub format: Format,
 }
 
 pub struct Syslog {
@@ -47,10 +69,17 @@ impl Syslog {
 
     /// One result. Failures are logged, never fatal: syslog is a copy, the store is the truth.
     pub async fn send(&self, malicious: bool, json: &str) {
-        let line = format_rfc5424(malicious, unix_now(), &self.hostname, json);
-        let sent = match self.settings.transport {
-            Transport::Udp => self.send_udp(&line).await,
-            Transport::Tcp => self.send_tcp(&line).await,
+        let sent = match (self.settings.format, self.settings.transport) {
+            (Format::Rfc5424, Transport::Udp) => {
+                self.send_udp(&format_rfc5424(malicious, unix_now(), &self.hostname, json)).await
+            }
+            (Format::Rfc5424, Transport::Tcp) => {
+                let line = format_rfc5424(malicious, unix_now(), &self.hostname, json);
+                self.send_tcp(&format!("{} {line}", line.len())).await
+            }
+            // Python frames carry their own terminator, on either transport.
+            (Format::Python, Transport::Udp) => self.send_udp(&format_python(unix_now(), json)).await,
+            (Format::Python, Transport::Tcp) => self.send_tcp(&format_python(unix_now(), json)).await,
         };
         if let Err(err) = sent {
             tracing::warn!(error = %err, "syslog delivery failed");
@@ -62,8 +91,7 @@ impl Syslog {
         socket.send_to(line.as_bytes(), (self.settings.host.as_str(), self.settings.port)).await.map(|_| ())
     }
 
-    async fn send_tcp(&self, line: &str) -> std::io::Result<()> {
-        let framed = format!("{} {line}", line.len());
+    async fn send_tcp(&self, framed: &str) -> std::io::Result<()> {
         let mut conn = self.tcp.lock().await;
         for _ in 0..2 {
             if conn.is_none() {
@@ -89,6 +117,20 @@ pub fn format_rfc5424(malicious: bool, unix: u64, hostname: &str, msg: &str) -> 
     let severity = if malicious { 4 } else { 5 };
     let pri = FACILITY * 8 + severity;
     format!("<{pri}>1 {} {hostname} dsx-connect {} scan_result - {msg}", rfc3339(unix), std::process::id())
+}
+
+/// Python 1.x's frame: facility local0, severity info (134) whatever the verdict, a JSON
+/// body of the result's request, verdict and action, then `\n\0`.
+pub fn format_python(unix: u64, result_json: &str) -> String {
+    let result: serde_json::Value = serde_json::from_str(result_json).unwrap_or_default();
+    let body = serde_json::json!({
+        "timestamp": rfc3339(unix),
+        "source": "dsx-connect",
+        "scan_request": result.get("scan_request"),
+        "verdict": result.get("verdict"),
+        "item_action": result.get("item_action"),
+    });
+    format!("<134>dsx-connect {body}\n\0")
 }
 
 /// UTC RFC 3339 timestamp from Unix seconds (civil-from-days, no calendar crate needed).
@@ -130,7 +172,12 @@ mod tests {
     async fn udp_and_tcp_deliver_to_real_sockets() {
         let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let port = udp.local_addr().unwrap().port();
-        let s = Syslog::new(SyslogSettings { host: "127.0.0.1".into(), port, transport: Transport::Udp });
+        let s = Syslog::new(SyslogSettings {
+            host: "127.0.0.1".into(),
+            port,
+            transport: Transport::Udp,
+            format: Format::Rfc5424,
+        });
         s.send(true, "{\"verdict\":\"Malicious\"}").await;
         let mut buf = [0u8; 2048];
         let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf)).await.unwrap().unwrap();
@@ -139,7 +186,12 @@ mod tests {
 
         let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = tcp.local_addr().unwrap().port();
-        let s = Syslog::new(SyslogSettings { host: "127.0.0.1".into(), port, transport: Transport::Tcp });
+        let s = Syslog::new(SyslogSettings {
+            host: "127.0.0.1".into(),
+            port,
+            transport: Transport::Tcp,
+            format: Format::Rfc5424,
+        });
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
             let (mut sock, _) = tcp.accept().await.unwrap();
@@ -163,5 +215,64 @@ mod tests {
         assert!(first.ends_with(" scan_result - first"), "{stream}");
         assert!(stream.ends_with(" scan_result - second"));
         assert!("tls".parse::<Transport>().unwrap_err().contains("not supported"));
+    }
+
+    const RESULT: &str = r#"{"id":3,"scan_request":{"location":"/a/eicar.txt"},"verdict":{"verdict":"Malicious"},"item_action":{"status":"success","item_action":"move"},"status":"action succeeded"}"#;
+
+    fn parse_python_frame(frame: &[u8]) -> serde_json::Value {
+        let text = std::str::from_utf8(frame).unwrap();
+        let json = text.strip_prefix("<134>dsx-connect ").and_then(|t| t.strip_suffix("\n\0"));
+        serde_json::from_str(json.unwrap_or_else(|| panic!("not a Python frame: {text:?}"))).unwrap()
+    }
+
+    #[tokio::test]
+    async fn python_frames_over_real_udp_and_tcp() {
+        let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let s = Syslog::new(SyslogSettings {
+            host: "127.0.0.1".into(),
+            port: udp.local_addr().unwrap().port(),
+            transport: Transport::Udp,
+            format: Format::Python,
+        });
+        s.send(true, RESULT).await;
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(5), udp.recv(&mut buf)).await.unwrap().unwrap();
+        let doc = parse_python_frame(&buf[..n]);
+        assert_eq!(doc["source"], "dsx-connect");
+        assert_eq!(doc["verdict"]["verdict"], "Malicious");
+        assert_eq!(doc["scan_request"]["location"], "/a/eicar.txt");
+        assert_eq!(doc["item_action"]["item_action"], "move");
+        assert!(doc["timestamp"].as_str().is_some_and(|t| t.ends_with('Z')), "{doc}");
+        let keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys.len(), 5, "only Python's five fields: {keys:?}");
+
+        let tcp = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = Syslog::new(SyslogSettings {
+            host: "127.0.0.1".into(),
+            port: tcp.local_addr().unwrap().port(),
+            transport: Transport::Tcp,
+            format: Format::Python,
+        });
+        let reader = tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let (mut sock, _) = tcp.accept().await.unwrap();
+            let mut out = Vec::new();
+            while out.iter().filter(|b| **b == 0).count() < 2 {
+                let mut chunk = [0u8; 4096];
+                let n = sock.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "connection closed early");
+                out.extend_from_slice(&chunk[..n]);
+            }
+            out
+        });
+        s.send(true, RESULT).await;
+        s.send(false, RESULT).await;
+        let stream = tokio::time::timeout(Duration::from_secs(5), reader).await.unwrap().unwrap();
+        // No octet counting: frames back to back, each ending in "\n\0".
+        let frames: Vec<&[u8]> = stream.split_inclusive(|b| *b == 0).collect();
+        assert_eq!(frames.len(), 2);
+        for frame in frames {
+            assert_eq!(parse_python_frame(frame)["verdict"]["verdict"], "Malicious");
+        }
     }
 }

@@ -845,6 +845,34 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64> {
+        let job_id = job_id.to_owned();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut by_job = txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
+                let mut rows = Vec::new();
+                for row in by_job.range((job_id.as_str(), 0)..=(job_id.as_str(), u64::MAX)).map_err(unavailable)? {
+                    let (key, value) = row.map_err(unavailable)?;
+                    let task = serde_json::from_slice::<serde_json::Value>(value.value())
+                        .ok()
+                        .and_then(|doc| doc.get("scan_request_task_id")?.as_str().map(str::to_owned));
+                    rows.push((key.value().1, task));
+                }
+                let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
+                let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+                for (seq, task) in &rows {
+                    by_job.remove((job_id.as_str(), *seq)).map_err(unavailable)?;
+                    results.remove(*seq).map_err(unavailable)?;
+                    if let Some(task) = task {
+                        by_task.remove(task.as_str()).map_err(unavailable)?;
+                    }
+                }
+                Ok(rows.len() as u64)
+            })
+        })
+        .await
+    }
+
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
         self.run(move |inner| inner.write(true, |txn| update_job(txn, &job_id, |job| job.status = status))).await

@@ -280,6 +280,9 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_jobs(&self) -> StoreResult<u64>;
     /// Forget every stored result and reset the stats. Returns how many results were listed.
     async fn clear_results(&self) -> StoreResult<u64>;
+    /// Forget `job_id`'s results only (the rows, their task and job indexes); other jobs'
+    /// results and the stats stay. Returns how many were removed.
+    async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64>;
     /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
 
@@ -321,11 +324,12 @@ pub fn verdict_counter(verdict: &str) -> String {
 }
 
 impl Job {
-    /// Completed once `enqueue_done` arrived and every enqueued item is terminal, in
-    /// whichever order those two things happen.
+    /// Completed once `enqueue_done` arrived and every item the server accepted is terminal,
+    /// in whichever order those two things happen. The connector's `expected_total` is only
+    /// recorded: Python connectors count an item before its `scan/request` succeeds (or send
+    /// 0), so their claim must never hold a job open.
     pub fn is_complete(&self) -> bool {
-        let target = self.expected_total.unwrap_or(self.enqueued_count).max(self.enqueued_count);
-        self.enqueue_done && self.processed_count >= target
+        self.enqueue_done && self.processed_count >= self.enqueued_count
     }
 }
 

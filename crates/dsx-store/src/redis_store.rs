@@ -170,15 +170,29 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
     redis.call('HINCRBY', KEYS[4], 'failed_count', 1)
   end
   redis.call('HSET', KEYS[4], 'updated_at', ARGV[7])
+  -- The server's accepted count decides, never the connector's expected_total (Job::is_complete).
   local enqueued = tonumber(redis.call('HGET', KEYS[4], 'enqueued_count') or '0')
-  local expected = tonumber(redis.call('HGET', KEYS[4], 'expected_total') or '0')
-  local target = math.max(enqueued, expected)
-  if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= target
+  if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= enqueued
      and redis.call('HGET', KEYS[4], 'status') == 'running' then
     redis.call('HSET', KEYS[4], 'status', 'completed', 'completed_at', ARGV[7])
   end
 end
 return 1
+";
+
+/// One job's results out of the newest-results list, the by-task index and the by-job list,
+/// atomically. KEYS: results list, by-job list. ARGV: by-task key prefix. Returns how many.
+const CLEAR_JOB_RESULTS_SCRIPT: &str = r"
+local rows = redis.call('LRANGE', KEYS[2], 0, -1)
+for _, row in ipairs(rows) do
+  redis.call('LREM', KEYS[1], 0, row)
+  local ok, doc = pcall(cjson.decode, row)
+  if ok and type(doc) == 'table' and type(doc['scan_request_task_id']) == 'string' then
+    redis.call('DEL', ARGV[1] .. doc['scan_request_task_id'])
+  end
+end
+redis.call('DEL', KEYS[2])
+return #rows
 ";
 
 /// A counting semaphore with expiring holders. KEYS: slot set. ARGV: now ms, max, slot, expiry ms.
@@ -959,6 +973,17 @@ impl Store for RedisStore {
             conn.del::<_, ()>(chunk).await.map_err(map_err)?;
         }
         Ok(listed)
+    }
+
+    async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        redis::Script::new(CLEAR_JOB_RESULTS_SCRIPT)
+            .key("dsxconnect:scan_results")
+            .key(format!("dsxconnect:scan_results_by_job:{job_id}"))
+            .arg("dsxconnect:scan_result_by_task:")
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)
     }
 
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {

@@ -503,6 +503,72 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     );
 }
 
+/// A Python connector's `enqueued_total` overstates (it counts before `scan/request`
+/// succeeds) or says 0: the server's own accepted count decides completion.
+async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
+    let s = &*h.store;
+    let task = |job: &str, n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: Uuid::new_v4(),
+        job_id: job.to_owned(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    // Claim larger than accepted, enqueue_done before the results.
+    let over = unique_name("jo");
+    s.enqueue_scans(&[task(&over, 1), task(&over, 2)]).await.unwrap();
+    let job = s.mark_enqueue_done(&over, Some(5)).await.unwrap().unwrap();
+    assert_eq!((job.status, job.expected_total), (dsx_store::JobStatus::Running, Some(5)));
+    s.put_result(&result(&format!("{over}-1"), &over, "Benign"), 1000).await.unwrap().unwrap();
+    assert_eq!(s.get_job(&over).await.unwrap().unwrap().status, dsx_store::JobStatus::Running, "one still open");
+    s.put_result(&result(&format!("{over}-2"), &over, "Benign"), 1000).await.unwrap().unwrap();
+    assert_eq!(s.get_job(&over).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
+    // Claim larger than accepted, enqueue_done after the results.
+    let late = unique_name("jl");
+    s.enqueue_scans(&[task(&late, 1)]).await.unwrap();
+    s.put_result(&result(&format!("{late}-1"), &late, "Benign"), 1000).await.unwrap().unwrap();
+    assert_eq!(s.mark_enqueue_done(&late, Some(9)).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
+    // A claim of 0 (Python's usual) does not complete a job with items still open.
+    let zero = unique_name("jz");
+    s.enqueue_scans(&[task(&zero, 1)]).await.unwrap();
+    assert_eq!(s.mark_enqueue_done(&zero, Some(0)).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
+    s.put_result(&result(&format!("{zero}-1"), &zero, "Benign"), 1000).await.unwrap().unwrap();
+    assert_eq!(s.get_job(&zero).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
+}
+
+/// `DELETE scan/results?job_id=X` forgets that job's results and nothing else.
+async fn clearing_one_jobs_results_keeps_the_others(h: &Harness) {
+    let s = &*h.store;
+    let (gone, kept) = (unique_name("jg"), unique_name("jk"));
+    let task = |job: &str, n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: Uuid::nil(),
+        job_id: job.to_owned(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    s.enqueue_scans(&[task(&gone, 1), task(&gone, 2), task(&kept, 1)]).await.unwrap();
+    for t in [format!("{gone}-1"), format!("{kept}-1"), format!("{gone}-2")] {
+        let job = if t.starts_with(&gone) { &gone } else { &kept };
+        s.put_result(&result(&t, job, "Benign"), 1000).await.unwrap().unwrap();
+    }
+    let files_before = s.stats().await.unwrap()["files_scanned"];
+    assert_eq!(s.clear_job_results(&gone).await.unwrap(), 2);
+    assert_eq!(s.get_result(&format!("{gone}-1")).await.unwrap(), None);
+    assert_eq!(s.get_result(&format!("{gone}-2")).await.unwrap(), None);
+    assert!(s.list_results(10, Some(&gone)).await.unwrap().is_empty());
+    assert!(
+        !s.list_results(1000, None).await.unwrap().iter().any(|r| r.contains(&gone)),
+        "gone from the newest-results list too"
+    );
+    assert!(s.get_result(&format!("{kept}-1")).await.unwrap().is_some());
+    assert_eq!(s.list_results(10, Some(&kept)).await.unwrap().len(), 1);
+    assert!(s.list_results(1000, None).await.unwrap().iter().any(|r| r.contains(&kept)));
+    // Other cases share this Redis and may add results meanwhile: stats never go down.
+    assert!(s.stats().await.unwrap()["files_scanned"] >= files_before, "stats stay");
+    assert_eq!(s.clear_job_results(&gone).await.unwrap(), 0);
+}
+
 async fn next_message(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Option<String> {
     tokio::time::timeout(Duration::from_secs(5), rx.recv()).await.ok().flatten()
 }
@@ -607,6 +673,8 @@ conformance!(
     complete_scan_stores_the_result_and_acks_together,
     notifications_reach_subscribers_of_their_channel,
     scan_slots_cap_concurrency_and_expire,
+    completion_follows_the_accepted_count_not_the_claim,
+    clearing_one_jobs_results_keeps_the_others,
 );
 
 #[tokio::test]

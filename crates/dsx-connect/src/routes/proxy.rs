@@ -99,8 +99,13 @@ fn percent_decode(s: &str) -> String {
     percent_encoding::percent_decode_str(&s).decode_utf8_lossy().into_owned()
 }
 
+/// Everything but RFC 3986 unreserved characters, as Python's `urlencode` quotes: a job id
+/// reaches the connector as `job_id=c723…-84ed…`, not `%2D`-escaped.
+const QUERY_VALUE: &percent_encoding::AsciiSet =
+    &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+
 fn enc(s: &str) -> String {
-    percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
+    percent_encoding::utf8_percent_encode(s, QUERY_VALUE).to_string()
 }
 
 pub async fn get_config(State(state): State<SharedState>, Path(raw): Path<String>) -> Result<Response, ApiError> {
@@ -113,6 +118,10 @@ pub async fn put_config(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
+    // Python 1.x refuses an empty change before bothering the connector.
+    if serde_json::from_slice::<serde_json::Map<String, Value>>(&body).is_ok_and(|m| m.is_empty()) {
+        return Err(ApiError::BadRequest("no_fields_to_update"));
+    }
     tracing::info!(target: "audit", %uuid, "connector config change requested");
     relay(&state, uuid, Method::PUT, "config", body.to_vec()).await
 }

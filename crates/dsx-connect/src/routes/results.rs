@@ -36,10 +36,9 @@ pub async fn for_job(
     Ok(Json(parse_rows(state.store.list_results(10_000, Some(&job_id)).await?)))
 }
 
-/// `GET scan/results/{task_id}`.
-pub async fn one(State(state): State<SharedState>, Path(task_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let row = state.store.get_result(&task_id).await?.ok_or(ApiError::ResultNotFound)?;
-    Ok(Json(serde_json::from_str(&row).unwrap_or(Value::Null)))
+/// `GET scan/results/{task_id}`: a list, as Python answers (`[]` when unknown, never 404).
+pub async fn one(State(state): State<SharedState>, Path(task_id): Path<String>) -> Result<Json<Vec<Value>>, ApiError> {
+    Ok(Json(parse_rows(state.store.get_result(&task_id).await?.into_iter().collect())))
 }
 
 /// `GET scan/request/{task_id}` → `{task_id, state, status, result, error}`.
@@ -200,9 +199,27 @@ pub async fn delete_jobs(State(state): State<SharedState>) -> Result<Json<Value>
     Ok(Json(json!({ "status": "success", "deleted": n })))
 }
 
-/// `DELETE scan/results`: forget stored results and reset the stats.
-pub async fn delete_results(State(state): State<SharedState>) -> Result<Json<Value>, ApiError> {
-    let n = state.store.clear_results().await?;
-    tracing::info!(target: "audit", cleared = n, "results cleared");
-    Ok(Json(json!({ "status": "success", "cleared": n })))
+#[derive(Deserialize)]
+pub struct DeleteResultsQuery {
+    job_id: Option<String>,
+}
+
+/// `DELETE scan/results[?job_id=X]`: that job's results only (stats stay), or every result
+/// and the stats. (Python's Redis store drops everything even with `job_id`.)
+pub async fn delete_results(
+    State(state): State<SharedState>,
+    Query(q): Query<DeleteResultsQuery>,
+) -> Result<Json<Value>, ApiError> {
+    match q.job_id.filter(|j| !j.is_empty()) {
+        Some(job_id) => {
+            let n = state.store.clear_job_results(&job_id).await?;
+            tracing::info!(target: "audit", cleared = n, job_id, "job results cleared");
+            Ok(Json(json!({ "status": "success", "job_id": job_id, "cleared": n })))
+        }
+        None => {
+            let n = state.store.clear_results().await?;
+            tracing::info!(target: "audit", cleared = n, "results cleared");
+            Ok(Json(json!({ "status": "success", "job_id": "all", "cleared": n })))
+        }
+    }
 }

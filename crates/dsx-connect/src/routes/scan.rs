@@ -1,7 +1,7 @@
 //! Scan intake: `scan/request`, `scan/request_batch`, `scan/jobs/{id}/enqueue_done` and the
 //! job control flags connectors read (`scan/jobs/{id}/raw`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -10,7 +10,8 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dsx_hmac::unix_now;
 use dsx_model::{parse_json, Connector, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
-use dsx_store::{JobStatus, QueuedTask};
+use dsx_store::{Job, JobStatus, QueuedTask};
+use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
 
@@ -92,8 +93,8 @@ impl AppState {
     /// 409 when the job no longer takes items.
     async fn ensure_job_open(&self, job_id: &str) -> Result<(), ApiError> {
         match self.store.get_job(job_id).await?.map(|j| j.status) {
-            Some(JobStatus::Paused) => Err(ApiError::JobClosed("job_paused")),
-            Some(JobStatus::Cancelled) => Err(ApiError::JobClosed("job_cancelled")),
+            Some(JobStatus::Paused) => Err(ApiError::JobClosed { code: "job_paused", job_id: job_id.to_owned() }),
+            Some(JobStatus::Cancelled) => Err(ApiError::JobClosed { code: "job_cancelled", job_id: job_id.to_owned() }),
             _ => Ok(()),
         }
     }
@@ -116,13 +117,56 @@ pub async fn request(
     Ok((StatusCode::ACCEPTED, [(header::LOCATION, location)], Json(response)).into_response())
 }
 
+/// `scan/request_batch`'s answer, Python's shape (202 even when nothing was queued).
+#[derive(Serialize)]
+struct BatchResponse {
+    status: &'static str,
+    message: String,
+    description: &'static str,
+    task_ids: Vec<String>,
+    queued_items: usize,
+    batch_size: usize,
+}
+
+impl BatchResponse {
+    fn refused(message: &str, description: &'static str, batch_size: usize) -> Response {
+        let body = Self {
+            status: "error",
+            message: message.to_owned(),
+            description,
+            task_ids: Vec::new(),
+            queued_items: 0,
+            batch_size,
+        };
+        (StatusCode::ACCEPTED, Json(body)).into_response()
+    }
+}
+
 /// `POST scan/request_batch` → 202 with every task id, enqueued in one durable step.
+/// `batch_size` is reported as Python does (clamped to the configured maximum); we enqueue
+/// each item as its own task whatever it says.
 pub async fn request_batch(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
+    let limits = &state.settings.batch;
+    let batch_size = batch.batch_size.unwrap_or(limits.default_size).clamp(1, limits.max_size);
+    if !limits.enabled {
+        return Ok(BatchResponse::refused(
+            "Batch scan requests are disabled",
+            "Set DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_ENABLED=true",
+            batch_size,
+        ));
+    }
+    if batch.requests.is_empty() {
+        return Ok(BatchResponse::refused(
+            "No requests provided",
+            "requests must contain at least one scan request",
+            batch_size,
+        ));
+    }
     let mut tasks = Vec::with_capacity(batch.requests.len());
     let mut registry = HashMap::new();
     for (i, request) in batch.requests.into_iter().enumerate() {
@@ -135,15 +179,15 @@ pub async fn request_batch(
         state.ensure_job_open(job).await?;
     }
     state.store.enqueue_scans(&tasks).await?;
-    let ids: Vec<&str> = tasks.iter().map(|t| t.task_id.as_str()).collect();
-    let body = json!({
-        "status": "success",
-        "message": format!("{} scan tasks queued", ids.len()),
-        "description": "",
-        "task_ids": ids,
-        "queued_items": ids.len(),
-        "batch_size": batch.batch_size.unwrap_or(ids.len()),
-    });
+    let task_ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
+    let body = BatchResponse {
+        status: "success",
+        message: format!("Queued {} scan requests", task_ids.len()),
+        description: "Batch scan tasks queued",
+        queued_items: task_ids.len(),
+        task_ids,
+        batch_size,
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -179,15 +223,85 @@ pub async fn enqueue_done(
     Ok(Json(json!({ "ok": true })))
 }
 
-/// `GET scan/jobs/{job_id}/raw`: control flags and counters only (AUTH.md §8), open to connectors.
-pub async fn job_raw(State(state): State<SharedState>, Path(job_id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let job = state.store.get_job(&job_id).await?.ok_or(ApiError::JobNotFound)?;
-    Ok(Json(json!({
-        "job_id": job.job_id,
-        "status": job.status,
-        "enqueued_count": job.enqueued_count,
-        "processed_count": job.processed_count,
-        "enqueue_done": job.enqueue_done,
-        "expected_total": job.expected_total,
-    })))
+/// `GET scan/jobs/{job_id}/raw` in Python's shape, open to connectors (AUTH.md §8): control
+/// flags and counters as strings, never scan requests or results.
+#[derive(Serialize)]
+pub struct JobRaw {
+    key: String,
+    /// Redis TTL semantics: -2 no such job, -1 kept without expiry (ours are).
+    ttl: i64,
+    /// Python connectors read `data.paused` / `data.cancel` (`"1"`).
+    data: BTreeMap<&'static str, String>,
+    /// Our own readers' view beside Python's (absent for an unknown job).
+    #[serde(flatten)]
+    ours: Option<JobRawOurs>,
+}
+
+/// What our connector (`status`) and tests read at the top level, typed.
+#[derive(Serialize)]
+struct JobRawOurs {
+    job_id: String,
+    status: JobStatus,
+    enqueued_count: u64,
+    processed_count: u64,
+    enqueue_done: bool,
+    /// The connector's own `enqueued_total` claim, recorded but never deciding completion.
+    expected_total: Option<u64>,
+}
+
+impl JobRaw {
+    fn new(job_id: &str, job: Option<Job>) -> Self {
+        let key = format!("dsxconnect:job:{job_id}");
+        let Some(job) = job else { return Self { key, ttl: -2, data: BTreeMap::new(), ours: None } };
+        let status = serde_json::to_value(job.status).ok().and_then(|v| v.as_str().map(str::to_owned));
+        let mut data = BTreeMap::from([
+            ("job_id", job.job_id.clone()),
+            ("status", status.unwrap_or_default()),
+            ("started_at", job.created_at.to_string()),
+            ("last_update", job.updated_at.to_string()),
+            ("enqueued_count", job.enqueued_count.to_string()),
+            // Python's enqueued_total/expected_total are its running accepted count.
+            ("enqueued_total", job.enqueued_count.to_string()),
+            ("expected_total", job.enqueued_count.to_string()),
+            ("processed_count", job.processed_count.to_string()),
+            ("terminal_count", job.processed_count.to_string()),
+            ("succeeded_count", job.succeeded_count.to_string()),
+            ("failed_count", job.failed_count.to_string()),
+        ]);
+        if let Some(uuid) = job.connector_uuid {
+            data.insert("connector_uuid", uuid.to_string());
+        }
+        if job.enqueue_done {
+            data.insert("enqueue_done", "1".into());
+        }
+        match job.status {
+            JobStatus::Paused => {
+                data.insert("paused", "1".into());
+            }
+            JobStatus::Cancelled => {
+                data.insert("cancel", "1".into());
+                data.insert("finished_at", job.updated_at.to_string());
+            }
+            JobStatus::Completed => {
+                data.insert("finished_at", job.updated_at.to_string());
+            }
+            JobStatus::Running => {}
+        }
+        let ours = JobRawOurs {
+            job_id: job.job_id,
+            status: job.status,
+            enqueued_count: job.enqueued_count,
+            processed_count: job.processed_count,
+            enqueue_done: job.enqueue_done,
+            expected_total: job.expected_total,
+        };
+        Self { key, ttl: -1, data, ours: Some(ours) }
+    }
+}
+
+/// An unknown job is a 200 with `ttl: -2` and empty `data`, as Python answers before a job's
+/// first item: a connector polls this before it has enqueued anything.
+pub async fn job_raw(State(state): State<SharedState>, Path(job_id): Path<String>) -> Result<Json<JobRaw>, ApiError> {
+    let job = state.store.get_job(&job_id).await?;
+    Ok(Json(JobRaw::new(&job_id, job)))
 }

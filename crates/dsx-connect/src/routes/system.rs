@@ -29,8 +29,9 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     }
 }
 
-pub async fn version() -> Json<Value> {
-    Json(json!({ "version": VERSION }))
+/// A bare JSON string, as Python 1.x answers (`"0.3.88"`); `meta` has the structured form.
+pub async fn version() -> Json<&'static str> {
+    Json(VERSION)
 }
 
 pub async fn meta(State(state): State<SharedState>) -> Json<Value> {
@@ -42,7 +43,8 @@ pub async fn meta(State(state): State<SharedState>) -> Json<Value> {
     }))
 }
 
-/// `GET test/connection`: open (Python connectors call it unsigned, AUTH.md §8).
+/// `GET test/connection` and its alias `connection/test`: open (Python connectors call
+/// them unsigned, AUTH.md §8).
 pub async fn test_connection() -> Json<Value> {
     Json(
         json!({ "status": "success", "message": "dsx-connect is reachable", "description": "", "id": null, "preview": null }),
@@ -54,9 +56,6 @@ pub async fn auth_check() -> Json<AuthCheckResponse> {
     Json(AuthCheckResponse::default())
 }
 
-/// Largest `scan/request_batch` accepted, advertised to connectors through `GET config`.
-pub const MAX_BATCH: usize = 1000;
-
 /// `GET config`: the public part for anyone (Python connectors read the batch capabilities
 /// unsigned, AUTH.md §8); everything else only with an operator token. Secrets never appear:
 /// tokens and keys are not part of the document at all.
@@ -65,7 +64,12 @@ pub async fn config(State(state): State<SharedState>, headers: axum::http::Heade
     let mut doc = json!({
         "version": VERSION,
         "auth": { "enabled": s.auth.enabled },
-        "workers": { "scan_request_batch_enabled": true, "scan_request_batch_max_size": MAX_BATCH },
+        // Python connectors read these before choosing scan/request_batch.
+        "workers": {
+            "scan_request_batch_enabled": s.batch.enabled,
+            "scan_request_batch_default_size": s.batch.default_size,
+            "scan_request_batch_max_size": s.batch.max_size,
+        },
     });
     if state.check_operator(&headers).is_ok() {
         doc["app_env"] = json!(s.app_env);
