@@ -44,11 +44,6 @@ const RECORDED_JOBS: [&str; 9] = [
     "1432180f-3300-413e-80be-688780036e2f", // webhook event (46)
 ];
 
-/// TODO(lead, registration.rs): set to true when the token-only heartbeat change is merged
-/// (a live connector whose signed `GET config` probe answers 200 keeps its key: fixture 02
-/// gets 200 "refreshed" and no new key). Only the 02 "no new key" assertion depends on it.
-const HEARTBEAT_KEEPS_KEY: bool = false;
-
 /// Which server a fixture is replayed against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Target {
@@ -578,13 +573,10 @@ impl Replay {
             "02" => {
                 let body = answer.json();
                 assert_eq!((body["status"].as_str(), body["message"].as_str()), (Some("success"), Some("refreshed")));
-                if HEARTBEAT_KEEPS_KEY {
-                    assert!(body.get("hmac_key_id").is_none(), "02: no new key for a connector that holds its key");
-                } else if body.get("hmac_key_id").is_some() {
-                    // Until then ours mints one, and the Python connector takes it, as it
-                    // takes every key a heartbeat returns.
-                    self.take_key(Target::Main, answer);
-                }
+                // The stand-in holds its key (it verified the signed key check and refused the one
+                // signed with a random key): the heartbeat keeps it, no new key, no churn.
+                assert!(body.get("hmac_key_id").is_none(), "02: no new key for a connector that holds its key");
+                assert!(body.get("hmac_secret").is_none(), "02: a secret is never sent twice");
             }
             "03" => {
                 let list = answer.json();
