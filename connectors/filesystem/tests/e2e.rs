@@ -183,6 +183,8 @@ async fn wait_for(what: &str, mut check: impl AsyncFnMut() -> bool) {
 
 #[tokio::test]
 async fn mutual_dsx_hmac_between_server_and_filesystem_connector() {
+    let job_batch = dsx_testkit::unique_name("job-batch-");
+    let job_all = dsx_testkit::unique_name("job-all-");
     let stack = Stack::start(&[]).await;
     let logs = stack.connector.logs();
     assert!(
@@ -220,20 +222,20 @@ async fn mutual_dsx_hmac_between_server_and_filesystem_connector() {
     assert_eq!(resp.bytes().await.unwrap().as_ref(), b"alpha");
 
     // Full scan through dsx-connect: every file is enqueued and enqueue_done carries the total.
-    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id=job-all", stack.uuid)).await;
+    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job_all}", stack.uuid)).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    assert_eq!(resp.headers()["x-job-id"], "job-all");
-    let job = stack.wait_job_done("job-all").await;
+    assert_eq!(resp.headers()["x-job-id"], &job_all);
+    let job = stack.wait_job_done(&job_all).await;
     assert_eq!((job_u64(&job, "expected_total"), job_u64(&job, "enqueued_count")), (Some(4), Some(4)));
     // Batched, with a limit.
     let resp = stack
         .operator(
             Method::POST,
-            &format!("connectors/full_scan/{}?job_id=job-batch&batch=true&batch_size=2&limit=3", stack.uuid),
+            &format!("connectors/full_scan/{}?job_id={job_batch}&batch=true&batch_size=2&limit=3", stack.uuid),
         )
         .await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let job = stack.wait_job_done("job-batch").await;
+    let job = stack.wait_job_done(&job_batch).await;
     assert_eq!((job_u64(&job, "expected_total"), job_u64(&job, "enqueued_count")), (Some(3), Some(3)));
     let queued = stack.queued_locations().await;
     assert_eq!(queued.len(), 7);
@@ -352,6 +354,7 @@ async fn mutual_dsx_hmac_between_server_and_filesystem_connector() {
 
 #[tokio::test]
 async fn filter_limits_full_scan_and_monitor_enqueues_new_files() {
+    let job_filter = dsx_testkit::unique_name("job-filter-");
     let stack = Stack::start(&[
         ("DSXCONNECTOR_FILTER", "sub1 -tmp".into()),
         ("DSXCONNECTOR_MONITOR", "true".into()),
@@ -359,9 +362,9 @@ async fn filter_limits_full_scan_and_monitor_enqueues_new_files() {
         ("DSXCONNECTOR_MONITOR_POLL_INTERVAL_MS", "100".into()),
     ])
     .await;
-    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id=job-filter", stack.uuid)).await;
+    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job_filter}", stack.uuid)).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let job = stack.wait_job_done("job-filter").await;
+    let job = stack.wait_job_done(&job_filter).await;
     assert_eq!(job_u64(&job, "expected_total"), Some(1));
     assert_eq!(stack.queued_locations().await, vec![stack.root().join("sub1/b.txt").display().to_string()]);
     let estimate: Value =

@@ -185,6 +185,7 @@ fn collect_sse(resp: reqwest::Response, kind: &'static str, want: usize) -> toki
 }
 
 async fn full_scan_quarantines_eicar(redis: bool) {
+    let job_e2e = dsx_testkit::unique_name("job-e2e-");
     // A syslog receiver: every result is also sent there (RFC 5424 over UDP).
     let syslog = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let syslog_env = [
@@ -197,12 +198,12 @@ async fn full_scan_quarantines_eicar(redis: bool) {
     assert_eq!(sse.status(), StatusCode::OK);
     assert!(sse.headers()["content-type"].to_str().unwrap().starts_with("text/event-stream"));
     let events = collect_sse(sse, "scan_result", 15);
-    p.full_scan("job-e2e", "").await;
-    let job = p.wait_job("job-e2e", Duration::from_secs(60), |j| j["status"] == "completed").await;
+    p.full_scan(&job_e2e, "").await;
+    let job = p.wait_job(&job_e2e, Duration::from_secs(60), |j| j["status"] == "completed").await;
     assert_eq!((job["enqueued_count"].as_u64(), job["processed_count"].as_u64()), (Some(15), Some(15)));
     assert_eq!(job["succeeded_count"].as_u64(), Some(15));
 
-    let results = p.results("job-e2e").await;
+    let results = p.results(&job_e2e).await;
     assert_eq!(results.len(), 15);
     let benign: Vec<_> = results.iter().filter(|r| verdict(r) == "Benign").collect();
     let malicious: Vec<_> = results.iter().filter(|r| verdict(r) == "Malicious").collect();
@@ -258,6 +259,7 @@ async fn full_scan_on_the_embedded_store_in_one_process() {
 
 #[tokio::test]
 async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
+    let job_down = dsx_testkit::unique_name("job-down-");
     let scanner_port = free_port();
     let spawn_scanner = || {
         let mut s = Service::spawn(
@@ -283,9 +285,9 @@ async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
     )
     .await;
     scanner.kill();
-    p.full_scan("job-down", "").await;
+    p.full_scan(&job_down, "").await;
     // Each item retries twice, then lands in the dead-letter queue with the reason.
-    let job = p.wait_job("job-down", Duration::from_secs(60), |j| j["status"] == "completed").await;
+    let job = p.wait_job(&job_down, Duration::from_secs(60), |j| j["status"] == "completed").await;
     assert_eq!(job["failed_count"].as_u64(), Some(8));
     let dlq = p.json("admin/dead-letter/items/scan_request?start=0&end=100").await;
     let items = dlq["items"].as_array().unwrap();
@@ -301,7 +303,7 @@ async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
     assert_eq!(resp.json::<Value>().await.unwrap()["requeued"], 8);
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let results = p.results("job-down").await;
+        let results = p.results(&job_down).await;
         let scanned = results.iter().filter(|r| r["status"] == "scanned" || r["status"] == "action succeeded").count();
         if scanned == 8 {
             break;
@@ -315,25 +317,26 @@ async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
 
 #[tokio::test]
 async fn killing_a_worker_mid_scan_loses_nothing_and_never_remediates_twice() {
+    let job_kill = dsx_testkit::unique_name("job-kill-");
     const FILES: usize = 2000;
     const EICARS: usize = 20;
     // API-only server; workers run as separate processes so one can be killed -9.
     let mut p =
         Pipeline::start(true, FILES - EICARS, EICARS, "api", &[("DSXCONNECT_WORKERS__LEASE_SECONDS", "2".into())])
             .await;
-    p.full_scan("job-kill", "&batch=true&batch_size=200").await;
+    p.full_scan(&job_kill, "&batch=true&batch_size=200").await;
     p.workers.push(spawn_server(&p.server_env, "worker"));
     // Let it get going, then kill it without warning.
-    p.wait_job("job-kill", Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    p.wait_job(&job_kill, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
     p.workers[0].signal("KILL");
     p.workers[0].wait_exit(Duration::from_secs(10));
-    let processed_at_kill = p.json("scan/jobs/job-kill").await["processed_count"].as_u64().unwrap();
+    let processed_at_kill = p.json(&format!("scan/jobs/{job_kill}")).await["processed_count"].as_u64().unwrap();
     assert!(processed_at_kill < FILES as u64, "the worker finished before it was killed; make the scan bigger");
     p.workers.push(spawn_server(&p.server_env, "worker"));
 
-    let job = p.wait_job("job-kill", Duration::from_secs(240), |j| j["status"] == "completed").await;
+    let job = p.wait_job(&job_kill, Duration::from_secs(240), |j| j["status"] == "completed").await;
     assert_eq!(job["processed_count"].as_u64(), Some(FILES as u64), "{job}");
-    let results = p.results("job-kill").await;
+    let results = p.results(&job_kill).await;
     assert_eq!(results.len(), FILES, "exactly one result per file");
     let mut locations: Vec<String> = results.iter().map(location).collect();
     locations.sort();
@@ -351,6 +354,7 @@ async fn killing_a_worker_mid_scan_loses_nothing_and_never_remediates_twice() {
 
 #[tokio::test]
 async fn the_in_flight_cap_holds_across_worker_replicas() {
+    let job_cap = dsx_testkit::unique_name("job-cap-");
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
     // A real HTTP scanner on loopback that answers slowly and records its peak concurrency.
@@ -389,7 +393,7 @@ async fn the_in_flight_cap_holds_across_worker_replicas() {
     // Two worker replicas, each allowed 2 locally: 4 without a shared cap.
     p.workers.push(spawn_server(&p.server_env, "worker"));
     p.workers.push(spawn_server(&p.server_env, "worker"));
-    p.full_scan("job-cap", "").await;
-    p.wait_job("job-cap", Duration::from_secs(60), |j| j["status"] == "completed").await;
+    p.full_scan(&job_cap, "").await;
+    p.wait_job(&job_cap, Duration::from_secs(60), |j| j["status"] == "completed").await;
     assert_eq!(peak.load(Ordering::SeqCst), 2, "the scanner saw at most (and at some point exactly) 2 scans at once");
 }

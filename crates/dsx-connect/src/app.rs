@@ -97,6 +97,10 @@ pub fn router(state: SharedState) -> Router {
         .merge(open_routes)
         .merge(crate::ui::routes())
         .fallback(|| async { crate::error::ApiError::RouteNotFound })
+        // One body limit: the guard reads connector bodies up to DSXCONNECT_MAX_BODY_BYTES and
+        // answers 413 body_too_large beyond it; extractors must not cut in earlier (axum's
+        // default is 2 MB, with a plain-text 413).
+        .layer(axum::extract::DefaultBodyLimit::max(state.settings.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), crate::metrics::track))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

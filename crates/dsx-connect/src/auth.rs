@@ -60,11 +60,22 @@ pub fn raw_path_and_query(req_uri: &axum::http::Uri, original: Option<&OriginalU
 /// Longest time a request body (JSON, at most `DSXCONNECT_MAX_BODY_BYTES`) may take to arrive.
 const BODY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Read a body up to `limit` bytes; larger ones are `413 body_too_large` without reading on.
+/// An oversized body up to this size is read and dropped before the 413 goes out, so a client
+/// that writes its whole body before reading gets the answer instead of a reset connection.
+/// Beyond it the connection is closed unread.
+const DRAIN_AT_MOST: u64 = 64 << 20;
+
+/// Read a body up to `limit` bytes; larger ones are `413 body_too_large`.
 pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, ApiError> {
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
+    if let Some(declared) = declared.filter(|n| *n > limit as u64) {
+        if declared <= DRAIN_AT_MOST {
+            // Frame by frame, kept nowhere.
+            let mut body = body;
+            let drain = async { while let Some(Ok(_)) = body.frame().await {} };
+            let _ = tokio::time::timeout(BODY_READ_TIMEOUT, drain).await;
+        }
         return Err(ApiError::BodyTooLarge);
     }
     let limited = http_body_util::Limited::new(body, limit);

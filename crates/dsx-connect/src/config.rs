@@ -62,6 +62,8 @@ pub struct BatchSettings {
     pub max_size: usize,
     /// `batch_size` when the request names none.
     pub default_size: usize,
+    /// Most items one `scan/request_batch` call may carry; more is refused whole (422).
+    pub max_items: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -202,6 +204,7 @@ impl Settings {
             enabled: parse_bool(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_ENABLED", true)?,
             max_size: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_SIZE", 100)?.max(1) as usize,
             default_size: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_DEFAULT_SIZE", 10)?.max(1) as usize,
+            max_items: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_ITEMS", 1000)?.max(1) as usize,
         };
         let default_ttl = if DEV_ENVS.contains(&app_env.as_str()) { 600 } else { 120 };
         let connector_urls = connector_url_policy(&get, &store)?;
@@ -419,7 +422,7 @@ mod tests {
     #[test]
     fn batch_intake_defaults_on_and_reads_python_names() {
         let b = settings(&[]).unwrap().batch;
-        assert_eq!(b, BatchSettings { enabled: true, max_size: 100, default_size: 10 });
+        assert_eq!(b, BatchSettings { enabled: true, max_size: 100, default_size: 10, max_items: 1000 });
         let b = settings(&[
             ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_ENABLED", "false"),
             ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_SIZE", "7"),
@@ -427,7 +430,7 @@ mod tests {
         ])
         .unwrap()
         .batch;
-        assert_eq!(b, BatchSettings { enabled: false, max_size: 7, default_size: 3 });
+        assert_eq!(b, BatchSettings { enabled: false, max_size: 7, default_size: 3, max_items: 1000 });
     }
 
     #[test]

@@ -21,6 +21,9 @@ pub enum ApiError {
     ConnectorMismatch,
     #[error("url_conflict")]
     UrlConflict,
+    /// The job was created by (or for) another connector.
+    #[error("job_belongs_to_another_connector")]
+    JobOwnedElsewhere,
     /// An operator revoked this connector; it stays out until readmitted.
     #[error("connector_revoked")]
     ConnectorRevoked,
@@ -59,7 +62,9 @@ impl ApiError {
             ApiError::Hmac(_) | ApiError::InvalidEnrollmentToken | ApiError::InvalidOperatorToken => {
                 StatusCode::UNAUTHORIZED
             }
-            ApiError::ConnectorMismatch | ApiError::ConnectorRevoked => StatusCode::FORBIDDEN,
+            ApiError::ConnectorMismatch | ApiError::ConnectorRevoked | ApiError::JobOwnedElsewhere => {
+                StatusCode::FORBIDDEN
+            }
             ApiError::UrlConflict => StatusCode::CONFLICT,
             ApiError::ConnectorNotFound | ApiError::RouteNotFound | ApiError::JobNotFound => StatusCode::NOT_FOUND,
             ApiError::JobClosed { .. } => StatusCode::CONFLICT,
@@ -84,6 +89,7 @@ impl ApiError {
             ApiError::ConnectorMismatch => "connector_mismatch",
             ApiError::UrlConflict => "url_conflict",
             ApiError::ConnectorRevoked => "connector_revoked",
+            ApiError::JobOwnedElsewhere => "job_belongs_to_another_connector",
             ApiError::ConnectorNotFound => "connector_not_found",
             ApiError::RouteNotFound => "not_found",
             ApiError::JobNotFound => "job_not_found",

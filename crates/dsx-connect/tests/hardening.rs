@@ -788,3 +788,101 @@ async fn a_revocation_reaches_every_api_replica_at_once() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+async fn scan_request(server: &Server, keys: &Keys, job: &str, location: &str) -> reqwest::Response {
+    let body = serde_json::to_vec(&json!({"location": location, "metainfo": "m", "scan_job_id": job})).unwrap();
+    server.signed(keys, Method::POST, &format!("{PREFIX}/scan/request"), &body).await
+}
+
+#[tokio::test]
+async fn a_job_belongs_to_the_connector_that_created_it() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let server = Server::start(backend, &[]);
+        let (a, b) = (server.enroll().await, server.enroll().await);
+        let job = Uuid::new_v4().to_string();
+        assert_eq!(scan_request(&server, &a, &job, "/a1").await.status(), StatusCode::ACCEPTED);
+        // B can neither add to A's job nor sneak an item in through a batch.
+        let resp = scan_request(&server, &b, &job, "/b1").await;
+        assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "job_belongs_to_another_connector", "{backend:?}");
+        let own = Uuid::new_v4().to_string();
+        let batch = json!({"requests": [
+            {"location": "/b2", "metainfo": "m", "scan_job_id": own},
+            {"location": "/b3", "metainfo": "m", "scan_job_id": job},
+        ]});
+        let resp = server
+            .signed(&b, Method::POST, &format!("{PREFIX}/scan/request_batch"), &serde_json::to_vec(&batch).unwrap())
+            .await;
+        assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "job_belongs_to_another_connector");
+        assert_eq!(
+            server.operator_get(&format!("scan/jobs/{own}")).await.status(),
+            StatusCode::NOT_FOUND,
+            "refused whole"
+        );
+        let job_now: Value = server.operator_get(&format!("scan/jobs/{job}")).await.json().await.unwrap();
+        assert_eq!(job_now["enqueued_count"], 1);
+        // Nor finish it; its owner can.
+        let done = format!("{PREFIX}/scan/jobs/{job}/enqueue_done");
+        let resp = server.signed(&b, Method::POST, &done, br#"{"enqueued_total":1}"#).await;
+        assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
+        assert_eq!(server.signed(&a, Method::POST, &done, br#"{"enqueued_total":1}"#).await.status(), StatusCode::OK);
+        // A job an operator starts for A is A's before any item exists (the connector is not
+        // reachable here, so the start fails and the job is closed, still A's).
+        let started = Uuid::new_v4().to_string();
+        let resp = server
+            .http
+            .post(server.api(&format!("connectors/full_scan/{}?job_id={started}", a.uuid)))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
+        let resp = scan_request(&server, &b, &started, "/b4").await;
+        assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "job_belongs_to_another_connector");
+        let claimed: Value = server.operator_get(&format!("scan/jobs/{started}")).await.json().await.unwrap();
+        assert_eq!(claimed["status"], "cancelled", "{claimed}");
+    }
+}
+
+#[tokio::test]
+async fn one_body_limit_and_a_bounded_batch() {
+    let server = embedded(&[
+        ("DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_ITEMS", "900".into()),
+        ("DSXCONNECT_MAX_BODY_BYTES", (4 << 20).to_string()),
+    ]);
+    let keys = server.enroll().await;
+    let path = format!("{PREFIX}/scan/request_batch");
+    let item =
+        |i: usize, job: &str| json!({"location": format!("/f{i}"), "metainfo": "x".repeat(3000), "scan_job_id": job});
+    // 2.7 MB: above axum's 2 MB default, below our 4 MiB limit → accepted whole.
+    let job = Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&json!({"requests": (0..900).map(|i| item(i, &job)).collect::<Vec<_>>()})).unwrap();
+    assert!(body.len() > 2_600_000, "{}", body.len());
+    let resp = server.signed(&keys, Method::POST, &path, &body).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(json["queued_items"], 900);
+    // Above the item maximum: refused whole with the field named; nothing queued.
+    let over = Uuid::new_v4().to_string();
+    let body = serde_json::to_vec(&json!({"requests": (0..901).map(|i| json!({"location": format!("/g{i}"), "metainfo": "m", "scan_job_id": over})).collect::<Vec<_>>()})).unwrap();
+    let resp = server.signed(&keys, Method::POST, &path, &body).await;
+    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let json: Value = resp.json().await.unwrap();
+    assert_eq!(json["detail"][0]["loc"], json!(["body", "requests"]), "{json}");
+    assert_eq!(server.operator_get(&format!("scan/jobs/{over}")).await.status(), StatusCode::NOT_FOUND);
+    // Above the body limit: the documented JSON 413, on single requests too.
+    let body = serde_json::to_vec(&json!({"requests": (0..1400).map(|i| item(i, &over)).collect::<Vec<_>>()})).unwrap();
+    assert!(body.len() > 4 << 20);
+    let resp = server.signed(&keys, Method::POST, &path, &body).await;
+    assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
+    let big = serde_json::to_vec(&json!({"location": "/h", "metainfo": "x".repeat(5 << 20)})).unwrap();
+    let resp = server.signed(&keys, Method::POST, &format!("{PREFIX}/scan/request"), &big).await;
+    assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
+    // Ids that become store keys are bounded.
+    for bad in ["x".repeat(1 << 20), "x".repeat(129), "a b".into(), "../x".into()] {
+        let resp = scan_request(&server, &keys, &bad, "/i").await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        let json: Value = resp.json().await.unwrap();
+        assert_eq!(json["detail"][0]["loc"], json!(["body", "scan_job_id"]), "{json}");
+    }
+    assert_eq!(scan_request(&server, &keys, &"x".repeat(128), "/i").await.status(), StatusCode::ACCEPTED);
+}

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
-    ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
+    now_millis, now_secs, Credential, DeadLetter, Delivery, Job, JobRefusal, JobStatus, QueuedTask, RateWindow,
+    RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
@@ -397,6 +397,35 @@ fn update_job(txn: &WriteTransaction, job_id: &str, change: impl FnOnce(&mut Job
     Ok(Some(job))
 }
 
+fn new_job(job_id: &str, owner: Uuid, now: u64) -> Job {
+    Job {
+        job_id: job_id.to_owned(),
+        connector_uuid: Some(owner),
+        status: JobStatus::Running,
+        enqueued_count: 0,
+        processed_count: 0,
+        succeeded_count: 0,
+        failed_count: 0,
+        expected_total: None,
+        enqueue_done: false,
+        created_at: now,
+        updated_at: now,
+    }
+}
+
+/// Whether `owner` may add items to `job`.
+fn job_takes(job: &Job, owner: Uuid) -> Result<(), JobRefusal> {
+    let job_id = job.job_id.clone();
+    if job.connector_uuid.is_some_and(|o| o != owner) {
+        return Err(JobRefusal::OtherOwner { job_id });
+    }
+    match job.status {
+        JobStatus::Paused => Err(JobRefusal::Paused { job_id }),
+        JobStatus::Cancelled => Err(JobRefusal::Cancelled { job_id }),
+        _ => Ok(()),
+    }
+}
+
 fn ttl_ms_u64(d: Duration) -> u64 {
     (d.as_millis() as u64).max(1)
 }
@@ -654,13 +683,23 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<()> {
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>> {
         let tasks = tasks.to_vec();
         self.run(move |inner| {
             inner.write(true, |txn| {
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                // Check every job first: the batch is queued whole or not at all.
+                for task in &tasks {
+                    let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                    if let Some(bytes) = existing {
+                        let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                        if let Err(refusal) = job_takes(&job, task.connector_uuid) {
+                            return Ok(Err(refusal));
+                        }
+                    }
+                }
                 let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
                 let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
                 let now = now_secs();
                 for (seq, task) in (first..).zip(&tasks) {
                     let payload = serde_json::to_vec(task).map_err(corrupt)?;
@@ -668,26 +707,35 @@ impl Store for EmbeddedStore {
                     let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
                     let mut job = match existing {
                         Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
-                        None => Job {
-                            job_id: task.job_id.clone(),
-                            connector_uuid: Some(task.connector_uuid),
-                            status: JobStatus::Running,
-                            enqueued_count: 0,
-                            processed_count: 0,
-                            succeeded_count: 0,
-                            failed_count: 0,
-                            expected_total: None,
-                            enqueue_done: false,
-                            created_at: now,
-                            updated_at: now,
-                        },
+                        None => new_job(&task.job_id, task.connector_uuid, now),
                     };
                     job.enqueued_count += 1;
                     job.updated_at = now;
                     let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
                     jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
                 }
-                Ok(())
+                Ok(Ok(()))
+            })
+        })
+        .await
+    }
+
+    async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>> {
+        let job_id = job_id.to_owned();
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let existing = jobs.get(job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                match existing {
+                    Some(bytes) => {
+                        let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                        if job.connector_uuid.is_some_and(|o| o != owner) {
+                            return Ok(Err(JobRefusal::OtherOwner { job_id }));
+                        }
+                    }
+                    None => put_json(&mut jobs, &job_id, &new_job(&job_id, owner, now_secs()))?,
+                }
+                Ok(Ok(()))
             })
         })
         .await

@@ -84,6 +84,17 @@ pub struct RegistrationRecord {
     pub revoked_at: Option<u64>,
 }
 
+/// Why items cannot join a job.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JobRefusal {
+    #[error("job {job_id} belongs to another connector")]
+    OtherOwner { job_id: String },
+    #[error("job {job_id} is paused")]
+    Paused { job_id: String },
+    #[error("job {job_id} is cancelled")]
+    Cancelled { job_id: String },
+}
+
 /// Lifecycle of a scan job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -221,7 +232,13 @@ pub trait Store: Send + Sync + 'static {
     // ---- scan queue and jobs ----
     /// Durably append tasks to the scan queue and count them into their jobs, in one step:
     /// once this returns, the tasks survive any crash.
-    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<()>;
+    /// Queue every task, or none: a batch is refused whole (`Ok(Err(_))`) when any of its jobs
+    /// belongs to another connector or no longer takes items. The check and the write are one
+    /// atomic step, so two connectors racing for a new job id cannot both join it.
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>>;
+    /// Create `job_id` for `owner` (an operator starting a full scan for that connector), or
+    /// confirm `owner` already holds it; refused when another connector does.
+    async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>>;
     /// Tasks waiting in the scan queue (consumed by the workers).
     async fn scan_queue_len(&self) -> StoreResult<u64>;
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;

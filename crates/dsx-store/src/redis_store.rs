@@ -10,8 +10,8 @@ use redis::{AsyncCommands, ErrorKind, RedisError};
 use uuid::Uuid;
 
 use crate::{
-    now_secs, with_id, Credential, DeadLetter, Delivery, Job, JobStatus, QueuedTask, RateWindow, RegistrationRecord,
-    ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
+    now_secs, with_id, Credential, DeadLetter, Delivery, Job, JobRefusal, JobStatus, QueuedTask, RateWindow,
+    RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
 /// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
@@ -232,6 +232,60 @@ return removed
 ";
 
 /// Job counters, in the layout Python components read.
+/// Queue a batch of scan tasks all-or-nothing. KEYS[1] the stream, KEYS[2..] one job hash per
+/// job; ARGV: now, job count, then (job id, owner, item count) per job, then the task payloads.
+/// Answers `{"ok"}` or `{reason, job_id}` with nothing written.
+const ENQUEUE_SCRIPT: &str = r#"
+local now = ARGV[1]
+local jobs = tonumber(ARGV[2])
+for j = 1, jobs do
+  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j], ARGV[3 * j + 1]
+  local current = redis.call('HGET', key, 'connector_uuid')
+  if current and current ~= owner then return {'other_owner', job_id} end
+  local status = redis.call('HGET', key, 'status')
+  if status == 'paused' or redis.call('HGET', key, 'paused') == '1' then return {'paused', job_id} end
+  if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
+end
+for j = 1, jobs do
+  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2]
+  redis.call('HSETNX', key, 'job_id', job_id)
+  redis.call('HSETNX', key, 'connector_uuid', owner)
+  redis.call('HSETNX', key, 'status', 'running')
+  redis.call('HSETNX', key, 'created_at', now)
+  redis.call('HINCRBY', key, 'enqueued_count', count)
+  redis.call('HSET', key, 'updated_at', now)
+end
+for i = 3 * jobs + 3, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
+end
+return {'ok'}
+"#;
+
+/// Create a job for its connector, or confirm the owner. KEYS[1] the job hash; ARGV job id,
+/// owner, now.
+const CLAIM_JOB_SCRIPT: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'connector_uuid')
+if current and current ~= ARGV[2] then return {'other_owner', ARGV[1]} end
+redis.call('HSETNX', KEYS[1], 'job_id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'connector_uuid', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'status', 'running')
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'enqueued_count', 0)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+return {'ok'}
+"#;
+
+/// A script's `{"ok"}` or `{reason, job_id}`.
+fn refusal(answer: &[String]) -> Result<(), JobRefusal> {
+    let job_id = answer.get(1).cloned().unwrap_or_default();
+    match answer.first().map(String::as_str) {
+        Some("other_owner") => Err(JobRefusal::OtherOwner { job_id }),
+        Some("paused") => Err(JobRefusal::Paused { job_id }),
+        Some("cancelled") => Err(JobRefusal::Cancelled { job_id }),
+        _ => Ok(()),
+    }
+}
+
 fn job_key(job_id: &str) -> String {
     format!("dsxconnect:job:{job_id}")
 }
@@ -599,30 +653,39 @@ impl Store for RedisStore {
         conn.get(format!("dsxconnect:connector_state:{uuid}:{ns}:{key}")).await.map_err(map_err)
     }
 
-    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<()> {
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>> {
         if tasks.is_empty() {
-            return Ok(());
+            return Ok(Ok(()));
         }
-        let now = now_secs();
-        let mut pipe = redis::pipe();
-        pipe.atomic();
         let mut per_job: std::collections::BTreeMap<&str, (Uuid, u64)> = Default::default();
         for task in tasks {
-            let payload = serde_json::to_string(task).map_err(corrupt)?;
-            pipe.cmd("XADD").arg(self.scan_queue_key()).arg("*").arg("task").arg(payload).ignore();
             per_job.entry(&task.job_id).or_insert((task.connector_uuid, 0)).1 += 1;
         }
-        for (job_id, (owner, count)) in per_job {
-            let key = job_key(job_id);
-            pipe.hset_nx(&key, "job_id", job_id).ignore();
-            pipe.hset_nx(&key, "connector_uuid", owner.to_string()).ignore();
-            pipe.hset_nx(&key, "status", "running").ignore();
-            pipe.hset_nx(&key, "created_at", now).ignore();
-            pipe.hincr(&key, "enqueued_count", count).ignore();
-            pipe.hset(&key, "updated_at", now).ignore();
+        let enqueue = redis::Script::new(ENQUEUE_SCRIPT);
+        let mut script = enqueue.prepare_invoke();
+        script.key(self.scan_queue_key()).arg(now_secs()).arg(per_job.len());
+        for (job_id, (owner, count)) in &per_job {
+            script.key(job_key(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
+        }
+        for task in tasks {
+            script.arg(serde_json::to_string(task).map_err(corrupt)?);
         }
         let mut conn = self.conn().await?;
-        pipe.query_async::<()>(&mut conn).await.map_err(map_err)
+        let answer: Vec<String> = script.invoke_async(&mut conn).await.map_err(map_err)?;
+        Ok(refusal(&answer))
+    }
+
+    async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>> {
+        let mut conn = self.conn().await?;
+        let answer: Vec<String> = redis::Script::new(CLAIM_JOB_SCRIPT)
+            .key(job_key(job_id))
+            .arg(job_id)
+            .arg(owner.to_string())
+            .arg(now_secs())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(refusal(&answer))
     }
 
     async fn scan_queue_len(&self) -> StoreResult<u64> {

@@ -317,8 +317,8 @@ async fn scan_queue_and_job_counters(h: &Harness) {
     };
     assert_eq!(s.get_job(&job_id).await.unwrap(), None);
     assert_eq!(s.mark_enqueue_done(&job_id, Some(3)).await.unwrap(), None, "no job yet");
-    s.enqueue_scans(&[task(1), task(2)]).await.unwrap();
-    s.enqueue_scans(&[task(3)]).await.unwrap();
+    s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
+    s.enqueue_scans(&[task(3)]).await.unwrap().unwrap();
     let job = s.get_job(&job_id).await.unwrap().unwrap();
     assert_eq!((job.enqueued_count, job.connector_uuid, job.status), (3, Some(owner), dsx_store::JobStatus::Running));
     assert!(!job.enqueue_done);
@@ -326,6 +326,55 @@ async fn scan_queue_and_job_counters(h: &Harness) {
     assert!(job.enqueue_done);
     assert_eq!(job.expected_total, Some(3));
     assert!(s.scan_queue_len().await.unwrap() >= before + 3);
+}
+
+/// A job belongs to the connector that created it (items or an operator's claim), and a batch
+/// touching a job it may not join is refused whole.
+async fn jobs_belong_to_their_connector_and_batches_are_all_or_nothing(h: &Harness) {
+    use dsx_store::JobRefusal;
+    let s = &*h.store;
+    let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
+    let (job_a, job_b, claimed) = (unique_name("ja-"), unique_name("jb-"), unique_name("jc-"));
+    let task = |job: &str, owner: Uuid, n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.to_owned(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    s.enqueue_scans(&[task(&job_a, a, 1)]).await.unwrap().unwrap();
+    let before = s.scan_queue_len().await.unwrap();
+    // B may not add to A's job, not even inside a batch that is otherwise fine.
+    let refused = s.enqueue_scans(&[task(&job_b, b, 1), task(&job_a, b, 2)]).await.unwrap();
+    assert_eq!(refused, Err(JobRefusal::OtherOwner { job_id: job_a.clone() }));
+    assert_eq!(s.scan_queue_len().await.unwrap(), before, "nothing of a refused batch is queued");
+    assert_eq!(s.get_job(&job_b).await.unwrap(), None, "nor any job of it created");
+    assert_eq!(s.get_job(&job_a).await.unwrap().unwrap().enqueued_count, 1);
+    // An operator's claim makes the job B's before any item exists.
+    assert_eq!(s.claim_job(&claimed, b).await.unwrap(), Ok(()));
+    assert_eq!(s.claim_job(&claimed, b).await.unwrap(), Ok(()), "idempotent for its owner");
+    assert_eq!(s.claim_job(&claimed, a).await.unwrap(), Err(JobRefusal::OtherOwner { job_id: claimed.clone() }));
+    assert!(matches!(s.enqueue_scans(&[task(&claimed, a, 1)]).await.unwrap(), Err(JobRefusal::OtherOwner { .. })));
+    s.enqueue_scans(&[task(&claimed, b, 1)]).await.unwrap().unwrap();
+    let job = s.get_job(&claimed).await.unwrap().unwrap();
+    assert_eq!((job.connector_uuid, job.enqueued_count), (Some(b), 1));
+    // A claimed job that never gets an item completes on enqueue_done.
+    let empty = unique_name("je-");
+    s.claim_job(&empty, a).await.unwrap().unwrap();
+    let job = s.mark_enqueue_done(&empty, Some(0)).await.unwrap().unwrap();
+    assert_eq!(job.status, dsx_store::JobStatus::Completed);
+    // Paused and cancelled jobs take nothing, checked in the same step.
+    s.set_job_status(&job_a, dsx_store::JobStatus::Paused).await.unwrap();
+    assert_eq!(
+        s.enqueue_scans(&[task(&job_a, a, 3)]).await.unwrap(),
+        Err(JobRefusal::Paused { job_id: job_a.clone() })
+    );
+    s.set_job_status(&job_a, dsx_store::JobStatus::Cancelled).await.unwrap();
+    assert_eq!(
+        s.enqueue_scans(&[task(&job_a, a, 3)]).await.unwrap(),
+        Err(JobRefusal::Cancelled { job_id: job_a.clone() })
+    );
+    assert_eq!(s.get_job(&job_a).await.unwrap().unwrap().enqueued_count, 1);
 }
 
 fn queued(n: u32) -> dsx_store::QueuedTask {
@@ -340,7 +389,7 @@ fn queued(n: u32) -> dsx_store::QueuedTask {
 
 async fn queue_delivers_each_task_once_until_acked(h: &Harness) {
     let s = &*h.store;
-    s.enqueue_scans(&[queued(1), queued(2), queued(3)]).await.unwrap();
+    s.enqueue_scans(&[queued(1), queued(2), queued(3)]).await.unwrap().unwrap();
     let first = s.claim_scans("w1", 2, Duration::from_secs(30)).await.unwrap();
     assert_eq!(
         first.iter().map(|d| (d.task.task_id.as_str(), d.attempt)).collect::<Vec<_>>(),
@@ -361,7 +410,7 @@ async fn queue_delivers_each_task_once_until_acked(h: &Harness) {
 
 async fn expired_lease_is_redelivered_to_another_worker(h: &Harness) {
     let s = &*h.store;
-    s.enqueue_scans(&[queued(1)]).await.unwrap();
+    s.enqueue_scans(&[queued(1)]).await.unwrap().unwrap();
     let held = s.claim_scans("crashing", 1, Duration::from_millis(300)).await.unwrap();
     assert_eq!(held.len(), 1);
     assert!(s.claim_scans("w2", 1, Duration::from_millis(300)).await.unwrap().is_empty(), "still leased");
@@ -375,7 +424,7 @@ async fn expired_lease_is_redelivered_to_another_worker(h: &Harness) {
 
 async fn retry_waits_for_its_delay(h: &Harness) {
     let s = &*h.store;
-    s.enqueue_scans(&[queued(1)]).await.unwrap();
+    s.enqueue_scans(&[queued(1)]).await.unwrap().unwrap();
     let d = s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().remove(0);
     s.retry_scan(&d, Duration::from_millis(400)).await.unwrap();
     assert!(s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().is_empty(), "not before its delay");
@@ -387,7 +436,7 @@ async fn retry_waits_for_its_delay(h: &Harness) {
 
 async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
     let s = &*h.store;
-    s.enqueue_scans(&[queued(1), queued(2)]).await.unwrap();
+    s.enqueue_scans(&[queued(1), queued(2)]).await.unwrap().unwrap();
     for d in s.claim_scans("w1", 2, Duration::from_secs(30)).await.unwrap() {
         s.dead_letter_scan(&d, "scanner_server: 503").await.unwrap();
     }
@@ -428,7 +477,7 @@ async fn complete_scan_stores_the_result_and_acks_together(h: &Harness) {
         payload: "{}".into(),
         enqueued_at: 1,
     };
-    s.enqueue_scans(&[task(1), task(2)]).await.unwrap();
+    s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
     let lease = Duration::from_millis(300);
     let mut claimed = s.claim_scans("w", 10, lease).await.unwrap();
     claimed.retain(|d| d.task.job_id == job);
@@ -459,7 +508,7 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
         payload: "{}".into(),
         enqueued_at: 1,
     };
-    s.enqueue_scans(&[task(&job_a, 1), task(&job_a, 2), task(&job_b, 1), task(&job_b, 2)]).await.unwrap();
+    s.enqueue_scans(&[task(&job_a, 1), task(&job_a, 2), task(&job_b, 1), task(&job_b, 2)]).await.unwrap().unwrap();
     let before = s.stats().await.unwrap();
     // Job A: enqueue_done first, then the results.
     assert!(!s.mark_enqueue_done(&job_a, Some(2)).await.unwrap().unwrap().is_complete());
@@ -516,7 +565,7 @@ async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
     };
     // Claim larger than accepted, enqueue_done before the results.
     let over = unique_name("jo");
-    s.enqueue_scans(&[task(&over, 1), task(&over, 2)]).await.unwrap();
+    s.enqueue_scans(&[task(&over, 1), task(&over, 2)]).await.unwrap().unwrap();
     let job = s.mark_enqueue_done(&over, Some(5)).await.unwrap().unwrap();
     assert_eq!((job.status, job.expected_total), (dsx_store::JobStatus::Running, Some(5)));
     s.put_result(&result(&format!("{over}-1"), &over, "Benign"), 1000).await.unwrap().unwrap();
@@ -525,12 +574,12 @@ async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
     assert_eq!(s.get_job(&over).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
     // Claim larger than accepted, enqueue_done after the results.
     let late = unique_name("jl");
-    s.enqueue_scans(&[task(&late, 1)]).await.unwrap();
+    s.enqueue_scans(&[task(&late, 1)]).await.unwrap().unwrap();
     s.put_result(&result(&format!("{late}-1"), &late, "Benign"), 1000).await.unwrap().unwrap();
     assert_eq!(s.mark_enqueue_done(&late, Some(9)).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
     // A claim of 0 (Python's usual) does not complete a job with items still open.
     let zero = unique_name("jz");
-    s.enqueue_scans(&[task(&zero, 1)]).await.unwrap();
+    s.enqueue_scans(&[task(&zero, 1)]).await.unwrap().unwrap();
     assert_eq!(s.mark_enqueue_done(&zero, Some(0)).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
     s.put_result(&result(&format!("{zero}-1"), &zero, "Benign"), 1000).await.unwrap().unwrap();
     assert_eq!(s.get_job(&zero).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
@@ -547,7 +596,7 @@ async fn clearing_one_jobs_results_keeps_the_others(h: &Harness) {
         payload: "{}".into(),
         enqueued_at: 1,
     };
-    s.enqueue_scans(&[task(&gone, 1), task(&gone, 2), task(&kept, 1)]).await.unwrap();
+    s.enqueue_scans(&[task(&gone, 1), task(&gone, 2), task(&kept, 1)]).await.unwrap().unwrap();
     for t in [format!("{gone}-1"), format!("{kept}-1"), format!("{gone}-2")] {
         let job = if t.starts_with(&gone) { &gone } else { &kept };
         s.put_result(&result(&t, job, "Benign"), 1000).await.unwrap().unwrap();
@@ -598,6 +647,7 @@ async fn clearing_results_and_jobs(h: &Harness) {
         enqueued_at: 1,
     }])
     .await
+    .unwrap()
     .unwrap();
     s.put_result(&result(&format!("{job}-1"), &job, "Benign"), 1000).await.unwrap().unwrap();
     assert!(s.clear_results().await.unwrap() >= 1);
@@ -664,6 +714,7 @@ conformance!(
     state_key_values,
     rate_limit_counts_in_fixed_windows,
     scan_queue_and_job_counters,
+    jobs_belong_to_their_connector_and_batches_are_all_or_nothing,
     concurrent_rotations_lose_no_key,
     queue_delivers_each_task_once_until_acked,
     expired_lease_is_redelivered_to_another_worker,

@@ -113,6 +113,8 @@ pub async fn put_state(
 ) -> Result<StatusCode, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
     caller.ensure_acts_for(uuid)?;
+    super::scan::check_id(&ns, &["path", "ns"])?;
+    super::scan::check_id(&key, &["path", "key"])?;
     let value = std::str::from_utf8(&body).map_err(|_| {
         ApiError::Validation(dsx_model::FieldError {
             loc: vec!["body".into()],
@@ -132,6 +134,8 @@ pub async fn get_state(
 ) -> Result<Json<Value>, ApiError> {
     let uuid = parse_uuid(&raw, "connector_uuid")?;
     caller.ensure_acts_for(uuid)?;
+    super::scan::check_id(&ns, &["path", "ns"])?;
+    super::scan::check_id(&key, &["path", "key"])?;
     let value = state.store.get_state(uuid, &ns, &key).await?;
     Ok(Json(json!({ "value": value })))
 }

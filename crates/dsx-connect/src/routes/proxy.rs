@@ -65,8 +65,21 @@ pub async fn full_scan(
             id
         }
     };
+    super::scan::check_id(&job_id, &["query", "job_id"])?;
+    // The job is this connector's from now on: no other connector can take its id first.
+    if state.store.get_presence(uuid).await?.is_none() {
+        return Err(ApiError::ConnectorNotFound);
+    }
+    state.store.claim_job(&job_id, uuid).await?.map_err(ApiError::from)?;
     let query = pairs.iter().map(|(k, v)| format!("{}={}", enc(k), enc(v))).collect::<Vec<_>>().join("&");
-    let resp = state.connectors.request(uuid, Method::POST, &format!("full_scan?{query}"), Vec::new()).await?;
+    let resp = match state.connectors.request(uuid, Method::POST, &format!("full_scan?{query}"), Vec::new()).await {
+        Ok(resp) => resp,
+        Err(err) => {
+            // The scan never started: its job must not look like one still running.
+            let _ = state.store.set_job_status(&job_id, dsx_store::JobStatus::Cancelled).await;
+            return Err(err.into());
+        }
+    };
     let status = resp.status();
     let body: Value = resp.json().await.unwrap_or(Value::Null);
     tracing::info!(target: "audit", %uuid, job_id, "full scan requested");

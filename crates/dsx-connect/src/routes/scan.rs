@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dsx_hmac::unix_now;
 use dsx_model::{parse_json, Connector, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
-use dsx_store::{Job, JobStatus, QueuedTask};
+use dsx_store::{Job, JobRefusal, JobStatus, QueuedTask};
 use serde::Serialize;
 use serde_json::{json, Value};
 use uuid::Uuid;
@@ -62,6 +62,13 @@ impl AppState {
         }
         let job_id =
             request.scan_job_id.clone().filter(|j| !j.is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
+        let mut loc = vec!["body"];
+        let i_text = index.map(|i| i.to_string());
+        if let Some(i) = &i_text {
+            loc.extend(["requests", i.as_str()]);
+        }
+        loc.push("scan_job_id");
+        check_id(&job_id, &loc)?;
         request.scan_job_id = Some(job_id.clone());
         let payload = serde_json::to_string(&request).map_err(|_| ApiError::BadRequest("serialize"))?;
         Ok(QueuedTask {
@@ -90,14 +97,43 @@ impl AppState {
         Ok(&registry[&uuid])
     }
 
-    /// 409 when the job no longer takes items.
-    async fn ensure_job_open(&self, job_id: &str) -> Result<(), ApiError> {
-        match self.store.get_job(job_id).await?.map(|j| j.status) {
-            Some(JobStatus::Paused) => Err(ApiError::JobClosed { code: "job_paused", job_id: job_id.to_owned() }),
-            Some(JobStatus::Cancelled) => Err(ApiError::JobClosed { code: "job_cancelled", job_id: job_id.to_owned() }),
-            _ => Ok(()),
+    /// Queue the tasks, all or none. The store checks in the same atomic step that every job
+    /// belongs to the tasks' connector (403) and still takes items (409).
+    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<(), ApiError> {
+        match self.store.enqueue_scans(tasks).await? {
+            Ok(()) => Ok(()),
+            Err(refusal) => Err(refusal.into()),
         }
     }
+}
+
+impl From<JobRefusal> for ApiError {
+    fn from(refusal: JobRefusal) -> Self {
+        match refusal {
+            JobRefusal::OtherOwner { .. } => ApiError::JobOwnedElsewhere,
+            JobRefusal::Paused { job_id } => ApiError::JobClosed { code: "job_paused", job_id },
+            JobRefusal::Cancelled { job_id } => ApiError::JobClosed { code: "job_cancelled", job_id },
+        }
+    }
+}
+
+/// Longest id used as a store key (`scan_job_id`, path ids): uuids are 36 characters.
+pub const MAX_ID_LEN: usize = 128;
+
+/// An id that becomes part of a store key: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+pub fn check_id(id: &str, field: &[&str]) -> Result<(), ApiError> {
+    let ok = !id.is_empty()
+        && id.len() <= MAX_ID_LEN
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    if ok {
+        return Ok(());
+    }
+    let name = field.last().copied().unwrap_or("id");
+    Err(ApiError::Validation(FieldError {
+        loc: field.iter().map(|s| (*s).to_owned()).collect(),
+        msg: format!("field `{name}`: 1 to {MAX_ID_LEN} characters of letters, digits, `.`, `_`, `:` or `-`"),
+        kind: "value_error",
+    }))
 }
 
 /// `POST scan/request` → 202.
@@ -108,8 +144,7 @@ pub async fn request(
 ) -> Result<Response, ApiError> {
     let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
     let task = state.attribute(&caller, request, None, &mut HashMap::new()).await?;
-    state.ensure_job_open(&task.job_id).await?;
-    state.store.enqueue_scans(std::slice::from_ref(&task)).await?;
+    state.enqueue(std::slice::from_ref(&task)).await?;
     let mut response =
         StatusResponse::success(format!("Scan task ID: {}", task.task_id), format!("job {}", task.job_id));
     response.id = Some(task.task_id.clone());
@@ -160,6 +195,18 @@ pub async fn request_batch(
             batch_size,
         ));
     }
+    if batch.requests.len() > limits.max_items {
+        // Refused whole, before anything is queued: a retry cannot queue items twice.
+        return Err(ApiError::Validation(FieldError {
+            loc: vec!["body".into(), "requests".into()],
+            msg: format!(
+                "field `requests`: {} items, at most {} per call (DSXCONNECT_WORKERS__SCAN_REQUEST_BATCH_MAX_ITEMS)",
+                batch.requests.len(),
+                limits.max_items
+            ),
+            kind: "too_long",
+        }));
+    }
     if batch.requests.is_empty() {
         return Ok(BatchResponse::refused(
             "No requests provided",
@@ -172,13 +219,7 @@ pub async fn request_batch(
     for (i, request) in batch.requests.into_iter().enumerate() {
         tasks.push(state.attribute(&caller, request, Some(i), &mut registry).await?);
     }
-    let mut jobs: Vec<&str> = tasks.iter().map(|t| t.job_id.as_str()).collect();
-    jobs.sort_unstable();
-    jobs.dedup();
-    for job in jobs {
-        state.ensure_job_open(job).await?;
-    }
-    state.store.enqueue_scans(&tasks).await?;
+    state.enqueue(&tasks).await?;
     let task_ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
     let body = BatchResponse {
         status: "success",
@@ -198,6 +239,7 @@ pub async fn enqueue_done(
     Path(job_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    check_id(&job_id, &["path", "job_id"])?;
     let total = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {

@@ -69,6 +69,7 @@ pub async fn config(State(state): State<SharedState>, headers: axum::http::Heade
             "scan_request_batch_enabled": s.batch.enabled,
             "scan_request_batch_default_size": s.batch.default_size,
             "scan_request_batch_max_size": s.batch.max_size,
+            "scan_request_batch_max_items": s.batch.max_items,
         },
     });
     if state.check_operator(&headers).is_ok() {
