@@ -125,3 +125,32 @@ async fn the_filesystem_connector_closes_slow_connections() {
     assert_eq!(all_closed(conns, Duration::from_secs(8)).await, 0);
     assert!(svc.logs().contains("connection limit reached"));
 }
+
+#[tokio::test]
+async fn the_connector_refuses_two_authorization_headers() {
+    let asset = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = vec![
+        ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
+        ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
+        ("DSXCONNECTOR_DSX_CONNECT_URL", "http://127.0.0.1:9".to_owned()),
+        ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
+        ("DSXCONNECTOR_AUTH__ENABLED", "true".to_owned()),
+        ("DSXCONNECT_ENROLLMENT_TOKEN", "t".to_owned()),
+    ];
+    let bin = workspace_bin("filesystem-connector");
+    let mut svc = Service::spawn(bin.to_str().unwrap(), &["--listen", &format!("127.0.0.1:{port}")], &env, port);
+    svc.wait_http("/filesystem-connector/healthz", 200, Duration::from_secs(20));
+    let url = format!("{}/filesystem-connector/config", svc.base_url());
+    let resp = reqwest::Client::new()
+        .get(&url)
+        .header("Authorization", "DSX-HMAC key_id=AAAAAAAAAAAAAAAA, ts=1, nonce=AAAAAAAAAAAAAAAA, sig=AAAA")
+        .header("Authorization", "Bearer x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(detail(resp, reqwest::StatusCode::UNAUTHORIZED).await, "malformed_hmac");
+    let resp = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(detail(resp, reqwest::StatusCode::UNAUTHORIZED).await, "missing_hmac");
+}

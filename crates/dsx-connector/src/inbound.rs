@@ -19,6 +19,8 @@ use crate::ConnectorContext;
 
 /// Largest inbound body (scan requests and configs are small JSON).
 const MAX_BODY: usize = 1 << 20;
+/// Longest time an inbound body may take to arrive.
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// (key id, nonce) pairs seen within the replay window.
 #[derive(Default)]
@@ -89,12 +91,22 @@ pub async fn verify(State(ctx): State<Arc<ConnectorContext>>, req: Request, next
         .and_then(|u| u.0.path_and_query().map(|p| p.as_str().to_owned()))
         .unwrap_or_else(|| parts.uri.to_string());
     let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.to_string()).unwrap_or_default();
-    let bytes = match http_body_util::Limited::new(body, MAX_BODY).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"detail": "body_too_large"}))).into_response(),
+    // Bounded in size and in time: a body that trickles in holds a connection slot.
+    let collect = http_body_util::Limited::new(body, MAX_BODY).collect();
+    let bytes = match tokio::time::timeout(BODY_READ_TIMEOUT, collect).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => {
+            return (StatusCode::PAYLOAD_TOO_LARGE, Json(json!({"detail": "body_too_large"}))).into_response()
+        }
+        Err(_) => return (StatusCode::REQUEST_TIMEOUT, Json(json!({"detail": "body_timeout"}))).into_response(),
     };
-    // A header that is not visible ASCII cannot be an honest DSX-HMAC header.
-    let header = parts.headers.get(header::AUTHORIZATION).map(|v| v.to_str().unwrap_or("DSX-HMAC \u{1}"));
+    // A header that is not visible ASCII cannot be an honest DSX-HMAC header, and neither can
+    // two of them (which one a proxy or framework would act on is anybody's guess).
+    let mut values = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let header = match (values.next(), values.next()) {
+        (Some(_), Some(_)) => Some("DSX-HMAC \u{1}"),
+        (first, _) => first.map(|v| v.to_str().unwrap_or("DSX-HMAC \u{1}")),
+    };
     let request =
         InboundRequest { authorization: header, method: parts.method.as_str(), path_and_query: &paq, body: &bytes };
     let outcome = check(
