@@ -94,9 +94,9 @@ impl UrlPolicy {
         self.denied.push((host.to_ascii_lowercase(), port));
     }
 
-    /// Is `ip` a permitted target? Link-local (cloud metadata), multicast, broadcast and
-    /// unspecified addresses need an entry of their own: a catch-all `0.0.0.0/0` does not
-    /// open them.
+    /// Is `ip` a permitted target? Link-local (cloud metadata), multicast and broadcast
+    /// addresses need an entry of their own: a catch-all `0.0.0.0/0` does not open them. The
+    /// unspecified address counts as loopback.
     pub fn permits(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);
         let special = is_special(ip);
@@ -226,18 +226,26 @@ fn is_loopback_name(host: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| canonical(ip).is_loopback())
 }
 
-/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry.
+/// IPv4-mapped IPv6 addresses are judged as the IPv4 address they carry. The unspecified
+/// address (`0.0.0.0`, `::`) is judged as loopback, because that is where the OS connects it:
+/// Python 1.x connectors register `http://0.0.0.0:<port>` by default and work on one host, so
+/// such a URL is allowed exactly when loopback is (docs/authentication.md, "Connector URLs").
 fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
+    let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
         v4 => v4,
+    };
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        other => other,
     }
 }
 
 fn is_special(ip: IpAddr) -> bool {
     match ip {
-        IpAddr::V4(v4) => v4.is_link_local() || v4.is_multicast() || v4.is_unspecified() || v4.is_broadcast(),
-        IpAddr::V6(v6) => v6.is_multicast() || v6.is_unspecified() || (v6.segments()[0] & 0xffc0) == 0xfe80,
+        IpAddr::V4(v4) => v4.is_link_local() || v4.is_multicast() || v4.is_broadcast(),
+        IpAddr::V6(v6) => v6.is_multicast() || (v6.segments()[0] & 0xffc0) == 0xfe80,
     }
 }
 
@@ -254,6 +262,9 @@ mod tests {
             "http://[::1]:9/x",
             "http://filesystem-connector.scan.svc.cluster.local:8620/filesystem-connector",
             "http://localhost:8620/c",
+            // Python 1.x's default connector URL: the local host, like loopback.
+            "http://0.0.0.0:8590/filesystem-connector",
+            "http://[::]:8590/filesystem-connector",
         ] {
             assert!(p.check(ok).await.is_ok(), "{ok}: {:?}", p.check(ok).await);
         }
@@ -262,7 +273,6 @@ mod tests {
             ("gopher://127.0.0.1:6379/_x", "scheme"),
             ("http://169.254.169.254/latest/meta-data", "address"),
             ("http://[::ffff:169.254.169.254]/x", "address"),
-            ("http://0.0.0.0:8620/x", "address"),
             ("http://224.0.0.1/x", "address"),
             ("http://8.8.8.8/x", "address"),
             ("http://127.0.0.1:8620/c?x=", "query"),
@@ -273,6 +283,17 @@ mod tests {
             let err = p.check(bad).await.unwrap_err().to_string();
             assert!(err.contains(want), "{bad}: {err}");
         }
+    }
+
+    #[tokio::test]
+    async fn the_unspecified_address_is_loopback() {
+        let no_loopback = UrlPolicy::parse("10.0.0.0/8").unwrap();
+        for bad in ["http://0.0.0.0:8590/c", "http://[::]:8590/c", "http://127.0.0.1:8590/c"] {
+            assert!(matches!(no_loopback.check(bad).await, Err(UrlError::Address(_))), "{bad}");
+        }
+        let mut p = UrlPolicy::default();
+        p.deny_endpoint("127.0.0.1", 6379);
+        assert!(matches!(p.check("http://0.0.0.0:6379/x").await, Err(UrlError::OwnStore(_))));
     }
 
     #[tokio::test]

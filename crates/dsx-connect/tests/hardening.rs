@@ -623,7 +623,6 @@ async fn ssrf_registration_refuses_urls_dsx_connect_must_not_call() {
         "gopher://127.0.0.1:70/_x".to_owned(),
         "http://169.254.169.254/latest/meta-data".to_owned(),
         "http://[fe80::1]/x".to_owned(),
-        "http://0.0.0.0:8620/filesystem-connector".to_owned(),
         "http://239.1.1.1/x".to_owned(),
         "http://8.8.8.8/x".to_owned(),
         "http://127.0.0.1:8620/filesystem-connector?x=".to_owned(),
@@ -631,6 +630,7 @@ async fn ssrf_registration_refuses_urls_dsx_connect_must_not_call() {
         "not a url".to_owned(),
         format!("http://127.0.0.1:{redis_port}/filesystem-connector"),
         format!("http://localhost:{redis_port}/filesystem-connector"),
+        format!("http://0.0.0.0:{redis_port}/filesystem-connector"),
     ] {
         let resp = server.register(&connector_body(Uuid::new_v4(), &bad), Some(ENROLL)).await;
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
@@ -649,8 +649,10 @@ async fn ssrf_registration_refuses_urls_dsx_connect_must_not_call() {
 #[tokio::test]
 async fn ssrf_the_operator_allow_list_replaces_the_default() {
     let server = embedded(&[("DSXCONNECT_CONNECTORS__URL_ALLOW", "10.0.0.0/8, *.example.internal".into())]);
-    let resp = server.register(&connector_body(Uuid::new_v4(), "http://127.0.0.1:8620/c"), Some(ENROLL)).await;
-    assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    for bad in ["http://127.0.0.1:8620/c", "http://0.0.0.0:8620/c"] {
+        let resp = server.register(&connector_body(Uuid::new_v4(), bad), Some(ENROLL)).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
     for good in ["http://10.2.3.4:8620/c", "http://scanner.example.internal:8620/c"] {
         let resp = server.register(&connector_body(Uuid::new_v4(), good), Some(ENROLL)).await;
         assert_eq!(resp.status(), StatusCode::CREATED, "{good}");
