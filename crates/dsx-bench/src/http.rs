@@ -417,7 +417,8 @@ async fn send(ctx: &Ctx, w: usize, seq: u64) -> Result<(), String> {
                 "metainfo": format!("bench w{w} #{seq}"),
                 "connector_url": "http://127.0.0.1:9/bench-connector",
                 "size_in_bytes": 4096,
-                "scan_job_id": ctx.job_id,
+                // A job belongs to one connector: one job per connector of the run.
+                "scan_job_id": format!("{}-c{c}", ctx.job_id),
             });
             if !ctx.auth {
                 // Without a key the body names the connector (required when auth is off).

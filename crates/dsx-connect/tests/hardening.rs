@@ -880,7 +880,7 @@ async fn one_body_limit_and_a_bounded_batch() {
     let resp = server.signed(&keys, Method::POST, &format!("{PREFIX}/scan/request"), &big).await;
     assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
     // Ids that become store keys are bounded.
-    for bad in ["x".repeat(1 << 20), "x".repeat(129), "a b".into(), "../x".into()] {
+    for bad in ["x".repeat(1 << 20), "x".repeat(129), "a\nb".into(), "../x".into(), "a\u{0}".into()] {
         let resp = scan_request(&server, &keys, &bad, "/i").await;
         assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
         let json: Value = resp.json().await.unwrap();

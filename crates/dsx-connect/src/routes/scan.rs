@@ -117,21 +117,21 @@ impl From<JobRefusal> for ApiError {
     }
 }
 
-/// Longest id used as a store key (`scan_job_id`, path ids): uuids are 36 characters.
+/// Longest id or name used in a store key (`scan_job_id`, state-KV names): uuids are 36.
 pub const MAX_ID_LEN: usize = 128;
 
-/// An id that becomes part of a store key: 1 to 128 characters of `[A-Za-z0-9._:-]`.
+/// An id or name that becomes part of a store key: 1 to 128 visible characters, no `/`
+/// (it must fit one path segment of the routes that address it). Length is what matters
+/// for the store; the rest keeps ids printable in logs and URLs.
 pub fn check_id(id: &str, field: &[&str]) -> Result<(), ApiError> {
-    let ok = !id.is_empty()
-        && id.len() <= MAX_ID_LEN
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
+    let ok = !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(|c| c.is_control() || c == '/');
     if ok {
         return Ok(());
     }
     let name = field.last().copied().unwrap_or("id");
     Err(ApiError::Validation(FieldError {
         loc: field.iter().map(|s| (*s).to_owned()).collect(),
-        msg: format!("field `{name}`: 1 to {MAX_ID_LEN} characters of letters, digits, `.`, `_`, `:` or `-`"),
+        msg: format!("field `{name}`: 1 to {MAX_ID_LEN} bytes, no control characters or `/`"),
         kind: "value_error",
     }))
 }
