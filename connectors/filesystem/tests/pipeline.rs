@@ -20,6 +20,8 @@ struct Pipeline {
     server: Service,
     workers: Vec<Service>,
     connector: Service,
+    connector_env: Vec<(&'static str, String)>,
+    connector_port: u16,
     asset: tempfile::TempDir,
     _data: tempfile::TempDir,
     _server_data: tempfile::TempDir,
@@ -42,6 +44,17 @@ fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
     );
     svc.wait_http(&format!("{API}/healthz"), 200, Duration::from_secs(20));
     svc
+}
+
+fn spawn_connector(env: &[(&'static str, String)], port: u16) -> Service {
+    let mut connector = Service::spawn(
+        workspace_bin("filesystem-connector").to_str().unwrap(),
+        &["--listen", &format!("127.0.0.1:{port}")],
+        env,
+        port,
+    );
+    connector.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(30));
+    connector
 }
 
 impl Pipeline {
@@ -75,22 +88,17 @@ impl Pipeline {
         }
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
-        let mut connector = Service::spawn(
-            workspace_bin("filesystem-connector").to_str().unwrap(),
-            &["--listen", &format!("127.0.0.1:{port}")],
-            &[
-                ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
-                ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
-                ("DSXCONNECTOR_DSX_CONNECT_URL", server.base_url()),
-                ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
-                ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
-                ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
-                ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
-                ("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "16".into()),
-            ],
-            port,
-        );
-        connector.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(20));
+        let connector_env = vec![
+            ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
+            ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
+            ("DSXCONNECTOR_DSX_CONNECT_URL", server.base_url()),
+            ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
+            ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
+            ("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "16".into()),
+        ];
+        let connector = spawn_connector(&connector_env, port);
         let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
         Self {
             _redis: redis,
@@ -98,6 +106,8 @@ impl Pipeline {
             server,
             workers: Vec::new(),
             connector,
+            connector_env,
+            connector_port: port,
             asset,
             _data: data,
             _server_data: server_data,
@@ -396,4 +406,38 @@ async fn the_in_flight_cap_holds_across_worker_replicas() {
     p.full_scan(&job_cap, "").await;
     p.wait_job(&job_cap, Duration::from_secs(60), |j| j["status"] == "completed").await;
     assert_eq!(peak.load(Ordering::SeqCst), 2, "the scanner saw at most (and at some point exactly) 2 scans at once");
+}
+
+#[tokio::test]
+async fn a_connector_killed_mid_scan_and_restarted_loses_nothing() {
+    const FILES: usize = 1500;
+    const EICARS: usize = 10;
+    let job = dsx_testkit::unique_name("job-restart-");
+    // Retries as shipped, not the fast ones of the other pipeline tests: a connector that is
+    // gone for 8 s must not use up an item's attempts.
+    let mut p =
+        Pipeline::start(true, FILES - EICARS, EICARS, "all", &[("DSXCONNECT_WORKERS__RETRY_BASE_MS", "2000".into())])
+            .await;
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(60), |j| {
+        j["enqueue_done"] == true && j["processed_count"].as_u64().unwrap_or(0) >= 50
+    })
+    .await;
+    p.connector.signal("KILL");
+    p.connector.wait_exit(Duration::from_secs(10));
+    let at_kill = p.json(&format!("scan/jobs/{job}")).await["processed_count"].as_u64().unwrap();
+    assert!(at_kill < FILES as u64, "the scan finished before the kill; make it bigger");
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    // Same uuid, same URL, no key: it re-enrolls (dsx-connect sees `503 not_enrolled` from
+    // it, so the key check lets it), and serves 503 until then, never a permanent 401.
+    p.connector = spawn_connector(&p.connector_env, p.connector_port);
+    let done = p.wait_job(&job, Duration::from_secs(120), |j| j["status"] == "completed").await;
+    assert_eq!(done["processed_count"].as_u64(), Some(FILES as u64), "{done}");
+    assert_eq!(done["failed_count"].as_u64(), Some(0), "{done}");
+    assert_eq!(p.json("admin/dead-letter/stats").await["scan_request"], 0, "no dead letters");
+    let results = p.results(&job).await;
+    assert_eq!(results.len(), FILES);
+    let malicious = results.iter().filter(|r| verdict(r) == "Malicious").count();
+    assert_eq!(malicious, EICARS);
+    assert!(results.iter().filter(|r| verdict(r) == "Malicious").all(|r| r["status"] == "action succeeded"));
 }

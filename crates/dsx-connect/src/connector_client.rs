@@ -43,7 +43,8 @@ pub enum OutboundError {
 pub enum KeyProbe {
     /// It accepted the call signed with its current key and refused one signed with a random key.
     Holds,
-    /// It refused the call signed with its current key: it lost the key (a restart).
+    /// It refused the call signed with its current key, or says it holds none
+    /// (`503 not_enrolled`): it lost the key (a restart).
     Lacks,
     /// It accepts any call, signed or not: it cannot show which key it holds.
     DoesNotVerify,
@@ -135,7 +136,14 @@ impl ConnectorClient {
         let signed = self.send(base_url, Some(current), Method::GET, "config", Vec::new(), Some(PROBE_TIMEOUT)).await;
         match signed {
             Err(err) => return KeyProbe::Unknown(err.to_string()),
-            Ok(resp) if resp.status().is_server_error() => return KeyProbe::Unknown(resp.status().to_string()),
+            Ok(resp) if resp.status().is_server_error() => {
+                let status = resp.status();
+                // Our connectors answer `503 not_enrolled` until they hold a key: a restarted one.
+                if status == StatusCode::SERVICE_UNAVAILABLE && detail_of(resp).await == "not_enrolled" {
+                    return KeyProbe::Lacks;
+                }
+                return KeyProbe::Unknown(status.to_string());
+            }
             Ok(resp) if refused(resp.status()) => {
                 let detail = detail_of(resp).await;
                 // A clock or replay complaint says nothing about the key.

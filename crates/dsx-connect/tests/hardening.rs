@@ -334,6 +334,13 @@ async fn python_heartbeats_keep_the_key_and_a_connector_that_lost_it_re_enrolls(
         assert_eq!(server.signed(k, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
     }
 
+    // One of ours, restarted and not yet enrolled (`503 not_enrolled`): a new key at once.
+    connector.set(KeyMode::NotEnrolled);
+    let resp = server.register(&connector_body(uuid, &connector.url), Some(ENROLL)).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let ours = Keys::from_registration(uuid, &resp.json().await.unwrap());
+    assert_eq!(server.signed(&ours, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
+
     // Restarted without its key: a new key at once.
     connector.set(KeyMode::Lost);
     let resp = server.register(&connector_body(uuid, &connector.url), Some(ENROLL)).await;

@@ -127,23 +127,35 @@ async fn the_filesystem_connector_closes_slow_connections() {
 }
 
 #[tokio::test]
-async fn the_connector_refuses_two_authorization_headers() {
+async fn the_connector_answers_503_until_enrolled_and_refuses_two_authorization_headers() {
+    let server = Server::start(Backend::Embedded, &[]);
     let asset = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
     let port = free_port();
-    let env = vec![
+    let mut env = vec![
         ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
         ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
         ("DSXCONNECTOR_DSX_CONNECT_URL", "http://127.0.0.1:9".to_owned()),
         ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
         ("DSXCONNECTOR_AUTH__ENABLED", "true".to_owned()),
-        ("DSXCONNECT_ENROLLMENT_TOKEN", "t".to_owned()),
+        ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.to_owned()),
     ];
     let bin = workspace_bin("filesystem-connector");
+    // Without a key (dsx-connect unreachable): 503 with Retry-After, so callers come back.
     let mut svc = Service::spawn(bin.to_str().unwrap(), &["--listen", &format!("127.0.0.1:{port}")], &env, port);
     svc.wait_http("/filesystem-connector/healthz", 200, Duration::from_secs(20));
     let url = format!("{}/filesystem-connector/config", svc.base_url());
-    let resp = reqwest::Client::new()
+    let resp = reqwest::Client::new().get(&url).send().await.unwrap();
+    assert_eq!(resp.headers()["retry-after"], "2");
+    assert_eq!(detail(resp, reqwest::StatusCode::SERVICE_UNAVAILABLE).await, "not_enrolled");
+    svc.kill();
+    // Enrolled with a real dsx-connect: two Authorization headers are malformed.
+    env.retain(|(k, _)| *k != "DSXCONNECTOR_DSX_CONNECT_URL");
+    env.push(("DSXCONNECTOR_DSX_CONNECT_URL", server.svc.base_url()));
+    let mut svc = Service::spawn(bin.to_str().unwrap(), &["--listen", &format!("127.0.0.1:{port}")], &env, port);
+    svc.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(20));
+    let client = reqwest::Client::new();
+    let resp = client
         .get(&url)
         .header("Authorization", "DSX-HMAC key_id=AAAAAAAAAAAAAAAA, ts=1, nonce=AAAAAAAAAAAAAAAA, sig=AAAA")
         .header("Authorization", "Bearer x")
@@ -151,6 +163,6 @@ async fn the_connector_refuses_two_authorization_headers() {
         .await
         .unwrap();
     assert_eq!(detail(resp, reqwest::StatusCode::UNAUTHORIZED).await, "malformed_hmac");
-    let resp = reqwest::Client::new().get(&url).send().await.unwrap();
+    let resp = client.get(&url).send().await.unwrap();
     assert_eq!(detail(resp, reqwest::StatusCode::UNAUTHORIZED).await, "missing_hmac");
 }

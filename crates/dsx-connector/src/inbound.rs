@@ -79,8 +79,20 @@ pub fn unauthorized(code: AuthError) -> Response {
     resp
 }
 
+/// The answer while the connector holds no key (starting, or re-enrolling after dsx-connect
+/// forgot its key): nothing can be verified yet, and the caller should come back shortly
+/// rather than give up on the item (docs/connectors.md, "Security notes").
+fn not_enrolled() -> Response {
+    let mut resp = (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "detail": "not_enrolled" }))).into_response();
+    resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
+    resp
+}
+
 /// Middleware for the connector's protected routes.
 pub async fn verify(State(ctx): State<Arc<ConnectorContext>>, req: Request, next: Next) -> Response {
+    if ctx.settings.auth_enabled && ctx.dsx.key_id().is_none() {
+        return not_enrolled();
+    }
     if !ctx.settings.auth_enabled {
         return next.run(req).await;
     }

@@ -229,6 +229,8 @@ pub enum KeyMode {
     NoVerify,
     /// Answers 503 (starting or overloaded).
     Busy,
+    /// Answers `503 not_enrolled`, as our connectors do until they hold a key.
+    NotEnrolled,
 }
 
 /// A real HTTP server on loopback standing in for a connector's `GET <name>/config`, the call
@@ -257,6 +259,9 @@ impl StandInConnector {
                     match mode {
                         KeyMode::NoVerify => (S::OK, axum::Json(json!({}))),
                         KeyMode::Busy => (S::SERVICE_UNAVAILABLE, axum::Json(json!({ "detail": "busy" }))),
+                        KeyMode::NotEnrolled => {
+                            (S::SERVICE_UNAVAILABLE, axum::Json(json!({ "detail": "not_enrolled" })))
+                        }
                         KeyMode::Lost => refuse("unknown_key_id"),
                         KeyMode::Holds(keys) => {
                             let value = headers.get("authorization").and_then(|v| v.to_str().ok());
