@@ -149,13 +149,7 @@ async fn full_flow(backend: Backend) {
         let resp = server.signed(k, Method::POST, &path, b"").await;
         assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
     }
-    let resp = server
-        .http
-        .delete(server.api(&format!("connectors/unregister/{uuid}")))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.operator(Method::DELETE, &format!("connectors/unregister/{uuid}")).await;
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
 
     // No secret ever reached the log.

@@ -167,13 +167,7 @@ async fn h12_a_key_can_only_act_for_its_own_connector() {
     assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "connector_mismatch");
     // Bob is untouched; an operator may unregister him.
     assert_eq!(server.signed(&bob, Method::POST, &auth_check_path(), b"").await.status(), StatusCode::OK);
-    let resp = server
-        .http
-        .delete(server.api(&format!("connectors/unregister/{}", bob.uuid)))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.operator(Method::DELETE, &format!("connectors/unregister/{}", bob.uuid)).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let resp = server.signed(&bob, Method::POST, &auth_check_path(), b"").await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
@@ -263,15 +257,9 @@ async fn bad_bodies_get_clear_errors() {
     assert_eq!(detail(resp, StatusCode::PAYLOAD_TOO_LARGE).await, "body_too_large");
 
     // Malformed uuid in a path, unknown uuid, unknown route.
-    let resp = server.http.delete(server.api("connectors/unregister/nope")).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server.operator(Method::DELETE, "connectors/unregister/nope").await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
-    let resp = server
-        .http
-        .delete(server.api(&format!("connectors/unregister/{}", Uuid::new_v4())))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap();
+    let resp = server.operator(Method::DELETE, &format!("connectors/unregister/{}", Uuid::new_v4())).await;
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
     let resp = server.http.get(server.api("no/such/route")).send().await.unwrap();
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "not_found");
@@ -455,8 +443,7 @@ async fn token_route_exchanges_only_a_valid_enrollment_token() {
 async fn registry_changes_are_announced_over_sse() {
     use futures_util::StreamExt;
     let server = embedded(&[]);
-    let resp =
-        server.http.get(server.api("subscribe/connector-registered")).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server.operator(Method::GET, "subscribe/connector-registered").await;
     assert_eq!(resp.status(), StatusCode::OK);
     let resp_unauthorized = server.http.get(server.api("subscribe/connector-registered")).send().await.unwrap();
     assert_eq!(resp_unauthorized.status(), StatusCode::UNAUTHORIZED, "SSE streams are operator routes");
@@ -581,15 +568,15 @@ async fn job_and_result_routes_answer_operators_only() {
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
     let resp = server.http.delete(server.api("scan/results")).send().await.unwrap();
     assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
-    let resp = server.http.delete(server.api("scan/jobs")).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server.operator(Method::DELETE, "scan/jobs").await;
     assert_eq!(resp.json::<Value>().await.unwrap()["deleted"], 1);
-    let resp = server.http.get(server.api("scan/jobs/job-routes")).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server.operator(Method::GET, "scan/jobs/job-routes").await;
     assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "job_not_found");
     // An unknown task's result is an empty list, as Python answers (never 404).
-    let resp = server.http.get(server.api("scan/results/no-such-task")).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server.operator(Method::GET, "scan/results/no-such-task").await;
     assert_eq!(resp.status(), StatusCode::OK);
     assert_eq!(resp.json::<Value>().await.unwrap(), json!([]));
-    let resp = server.http.get(server.api("admin/dead-letter/items/bogus")).bearer_auth(OPERATOR).send().await.unwrap();
+    let resp = server.operator(Method::GET, "admin/dead-letter/items/bogus").await;
     assert_eq!(detail(resp, StatusCode::BAD_REQUEST).await, "unknown_queue_type");
 }
 
@@ -718,13 +705,7 @@ async fn an_operator_revocation_keeps_the_connector_out_until_readmitted() {
         let server = Server::start(backend, &[]);
         let keys = server.enroll().await;
         let body = connector_body(keys.uuid, "http://127.0.0.1:9/filesystem-connector");
-        let resp = server
-            .http
-            .delete(server.api(&format!("connectors/unregister/{}", keys.uuid)))
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.operator(Method::DELETE, &format!("connectors/unregister/{}", keys.uuid)).await;
         assert_eq!(resp.status(), StatusCode::NO_CONTENT);
         // Its keys are gone and its enrollment token no longer brings it back.
         let resp = server.signed(&keys, Method::POST, &auth_check_path(), b"").await;
@@ -738,13 +719,7 @@ async fn an_operator_revocation_keeps_the_connector_out_until_readmitted() {
         assert_eq!(row["status"], "revoked", "{row}");
         assert!(row["auth"]["revoked_at"].as_u64().is_some(), "{row}");
         // An operator readmits it; it enrolls again with a new key.
-        let resp = server
-            .http
-            .post(server.api(&format!("connectors/readmit/{}", keys.uuid)))
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.operator(Method::POST, &format!("connectors/readmit/{}", keys.uuid)).await;
         assert_eq!(resp.status(), StatusCode::OK);
         let resp = server.register(&body, Some(ENROLL)).await;
         assert!(resp.status().is_success(), "{}", resp.status());
@@ -755,13 +730,7 @@ async fn an_operator_revocation_keeps_the_connector_out_until_readmitted() {
         assert_eq!(rows.len(), 1);
         assert_ne!(rows[0]["status"], "revoked");
         // Readmitting what is not revoked is a 404.
-        let resp = server
-            .http
-            .post(server.api(&format!("connectors/readmit/{}", keys.uuid)))
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.operator(Method::POST, &format!("connectors/readmit/{}", keys.uuid)).await;
         assert_eq!(detail(resp, StatusCode::NOT_FOUND).await, "connector_not_found");
     }
 }
@@ -779,13 +748,7 @@ async fn a_revocation_reaches_every_api_replica_at_once() {
     // B resolves (and caches) the key.
     let resp = b.signed(&keys, Method::POST, &path, b"").await;
     assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
-    let resp = a
-        .http
-        .delete(a.api(&format!("connectors/unregister/{}", keys.uuid)))
-        .bearer_auth(OPERATOR)
-        .send()
-        .await
-        .unwrap();
+    let resp = a.operator(Method::DELETE, &format!("connectors/unregister/{}", keys.uuid)).await;
     assert_eq!(resp.status(), StatusCode::NO_CONTENT);
     let revoked_at = Instant::now();
     loop {
@@ -837,13 +800,7 @@ async fn a_job_belongs_to_the_connector_that_created_it() {
         // A job an operator starts for A is A's before any item exists (the connector is not
         // reachable here, so the start fails and the job is closed, still A's).
         let started = Uuid::new_v4().to_string();
-        let resp = server
-            .http
-            .post(server.api(&format!("connectors/full_scan/{}?job_id={started}", a.uuid)))
-            .bearer_auth(OPERATOR)
-            .send()
-            .await
-            .unwrap();
+        let resp = server.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={started}", a.uuid)).await;
         assert_eq!(resp.status(), StatusCode::BAD_GATEWAY);
         let resp = scan_request(&server, &b, &started, "/b4").await;
         assert_eq!(detail(resp, StatusCode::FORBIDDEN).await, "job_belongs_to_another_connector");

@@ -129,6 +129,11 @@ impl Server {
         req.send().await.unwrap()
     }
 
+    /// An operator call (bearer token) to `PREFIX/<path>`.
+    pub async fn operator(&self, method: Method, path: &str) -> Response {
+        self.http.request(method, self.api(path)).bearer_auth(OPERATOR).send().await.unwrap()
+    }
+
     pub async fn operator_get(&self, path: &str) -> Response {
         self.http.get(self.api(path)).bearer_auth(OPERATOR).send().await.unwrap()
     }
