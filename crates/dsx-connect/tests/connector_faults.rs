@@ -52,9 +52,8 @@ async fn dead_letter_reasons(server: &Server, want: usize) -> Vec<(String, Strin
     }
 }
 
-#[tokio::test]
-async fn connector_errors_are_classified_and_never_scanned_as_content() {
-    let url = start_faulty_connector().await;
+/// A server that retries twice, 50 ms apart, with one connector registered at `url`.
+async fn fast_retrying_server_for(url: &str) -> (Server, Keys) {
     let server = Server::start(
         Backend::Embedded,
         &[
@@ -63,8 +62,15 @@ async fn connector_errors_are_classified_and_never_scanned_as_content() {
         ],
     );
     let uuid = Uuid::new_v4();
-    let resp = server.register(&connector_body(uuid, &url), Some(ENROLL)).await;
+    let resp = server.register(&connector_body(uuid, url), Some(ENROLL)).await;
     let keys = Keys::from_registration(uuid, &resp.json().await.unwrap());
+    (server, keys)
+}
+
+#[tokio::test]
+async fn connector_errors_are_classified_and_never_scanned_as_content() {
+    let url = start_faulty_connector().await;
+    let (server, keys) = fast_retrying_server_for(&url).await;
     for location in ["/json-error", "/server-error", "/missing"] {
         let body =
             serde_json::to_vec(&json!({"location": location, "metainfo": "m", "scan_job_id": "faults"})).unwrap();
@@ -171,16 +177,7 @@ async fn results_by_location(server: &Server, job: &str, want: usize) -> std::co
 #[tokio::test]
 async fn failed_remediation_is_retried_then_dead_lettered_and_never_silent() {
     let (url, calls) = start_remediation_connector().await;
-    let server = Server::start(
-        Backend::Embedded,
-        &[
-            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "50".into()),
-            ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "2".into()),
-        ],
-    );
-    let uuid = Uuid::new_v4();
-    let resp = server.register(&connector_body(uuid, &url), Some(ENROLL)).await;
-    let keys = Keys::from_registration(uuid, &resp.json().await.unwrap());
+    let (server, keys) = fast_retrying_server_for(&url).await;
     let locations = ["/fine", "/flaky-500", "/flaky-401", "/read-401-once", "/io-error", "/python-gone"];
     for location in locations {
         let body = serde_json::to_vec(&json!({"location": location, "metainfo": "m", "scan_job_id": "rem"})).unwrap();
