@@ -365,6 +365,34 @@ fn put_result_in(txn: &WriteTransaction, record: &ResultRecord, retain: usize) -
     Ok(Some(id))
 }
 
+/// A dead letter goes back on the queue: its stored failed result leaves the by-task index,
+/// its job's list and the newest-results list, and its job counts it as open again (a job
+/// that completed because of it runs again).
+fn undo_failed_outcome(txn: &WriteTransaction, task: &QueuedTask) -> StoreResult<()> {
+    let row = {
+        let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+        let removed = by_task.remove(task.task_id.as_str()).map_err(unavailable)?;
+        removed.map(|g| g.value().to_vec())
+    };
+    let Some(row) = row else { return Ok(()) };
+    let seq = serde_json::from_slice::<serde_json::Value>(&row).ok().and_then(|doc| doc.get("id")?.as_u64());
+    if let Some(seq) = seq {
+        txn.open_table(RESULTS_BY_JOB)
+            .map_err(unavailable)?
+            .remove((task.job_id.as_str(), seq))
+            .map_err(unavailable)?;
+        txn.open_table(RESULTS).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+    }
+    update_job(txn, &task.job_id, |job| {
+        job.processed_count = job.processed_count.saturating_sub(1);
+        job.failed_count = job.failed_count.saturating_sub(1);
+        if job.status == JobStatus::Completed && !job.is_complete() {
+            job.status = JobStatus::Running;
+        }
+    })?;
+    Ok(())
+}
+
 /// A task leaves the queue.
 fn ack_in(txn: &WriteTransaction, seq: u64) -> StoreResult<()> {
     txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
@@ -1094,7 +1122,8 @@ impl Store for EmbeddedStore {
                 while moved < max as u64 {
                     let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
                     let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
-                    let task = serde_json::to_vec(&letter.task.requeued()).map_err(corrupt)?;
+                    undo_failed_outcome(txn, &letter.task)?;
+                    let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
                     queue.insert(next, task.as_slice()).map_err(unavailable)?;
                     next += 1;
                     moved += 1;

@@ -180,6 +180,41 @@ end
 return 1
 ";
 
+/// Requeue one dead letter (same task id), replacing its failed outcome: its stored result
+/// leaves the by-task key, the by-job list and the newest-results list, and its job counts it
+/// as open again (a job completed because of it runs again and loses its retention TTL).
+/// KEYS: dead-letter list, stream, results list, by-task key, by-job list, job hash.
+/// ARGV: the letter as stored, the task json, now. Returns 1 when this call took the letter.
+const REQUEUE_SCRIPT: &str = r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local row = redis.call('GET', KEYS[4])
+if row then
+  redis.call('DEL', KEYS[4])
+  redis.call('LREM', KEYS[5], 1, row)
+  redis.call('LREM', KEYS[3], 1, row)
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    local processed = redis.call('HINCRBY', KEYS[6], 'processed_count', -1)
+    if processed < 0 then
+      processed = 0
+      redis.call('HSET', KEYS[6], 'processed_count', 0)
+    end
+    if redis.call('HINCRBY', KEYS[6], 'failed_count', -1) < 0 then
+      redis.call('HSET', KEYS[6], 'failed_count', 0)
+    end
+    redis.call('HSET', KEYS[6], 'updated_at', ARGV[3])
+    local enqueued = tonumber(redis.call('HGET', KEYS[6], 'enqueued_count') or '0')
+    if redis.call('HGET', KEYS[6], 'status') == 'completed' and processed < enqueued then
+      redis.call('HSET', KEYS[6], 'status', 'running')
+      redis.call('HDEL', KEYS[6], 'completed_at')
+      redis.call('PERSIST', KEYS[6])
+      redis.call('PERSIST', KEYS[5])
+    end
+  end
+end
+redis.call('XADD', KEYS[2], '*', 'task', ARGV[2], 'attempt', 1)
+return 1
+";
+
 /// One job's results out of the newest-results list, the by-task index and the by-job list,
 /// atomically. KEYS: results list, by-job list. ARGV: by-task key prefix. Returns how many.
 const CLEAR_JOB_RESULTS_SCRIPT: &str = r"
@@ -872,22 +907,34 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let mut moved = 0;
         while moved < max as u64 {
-            // LPOP then XADD: a crash in between loses nothing but may requeue one letter twice,
-            // which the workers' task-id idempotency absorbs.
-            let Some(raw): Option<String> = conn.lpop(self.dlq_key(), None).await.map_err(map_err)? else { break };
-            let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
-            let task = serde_json::to_string(&letter.task.requeued()).map_err(corrupt)?;
-            redis::cmd("XADD")
-                .arg(self.scan_queue_key())
-                .arg("*")
-                .arg("task")
-                .arg(task)
-                .arg("attempt")
-                .arg(1)
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(map_err)?;
-            moved += 1;
+            let batch = (max as u64 - moved).min(100) as isize;
+            let raws: Vec<String> = conn.lrange(self.dlq_key(), 0, batch - 1).await.map_err(map_err)?;
+            if raws.is_empty() {
+                break;
+            }
+            for raw in raws {
+                let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+                let task = &letter.task;
+                // One atomic step per letter: taking it off the list (only one requeuer wins),
+                // undoing its failed outcome and queueing it again.
+                let taken: i64 = redis::Script::new(REQUEUE_SCRIPT)
+                    .key(self.dlq_key())
+                    .key(self.scan_queue_key())
+                    .key("dsxconnect:scan_results")
+                    .key(format!("dsxconnect:scan_result_by_task:{}", task.task_id))
+                    .key(format!("dsxconnect:scan_results_by_job:{}", task.job_id))
+                    .key(job_key(&task.job_id))
+                    .arg(&raw)
+                    .arg(serde_json::to_string(task).map_err(corrupt)?)
+                    .arg(now_secs())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(map_err)?;
+                moved += taken as u64;
+                if moved >= max as u64 {
+                    break;
+                }
+            }
         }
         Ok(moved)
     }
