@@ -327,6 +327,12 @@ pub trait Store: Send + Sync + 'static {
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;
 }
 
+/// How long a finished (completed or cancelled) job, its result list and its results' by-task
+/// entries are kept after the job's last change, unless a store is given another retention
+/// (`with_job_retention`). Running and paused jobs are never removed. Python 1.x keeps jobs for
+/// 7 days too.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The stats counter name for a verdict spelling.
 pub fn verdict_counter(verdict: &str) -> String {
     let key = match verdict {

@@ -817,6 +817,85 @@ conformance!(
     requeued_dead_letters_replace_their_failed_outcome,
 );
 
+/// Finished jobs (completed, cancelled) go after their retention with their result lists and
+/// their results' by-task entries; running and paused jobs stay, however old. Results of a job
+/// without a record expire like a finished job's.
+async fn finished_jobs_expire_after_their_retention(store: Arc<dyn Store>) {
+    use dsx_store::JobStatus::{Cancelled, Completed, Paused, Running};
+    let s = &*store;
+    let owner = Uuid::new_v4();
+    let [done, cancelled, running, paused, jobless] = ["jd", "jx", "jr", "jp", "jn"].map(unique_name);
+    let task = |job: &str, n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.to_owned(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    let stored = |job: &str, n: u32| result(&format!("{job}-{n}"), job, "Benign");
+    for job in [&done, &cancelled, &running, &paused] {
+        s.enqueue_scans(&[task(job, 1), task(job, 2)]).await.unwrap().unwrap();
+        s.put_result(&stored(job, 1), 1000).await.unwrap().unwrap();
+    }
+    s.mark_enqueue_done(&done, Some(2)).await.unwrap().unwrap();
+    s.put_result(&stored(&done, 2), 1000).await.unwrap().unwrap();
+    s.set_job_status(&cancelled, Cancelled).await.unwrap().unwrap();
+    // A cancelled job's remaining task still gets its (not scanned) result.
+    s.put_result(&stored(&cancelled, 2), 1000).await.unwrap().unwrap();
+    s.set_job_status(&paused, Paused).await.unwrap().unwrap();
+    s.put_result(&stored(&jobless, 1), 1000).await.unwrap().unwrap();
+    let status = |job: Option<dsx_store::Job>| job.map(|j| j.status);
+    assert_eq!(status(s.get_job(&done).await.unwrap()), Some(Completed));
+    assert_eq!(status(s.get_job(&cancelled).await.unwrap()), Some(Cancelled));
+    assert!(s.get_result(&format!("{done}-1")).await.unwrap().is_some(), "kept until the retention is over");
+    assert_eq!(s.list_results(10, Some(&done)).await.unwrap().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for job in [&done, &cancelled] {
+        assert_eq!(s.get_job(job).await.unwrap(), None, "{job} is gone");
+        assert!(s.list_results(10, Some(job)).await.unwrap().is_empty(), "{job}'s result list is gone");
+        for n in [1, 2] {
+            assert_eq!(s.get_result(&format!("{job}-{n}")).await.unwrap(), None, "{job}-{n} is gone");
+        }
+    }
+    assert_eq!(s.get_result(&format!("{jobless}-1")).await.unwrap(), None);
+    assert!(s.list_results(10, Some(&jobless)).await.unwrap().is_empty());
+    assert!(!s.list_jobs().await.unwrap().iter().any(|j| j.job_id == done || j.job_id == cancelled));
+    for (job, want) in [(&running, Running), (&paused, Paused)] {
+        assert_eq!(status(s.get_job(job).await.unwrap()), Some(want), "{job} stays");
+        assert_eq!(s.list_results(10, Some(job)).await.unwrap().len(), 1, "{job}'s results stay");
+        assert!(s.get_result(&format!("{job}-1")).await.unwrap().is_some(), "{job}'s task entry stays");
+    }
+    // A paused job that resumes and completes starts its own retention then.
+    s.set_job_status(&paused, Running).await.unwrap().unwrap();
+    s.mark_enqueue_done(&paused, None).await.unwrap().unwrap();
+    s.put_result(&stored(&paused, 2), 1000).await.unwrap().unwrap();
+    assert_eq!(status(s.get_job(&paused).await.unwrap()), Some(Completed));
+    assert!(s.get_result(&format!("{paused}-1")).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(s.get_job(&paused).await.unwrap(), None);
+    assert_eq!(s.get_result(&format!("{paused}-1")).await.unwrap(), None);
+    assert_eq!(s.get_job(&running).await.unwrap().map(|j| j.status), Some(Running), "a running job is never removed");
+}
+
+#[tokio::test]
+async fn redis_finished_jobs_expire_after_their_retention() {
+    let redis = TestRedis::get();
+    let store = RedisStore::new(&redis.url, Namespace { env: unique_name("t") }, SecretCodec::plain())
+        .unwrap()
+        .with_job_retention(Some(Duration::from_secs(1)));
+    finished_jobs_expire_after_their_retention(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn embedded_finished_jobs_expire_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("store.redb"), SecretCodec::plain())
+        .unwrap()
+        .with_job_retention(Some(Duration::from_secs(1)));
+    finished_jobs_expire_after_their_retention(Arc::new(store)).await;
+}
+
 #[tokio::test]
 async fn redis_secrets_are_encrypted_at_rest() {
     secrets_are_encrypted_at_rest(Harness::redis(SecretCodec::from_key_text(KEY).unwrap())).await;
