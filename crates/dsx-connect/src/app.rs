@@ -114,12 +114,16 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     };
     Ok(match &settings.store {
         StoreSettings::Redis { url } => Arc::new(
-            RedisStore::new(url, Namespace { env: settings.app_env.clone() }, codec).context("DSXCONNECT_REDIS_URL")?,
+            RedisStore::new(url, Namespace { env: settings.app_env.clone() }, codec)
+                .context("DSXCONNECT_REDIS_URL")?
+                .with_job_retention(settings.job_retention),
         ),
         StoreSettings::Embedded { data_dir } => {
             let path = data_dir.join("dsx-connect.redb");
             Arc::new(
-                EmbeddedStore::open(&path, codec).with_context(|| format!("embedded store at {}", path.display()))?,
+                EmbeddedStore::open(&path, codec)
+                    .with_context(|| format!("embedded store at {}", path.display()))?
+                    .with_job_retention(settings.job_retention),
             )
         }
     })

@@ -77,6 +77,9 @@ pub struct Settings {
     pub syslog: Option<crate::syslog::SyslogSettings>,
     pub batch: BatchSettings,
     pub presence_ttl: Duration,
+    /// How long finished jobs and their results are kept (`DSXCONNECT_RESULTS_DB__JOB_RETENTION_SECONDS`,
+    /// 0 = forever).
+    pub job_retention: Option<Duration>,
     pub max_body_bytes: usize,
     /// Which connector URLs may be registered and called (`DSXCONNECT_CONNECTORS__URL_ALLOW`).
     pub connector_urls: crate::url_policy::UrlPolicy,
@@ -215,6 +218,13 @@ impl Settings {
             server_limits,
             presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
             max_body_bytes: parse_num(&get, "DSXCONNECT_MAX_BODY_BYTES", 16 * 1024 * 1024)? as usize,
+            job_retention: Some(parse_num(
+                &get,
+                "DSXCONNECT_RESULTS_DB__JOB_RETENTION_SECONDS",
+                dsx_store::DEFAULT_JOB_RETENTION.as_secs(),
+            )?)
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs),
             app_env,
             store,
             auth,
@@ -332,6 +342,15 @@ mod tests {
         assert_eq!(s.presence_ttl, Duration::from_secs(600));
         assert_eq!(s.max_body_bytes, 16 << 20);
         assert!(s.scanner.verify_tls, "scanner certificates are verified by default");
+        assert_eq!(s.job_retention, Some(Duration::from_secs(7 * 24 * 3600)), "finished jobs kept 7 days");
+    }
+
+    #[test]
+    fn job_retention_reads_seconds_and_zero_keeps_forever() {
+        let s = settings(&[("DSXCONNECT_RESULTS_DB__JOB_RETENTION_SECONDS", "3600")]).unwrap();
+        assert_eq!(s.job_retention, Some(Duration::from_secs(3600)));
+        let s = settings(&[("DSXCONNECT_RESULTS_DB__JOB_RETENTION_SECONDS", "0")]).unwrap();
+        assert_eq!(s.job_retention, None);
     }
 
     #[test]

@@ -37,11 +37,17 @@ const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
 const RESULT_BY_TASK: TableDefinition<&str, &[u8]> = TableDefinition::new("result_by_task");
 const RESULTS_BY_JOB: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results_by_job");
 const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
+/// Results whose job record is gone (deleted, or never existed): job id → when they expire
+/// (unix ms), as a finished job's would.
+const JOBLESS_RESULTS: TableDefinition<&str, u64> = TableDefinition::new("jobless_results");
 /// bucket → (window end in unix seconds, count).
 const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
 
 /// How often expired rows are purged (piggybacks on writes).
 const SWEEP_EVERY_MS: u64 = 30_000;
+/// How often finished jobs past their retention are purged (by the flush thread, so it runs
+/// on an idle store too; first at start). Never less often than the retention itself.
+const PURGE_JOBS_EVERY_MS: u64 = 60_000;
 /// Writes that nobody waits for (replay cache, rate counters) reach the disk within this, so a
 /// crash forgets at most this much of the replay cache.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
@@ -86,6 +92,10 @@ struct Inner {
     db: Database,
     codec: SecretCodec,
     last_sweep_ms: AtomicU64,
+    /// Finished jobs are kept this long after their last change, ms; 0 keeps them forever.
+    job_retention_ms: AtomicU64,
+    /// When finished jobs were last purged (0: not yet).
+    last_purge_ms: AtomicU64,
     /// Sequence number of the last commit (durable or not).
     committed: AtomicU64,
     durable: std::sync::Mutex<Durable>,
@@ -152,11 +162,14 @@ impl EmbeddedStore {
         txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
         txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
         txn.open_table(STATS).map_err(unavailable)?;
+        txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
         let inner = Arc::new(Inner {
             db,
             codec,
             last_sweep_ms: AtomicU64::new(now_millis()),
+            job_retention_ms: AtomicU64::new(crate::DEFAULT_JOB_RETENTION.as_millis() as u64),
+            last_purge_ms: AtomicU64::new(0),
             committed: AtomicU64::new(0),
             durable: Default::default(),
             flush_wanted: Default::default(),
@@ -166,6 +179,16 @@ impl EmbeddedStore {
         });
         let flusher = spawn_flusher(Arc::clone(&inner))?;
         Ok(Self { inner, flusher: Some(flusher) })
+    }
+
+    /// Keep finished jobs, their results' per-job and per-task entries this long after the
+    /// job's last change; `None` keeps them forever. A periodic sweep removes them.
+    pub fn with_job_retention(self, retention: Option<Duration>) -> Self {
+        let ms = retention.map(|r| r.as_millis() as u64).unwrap_or(0);
+        self.inner.job_retention_ms.store(ms, Ordering::Relaxed);
+        // Sweep with the new setting at the flush thread's next turn.
+        self.inner.last_purge_ms.store(0, Ordering::Relaxed);
+        self
     }
 
     /// A point read, run on the calling thread: a redb read transaction takes microseconds
@@ -265,6 +288,30 @@ impl Inner {
         Ok(())
     }
 
+    fn retention_ms(&self) -> u64 {
+        self.job_retention_ms.load(Ordering::Relaxed)
+    }
+
+    /// Purge finished jobs past their retention when a purge is due (at start, then every
+    /// [`PURGE_JOBS_EVERY_MS`] or the retention, whichever is shorter).
+    fn maybe_purge_jobs(&self) {
+        let retention = self.job_retention_ms.load(Ordering::Relaxed);
+        if retention == 0 {
+            return;
+        }
+        let now = now_millis();
+        let every = PURGE_JOBS_EVERY_MS.min(retention).max(1000);
+        if now.saturating_sub(self.last_purge_ms.load(Ordering::Relaxed)) < every {
+            return;
+        }
+        self.last_purge_ms.store(now, Ordering::Relaxed);
+        match self.write(false, |txn| purge_jobs_in(txn, retention, now)) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(jobs = n, "finished jobs past their retention removed"),
+            Err(err) => tracing::warn!(error = %err, "could not purge finished jobs"),
+        }
+    }
+
     fn read_presence(&self, uuid: &str) -> StoreResult<Option<Connector>> {
         let txn = self.db.begin_read().map_err(unavailable)?;
         let table = txn.open_table(PRESENCE).map_err(unavailable)?;
@@ -321,12 +368,19 @@ fn spawn_flusher(inner: Arc<Inner>) -> StoreResult<std::thread::JoinHandle<()>> 
                 }
             }
             inner.flush();
+            inner.maybe_purge_jobs();
         })
         .map_err(|e| unavailable(format!("cannot start the embedded store's flush thread: {e}")))
 }
 
 /// Store a result once per task id, count it into the stats and its job.
-fn put_result_in(txn: &WriteTransaction, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
+/// `retention_ms` (0 = keep) decides when a result whose job record is gone expires.
+fn put_result_in(
+    txn: &WriteTransaction,
+    record: &ResultRecord,
+    retain: usize,
+    retention_ms: u64,
+) -> StoreResult<Option<u64>> {
     let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
     if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
         return Ok(None);
@@ -354,7 +408,7 @@ fn put_result_in(txn: &WriteTransaction, record: &ResultRecord, retain: usize) -
         let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
         stats.insert(name.as_str(), current + n).map_err(unavailable)?;
     }
-    update_job(txn, &record.job_id, |job| {
+    let job = update_job(txn, &record.job_id, |job| {
         job.processed_count += 1;
         if record.succeeded {
             job.succeeded_count += 1;
@@ -362,7 +416,108 @@ fn put_result_in(txn: &WriteTransaction, record: &ResultRecord, retain: usize) -
             job.failed_count += 1;
         }
     })?;
+    if job.is_none() && retention_ms > 0 {
+        // Nothing will ever finish this job: its results expire as a finished job's.
+        txn.open_table(JOBLESS_RESULTS)
+            .map_err(unavailable)?
+            .insert(record.job_id.as_str(), now_millis() + retention_ms)
+            .map_err(unavailable)?;
+    }
     Ok(Some(id))
+}
+
+/// A dead letter goes back on the queue: its stored failed result leaves the by-task index,
+/// its job's list and the newest-results list, and its job counts it as open again (a job
+/// that completed because of it runs again).
+fn undo_failed_outcome(txn: &WriteTransaction, task: &QueuedTask) -> StoreResult<()> {
+    let row = {
+        let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+        let removed = by_task.remove(task.task_id.as_str()).map_err(unavailable)?;
+        removed.map(|g| g.value().to_vec())
+    };
+    let Some(row) = row else { return Ok(()) };
+    let seq = serde_json::from_slice::<serde_json::Value>(&row).ok().and_then(|doc| doc.get("id")?.as_u64());
+    if let Some(seq) = seq {
+        txn.open_table(RESULTS_BY_JOB)
+            .map_err(unavailable)?
+            .remove((task.job_id.as_str(), seq))
+            .map_err(unavailable)?;
+        txn.open_table(RESULTS).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+    }
+    update_job(txn, &task.job_id, |job| {
+        job.processed_count = job.processed_count.saturating_sub(1);
+        job.failed_count = job.failed_count.saturating_sub(1);
+        if job.status == JobStatus::Completed && !job.is_complete() {
+            job.status = JobStatus::Running;
+        }
+    })?;
+    Ok(())
+}
+
+/// Remove, in one transaction, every finished (completed or cancelled) job whose last change is
+/// `retention_ms` old, with its per-job result rows and its results' by-task entries, and the
+/// results of deleted jobs whose time is up. Running and paused jobs stay. The newest-results
+/// list keeps its rows (it is trimmed to `retain`). Returns how many jobs went.
+fn purge_jobs_in(txn: &WriteTransaction, retention_ms: u64, now_ms: u64) -> StoreResult<u64> {
+    let mut expired = Vec::new();
+    {
+        let jobs = txn.open_table(JOBS).map_err(unavailable)?;
+        for row in jobs.iter().map_err(unavailable)? {
+            let (id, bytes) = row.map_err(unavailable)?;
+            let Ok(job) = serde_json::from_slice::<Job>(bytes.value()) else { continue };
+            let finished = matches!(job.status, JobStatus::Completed | JobStatus::Cancelled);
+            if finished && job.updated_at.saturating_mul(1000).saturating_add(retention_ms) <= now_ms {
+                expired.push(id.value().to_owned());
+            }
+        }
+    }
+    let removed = expired.len() as u64;
+    {
+        let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+        for id in &expired {
+            jobs.remove(id.as_str()).map_err(unavailable)?;
+        }
+    }
+    // Results whose job record is gone: due ones go; a job that exists again decides itself.
+    {
+        let jobs = txn.open_table(JOBS).map_err(unavailable)?;
+        let mut jobless = txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?;
+        let mut due = Vec::new();
+        for row in jobless.iter().map_err(unavailable)? {
+            let (id, at) = row.map_err(unavailable)?;
+            if at.value() <= now_ms {
+                due.push(id.value().to_owned());
+            }
+        }
+        for id in due {
+            jobless.remove(id.as_str()).map_err(unavailable)?;
+            if jobs.get(id.as_str()).map_err(unavailable)?.is_none() {
+                expired.push(id);
+            }
+        }
+    }
+    if expired.is_empty() {
+        return Ok(0);
+    }
+    let mut by_job = txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
+    let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+    for job_id in &expired {
+        let mut rows = Vec::new();
+        for row in by_job.range((job_id.as_str(), 0)..=(job_id.as_str(), u64::MAX)).map_err(unavailable)? {
+            let (key, value) = row.map_err(unavailable)?;
+            let task = serde_json::from_slice::<serde_json::Value>(value.value())
+                .ok()
+                .and_then(|doc| doc.get("scan_request_task_id")?.as_str().map(str::to_owned));
+            rows.push((key.value().1, task));
+        }
+        for (seq, task) in rows {
+            by_job.remove((job_id.as_str(), seq)).map_err(unavailable)?;
+            if let Some(task) = task {
+                by_task.remove(task.as_str()).map_err(unavailable)?;
+            }
+        }
+    }
+    Ok(removed)
 }
 
 /// A task leaves the queue.
@@ -775,7 +930,7 @@ impl Store for EmbeddedStore {
 
     async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
         let record = record.clone();
-        self.run(move |inner| inner.write(false, |txn| put_result_in(txn, &record, retain))).await
+        self.run(move |inner| inner.write(false, |txn| put_result_in(txn, &record, retain, inner.retention_ms()))).await
     }
 
     async fn complete_scan(
@@ -789,7 +944,7 @@ impl Store for EmbeddedStore {
         self.run(move |inner| {
             inner.write(false, |txn| {
                 let id = match &record {
-                    Some(record) => put_result_in(txn, record, retain)?,
+                    Some(record) => put_result_in(txn, record, retain, inner.retention_ms())?,
                     None => None,
                 };
                 ack_in(txn, seq)?;
@@ -867,9 +1022,19 @@ impl Store for EmbeddedStore {
 
     async fn delete_jobs(&self) -> StoreResult<u64> {
         self.run(|inner| {
+            let retention = inner.retention_ms();
             inner.write(true, |txn| {
                 let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
                 let n = jobs.len().map_err(unavailable)?;
+                if retention > 0 {
+                    // Nothing will finish these jobs any more: their results expire as a
+                    // finished job's.
+                    let mut jobless = txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?;
+                    let until = now_millis() + retention;
+                    for row in jobs.iter().map_err(unavailable)? {
+                        jobless.insert(row.map_err(unavailable)?.0.value(), until).map_err(unavailable)?;
+                    }
+                }
                 jobs.retain(|_, _| false).map_err(unavailable)?;
                 Ok(n)
             })
@@ -885,6 +1050,7 @@ impl Store for EmbeddedStore {
                 results.retain(|_, _| false).map_err(unavailable)?;
                 txn.open_table(RESULT_BY_TASK).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
                 txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
+                txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
                 // Keep the sequence so ids never repeat; reset the counters.
                 txn.open_table(STATS).map_err(unavailable)?.retain(|k, _| k == "results_seq").map_err(unavailable)?;
                 Ok(n)
@@ -1094,7 +1260,8 @@ impl Store for EmbeddedStore {
                 while moved < max as u64 {
                     let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
                     let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
-                    let task = serde_json::to_vec(&letter.task.requeued()).map_err(corrupt)?;
+                    undo_failed_outcome(txn, &letter.task)?;
+                    let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
                     queue.insert(next, task.as_slice()).map_err(unavailable)?;
                     next += 1;
                     moved += 1;

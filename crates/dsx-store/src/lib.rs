@@ -136,14 +136,6 @@ pub struct QueuedTask {
     pub enqueued_at: u64,
 }
 
-impl QueuedTask {
-    /// The same work under a new task id. A dead-lettered task already has its terminal
-    /// "not scanned" result; the requeued one must be able to store its own.
-    pub fn requeued(&self) -> Self {
-        Self { task_id: Uuid::new_v4().to_string(), ..self.clone() }
-    }
-}
-
 /// A task handed to one worker. Until it is acked, retried or dead-lettered it belongs to
 /// that worker; if the worker dies, another claims it once the lease has run out.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -262,7 +254,13 @@ pub trait Store: Send + Sync + 'static {
     /// Dead letters of the scan queue, oldest first, `start..end` (end exclusive).
     async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>>;
     async fn dead_letter_count(&self) -> StoreResult<u64>;
-    /// Put up to `max` dead letters back on the queue (attempts reset). Returns how many.
+    /// Put up to `max` dead letters back on the queue (attempts reset, same task id). Returns
+    /// how many. A requeued item replaces its failed outcome, in the same atomic step: its
+    /// stored failed result (the "not scanned" or failed-remediation row) leaves the by-task
+    /// index, its job's result list and the newest-results list, and its job counts it as not
+    /// processed again (`processed_count` and `failed_count` go down by one; a job that had
+    /// completed because of it runs again). Its next result then counts once, as a
+    /// redelivery would. The stats are event counters and keep the failed attempt.
     async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64>;
     async fn clear_dead_letters(&self) -> StoreResult<u64>;
 
@@ -328,6 +326,12 @@ pub trait Store: Send + Sync + 'static {
     /// Count one hit against `bucket` in a fixed window of `window`.
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;
 }
+
+/// How long a finished (completed or cancelled) job, its result list and its results' by-task
+/// entries are kept after the job's last change, unless a store is given another retention
+/// (`with_job_retention`). Running and paused jobs are never removed. Python 1.x keeps jobs for
+/// 7 days too.
+pub const DEFAULT_JOB_RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// The stats counter name for a verdict spelling.
 pub fn verdict_counter(verdict: &str) -> String {

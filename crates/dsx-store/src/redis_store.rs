@@ -36,6 +36,8 @@ pub struct RedisStore {
     conn: tokio::sync::OnceCell<ConnectionManager>,
     ns: String,
     codec: SecretCodec,
+    /// TTL of a finished job's keys, ms; 0 keeps them forever.
+    job_retention_ms: u64,
 }
 
 /// IO, timeouts and server-side refusals are `Unavailable`; replies we cannot decode are `Corrupt`.
@@ -150,8 +152,10 @@ fn autoclaim_entries(reply: &redis::Value) -> Vec<redis::streams::StreamId> {
 }
 
 /// Store a result once per task and count it into its job and the stats, completing the
-/// job when it is done. KEYS: results list, by-task key, by-job list, job hash, stats hash.
-/// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now.
+/// job when it is done. A finished job's (or a job-less) result expires with the job's
+/// retention. KEYS: results list, by-task key, by-job list, job hash, stats hash.
+/// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now, retention ms
+/// (0 = keep). Returns 0 (already stored), 1, or 2 when this result completed its job.
 const RESULT_SCRIPT: &str = r"
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('SET', KEYS[2], ARGV[1])
@@ -162,6 +166,11 @@ redis.call('HINCRBY', KEYS[5], 'files_scanned', 1)
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 redis.call('HINCRBY', KEYS[5], 'total_scan_time_in_microseconds', ARGV[5])
 redis.call('HINCRBY', KEYS[5], 'total_file_size', ARGV[6])
+local ttl = tonumber(ARGV[8])
+-- A result without a job record (deleted) belongs to nothing that will ever finish: it
+-- expires like a finished job's.
+local finished = true
+local completed_now = false
 if redis.call('EXISTS', KEYS[4]) == 1 then
   local processed = redis.call('HINCRBY', KEYS[4], 'processed_count', 1)
   if ARGV[4] == '1' then
@@ -175,8 +184,70 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= enqueued
      and redis.call('HGET', KEYS[4], 'status') == 'running' then
     redis.call('HSET', KEYS[4], 'status', 'completed', 'completed_at', ARGV[7])
+    completed_now = true
+  end
+  local status = redis.call('HGET', KEYS[4], 'status')
+  finished = status == 'completed' or status == 'cancelled'
+  if finished and ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
+end
+if finished and ttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+if completed_now then return 2 end
+return 1
+";
+
+/// Retention for a chunk of a finished job's results: the by-task key of every row in
+/// `start..start+count` of the by-job list expires with the job. KEYS: by-job list.
+/// ARGV: start, count, by-task key prefix, ttl ms. Returns how many rows it saw.
+const EXPIRE_TASKS_SCRIPT: &str = r"
+local rows = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
+for _, row in ipairs(rows) do
+  local ok, doc = pcall(cjson.decode, row)
+  if ok and type(doc) == 'table' and type(doc['scan_request_task_id']) == 'string' then
+    redis.call('PEXPIRE', ARGV[3] .. doc['scan_request_task_id'], ARGV[4])
   end
 end
+return #rows
+";
+
+/// Rows per [`EXPIRE_TASKS_SCRIPT`] call: a large job's retention is applied in short steps,
+/// never one long script that blocks Redis.
+const EXPIRE_CHUNK: usize = 500;
+
+/// Requeue one dead letter (same task id), replacing its failed outcome: its stored result
+/// leaves the by-task key, the by-job list and the newest-results list, and its job counts it
+/// as open again (a job completed because of it runs again and loses its retention TTL).
+/// KEYS: dead-letter list, stream, results list, by-task key, by-job list, job hash.
+/// ARGV: the letter as stored, the task json, now. Returns 1 when this call took the letter.
+const REQUEUE_SCRIPT: &str = r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local row = redis.call('GET', KEYS[4])
+if row then
+  redis.call('DEL', KEYS[4])
+  redis.call('LREM', KEYS[5], 1, row)
+  redis.call('LREM', KEYS[3], 1, row)
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    local processed = redis.call('HINCRBY', KEYS[6], 'processed_count', -1)
+    if processed < 0 then
+      processed = 0
+      redis.call('HSET', KEYS[6], 'processed_count', 0)
+    end
+    if redis.call('HINCRBY', KEYS[6], 'failed_count', -1) < 0 then
+      redis.call('HSET', KEYS[6], 'failed_count', 0)
+    end
+    redis.call('HSET', KEYS[6], 'updated_at', ARGV[3])
+    local enqueued = tonumber(redis.call('HGET', KEYS[6], 'enqueued_count') or '0')
+    if redis.call('HGET', KEYS[6], 'status') == 'completed' and processed < enqueued then
+      redis.call('HSET', KEYS[6], 'status', 'running')
+      redis.call('HDEL', KEYS[6], 'completed_at')
+      redis.call('PERSIST', KEYS[6])
+      redis.call('PERSIST', KEYS[5])
+    end
+  end
+end
+redis.call('XADD', KEYS[2], '*', 'task', ARGV[2], 'attempt', 1)
 return 1
 ";
 
@@ -313,7 +384,53 @@ impl RedisStore {
     pub fn new(url: &str, ns: Namespace, codec: SecretCodec) -> StoreResult<Self> {
         let client =
             redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
-        Ok(Self { client, conn: tokio::sync::OnceCell::new(), ns: ns.prefix(), codec })
+        Ok(Self {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            ns: ns.prefix(),
+            codec,
+            job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
+        })
+    }
+
+    /// Keep finished jobs, their result lists and their results' by-task keys this long after
+    /// the job's last change (a key TTL set when the job finishes); `None` keeps them forever.
+    pub fn with_job_retention(mut self, retention: Option<Duration>) -> Self {
+        self.job_retention_ms = retention.filter(|r| !r.is_zero()).map(ttl_ms).unwrap_or(0);
+        self
+    }
+
+    /// A job finished (or lost its record): its hash (when `with_job` and it still exists),
+    /// its result list and every by-task key of its results expire after the retention.
+    async fn expire_job_results(&self, job_id: &str, with_job: bool) -> StoreResult<()> {
+        let ttl = self.job_retention_ms;
+        if ttl == 0 {
+            return Ok(());
+        }
+        let list = format!("dsxconnect:scan_results_by_job:{job_id}");
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PEXPIRE").arg(&list).arg(ttl).ignore();
+        if with_job {
+            pipe.cmd("PEXPIRE").arg(job_key(job_id)).arg(ttl).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
+        let mut start = 0;
+        loop {
+            let seen: usize = redis::Script::new(EXPIRE_TASKS_SCRIPT)
+                .key(&list)
+                .arg(start)
+                .arg(EXPIRE_CHUNK)
+                .arg("dsxconnect:scan_result_by_task:")
+                .arg(ttl)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            if seen < EXPIRE_CHUNK {
+                return Ok(());
+            }
+            start += EXPIRE_CHUNK;
+        }
     }
 
     /// The shared connection, created on first use. Waiting for the lock counts against the
@@ -872,22 +989,34 @@ impl Store for RedisStore {
         let mut conn = self.conn().await?;
         let mut moved = 0;
         while moved < max as u64 {
-            // LPOP then XADD: a crash in between loses nothing but may requeue one letter twice,
-            // which the workers' task-id idempotency absorbs.
-            let Some(raw): Option<String> = conn.lpop(self.dlq_key(), None).await.map_err(map_err)? else { break };
-            let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
-            let task = serde_json::to_string(&letter.task.requeued()).map_err(corrupt)?;
-            redis::cmd("XADD")
-                .arg(self.scan_queue_key())
-                .arg("*")
-                .arg("task")
-                .arg(task)
-                .arg("attempt")
-                .arg(1)
-                .query_async::<String>(&mut conn)
-                .await
-                .map_err(map_err)?;
-            moved += 1;
+            let batch = (max as u64 - moved).min(100) as isize;
+            let raws: Vec<String> = conn.lrange(self.dlq_key(), 0, batch - 1).await.map_err(map_err)?;
+            if raws.is_empty() {
+                break;
+            }
+            for raw in raws {
+                let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+                let task = &letter.task;
+                // One atomic step per letter: taking it off the list (only one requeuer wins),
+                // undoing its failed outcome and queueing it again.
+                let taken: i64 = redis::Script::new(REQUEUE_SCRIPT)
+                    .key(self.dlq_key())
+                    .key(self.scan_queue_key())
+                    .key("dsxconnect:scan_results")
+                    .key(format!("dsxconnect:scan_result_by_task:{}", task.task_id))
+                    .key(format!("dsxconnect:scan_results_by_job:{}", task.job_id))
+                    .key(job_key(&task.job_id))
+                    .arg(&raw)
+                    .arg(serde_json::to_string(task).map_err(corrupt)?)
+                    .arg(now_secs())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(map_err)?;
+                moved += taken as u64;
+                if moved >= max as u64 {
+                    break;
+                }
+            }
         }
         Ok(moved)
     }
@@ -969,10 +1098,17 @@ impl Store for RedisStore {
             .arg(record.scan_time_us)
             .arg(record.file_size)
             .arg(now_secs())
+            .arg(self.job_retention_ms)
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        Ok((stored == 1).then_some(id))
+        if stored == 2 {
+            // This result completed its job: the job's earlier results expire with it.
+            if let Err(err) = self.expire_job_results(&record.job_id, true).await {
+                tracing::warn!(job_id = %record.job_id, error = %err, "could not set the finished job's retention");
+            }
+        }
+        Ok((stored >= 1).then_some(id))
     }
 
     async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
@@ -1022,7 +1158,12 @@ impl Store for RedisStore {
             return Ok(0);
         }
         let mut conn = self.conn().await?;
-        conn.del(keys).await.map_err(map_err)
+        let deleted = conn.del(&keys).await.map_err(map_err)?;
+        // Nothing will finish these jobs any more: their results expire as a finished job's.
+        for key in &keys {
+            self.expire_job_results(key.trim_start_matches("dsxconnect:job:"), false).await?;
+        }
+        Ok(deleted)
     }
 
     async fn clear_results(&self) -> StoreResult<u64> {
@@ -1060,6 +1201,20 @@ impl Store for RedisStore {
             .hset_multiple(&key, &[("status", word), ("updated_at", now_secs().to_string())])
             .await
             .map_err(map_err)?;
+        match status {
+            JobStatus::Completed | JobStatus::Cancelled => self.expire_job_results(job_id, true).await?,
+            // Running or paused again: kept until it finishes.
+            JobStatus::Running | JobStatus::Paused => redis::pipe()
+                .cmd("PERSIST")
+                .arg(&key)
+                .ignore()
+                .cmd("PERSIST")
+                .arg(format!("dsxconnect:scan_results_by_job:{job_id}"))
+                .ignore()
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(map_err)?,
+        }
         self.get_job(job_id).await
     }
 

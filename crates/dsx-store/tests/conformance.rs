@@ -450,7 +450,7 @@ async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
     let d = s.claim_scans("w1", 5, Duration::from_secs(30)).await.unwrap();
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].task.payload.as_str(), d[0].attempt), (queued(1).payload.as_str(), 1));
-    assert_ne!(d[0].task.task_id, "task-1", "a requeued task gets a new id");
+    assert_eq!(d[0].task.task_id, "task-1", "a requeued task keeps its id");
     assert_eq!(s.clear_dead_letters().await.unwrap(), 1);
     assert_eq!(s.dead_letter_count().await.unwrap(), 0);
 }
@@ -465,6 +465,94 @@ fn result(task: &str, job: &str, verdict: &str) -> dsx_store::ResultRecord {
         scan_time_us: 10,
         file_size: 100,
     }
+}
+
+/// What the worker stores for a dead-lettered item, before the dead letter itself.
+fn not_scanned(task: &str, job: &str) -> dsx_store::ResultRecord {
+    dsx_store::ResultRecord {
+        task_id: task.into(),
+        job_id: job.into(),
+        json: format!("{{\"scan_request_task_id\":\"{task}\",\"status\":\"not scanned\"}}"),
+        verdict: "Not Scanned".into(),
+        succeeded: false,
+        scan_time_us: 0,
+        file_size: 0,
+    }
+}
+
+/// A requeued dead letter replaces its failed outcome: the job counts each item once, the
+/// "not scanned" row gives way to the new result (same task id), and a job that completed
+/// because of the dead letter runs again until the requeued item is done.
+async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
+    use dsx_store::JobStatus::{Completed, Running};
+    let s = &*h.store;
+    let job = unique_name("jr");
+    let owner = Uuid::new_v4();
+    let task = |n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.clone(),
+        payload: format!("{{\"location\":\"/f{n}\"}}"),
+        enqueued_at: 1,
+    };
+    let (t1, t2) = (format!("{job}-1"), format!("{job}-2"));
+    let counts = |j: dsx_store::Job| (j.status, j.processed_count, j.succeeded_count, j.failed_count);
+    let rows = |rows: Vec<String>| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> = rows
+            .iter()
+            .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
+            .map(|r| {
+                let status = r["status"].as_str().or(r["verdict"].as_str()).unwrap_or_default().to_owned();
+                (r["scan_request_task_id"].as_str().unwrap().to_owned(), status)
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
+    s.mark_enqueue_done(&job, Some(2)).await.unwrap().unwrap();
+    let lease = Duration::from_secs(30);
+    let claimed = s.claim_scans("w", 10, lease).await.unwrap();
+    assert_eq!(claimed.len(), 2);
+    let (d1, d2) = (&claimed[0], &claimed[1]);
+    assert_eq!((d1.task.task_id.as_str(), d2.task.task_id.as_str()), (t1.as_str(), t2.as_str()));
+    s.complete_scan(d1, Some(&result(&t1, &job, "Benign")), 1000).await.unwrap().unwrap();
+    // Item 2 fails for good: its "not scanned" result, then the dead letter (as the worker does).
+    s.put_result(&not_scanned(&t2, &job), 1000).await.unwrap().unwrap();
+    s.dead_letter_scan(d2, "connector_client: read_file: 404").await.unwrap();
+    assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Completed, 2, 1, 1));
+
+    // Requeued, it fails again: still one row and one count per item.
+    assert_eq!(s.requeue_dead_letters(10).await.unwrap(), 1);
+    assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Running, 1, 1, 0), "open again");
+    assert_eq!(s.get_result(&t2).await.unwrap(), None, "its failed result is gone");
+    assert_eq!(rows(s.list_results(100, Some(&job)).await.unwrap()), [(t1.clone(), "Benign".to_owned())]);
+    assert!(!s.list_results(1000, None).await.unwrap().iter().any(|r| r.contains(&t2)));
+    let again = s.claim_scans("w", 10, lease).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].task.task_id.as_str(), again[0].attempt), (t2.as_str(), 1), "same task id, attempts reset");
+    s.put_result(&not_scanned(&t2, &job), 1000).await.unwrap().unwrap();
+    s.dead_letter_scan(&again[0], "connector_client: read_file: 404").await.unwrap();
+    assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Completed, 2, 1, 1));
+    assert_eq!(
+        rows(s.list_results(100, Some(&job)).await.unwrap()),
+        [(t1.clone(), "Benign".to_owned()), (t2.clone(), "not scanned".to_owned())]
+    );
+
+    // Requeued once more, it is scanned: the job completes with every item counted once.
+    assert_eq!(s.requeue_dead_letters(10).await.unwrap(), 1);
+    assert_eq!(s.dead_letter_count().await.unwrap(), 0);
+    let last = s.claim_scans("w", 10, lease).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert!(s.complete_scan(&last[0], Some(&result(&t2, &job, "Benign")), 1000).await.unwrap().is_some());
+    assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Completed, 2, 2, 0));
+    assert_eq!(
+        rows(s.list_results(100, Some(&job)).await.unwrap()),
+        [(t1.clone(), "Benign".to_owned()), (t2.clone(), "Benign".to_owned())]
+    );
+    assert!(s.get_result(&t2).await.unwrap().unwrap().contains("Benign"));
+    let newest = s.list_results(1000, None).await.unwrap();
+    assert_eq!(newest.iter().filter(|r| r.contains(&t2)).count(), 1, "one row per item in the newest list too");
 }
 
 async fn complete_scan_stores_the_result_and_acks_together(h: &Harness) {
@@ -726,7 +814,87 @@ conformance!(
     scan_slots_cap_concurrency_and_expire,
     completion_follows_the_accepted_count_not_the_claim,
     clearing_one_jobs_results_keeps_the_others,
+    requeued_dead_letters_replace_their_failed_outcome,
 );
+
+/// Finished jobs (completed, cancelled) go after their retention with their result lists and
+/// their results' by-task entries; running and paused jobs stay, however old. Results of a job
+/// without a record expire like a finished job's.
+async fn finished_jobs_expire_after_their_retention(store: Arc<dyn Store>) {
+    use dsx_store::JobStatus::{Cancelled, Completed, Paused, Running};
+    let s = &*store;
+    let owner = Uuid::new_v4();
+    let [done, cancelled, running, paused, jobless] = ["jd", "jx", "jr", "jp", "jn"].map(unique_name);
+    let task = |job: &str, n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.to_owned(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    let stored = |job: &str, n: u32| result(&format!("{job}-{n}"), job, "Benign");
+    for job in [&done, &cancelled, &running, &paused] {
+        s.enqueue_scans(&[task(job, 1), task(job, 2)]).await.unwrap().unwrap();
+        s.put_result(&stored(job, 1), 1000).await.unwrap().unwrap();
+    }
+    s.mark_enqueue_done(&done, Some(2)).await.unwrap().unwrap();
+    s.put_result(&stored(&done, 2), 1000).await.unwrap().unwrap();
+    s.set_job_status(&cancelled, Cancelled).await.unwrap().unwrap();
+    // A cancelled job's remaining task still gets its (not scanned) result.
+    s.put_result(&stored(&cancelled, 2), 1000).await.unwrap().unwrap();
+    s.set_job_status(&paused, Paused).await.unwrap().unwrap();
+    s.put_result(&stored(&jobless, 1), 1000).await.unwrap().unwrap();
+    let status = |job: Option<dsx_store::Job>| job.map(|j| j.status);
+    assert_eq!(status(s.get_job(&done).await.unwrap()), Some(Completed));
+    assert_eq!(status(s.get_job(&cancelled).await.unwrap()), Some(Cancelled));
+    assert!(s.get_result(&format!("{done}-1")).await.unwrap().is_some(), "kept until the retention is over");
+    assert_eq!(s.list_results(10, Some(&done)).await.unwrap().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    for job in [&done, &cancelled] {
+        assert_eq!(s.get_job(job).await.unwrap(), None, "{job} is gone");
+        assert!(s.list_results(10, Some(job)).await.unwrap().is_empty(), "{job}'s result list is gone");
+        for n in [1, 2] {
+            assert_eq!(s.get_result(&format!("{job}-{n}")).await.unwrap(), None, "{job}-{n} is gone");
+        }
+    }
+    assert_eq!(s.get_result(&format!("{jobless}-1")).await.unwrap(), None);
+    assert!(s.list_results(10, Some(&jobless)).await.unwrap().is_empty());
+    assert!(!s.list_jobs().await.unwrap().iter().any(|j| j.job_id == done || j.job_id == cancelled));
+    for (job, want) in [(&running, Running), (&paused, Paused)] {
+        assert_eq!(status(s.get_job(job).await.unwrap()), Some(want), "{job} stays");
+        assert_eq!(s.list_results(10, Some(job)).await.unwrap().len(), 1, "{job}'s results stay");
+        assert!(s.get_result(&format!("{job}-1")).await.unwrap().is_some(), "{job}'s task entry stays");
+    }
+    // A paused job that resumes and completes starts its own retention then.
+    s.set_job_status(&paused, Running).await.unwrap().unwrap();
+    s.mark_enqueue_done(&paused, None).await.unwrap().unwrap();
+    s.put_result(&stored(&paused, 2), 1000).await.unwrap().unwrap();
+    assert_eq!(status(s.get_job(&paused).await.unwrap()), Some(Completed));
+    assert!(s.get_result(&format!("{paused}-1")).await.unwrap().is_some());
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(s.get_job(&paused).await.unwrap(), None);
+    assert_eq!(s.get_result(&format!("{paused}-1")).await.unwrap(), None);
+    assert_eq!(s.get_job(&running).await.unwrap().map(|j| j.status), Some(Running), "a running job is never removed");
+}
+
+#[tokio::test]
+async fn redis_finished_jobs_expire_after_their_retention() {
+    let redis = TestRedis::get();
+    let store = RedisStore::new(&redis.url, Namespace { env: unique_name("t") }, SecretCodec::plain())
+        .unwrap()
+        .with_job_retention(Some(Duration::from_secs(1)));
+    finished_jobs_expire_after_their_retention(Arc::new(store)).await;
+}
+
+#[tokio::test]
+async fn embedded_finished_jobs_expire_after_their_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = EmbeddedStore::open(&dir.path().join("store.redb"), SecretCodec::plain())
+        .unwrap()
+        .with_job_retention(Some(Duration::from_secs(1)));
+    finished_jobs_expire_after_their_retention(Arc::new(store)).await;
+}
 
 #[tokio::test]
 async fn redis_secrets_are_encrypted_at_rest() {

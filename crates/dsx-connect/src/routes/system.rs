@@ -95,7 +95,10 @@ pub async fn config(State(state): State<SharedState>, headers: axum::http::Heade
         });
         doc["workers"]["scan_request_max_retries"] = json!(s.workers.max_retries);
         doc["workers"]["lease_seconds"] = json!(s.workers.lease.as_secs());
-        doc["results"] = json!({ "retain": s.workers.results_retain });
+        doc["results"] = json!({
+            "retain": s.workers.results_retain,
+            "job_retention_seconds": s.job_retention.map_or(0, |r| r.as_secs()),
+        });
         doc["presence_ttl_seconds"] = json!(s.presence_ttl.as_secs());
     }
     Json(doc)
