@@ -3,7 +3,9 @@
 //! store the result. At-least-once delivery, made safe by task-id idempotency: a result is
 //! stored once per task, and a repeated remediation finds nothing left to act on.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dsx_hmac::unix_now;
@@ -13,7 +15,7 @@ use dsx_store::{Delivery, JobStatus, ResultRecord};
 use futures_util::TryStreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::connector_client::OutboundError;
 use crate::state::SharedState;
@@ -23,8 +25,12 @@ use crate::state::SharedState;
 pub struct WorkerSettings {
     /// Global in-flight cap (`DSXCONNECT_SCANNER__MAX_INFLIGHT`).
     pub max_inflight: usize,
-    /// A task held longer than this by a worker that stopped answering is redelivered.
+    /// Heartbeat lease of a task and of its in-flight slot: the holder renews both every
+    /// third of it while the task runs, so a dead holder's work and capacity come back within
+    /// one lease.
     pub lease: Duration,
+    /// On SIGTERM: how long tasks in flight may still finish before they are given back.
+    pub drain: Duration,
     pub max_retries: u32,
     pub retry_base: Duration,
     pub max_file_size: u64,
@@ -63,18 +69,66 @@ pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
     (base * factor).min(Duration::from_secs(300))
 }
 
-/// Run workers forever (the caller aborts the task to stop them). Every task first takes one
-/// of `max_inflight` slots shared by all worker replicas through the store, so the scanner
-/// never sees more than that many scans at once, however many replicas run.
-pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: WorkerSettings, consumer: String) {
+/// A task this worker holds: renewed by the heartbeat, given back on shutdown.
+struct Held {
+    delivery: Delivery,
+    slot: String,
+    abort: tokio::task::AbortHandle,
+    /// Set once the task is being settled (ack, retry, defer, dead letter): from then on a lost
+    /// lease must not abort it.
+    settled: Arc<AtomicBool>,
+}
+
+type HeldTasks = Arc<Mutex<HashMap<u64, Held>>>;
+
+/// Sleep for `d` unless asked to stop first. True when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if stopping(stop) {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Run workers until `stop` turns true, then drain: claim nothing more, let the tasks in flight
+/// finish for up to `settings.drain`, give back what is left (slots released, tasks back on the
+/// queue without spending an attempt) and return. Every task first takes one of `max_inflight`
+/// slots shared by all worker replicas through the store, so the scanner never sees more than
+/// that many scans at once, however many replicas run. Slots and task leases are held by a
+/// heartbeat: a worker that dies stops renewing them and they come back within one lease.
+pub async fn run(
+    state: SharedState,
+    scanner: Arc<dyn Scanner>,
+    settings: WorkerSettings,
+    consumer: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let limiter = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
     let settings = Arc::new(settings);
+    let held: HeldTasks = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let heartbeat = tokio::spawn(heartbeat(Arc::clone(&state), Arc::clone(&held), consumer.clone(), settings.lease));
+    let mut next_id = 0u64;
     let mut idle = IDLE_MIN;
-    tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, "scan workers started");
+    tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, lease = ?settings.lease, "scan workers started");
     loop {
+        while tasks.try_join_next().is_some() {}
+        if stopping(&stop) {
+            break;
+        }
         // Take as many free in-flight places as there are (at least one, waiting for it), then
         // claim that many tasks in one store round trip.
-        let mut permits = vec![Arc::clone(&limiter).acquire_owned().await.expect("semaphore open")];
+        let first = tokio::select! {
+            permit = Arc::clone(&limiter).acquire_owned() => permit.expect("semaphore open"),
+            _ = stop.changed() => continue,
+        };
+        let mut permits = vec![first];
         while permits.len() < CLAIM_AT_MOST {
             match Arc::clone(&limiter).try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
@@ -98,7 +152,7 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
         if slots.is_empty() {
             drop(permits);
             // All slots busy: look again soon. Store unreachable: don't spin on it.
-            tokio::time::sleep(if store_down { Duration::from_secs(1) } else { IDLE_MIN }).await;
+            pause(&mut stop, if store_down { Duration::from_secs(1) } else { IDLE_MIN }).await;
             continue;
         }
         permits.truncate(slots.len());
@@ -115,20 +169,116 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
         }
         permits.truncate(deliveries.len());
         if deliveries.is_empty() {
-            tokio::time::sleep(idle).await;
+            pause(&mut stop, idle).await;
             idle = (idle * 2).min(IDLE_MAX);
             continue;
         }
         idle = IDLE_MIN;
+        let mut holding = held.lock().expect("held lock");
         for ((delivery, slot), permit) in deliveries.into_iter().zip(slots).zip(permits) {
-            let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
-            tokio::spawn(async move {
-                process(&state, &*scanner, &settings, delivery).await;
-                if let Err(err) = state.store.release_slot(&slot).await {
-                    tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+            let id = next_id;
+            next_id += 1;
+            let settled = Arc::new(AtomicBool::new(false));
+            let (state, scanner, settings, held, settled_flag, task) = (
+                Arc::clone(&state),
+                Arc::clone(&scanner),
+                Arc::clone(&settings),
+                Arc::clone(&held),
+                Arc::clone(&settled),
+                delivery.clone(),
+            );
+            let abort = tasks.spawn(async move {
+                process(&state, &*scanner, &settings, task, &settled_flag).await;
+                let mine = held.lock().expect("held lock").remove(&id);
+                if let Some(h) = mine {
+                    if let Err(err) = state.store.release_slot(&h.slot).await {
+                        tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+                    }
                 }
                 drop(permit);
             });
+            holding.insert(id, Held { delivery, slot, abort, settled });
+        }
+    }
+
+    // Draining: nothing new is claimed; the heartbeat keeps renewing what is still running.
+    let in_flight = held.lock().expect("held lock").len();
+    tracing::info!(in_flight, drain = ?settings.drain, "stopping: finishing the tasks in flight");
+    let deadline = tokio::time::Instant::now() + settings.drain;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    heartbeat.abort();
+    let left: Vec<Held> = held.lock().expect("held lock").drain().map(|(_, h)| h).collect();
+    for h in &left {
+        if !h.settled.load(Ordering::SeqCst) {
+            if let Err(err) = state.store.defer_scan(&h.delivery, Duration::ZERO).await {
+                tracing::warn!(error = %err, task_id = %h.delivery.task.task_id, "could not give a task back; it returns when its lease runs out");
+            }
+        }
+        if let Err(err) = state.store.release_slot(&h.slot).await {
+            tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+        }
+    }
+    tracing::info!(given_back = left.len(), "scan workers stopped");
+}
+
+/// Renew the leases of held tasks and their slots every third of a lease. A task whose lease
+/// was lost anyway (the store was unreachable for a whole lease and another worker took it
+/// over) is stopped here: the other worker owns it now.
+async fn heartbeat(state: SharedState, held: HeldTasks, consumer: String, lease: Duration) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let (deliveries, slots): (Vec<Delivery>, Vec<String>) =
+            held.lock().expect("held lock").values().map(|h| (h.delivery.clone(), h.slot.clone())).unzip();
+        if deliveries.is_empty() {
+            continue;
+        }
+        match state.store.renew_scans(&consumer, &deliveries, lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                let mut stopped = Vec::new();
+                {
+                    let mut map = held.lock().expect("held lock");
+                    let gone: Vec<u64> = map
+                        .iter()
+                        .filter(|(_, h)| !h.settled.load(Ordering::SeqCst) && lost.contains(&h.delivery.id))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in gone {
+                        if let Some(h) = map.remove(&k) {
+                            h.abort.abort();
+                            stopped.push(h.slot);
+                        }
+                    }
+                }
+                for slot in &stopped {
+                    let _ = state.store.release_slot(slot).await;
+                }
+                if !stopped.is_empty() {
+                    tracing::warn!(
+                        stopped = stopped.len(),
+                        "task leases lost to another worker; stopped working on them"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot renew task leases; retrying"),
+        }
+        match state.store.renew_slots(&slots, lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::debug!(
+                    lost = lost.len(),
+                    "scan slots expired before renewal (their tasks finished meanwhile, or the store was away)"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot renew scan slots; retrying"),
         }
     }
 }
@@ -140,9 +290,16 @@ const CLAIM_AT_MOST: usize = 32;
 const IDLE_MIN: Duration = Duration::from_millis(20);
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
-async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSettings, delivery: Delivery) {
+async fn process(
+    state: &SharedState,
+    scanner: &dyn Scanner,
+    settings: &WorkerSettings,
+    delivery: Delivery,
+    settling: &AtomicBool,
+) {
     let task_id = delivery.task.task_id.clone();
     let outcome = handle(state, scanner, settings, &delivery).await;
+    settling.store(true, Ordering::SeqCst);
     let settled = match outcome {
         Ok(record) => match state.store.complete_scan(&delivery, record.as_ref(), settings.results_retain).await {
             Ok(Some(id)) => {
