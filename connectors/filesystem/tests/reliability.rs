@@ -325,3 +325,38 @@ async fn sigterm_drains_within_the_bound_and_frees_every_slot() {
     assert_all_scanned_once(&p, &job, FILES).await;
     assert_eq!(dead_letters(&p).await, 0);
 }
+
+/// Fault 2: tasks of a paused job wait (deferred without spending attempts) for as long as the
+/// job stays paused, here far longer than the whole retry budget; after resume every item is
+/// scanned and nothing is dead-lettered.
+#[tokio::test]
+async fn a_paused_job_waits_longer_than_the_retry_budget_without_dead_letters() {
+    let job = unique_name("job-pause-");
+    const FILES: usize = 30;
+    let mut p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "api",
+        &[
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "1".into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ],
+    )
+    .await;
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(30), |j| j["enqueue_done"] == true).await;
+    let resp = p.operator(Method::POST, &format!("scan/jobs/{job}/pause")).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    // The retry budget is ~0.1 s; the job stays paused for 6 s (each task is looked at again).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let paused = p.json(&format!("scan/jobs/{job}")).await;
+    assert_eq!(paused["processed_count"].as_u64(), Some(0), "{paused}");
+    assert_eq!(dead_letters(&p).await, 0, "paused tasks are not dead-lettered");
+    let resp = p.operator(Method::POST, &format!("scan/jobs/{job}/resume")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    p.wait_job(&job, Duration::from_secs(60), |j| j["status"] == "completed").await;
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0);
+}

@@ -43,6 +43,8 @@ struct Failure {
     class: &'static str,
     detail: String,
     retryable: bool,
+    /// Give the task back after this delay without spending an attempt (its job is paused).
+    defer: Option<Duration>,
     /// The result to keep if this failure is final: a scanned item whose remediation failed
     /// keeps its verdict (and the connector's answer) instead of becoming "not scanned".
     result: Option<ResultRecord>,
@@ -50,7 +52,10 @@ struct Failure {
 
 impl Failure {
     fn new(class: &'static str, detail: impl Into<String>, retryable: bool) -> Self {
-        Self { class, detail: detail.into(), retryable, result: None }
+        Self { class, detail: detail.into(), retryable, defer: None, result: None }
+    }
+    fn deferred(class: &'static str, detail: impl Into<String>, delay: Duration) -> Self {
+        Self { defer: Some(delay), ..Self::new(class, detail, true) }
     }
     fn reason(&self) -> String {
         format!("{}: {}", self.class, self.detail)
@@ -81,6 +86,8 @@ struct Held {
 
 type HeldTasks = Arc<Mutex<HashMap<u64, Held>>>;
 
+/// Paused jobs' tasks are looked at again after this, without spending an attempt.
+const PAUSED_RECHECK: Duration = Duration::from_secs(2);
 /// Sleep for `d` unless asked to stop first. True when stopping.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     if stopping(stop) {
@@ -309,6 +316,10 @@ async fn process(
             Ok(None) => Ok(()), // no result, or a redelivery: announced the first time
             Err(err) => Err(err),
         },
+        Err(Failure { defer: Some(delay), class, detail, .. }) => {
+            tracing::debug!(task_id, class, detail, again_in = ?delay, "task deferred without spending an attempt");
+            state.store.defer_scan(&delivery, delay).await
+        }
         Err(failure) if failure.retryable && delivery.attempt <= settings.max_retries => {
             let delay = retry_delay(settings.retry_base, delivery.attempt);
             tracing::warn!(task_id, attempt = delivery.attempt, retry_in = ?delay, reason = %failure.reason(), "scan failed; will retry");
@@ -360,7 +371,8 @@ async fn handle(
             let record = result_record(delivery, Some(&request), None, json!(null), json!(null), "not scanned", false);
             return Ok(Some(record));
         }
-        Some(JobStatus::Paused) => return Err(Failure::new("job_paused", "job is paused", true)),
+        // Not an attempt: the task waits as long as the job stays paused.
+        Some(JobStatus::Paused) => return Err(Failure::deferred("job_paused", "job is paused", PAUSED_RECHECK)),
         _ => {}
     }
     let started = Instant::now();
