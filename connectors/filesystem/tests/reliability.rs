@@ -360,3 +360,68 @@ async fn a_paused_job_waits_longer_than_the_retry_budget_without_dead_letters() 
     assert_all_scanned_once(&p, &job, FILES).await;
     assert_eq!(dead_letters(&p).await, 0);
 }
+
+/// Fault 3: the scanner (`dsx-connect scanner serve`) goes away mid-scan for longer than the
+/// whole retry budget. The breaker opens (the worker's `readyz` answers 503
+/// `scanner_unavailable`), the workers stop claiming and probe; when the scanner is back every
+/// item is scanned and nothing is dead-lettered.
+#[tokio::test]
+async fn a_scanner_outage_longer_than_the_retry_budget_dead_letters_nothing() {
+    let job = unique_name("job-outage-");
+    const FILES: usize = 400;
+    let scanner_port = free_port();
+    let spawn_scanner = || {
+        let mut s = Service::spawn(
+            workspace_bin("dsx-connect").to_str().unwrap(),
+            &["scanner", "serve", "--listen", &format!("127.0.0.1:{scanner_port}")],
+            &[],
+            scanner_port,
+        );
+        s.wait_http("/healthz", 200, Duration::from_secs(20));
+        s
+    };
+    let mut scanner = spawn_scanner();
+    let mut p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "api",
+        &[
+            ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+            ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{scanner_port}")),
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "1".into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ],
+    )
+    .await;
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    let worker_readyz = format!("{}{API}/readyz", p.workers[0].base_url());
+    assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::OK);
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 20).await;
+    scanner.kill();
+    let down_at = Instant::now();
+    // The breaker opens: readyz says why.
+    loop {
+        let resp = p.http.get(&worker_readyz).send().await.unwrap();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["reason"], "scanner_unavailable", "{body}");
+            break;
+        }
+        assert!(down_at.elapsed() < Duration::from_secs(15), "readyz never reported the scanner outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down far longer than the retry budget (~0.1 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    let during = p.json(&format!("scan/jobs/{job}")).await;
+    assert!(during["processed_count"].as_u64().unwrap() < FILES as u64, "{during}");
+    scanner = spawn_scanner();
+    p.wait_job(&job, Duration::from_secs(90), |j| j["status"] == "completed").await;
+    eprintln!("scanner outage: job completed {:?} after the scanner went down", down_at.elapsed());
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0, "no dead letters for a scanner outage");
+    assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::OK);
+    drop(scanner);
+}

@@ -149,6 +149,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
     let scanner = build_scanner(&settings)?;
     let metrics = crate::metrics::Metrics::default();
     let syslog = settings.syslog.clone().map(crate::syslog::Syslog::new);
+    let breaker_threshold = settings.workers.breaker_threshold;
     Ok(Arc::new(AppState {
         settings,
         store,
@@ -157,6 +158,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         connectors,
         scanner,
         syslog,
+        breaker: crate::worker::Breaker::new(breaker_threshold),
         metrics,
         keys: Default::default(),
     }))

@@ -195,6 +195,7 @@ impl Settings {
             max_inflight: parse_num(&get, "DSXCONNECT_SCANNER__MAX_INFLIGHT", 16)?.max(1) as usize,
             lease: Duration::from_secs(parse_num(&get, "DSXCONNECT_WORKERS__LEASE_SECONDS", 15)?.max(1)),
             drain: Duration::from_secs(parse_num(&get, "DSXCONNECT_WORKERS__DRAIN_SECONDS", 20)?),
+            breaker_threshold: parse_num(&get, "DSXCONNECT_SCANNER__BREAKER_THRESHOLD", 5)? as u32,
             max_retries: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", 5)? as u32,
             retry_base: Duration::from_millis(parse_num(&get, "DSXCONNECT_WORKERS__RETRY_BASE_MS", 2000)?.max(1)),
             max_file_size: parse_num(&get, "DSXCONNECT_SCANNER__MAX_FILE_SIZE_BYTES", 2 << 30)?,

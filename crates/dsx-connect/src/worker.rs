@@ -4,7 +4,7 @@
 //! stored once per task, and a repeated remediation finds nothing left to act on.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,6 +31,8 @@ pub struct WorkerSettings {
     pub lease: Duration,
     /// On SIGTERM: how long tasks in flight may still finish before they are given back.
     pub drain: Duration,
+    /// Consecutive scanner outages (connection, 5xx, warming up) that open the breaker (0: never).
+    pub breaker_threshold: u32,
     pub max_retries: u32,
     pub retry_base: Duration,
     pub max_file_size: u64,
@@ -43,7 +45,8 @@ struct Failure {
     class: &'static str,
     detail: String,
     retryable: bool,
-    /// Give the task back after this delay without spending an attempt (its job is paused).
+    /// Give the task back after this delay without spending an attempt (its job is paused,
+    /// or the scanner is down and the breaker is open).
     defer: Option<Duration>,
     /// The result to keep if this failure is final: a scanned item whose remediation failed
     /// keeps its verdict (and the connector's answer) instead of becoming "not scanned".
@@ -74,6 +77,51 @@ pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
     (base * factor).min(Duration::from_secs(300))
 }
 
+/// Scanner failures that mean "the scanner is not there" rather than "this file failed".
+fn is_outage(class: &str) -> bool {
+    matches!(class, "scanner_unreachable" | "scanner_server" | "scanner_initializing")
+}
+
+/// Circuit breaker on the scanner, one per process: after `threshold` consecutive outages the
+/// workers stop claiming and probe the scanner with backoff until it answers again. While it is
+/// open, `readyz` answers 503 `scanner_unavailable`.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    consecutive: AtomicU32,
+    open: AtomicBool,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32) -> Self {
+        Self { threshold, consecutive: AtomicU32::new(0), open: AtomicBool::new(false) }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn success(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+    }
+
+    /// One more scanner outage. True when the breaker is open (now or already).
+    fn outage(&self) -> bool {
+        let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.threshold > 0 && n >= self.threshold && !self.open.swap(true, Ordering::SeqCst) {
+            tracing::error!(failures = n, "scanner unavailable: breaker open, workers stop claiming and probe it");
+        }
+        self.is_open()
+    }
+
+    fn close(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+        if self.open.swap(false, Ordering::SeqCst) {
+            tracing::info!("scanner answers again: breaker closed, scanning resumes");
+        }
+    }
+}
+
 /// A task this worker holds: renewed by the heartbeat, given back on shutdown.
 struct Held {
     delivery: Delivery,
@@ -88,6 +136,13 @@ type HeldTasks = Arc<Mutex<HashMap<u64, Held>>>;
 
 /// Paused jobs' tasks are looked at again after this, without spending an attempt.
 const PAUSED_RECHECK: Duration = Duration::from_secs(2);
+/// Tasks whose scan failed while the breaker is open come back after this (the breaker keeps
+/// workers from claiming them until the scanner answers).
+const OUTAGE_DEFER: Duration = Duration::from_secs(1);
+/// Breaker probes: first after this, doubling up to `PROBE_MAX`.
+const PROBE_MIN: Duration = Duration::from_millis(500);
+const PROBE_MAX: Duration = Duration::from_secs(10);
+
 /// Sleep for `d` unless asked to stop first. True when stopping.
 async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
     if stopping(stop) {
@@ -128,6 +183,10 @@ pub async fn run(
         while tasks.try_join_next().is_some() {}
         if stopping(&stop) {
             break;
+        }
+        if state.breaker.is_open() {
+            probe_until_closed(&state, &*scanner, &mut stop).await;
+            continue;
         }
         // Take as many free in-flight places as there are (at least one, waiting for it), then
         // claim that many tasks in one store round trip.
@@ -290,6 +349,27 @@ async fn heartbeat(state: SharedState, held: HeldTasks, consumer: String, lease:
     }
 }
 
+/// Breaker open: probe the scanner with backoff until it answers (or the worker stops).
+async fn probe_until_closed(state: &SharedState, scanner: &dyn Scanner, stop: &mut watch::Receiver<bool>) {
+    let mut wait = PROBE_MIN;
+    loop {
+        if pause(stop, wait).await {
+            return;
+        }
+        match scanner.check().await {
+            Err(err) if is_outage(err.class()) => {
+                tracing::info!(error = %err, next_probe = ?(wait * 2).min(PROBE_MAX), "scanner still unavailable");
+                wait = (wait * 2).min(PROBE_MAX);
+            }
+            // Any answer that is not an outage means the scanner is back.
+            _ => {
+                state.breaker.close();
+                return;
+            }
+        }
+    }
+}
+
 /// Most tasks claimed in one store round trip.
 const CLAIM_AT_MOST: usize = 32;
 
@@ -419,7 +499,21 @@ async fn handle(
     };
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     let scan_started = Instant::now();
-    let verdict = scanner.scan(&input, Box::pin(stream)).await?;
+    let verdict = match scanner.scan(&input, Box::pin(stream)).await {
+        Ok(verdict) => {
+            state.breaker.success();
+            verdict
+        }
+        Err(err) => {
+            let mut failure = Failure::from(err);
+            // The scanner is down, not this file: once the breaker is open the task waits for
+            // the scanner instead of spending its attempts.
+            if is_outage(failure.class) && state.breaker.outage() {
+                failure.defer = Some(OUTAGE_DEFER);
+            }
+            return Err(failure);
+        }
+    };
     state.metrics.scanner_seconds.observe(scan_started.elapsed().as_secs_f64());
     let read_ms = read_started.elapsed().as_millis() as u64;
     finish(state, delivery, &request, verdict, started, Some(read_ms)).await.map(Some)
