@@ -425,3 +425,52 @@ async fn a_scanner_outage_longer_than_the_retry_budget_dead_letters_nothing() {
     assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::OK);
     drop(scanner);
 }
+
+/// Fault 4: a TCP syslog server that never accepts (its accept queue is full, so every connect
+/// hangs until the 5 s timeout). Syslog delivery runs off the scan path: scanning keeps its
+/// speed, and events beyond the queue are dropped and counted.
+#[tokio::test]
+async fn a_silent_syslog_server_does_not_slow_scanning() {
+    let job = unique_name("job-syslog-");
+    const FILES: usize = 300;
+    // A listener with a backlog of 1 that never accepts; fill its accept queue.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(err)) => panic!("connect: {err}"),
+            Err(_) => break, // the accept queue is full: connects hang from now on
+        }
+        assert!(fillers.len() < 64, "the listener never stopped accepting connections");
+    }
+    let p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "all",
+        &[
+            ("DSXCONNECT_SYSLOG__ENABLED", "true".into()),
+            ("DSXCONNECT_SYSLOG__HOST", "127.0.0.1".into()),
+            ("DSXCONNECT_SYSLOG__PORT", addr.port().to_string()),
+            ("DSXCONNECT_SYSLOG__TRANSPORT", "tcp".into()),
+            ("DSXCONNECT_SYSLOG__QUEUE_SIZE", "50".into()),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(60), |j| j["status"] == "completed").await;
+    let took = started.elapsed();
+    eprintln!("{FILES} files with a hanging syslog server: {took:?}");
+    // Holding a 5 s connect per result inside the scan path took minutes.
+    assert!(took < Duration::from_secs(30), "scanning slowed down to {took:?}");
+    assert_all_scanned_once(&p, &job, FILES).await;
+    let dropped = metric(&p, "dsxconnect_syslog_dropped_total").await.unwrap_or(0.0);
+    assert!(dropped > 0.0, "a full queue drops and counts");
+    drop(listener);
+    drop(fillers);
+}

@@ -148,7 +148,8 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
     let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, settings.connector_urls.clone());
     let scanner = build_scanner(&settings)?;
     let metrics = crate::metrics::Metrics::default();
-    let syslog = settings.syslog.clone().map(crate::syslog::Syslog::new);
+    let syslog =
+        settings.syslog.clone().map(|s| crate::syslog::Syslog::new(s).counting_drops(metrics.syslog_dropped.clone()));
     let breaker_threshold = settings.workers.breaker_threshold;
     Ok(Arc::new(AppState {
         settings,

@@ -277,7 +277,9 @@ fn syslog_settings(
         None if python_style => Format::Python,
         None => Format::Rfc5424,
     };
-    Ok(Some(SyslogSettings { host, port, transport, format }))
+    let queue_size =
+        parse_num(get, "DSXCONNECT_SYSLOG__QUEUE_SIZE", crate::syslog::DEFAULT_QUEUE_SIZE as u64)?.max(1) as usize;
+    Ok(Some(SyslogSettings { host, port, transport, format, queue_size }))
 }
 
 fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
