@@ -291,6 +291,9 @@ async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
             ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
             ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{scanner_port}")),
             ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "2".into()),
+            // The scanner breaker would keep the tasks waiting for the scanner (reliability.rs
+            // tests that); off here, to test the dead-letter path.
+            ("DSXCONNECT_SCANNER__BREAKER_THRESHOLD", "0".into()),
         ],
     )
     .await;

@@ -151,7 +151,10 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
     let store = open_store(&settings)?;
     let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, settings.connector_urls.clone());
     let scanner = build_scanner(&settings)?;
-    let syslog = settings.syslog.clone().map(crate::syslog::Syslog::new);
+    let metrics = crate::metrics::Metrics::default();
+    let syslog =
+        settings.syslog.clone().map(|s| crate::syslog::Syslog::new(s).counting_drops(metrics.syslog_dropped.clone()));
+    let breaker_threshold = settings.workers.breaker_threshold;
     Ok(Arc::new(AppState {
         settings,
         store,
@@ -160,7 +163,8 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         connectors,
         scanner,
         syslog,
-        metrics: crate::metrics::Metrics::default(),
+        breaker: crate::worker::Breaker::new(breaker_threshold),
+        metrics,
         keys: Default::default(),
     }))
 }
@@ -213,6 +217,20 @@ pub async fn serve_role(
     role: Role,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Shutdown reaches the HTTP server and the workers; the workers drain (bounded by
+    // DSXCONNECT_WORKERS__DRAIN_SECONDS) while the server finishes its requests.
+    let drain_bound = state.settings.workers.drain + Duration::from_secs(5);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut server_stop = stop_rx.clone();
+    let stop_tx = Arc::new(stop_tx);
+    let signal_tx = Arc::clone(&stop_tx);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = signal_tx.send(true);
+    });
+    let shutdown = async move {
+        let _ = server_stop.wait_for(|stopping| *stopping).await;
+    };
     let workers = if role == Role::Api {
         None
     } else {
@@ -222,6 +240,7 @@ pub async fn serve_role(
             scanner,
             state.settings.workers.clone(),
             consumer_name(),
+            stop_rx,
         )))
     };
     let result = if role == Role::Worker {
@@ -235,7 +254,11 @@ pub async fn serve_role(
         serve(state, listener, shutdown).await
     };
     if let Some(w) = workers {
-        w.abort();
+        // The server may also have stopped on an error: make sure the workers stop too.
+        let _ = stop_tx.send(true);
+        if tokio::time::timeout(drain_bound, w).await.is_err() {
+            tracing::warn!("scan workers did not stop in time");
+        }
     }
     result
 }

@@ -196,7 +196,9 @@ impl Settings {
         };
         let workers = crate::worker::WorkerSettings {
             max_inflight: parse_num(&get, "DSXCONNECT_SCANNER__MAX_INFLIGHT", 16)?.max(1) as usize,
-            lease: Duration::from_secs(parse_num(&get, "DSXCONNECT_WORKERS__LEASE_SECONDS", 900)?.max(1)),
+            lease: Duration::from_secs(parse_num(&get, "DSXCONNECT_WORKERS__LEASE_SECONDS", 15)?.max(1)),
+            drain: Duration::from_secs(parse_num(&get, "DSXCONNECT_WORKERS__DRAIN_SECONDS", 20)?),
+            breaker_threshold: parse_num(&get, "DSXCONNECT_SCANNER__BREAKER_THRESHOLD", 5)? as u32,
             max_retries: parse_num(&get, "DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", 5)? as u32,
             retry_base: Duration::from_millis(parse_num(&get, "DSXCONNECT_WORKERS__RETRY_BASE_MS", 2000)?.max(1)),
             max_file_size: parse_num(&get, "DSXCONNECT_SCANNER__MAX_FILE_SIZE_BYTES", 2 << 30)?,
@@ -285,7 +287,9 @@ fn syslog_settings(
         None if python_style => Format::Python,
         None => Format::Rfc5424,
     };
-    Ok(Some(SyslogSettings { host, port, transport, format }))
+    let queue_size =
+        parse_num(get, "DSXCONNECT_SYSLOG__QUEUE_SIZE", crate::syslog::DEFAULT_QUEUE_SIZE as u64)?.max(1) as usize;
+    Ok(Some(SyslogSettings { host, port, transport, format, queue_size }))
 }
 
 fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub scans: Family<VerdictLabel, Counter>,
     pub scanner_seconds: Histogram,
     pub remediation_failures: Counter,
+    /// Syslog events dropped because the delivery queue was full.
+    pub syslog_dropped: Counter,
     queue_depth: Gauge,
     dead_letters: Gauge,
     inflight: Gauge,
@@ -66,6 +68,7 @@ impl Default for Metrics {
             // 1 ms … ~33 s
             scanner_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             remediation_failures: Counter::default(),
+            syslog_dropped: Counter::default(),
             queue_depth: Gauge::default(),
             dead_letters: Gauge::default(),
             inflight: Gauge::default(),
@@ -94,6 +97,11 @@ impl Default for Metrics {
             "remediation_failures",
             "Malicious items whose item action finally failed (dead-lettered, left in place)",
             m.remediation_failures.clone(),
+        );
+        registry.register(
+            "syslog_dropped",
+            "Syslog events dropped because the delivery queue was full (the syslog server is slow or away)",
+            m.syslog_dropped.clone(),
         );
         registry.register("queue_depth", "Scan tasks waiting or in progress", m.queue_depth.clone());
         registry.register("dead_letters", "Scan tasks in the dead-letter queue", m.dead_letters.clone());

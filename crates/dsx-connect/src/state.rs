@@ -20,6 +20,8 @@ pub struct AppState {
     /// The scanner the workers of this process use.
     pub scanner: Arc<dyn dsx_scanner::Scanner>,
     pub syslog: Option<crate::syslog::Syslog>,
+    /// The scanner circuit breaker of this process's workers (`readyz` reports it).
+    pub breaker: crate::worker::Breaker,
     pub metrics: crate::metrics::Metrics,
     /// Recently resolved DSX-HMAC keys (see `key_cache`).
     pub keys: crate::key_cache::KeyCache,

@@ -5,8 +5,11 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, Mutex};
 
 /// Facility `local0`; severity notice (5) for clean results, warning (4) for malicious ones.
 const FACILITY: u8 = 16;
@@ -53,22 +56,80 @@ pub struct SyslogSettings {
     pub port: u16,
     pub transport: Transport,
     pub format: Format,
+    /// Events waiting for delivery at most (`DSXCONNECT_SYSLOG__QUEUE_SIZE`); more are dropped
+    /// and counted.
+    pub queue_size: usize,
 }
 
+/// Default of `DSXCONNECT_SYSLOG__QUEUE_SIZE`.
+pub const DEFAULT_QUEUE_SIZE: usize = 10_000;
+
+/// Syslog delivery off the scan path: events go into a bounded queue that one background task
+/// drains. A slow, silent or unreachable syslog server never holds up a scan; when the queue is
+/// full, new events are dropped and counted (`dsxconnect_syslog_dropped_total`).
 pub struct Syslog {
+    queue: mpsc::Sender<(bool, String)>,
+    /// Taken by the first event, which starts the delivery task (inside the runtime).
+    pending: std::sync::Mutex<Option<mpsc::Receiver<(bool, String)>>>,
+    sink: Arc<Sink>,
+    dropped: Counter,
+}
+
+struct Sink {
     settings: SyslogSettings,
     hostname: String,
     tcp: Mutex<Option<tokio::net::TcpStream>>,
 }
 
+/// How long one connect or one write to a TCP syslog server may take.
+const TCP_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Syslog {
     pub fn new(settings: SyslogSettings) -> Self {
         let hostname = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "-".into());
-        Self { settings, hostname, tcp: Mutex::new(None) }
+        let (queue, pending) = mpsc::channel(settings.queue_size.max(1));
+        Self {
+            queue,
+            pending: std::sync::Mutex::new(Some(pending)),
+            sink: Arc::new(Sink { settings, hostname, tcp: Mutex::new(None) }),
+            dropped: Counter::default(),
+        }
+    }
+
+    /// Count dropped events into `counter` (the metrics registry's).
+    pub fn counting_drops(mut self, counter: Counter) -> Self {
+        self.dropped = counter;
+        self
+    }
+
+    /// Events dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+
+    /// Queue one result for delivery; never waits for the syslog server.
+    pub async fn send(&self, malicious: bool, json: &str) {
+        if let Some(pending) = self.pending.lock().expect("syslog lock").take() {
+            tokio::spawn(Arc::clone(&self.sink).deliver_all(pending));
+        }
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.queue.try_send((malicious, json.to_owned())) {
+            // Logged on the first drop and every 1000th after, not per event.
+            if self.dropped.inc().is_multiple_of(1000) {
+                tracing::warn!(dropped = self.dropped.get(), "syslog queue full: events dropped");
+            }
+        }
+    }
+}
+
+impl Sink {
+    async fn deliver_all(self: Arc<Self>, mut queue: mpsc::Receiver<(bool, String)>) {
+        while let Some((malicious, json)) = queue.recv().await {
+            self.send(malicious, &json).await;
+        }
     }
 
     /// One result. Failures are logged, never fatal: syslog is a copy, the store is the truth.
-    pub async fn send(&self, malicious: bool, json: &str) {
+    async fn send(&self, malicious: bool, json: &str) {
         let sent = match (self.settings.format, self.settings.transport) {
             (Format::Rfc5424, Transport::Udp) => {
                 self.send_udp(&format_rfc5424(malicious, unix_now(), &self.hostname, json)).await
@@ -96,12 +157,12 @@ impl Syslog {
         for _ in 0..2 {
             if conn.is_none() {
                 let addr = (self.settings.host.as_str(), self.settings.port);
-                *conn =
-                    Some(tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await??);
+                *conn = Some(tokio::time::timeout(TCP_TIMEOUT, tokio::net::TcpStream::connect(addr)).await??);
             }
-            match conn.as_mut().expect("connected").write_all(framed.as_bytes()).await {
-                Ok(()) => return Ok(()),
-                Err(_) => *conn = None, // reconnect once
+            let write = conn.as_mut().expect("connected").write_all(framed.as_bytes());
+            match tokio::time::timeout(TCP_TIMEOUT, write).await {
+                Ok(Ok(())) => return Ok(()),
+                _ => *conn = None, // reconnect once
             }
         }
         Err(std::io::Error::other("syslog connection lost"))
@@ -177,6 +238,7 @@ mod tests {
             port,
             transport: Transport::Udp,
             format: Format::Rfc5424,
+            queue_size: DEFAULT_QUEUE_SIZE,
         });
         s.send(true, "{\"verdict\":\"Malicious\"}").await;
         let mut buf = [0u8; 2048];
@@ -191,6 +253,7 @@ mod tests {
             port,
             transport: Transport::Tcp,
             format: Format::Rfc5424,
+            queue_size: DEFAULT_QUEUE_SIZE,
         });
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -233,6 +296,7 @@ mod tests {
             port: udp.local_addr().unwrap().port(),
             transport: Transport::Udp,
             format: Format::Python,
+            queue_size: DEFAULT_QUEUE_SIZE,
         });
         s.send(true, RESULT).await;
         let mut buf = [0u8; 4096];
@@ -252,6 +316,7 @@ mod tests {
             port: tcp.local_addr().unwrap().port(),
             transport: Transport::Tcp,
             format: Format::Python,
+            queue_size: DEFAULT_QUEUE_SIZE,
         });
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;

@@ -3,7 +3,9 @@
 //! store the result. At-least-once delivery, made safe by task-id idempotency: a result is
 //! stored once per task, and a repeated remediation finds nothing left to act on.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use dsx_hmac::unix_now;
@@ -13,7 +15,7 @@ use dsx_store::{Delivery, JobStatus, ResultRecord};
 use futures_util::TryStreamExt;
 use reqwest::Method;
 use serde_json::{json, Value};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 use crate::connector_client::OutboundError;
 use crate::state::SharedState;
@@ -23,8 +25,14 @@ use crate::state::SharedState;
 pub struct WorkerSettings {
     /// Global in-flight cap (`DSXCONNECT_SCANNER__MAX_INFLIGHT`).
     pub max_inflight: usize,
-    /// A task held longer than this by a worker that stopped answering is redelivered.
+    /// Heartbeat lease of a task and of its in-flight slot: the holder renews both every
+    /// third of it while the task runs, so a dead holder's work and capacity come back within
+    /// one lease.
     pub lease: Duration,
+    /// On SIGTERM: how long tasks in flight may still finish before they are given back.
+    pub drain: Duration,
+    /// Consecutive scanner outages (connection, 5xx, warming up) that open the breaker (0: never).
+    pub breaker_threshold: u32,
     pub max_retries: u32,
     pub retry_base: Duration,
     pub max_file_size: u64,
@@ -37,6 +45,9 @@ struct Failure {
     class: &'static str,
     detail: String,
     retryable: bool,
+    /// Give the task back after this delay without spending an attempt (its job is paused,
+    /// or the scanner is down and the breaker is open).
+    defer: Option<Duration>,
     /// The result to keep if this failure is final: a scanned item whose remediation failed
     /// keeps its verdict (and the connector's answer) instead of becoming "not scanned".
     result: Option<ResultRecord>,
@@ -44,7 +55,10 @@ struct Failure {
 
 impl Failure {
     fn new(class: &'static str, detail: impl Into<String>, retryable: bool) -> Self {
-        Self { class, detail: detail.into(), retryable, result: None }
+        Self { class, detail: detail.into(), retryable, defer: None, result: None }
+    }
+    fn deferred(class: &'static str, detail: impl Into<String>, delay: Duration) -> Self {
+        Self { defer: Some(delay), ..Self::new(class, detail, true) }
     }
     fn reason(&self) -> String {
         format!("{}: {}", self.class, self.detail)
@@ -63,18 +77,124 @@ pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
     (base * factor).min(Duration::from_secs(300))
 }
 
-/// Run workers forever (the caller aborts the task to stop them). Every task first takes one
-/// of `max_inflight` slots shared by all worker replicas through the store, so the scanner
-/// never sees more than that many scans at once, however many replicas run.
-pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: WorkerSettings, consumer: String) {
+/// Scanner failures that mean "the scanner is not there" rather than "this file failed".
+fn is_outage(class: &str) -> bool {
+    matches!(class, "scanner_unreachable" | "scanner_server" | "scanner_initializing")
+}
+
+/// Circuit breaker on the scanner, one per process: after `threshold` consecutive outages the
+/// workers stop claiming and probe the scanner with backoff until it answers again. While it is
+/// open, `readyz` answers 503 `scanner_unavailable`.
+#[derive(Debug)]
+pub struct Breaker {
+    threshold: u32,
+    consecutive: AtomicU32,
+    open: AtomicBool,
+}
+
+impl Breaker {
+    pub fn new(threshold: u32) -> Self {
+        Self { threshold, consecutive: AtomicU32::new(0), open: AtomicBool::new(false) }
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    fn success(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+    }
+
+    /// One more scanner outage. True when the breaker is open (now or already).
+    fn outage(&self) -> bool {
+        let n = self.consecutive.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.threshold > 0 && n >= self.threshold && !self.open.swap(true, Ordering::SeqCst) {
+            tracing::error!(failures = n, "scanner unavailable: breaker open, workers stop claiming and probe it");
+        }
+        self.is_open()
+    }
+
+    fn close(&self) {
+        self.consecutive.store(0, Ordering::SeqCst);
+        if self.open.swap(false, Ordering::SeqCst) {
+            tracing::info!("scanner answers again: breaker closed, scanning resumes");
+        }
+    }
+}
+
+/// A task this worker holds: renewed by the heartbeat, given back on shutdown.
+struct Held {
+    delivery: Delivery,
+    slot: String,
+    abort: tokio::task::AbortHandle,
+    /// Set once the task is being settled (ack, retry, defer, dead letter): from then on a lost
+    /// lease must not abort it.
+    settled: Arc<AtomicBool>,
+}
+
+type HeldTasks = Arc<Mutex<HashMap<u64, Held>>>;
+
+/// Paused jobs' tasks are looked at again after this, without spending an attempt.
+const PAUSED_RECHECK: Duration = Duration::from_secs(2);
+/// Tasks whose scan failed while the breaker is open come back after this (the breaker keeps
+/// workers from claiming them until the scanner answers).
+const OUTAGE_DEFER: Duration = Duration::from_secs(1);
+/// Breaker probes: first after this, doubling up to `PROBE_MAX`.
+const PROBE_MIN: Duration = Duration::from_millis(500);
+const PROBE_MAX: Duration = Duration::from_secs(10);
+
+/// Sleep for `d` unless asked to stop first. True when stopping.
+async fn pause(stop: &mut watch::Receiver<bool>, d: Duration) -> bool {
+    if stopping(stop) {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(d) => false,
+        _ = stop.changed() => true,
+    }
+}
+
+fn stopping(stop: &watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Run workers until `stop` turns true, then drain: claim nothing more, let the tasks in flight
+/// finish for up to `settings.drain`, give back what is left (slots released, tasks back on the
+/// queue without spending an attempt) and return. Every task first takes one of `max_inflight`
+/// slots shared by all worker replicas through the store, so the scanner never sees more than
+/// that many scans at once, however many replicas run. Slots and task leases are held by a
+/// heartbeat: a worker that dies stops renewing them and they come back within one lease.
+pub async fn run(
+    state: SharedState,
+    scanner: Arc<dyn Scanner>,
+    settings: WorkerSettings,
+    consumer: String,
+    mut stop: watch::Receiver<bool>,
+) {
     let limiter = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
     let settings = Arc::new(settings);
+    let held: HeldTasks = Arc::default();
+    let mut tasks = tokio::task::JoinSet::new();
+    let heartbeat = tokio::spawn(heartbeat(Arc::clone(&state), Arc::clone(&held), consumer.clone(), settings.lease));
+    let mut next_id = 0u64;
     let mut idle = IDLE_MIN;
-    tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, "scan workers started");
+    tracing::info!(consumer, scanner = scanner.kind(), inflight = settings.max_inflight, lease = ?settings.lease, "scan workers started");
     loop {
+        while tasks.try_join_next().is_some() {}
+        if stopping(&stop) {
+            break;
+        }
+        if state.breaker.is_open() {
+            probe_until_closed(&state, &*scanner, &mut stop).await;
+            continue;
+        }
         // Take as many free in-flight places as there are (at least one, waiting for it), then
         // claim that many tasks in one store round trip.
-        let mut permits = vec![Arc::clone(&limiter).acquire_owned().await.expect("semaphore open")];
+        let first = tokio::select! {
+            permit = Arc::clone(&limiter).acquire_owned() => permit.expect("semaphore open"),
+            _ = stop.changed() => continue,
+        };
+        let mut permits = vec![first];
         while permits.len() < CLAIM_AT_MOST {
             match Arc::clone(&limiter).try_acquire_owned() {
                 Ok(permit) => permits.push(permit),
@@ -98,7 +218,7 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
         if slots.is_empty() {
             drop(permits);
             // All slots busy: look again soon. Store unreachable: don't spin on it.
-            tokio::time::sleep(if store_down { Duration::from_secs(1) } else { IDLE_MIN }).await;
+            pause(&mut stop, if store_down { Duration::from_secs(1) } else { IDLE_MIN }).await;
             continue;
         }
         permits.truncate(slots.len());
@@ -115,20 +235,137 @@ pub async fn run(state: SharedState, scanner: Arc<dyn Scanner>, settings: Worker
         }
         permits.truncate(deliveries.len());
         if deliveries.is_empty() {
-            tokio::time::sleep(idle).await;
+            pause(&mut stop, idle).await;
             idle = (idle * 2).min(IDLE_MAX);
             continue;
         }
         idle = IDLE_MIN;
+        let mut holding = held.lock().expect("held lock");
         for ((delivery, slot), permit) in deliveries.into_iter().zip(slots).zip(permits) {
-            let (state, scanner, settings) = (Arc::clone(&state), Arc::clone(&scanner), Arc::clone(&settings));
-            tokio::spawn(async move {
-                process(&state, &*scanner, &settings, delivery).await;
-                if let Err(err) = state.store.release_slot(&slot).await {
-                    tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+            let id = next_id;
+            next_id += 1;
+            let settled = Arc::new(AtomicBool::new(false));
+            let (state, scanner, settings, held, settled_flag, task) = (
+                Arc::clone(&state),
+                Arc::clone(&scanner),
+                Arc::clone(&settings),
+                Arc::clone(&held),
+                Arc::clone(&settled),
+                delivery.clone(),
+            );
+            let abort = tasks.spawn(async move {
+                process(&state, &*scanner, &settings, task, &settled_flag).await;
+                let mine = held.lock().expect("held lock").remove(&id);
+                if let Some(h) = mine {
+                    if let Err(err) = state.store.release_slot(&h.slot).await {
+                        tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+                    }
                 }
                 drop(permit);
             });
+            holding.insert(id, Held { delivery, slot, abort, settled });
+        }
+    }
+
+    // Draining: nothing new is claimed; the heartbeat keeps renewing what is still running.
+    let in_flight = held.lock().expect("held lock").len();
+    tracing::info!(in_flight, drain = ?settings.drain, "stopping: finishing the tasks in flight");
+    let deadline = tokio::time::Instant::now() + settings.drain;
+    while !tasks.is_empty() {
+        match tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => break,
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    heartbeat.abort();
+    let left: Vec<Held> = held.lock().expect("held lock").drain().map(|(_, h)| h).collect();
+    for h in &left {
+        if !h.settled.load(Ordering::SeqCst) {
+            if let Err(err) = state.store.defer_scan(&h.delivery, Duration::ZERO).await {
+                tracing::warn!(error = %err, task_id = %h.delivery.task.task_id, "could not give a task back; it returns when its lease runs out");
+            }
+        }
+        if let Err(err) = state.store.release_slot(&h.slot).await {
+            tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
+        }
+    }
+    tracing::info!(given_back = left.len(), "scan workers stopped");
+}
+
+/// Renew the leases of held tasks and their slots every third of a lease. A task whose lease
+/// was lost anyway (the store was unreachable for a whole lease and another worker took it
+/// over) is stopped here: the other worker owns it now.
+async fn heartbeat(state: SharedState, held: HeldTasks, consumer: String, lease: Duration) {
+    let every = (lease / 3).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let (deliveries, slots): (Vec<Delivery>, Vec<String>) =
+            held.lock().expect("held lock").values().map(|h| (h.delivery.clone(), h.slot.clone())).unzip();
+        if deliveries.is_empty() {
+            continue;
+        }
+        match state.store.renew_scans(&consumer, &deliveries, lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                let mut stopped = Vec::new();
+                {
+                    let mut map = held.lock().expect("held lock");
+                    let gone: Vec<u64> = map
+                        .iter()
+                        .filter(|(_, h)| !h.settled.load(Ordering::SeqCst) && lost.contains(&h.delivery.id))
+                        .map(|(k, _)| *k)
+                        .collect();
+                    for k in gone {
+                        if let Some(h) = map.remove(&k) {
+                            h.abort.abort();
+                            stopped.push(h.slot);
+                        }
+                    }
+                }
+                for slot in &stopped {
+                    let _ = state.store.release_slot(slot).await;
+                }
+                if !stopped.is_empty() {
+                    tracing::warn!(
+                        stopped = stopped.len(),
+                        "task leases lost to another worker; stopped working on them"
+                    );
+                }
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot renew task leases; retrying"),
+        }
+        match state.store.renew_slots(&slots, lease).await {
+            Ok(lost) if !lost.is_empty() => {
+                tracing::debug!(
+                    lost = lost.len(),
+                    "scan slots expired before renewal (their tasks finished meanwhile, or the store was away)"
+                );
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(error = %err, "cannot renew scan slots; retrying"),
+        }
+    }
+}
+
+/// Breaker open: probe the scanner with backoff until it answers (or the worker stops).
+async fn probe_until_closed(state: &SharedState, scanner: &dyn Scanner, stop: &mut watch::Receiver<bool>) {
+    let mut wait = PROBE_MIN;
+    loop {
+        if pause(stop, wait).await {
+            return;
+        }
+        match scanner.check().await {
+            Err(err) if is_outage(err.class()) => {
+                tracing::info!(error = %err, next_probe = ?(wait * 2).min(PROBE_MAX), "scanner still unavailable");
+                wait = (wait * 2).min(PROBE_MAX);
+            }
+            // Any answer that is not an outage means the scanner is back.
+            _ => {
+                state.breaker.close();
+                return;
+            }
         }
     }
 }
@@ -140,9 +377,16 @@ const CLAIM_AT_MOST: usize = 32;
 const IDLE_MIN: Duration = Duration::from_millis(20);
 const IDLE_MAX: Duration = Duration::from_millis(500);
 
-async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSettings, delivery: Delivery) {
+async fn process(
+    state: &SharedState,
+    scanner: &dyn Scanner,
+    settings: &WorkerSettings,
+    delivery: Delivery,
+    settling: &AtomicBool,
+) {
     let task_id = delivery.task.task_id.clone();
     let outcome = handle(state, scanner, settings, &delivery).await;
+    settling.store(true, Ordering::SeqCst);
     let settled = match outcome {
         Ok(record) => match state.store.complete_scan(&delivery, record.as_ref(), settings.results_retain).await {
             Ok(Some(id)) => {
@@ -152,6 +396,10 @@ async fn process(state: &SharedState, scanner: &dyn Scanner, settings: &WorkerSe
             Ok(None) => Ok(()), // no result, or a redelivery: announced the first time
             Err(err) => Err(err),
         },
+        Err(Failure { defer: Some(delay), class, detail, .. }) => {
+            tracing::debug!(task_id, class, detail, again_in = ?delay, "task deferred without spending an attempt");
+            state.store.defer_scan(&delivery, delay).await
+        }
         Err(failure) if failure.retryable && delivery.attempt <= settings.max_retries => {
             let delay = retry_delay(settings.retry_base, delivery.attempt);
             tracing::warn!(task_id, attempt = delivery.attempt, retry_in = ?delay, reason = %failure.reason(), "scan failed; will retry");
@@ -203,7 +451,8 @@ async fn handle(
             let record = result_record(delivery, Some(&request), None, json!(null), json!(null), "not scanned", false);
             return Ok(Some(record));
         }
-        Some(JobStatus::Paused) => return Err(Failure::new("job_paused", "job is paused", true)),
+        // Not an attempt: the task waits as long as the job stays paused.
+        Some(JobStatus::Paused) => return Err(Failure::deferred("job_paused", "job is paused", PAUSED_RECHECK)),
         _ => {}
     }
     let started = Instant::now();
@@ -250,7 +499,21 @@ async fn handle(
     };
     let stream = resp.bytes_stream().map_err(std::io::Error::other);
     let scan_started = Instant::now();
-    let verdict = scanner.scan(&input, Box::pin(stream)).await?;
+    let verdict = match scanner.scan(&input, Box::pin(stream)).await {
+        Ok(verdict) => {
+            state.breaker.success();
+            verdict
+        }
+        Err(err) => {
+            let mut failure = Failure::from(err);
+            // The scanner is down, not this file: once the breaker is open the task waits for
+            // the scanner instead of spending its attempts.
+            if is_outage(failure.class) && state.breaker.outage() {
+                failure.defer = Some(OUTAGE_DEFER);
+            }
+            return Err(failure);
+        }
+    };
     state.metrics.scanner_seconds.observe(scan_started.elapsed().as_secs_f64());
     let read_ms = read_started.elapsed().as_millis() as u64;
     finish(state, delivery, &request, verdict, started, Some(read_ms)).await.map(Some)

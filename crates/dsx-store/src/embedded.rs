@@ -1108,6 +1108,22 @@ impl Store for EmbeddedStore {
         Ok(())
     }
 
+    async fn renew_slots(&self, held: &[String], ttl: Duration) -> StoreResult<Vec<String>> {
+        let now = std::time::Instant::now();
+        let mut slots = self.inner.slots.lock().expect("slots lock");
+        let mut lost = Vec::new();
+        for slot in held {
+            match slots.get_mut(slot) {
+                Some(until) if *until > now => *until = now + ttl,
+                _ => {
+                    slots.remove(slot);
+                    lost.push(slot.clone());
+                }
+            }
+        }
+        Ok(lost)
+    }
+
     async fn slots_in_use(&self) -> StoreResult<u64> {
         let now = std::time::Instant::now();
         let mut slots = self.inner.slots.lock().expect("slots lock");
@@ -1198,6 +1214,50 @@ impl Store for EmbeddedStore {
                     state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
                 }
                 Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        let attempt = u64::from(delivery.attempt);
+        // Not waited for: a crash that loses it only redelivers the task once its lease runs out.
+        self.run(move |inner| {
+            inner.write(false, |txn| {
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
+                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {
+        let _ = consumer; // one process owns the file: the attempt number tells whose lease it is
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<(String, u64)> = deliveries.iter().map(|d| (d.id.clone(), u64::from(d.attempt))).collect();
+        self.run(move |inner| {
+            inner.write(false, |txn| {
+                let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                let now = now_millis();
+                let mut lost = Vec::new();
+                for (id, attempt) in held {
+                    let seq = parse_seq(&id)?;
+                    let current = state.get(seq).map_err(unavailable)?.map(|g| g.value());
+                    let mine = matches!(current, Some((_, a, 1)) if a == attempt);
+                    if mine && queue.get(seq).map_err(unavailable)?.is_some() {
+                        state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
+                    } else {
+                        lost.push(id);
+                    }
+                }
+                Ok(lost)
             })
         })
         .await

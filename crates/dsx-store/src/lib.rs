@@ -249,6 +249,13 @@ pub trait Store: Send + Sync + 'static {
     async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()>;
     /// Give a task back to be delivered again after `delay` (attempt + 1), atomically.
     async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()>;
+    /// Give a task back WITHOUT spending an attempt: it is delivered again after `delay` with
+    /// the same attempt number (its job is paused, the scanner is down, the worker is stopping).
+    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()>;
+    /// Heartbeat of a live worker: every delivery `consumer` still holds is leased again for
+    /// `lease` from now. Returns the ids of those it no longer holds (settled meanwhile, or taken
+    /// over by another worker after the lease ran out): their holder must stop working on them.
+    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>>;
     /// Move a task to the dead-letter queue with the reason, atomically.
     async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()>;
     /// Dead letters of the scan queue, oldest first, `start..end` (end exclusive).
@@ -306,6 +313,9 @@ pub trait Store: Send + Sync + 'static {
     /// without releasing loses its slot after `lease`. False when all slots are taken.
     async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool>;
     async fn release_slot(&self, slot: &str) -> StoreResult<()>;
+    /// Heartbeat of a live holder: each slot it still holds expires `ttl` from now. Returns the
+    /// slots it no longer held (expired and dropped).
+    async fn renew_slots(&self, slots: &[String], ttl: Duration) -> StoreResult<Vec<String>>;
     /// Slots currently held.
     async fn slots_in_use(&self) -> StoreResult<u64>;
 

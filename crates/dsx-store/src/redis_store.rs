@@ -277,6 +277,37 @@ end
 return 0
 ";
 
+/// Heartbeat for slots. KEYS: slot set. ARGV: now ms, new expiry ms, slots…
+/// Returns the slots that were no longer held (expired and removed, or released).
+const RENEW_SLOTS_SCRIPT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local until_ms = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if until_ms and tonumber(until_ms) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
+/// Heartbeat for leased tasks: reset the idle time of every entry still pending for this
+/// consumer (`XCLAIM … JUSTID` does not count a delivery). KEYS: stream. ARGV: group, consumer,
+/// entry ids…. Returns the ids no longer pending for this consumer.
+const RENEW_SCANS_SCRIPT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
 /// Consumer group shared by every worker replica.
 const GROUP: &str = "dsx-connect-workers";
 
@@ -838,6 +869,21 @@ impl Store for RedisStore {
         conn.zrem::<_, _, ()>(format!("{}:scan:inflight", self.ns), slot).await.map_err(map_err)
     }
 
+    async fn renew_slots(&self, slots: &[String], ttl: Duration) -> StoreResult<Vec<String>> {
+        if slots.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let now = crate::now_millis();
+        let script = redis::Script::new(RENEW_SLOTS_SCRIPT);
+        let mut invocation = script.key(format!("{}:scan:inflight", self.ns));
+        invocation.arg(now).arg(now + ttl_ms(ttl));
+        for slot in slots {
+            invocation.arg(slot);
+        }
+        invocation.invoke_async(&mut conn).await.map_err(map_err)
+    }
+
     async fn slots_in_use(&self) -> StoreResult<u64> {
         let mut conn = self.conn().await?;
         let key = format!("{}:scan:inflight", self.ns);
@@ -959,6 +1005,27 @@ impl Store for RedisStore {
         let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
         let due = crate::now_millis() + ttl_ms(delay);
         self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt + 1)).await
+    }
+
+    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
+        let due = crate::now_millis() + ttl_ms(delay);
+        self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt)).await
+    }
+
+    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {
+        let _ = lease; // Redis judges a holder by its entries' idle time against the claimer's lease
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let script = redis::Script::new(RENEW_SCANS_SCRIPT);
+        let mut invocation = script.key(self.scan_queue_key());
+        invocation.arg(GROUP).arg(consumer);
+        for d in deliveries {
+            invocation.arg(&d.id);
+        }
+        invocation.invoke_async(&mut conn).await.map_err(map_err)
     }
 
     async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {

@@ -777,6 +777,54 @@ async fn scan_slots_cap_concurrency_and_expire(h: &Harness) {
     assert!(s.acquire_slot("d", 1, lease).await.unwrap());
 }
 
+async fn heartbeats_keep_leases_and_slots_alive(h: &Harness) {
+    let s = &*h.store;
+    let lease = Duration::from_millis(400);
+    s.enqueue_scans(&[queued(1)]).await.unwrap().unwrap();
+    let held = s.claim_scans("alive", 1, lease).await.unwrap();
+    assert_eq!(held.len(), 1);
+    assert!(s.acquire_slot("slot-a", 1, lease).await.unwrap());
+    // Renewed well past the first lease: nobody else gets the task or the slot.
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(s.renew_scans("alive", &held, lease).await.unwrap().is_empty(), "still held");
+        assert!(s.renew_slots(&["slot-a".to_owned()], lease).await.unwrap().is_empty());
+        assert!(s.claim_scans("other", 1, lease).await.unwrap().is_empty(), "a renewed lease is not taken over");
+        assert!(!s.acquire_slot("slot-b", 1, lease).await.unwrap(), "a renewed slot stays taken");
+    }
+    // The holder goes silent: the task and the slot come back within one lease.
+    tokio::time::sleep(lease + Duration::from_millis(200)).await;
+    let taken = s.claim_scans("other", 1, lease).await.unwrap();
+    assert_eq!((taken.len(), taken[0].attempt), (1, 2));
+    assert!(s.acquire_slot("slot-b", 1, lease).await.unwrap());
+    // The old holder learns it lost both.
+    assert_eq!(s.renew_scans("alive", &held, lease).await.unwrap(), vec![held[0].id.clone()]);
+    assert_eq!(s.renew_slots(&["slot-a".to_owned()], lease).await.unwrap(), vec!["slot-a".to_owned()]);
+    assert!(s.renew_scans("other", &taken, lease).await.unwrap().is_empty());
+    s.ack_scan(&taken[0]).await.unwrap();
+    assert_eq!(s.renew_scans("other", &taken, lease).await.unwrap().len(), 1, "a settled task is not held");
+}
+
+async fn deferring_spends_no_attempt(h: &Harness) {
+    let s = &*h.store;
+    s.enqueue_scans(&[queued(1)]).await.unwrap().unwrap();
+    let d = s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert_eq!(d.attempt, 1);
+    assert!(s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().is_empty(), "leased");
+    s.defer_scan(&d, Duration::from_millis(300)).await.unwrap();
+    assert!(s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().is_empty(), "not before its delay");
+    assert_eq!(s.scan_queue_len().await.unwrap(), 1);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let d = s.claim_scans("w1", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert_eq!((d.task.task_id.as_str(), d.attempt), ("task-1", 1), "same attempt");
+    s.defer_scan(&d, Duration::ZERO).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let d = s.claim_scans("w2", 1, Duration::from_secs(30)).await.unwrap().remove(0);
+    assert_eq!(d.attempt, 1);
+    s.ack_scan(&d).await.unwrap();
+    assert_eq!(s.scan_queue_len().await.unwrap(), 0);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -812,6 +860,8 @@ conformance!(
     complete_scan_stores_the_result_and_acks_together,
     notifications_reach_subscribers_of_their_channel,
     scan_slots_cap_concurrency_and_expire,
+    heartbeats_keep_leases_and_slots_alive,
+    deferring_spends_no_attempt,
     completion_follows_the_accepted_count_not_the_claim,
     clearing_one_jobs_results_keeps_the_others,
     requeued_dead_letters_replace_their_failed_outcome,

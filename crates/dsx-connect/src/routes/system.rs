@@ -18,6 +18,10 @@ pub async fn healthz() -> Json<Value> {
 /// 200 when the store answers, else 503 (the server recovers by itself when it returns).
 pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     match state.store.ping().await {
+        Ok(()) if state.breaker.is_open() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "status": "not_ready", "reason": "scanner_unavailable", "store": state.store.backend() })),
+        ),
         Ok(()) => (StatusCode::OK, Json(json!({ "status": "ready", "store": state.store.backend() }))),
         Err(err) => {
             tracing::warn!(error = %err, "not ready");

@@ -1,0 +1,476 @@
+//! Reliability of the scan pipeline with real processes: a worker killed with `kill -9` or
+//! stopped with SIGTERM, a paused job, a scanner outage, a syslog server that never answers.
+//! Real dsx-connect (API and worker processes), real filesystem-connector, real redis-server,
+//! everything on loopback.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dsx_testkit::{free_port, unique_name, workspace_bin, Service, TestRedis};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+const ENROLL: &str = "pipeline-enrollment-token";
+const OPERATOR: &str = "pipeline-operator-token";
+const API: &str = "/dsx-connect/api/v1";
+const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+struct Pipeline {
+    _redis: Option<TestRedis>,
+    server_env: Vec<(&'static str, String)>,
+    server: Service,
+    workers: Vec<Service>,
+    connector: Service,
+    asset: tempfile::TempDir,
+    _data: tempfile::TempDir,
+    _server_data: tempfile::TempDir,
+    http: reqwest::Client,
+    uuid: String,
+}
+
+fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
+    let port = free_port();
+    let mut svc = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", role],
+        env,
+        port,
+    );
+    svc.wait_http(&format!("{API}/healthz"), 200, Duration::from_secs(20));
+    svc
+}
+
+impl Pipeline {
+    /// `benign` plain files and `eicar` EICAR copies spread over two folders.
+    async fn start(redis: bool, benign: usize, eicar: usize, role: &str, extra: &[(&'static str, String)]) -> Self {
+        let redis = redis.then(TestRedis::get);
+        let server_data = tempfile::tempdir().unwrap();
+        let mut server_env: Vec<(&'static str, String)> = vec![
+            ("DSXCONNECT_APP_ENV", unique_name("pipe")),
+            ("DSXCONNECT_DATA_DIR", server_data.path().display().to_string()),
+            ("DSXCONNECT_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECT_AUTH__ADMIN_TOKENS", OPERATOR.into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ];
+        if let Some(r) = &redis {
+            server_env.push(("DSXCONNECT_REDIS_URL", r.url.clone()));
+        }
+        for (k, v) in extra {
+            server_env.retain(|(key, _)| key != k);
+            server_env.push((k, v.clone()));
+        }
+        let server = spawn_server(&server_env, role);
+
+        let asset = tempfile::tempdir().unwrap();
+        for i in 0..benign {
+            write(&asset.path().join(format!("docs/file-{i:05}.txt")), format!("benign content {i}").as_bytes());
+        }
+        for i in 0..eicar {
+            write(&asset.path().join(format!("inbox/eicar-{i:03}.com")), EICAR);
+        }
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut connector = Service::spawn(
+            workspace_bin("filesystem-connector").to_str().unwrap(),
+            &["--listen", &format!("127.0.0.1:{port}")],
+            &[
+                ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
+                ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
+                ("DSXCONNECTOR_DSX_CONNECT_URL", server.base_url()),
+                ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
+                ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
+                ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
+                ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
+                ("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "16".into()),
+            ],
+            port,
+        );
+        connector.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(20));
+        let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
+        Self {
+            _redis: redis,
+            server_env,
+            server,
+            workers: Vec::new(),
+            connector,
+            asset,
+            _data: data,
+            _server_data: server_data,
+            http: reqwest::Client::new(),
+            uuid,
+        }
+    }
+
+    fn root(&self) -> PathBuf {
+        self.asset.path().canonicalize().unwrap()
+    }
+
+    async fn operator(&self, method: Method, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{API}/{path}", self.server.base_url()))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn json(&self, path: &str) -> Value {
+        self.operator(Method::GET, path).await.json().await.unwrap()
+    }
+
+    async fn full_scan(&self, job: &str, query: &str) {
+        let resp =
+            self.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job}{query}", self.uuid)).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+
+    async fn wait_job(&self, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let resp = self.operator(Method::GET, &format!("scan/jobs/{job}")).await;
+            if resp.status() == StatusCode::OK {
+                let j: Value = resp.json().await.unwrap();
+                if done(&j) {
+                    return j;
+                }
+                assert!(Instant::now() < deadline, "job {job} not done in {limit:?}: {j}");
+            } else {
+                assert!(Instant::now() < deadline, "job {job} never appeared");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn results(&self, job: &str) -> Vec<Value> {
+        self.json(&format!("scan/results/job/{job}")).await.as_array().unwrap().clone()
+    }
+}
+
+fn verdict(r: &Value) -> &str {
+    r["verdict"]["verdict"].as_str().unwrap_or("")
+}
+
+fn location(r: &Value) -> String {
+    r["scan_request"]["location"].as_str().unwrap_or_default().to_owned()
+}
+
+async fn dead_letters(p: &Pipeline) -> u64 {
+    p.json("admin/dead-letter/stats").await["scan_request"].as_u64().unwrap()
+}
+
+/// A `/metrics` sample of `server` (an API process).
+async fn metric(p: &Pipeline, name: &str) -> Option<f64> {
+    let text = p
+        .http
+        .get(format!("{}/metrics", p.server.base_url()))
+        .bearer_auth(OPERATOR)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+}
+
+/// Every file has exactly one result, and no result says "not scanned".
+async fn assert_all_scanned_once(p: &Pipeline, job: &str, files: usize) {
+    let results = p.results(job).await;
+    assert_eq!(results.len(), files, "one result per file");
+    let mut locations: Vec<String> = results.iter().map(location).collect();
+    locations.sort();
+    locations.dedup();
+    assert_eq!(locations.len(), files, "no file has two results");
+    let unscanned: Vec<_> =
+        results.iter().filter(|r| r["status"] != "scanned" && r["status"] != "action succeeded").collect();
+    assert!(unscanned.is_empty(), "{} not scanned, e.g. {}", unscanned.len(), unscanned[0]);
+}
+
+/// A DSXA-API scanner on loopback whose answers take `delay_ms`; it records the scans in flight.
+struct SlowScanner {
+    url: String,
+    delay_ms: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    current: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    peak: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl SlowScanner {
+    async fn start(delay_ms: u64) -> Self {
+        use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+        use std::sync::Arc;
+        let delay = Arc::new(AtomicU64::new(delay_ms));
+        let current = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (d, c, pk) = (Arc::clone(&delay), Arc::clone(&current), Arc::clone(&peak));
+        let app = axum::Router::new().route(
+            "/scan/binary/v2",
+            axum::routing::post(move |_body: axum::body::Bytes| {
+                let (d, c, pk) = (Arc::clone(&d), Arc::clone(&c), Arc::clone(&pk));
+                async move {
+                    let now = c.fetch_add(1, Ordering::SeqCst) + 1;
+                    pk.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(d.load(Ordering::SeqCst))).await;
+                    c.fetch_sub(1, Ordering::SeqCst);
+                    axum::Json(serde_json::json!({ "scan_guid": "g", "verdict": "Benign" }))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { url, delay_ms: delay, current, peak }
+    }
+}
+
+/// Fault 1: a worker killed with `kill -9` mid-scan, with the DEFAULT lease settings. Its tasks
+/// and in-flight slots are held by a heartbeat, so they come back within one lease (15 s), not
+/// after the old 900 s lease: another worker finishes all 2,000 files within 60 s of the kill.
+#[tokio::test]
+async fn killed_worker_with_default_leases_recovers_within_a_minute() {
+    let job = unique_name("job-kill9-");
+    const FILES: usize = 2000;
+    const EICARS: usize = 20;
+    // Default lease settings: nothing about leases in the environment.
+    let mut p = Pipeline::start(true, FILES - EICARS, EICARS, "api", &[]).await;
+    assert!(p.server_env.iter().all(|(k, _)| !k.contains("LEASE")));
+    p.full_scan(&job, "&batch=true&batch_size=200").await;
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    p.workers[0].signal("KILL");
+    let killed_at = Instant::now();
+    p.workers[0].wait_exit(Duration::from_secs(10));
+    let processed_at_kill = p.json(&format!("scan/jobs/{job}")).await["processed_count"].as_u64().unwrap();
+    assert!(processed_at_kill < FILES as u64, "the worker finished before it was killed; make the scan bigger");
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+
+    let done = p.wait_job(&job, Duration::from_secs(90), |j| j["status"] == "completed").await;
+    let recovered_in = killed_at.elapsed();
+    eprintln!("kill -9 at {processed_at_kill}/{FILES} processed; job completed {recovered_in:?} after the kill");
+    assert!(recovered_in < Duration::from_secs(60), "took {recovered_in:?} after the kill");
+    assert_eq!(done["processed_count"].as_u64(), Some(FILES as u64), "{done}");
+    let results = p.results(&job).await;
+    assert_eq!(results.len(), FILES, "exactly one result per file");
+    let mut locations: Vec<String> = results.iter().map(location).collect();
+    locations.sort();
+    locations.dedup();
+    assert_eq!(locations.len(), FILES, "no file has two results");
+    // Every EICAR copy is quarantined once: no `name.1.com` duplicates.
+    let quarantine: Vec<_> = std::fs::read_dir(p.root().join("dsxconnect-quarantine/inbox"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(quarantine.len(), EICARS, "{quarantine:?}");
+    assert!(quarantine.iter().all(|n| !n.to_string_lossy().contains(".1.")));
+    assert_eq!(metric(&p, "dsxconnect_scans_in_flight").await, Some(0.0), "no slot left behind");
+}
+
+/// Fault 1, SIGTERM: the worker stops claiming, gives its in-flight tasks the drain time, then
+/// gives back what is left (slots released, tasks requeued) and exits within the bound. The next
+/// worker gets the full in-flight cap at once.
+#[tokio::test]
+async fn sigterm_drains_within_the_bound_and_frees_every_slot() {
+    use std::sync::atomic::Ordering;
+    let job = unique_name("job-term-");
+    const FILES: usize = 24;
+    // Scans take 4 s, longer than the 1 s drain: the tasks in flight must be given back.
+    let scanner = SlowScanner::start(4000).await;
+    let mut p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "api",
+        &[
+            ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+            ("DSXCONNECT_SCANNER__BASE_URL", scanner.url.clone()),
+            ("DSXCONNECT_SCANNER__MAX_INFLIGHT", "4".into()),
+            ("DSXCONNECT_WORKERS__DRAIN_SECONDS", "1".into()),
+        ],
+    )
+    .await;
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(30), |j| j["enqueued_count"].as_u64() == Some(FILES as u64)).await;
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while scanner.current.load(Ordering::SeqCst) < 4 {
+        assert!(Instant::now() < deadline, "the worker never filled its slots");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    p.workers[0].signal("TERM");
+    let termed = Instant::now();
+    let code = p.workers[0].wait_exit(Duration::from_secs(15));
+    let exited_in = termed.elapsed();
+    eprintln!("SIGTERM: exited with {code:?} after {exited_in:?}");
+    assert!(exited_in < Duration::from_secs(4), "drain is 1 s; exited after {exited_in:?}");
+    assert_eq!(metric(&p, "dsxconnect_scans_in_flight").await, Some(0.0), "every slot released");
+    assert_eq!(dead_letters(&p).await, 0);
+
+    // The next worker runs at the full cap right away (no slot waits for a lease to expire).
+    scanner.delay_ms.store(300, Ordering::SeqCst);
+    scanner.peak.store(0, Ordering::SeqCst);
+    let started = Instant::now();
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    while scanner.peak.load(Ordering::SeqCst) < 4 {
+        assert!(started.elapsed() < Duration::from_secs(5), "the next worker did not get the full cap");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    p.wait_job(&job, Duration::from_secs(60), |j| j["status"] == "completed").await;
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0);
+}
+
+/// Fault 2: tasks of a paused job wait (deferred without spending attempts) for as long as the
+/// job stays paused, here far longer than the whole retry budget; after resume every item is
+/// scanned and nothing is dead-lettered.
+#[tokio::test]
+async fn a_paused_job_waits_longer_than_the_retry_budget_without_dead_letters() {
+    let job = unique_name("job-pause-");
+    const FILES: usize = 30;
+    let mut p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "api",
+        &[
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "1".into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ],
+    )
+    .await;
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(30), |j| j["enqueue_done"] == true).await;
+    let resp = p.operator(Method::POST, &format!("scan/jobs/{job}/pause")).await;
+    assert_eq!(resp.status(), StatusCode::OK, "{}", resp.text().await.unwrap());
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    // The retry budget is ~0.1 s; the job stays paused for 6 s (each task is looked at again).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let paused = p.json(&format!("scan/jobs/{job}")).await;
+    assert_eq!(paused["processed_count"].as_u64(), Some(0), "{paused}");
+    assert_eq!(dead_letters(&p).await, 0, "paused tasks are not dead-lettered");
+    let resp = p.operator(Method::POST, &format!("scan/jobs/{job}/resume")).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    p.wait_job(&job, Duration::from_secs(60), |j| j["status"] == "completed").await;
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0);
+}
+
+/// Fault 3: the scanner (`dsx-connect scanner serve`) goes away mid-scan for longer than the
+/// whole retry budget. The breaker opens (the worker's `readyz` answers 503
+/// `scanner_unavailable`), the workers stop claiming and probe; when the scanner is back every
+/// item is scanned and nothing is dead-lettered.
+#[tokio::test]
+async fn a_scanner_outage_longer_than_the_retry_budget_dead_letters_nothing() {
+    let job = unique_name("job-outage-");
+    const FILES: usize = 400;
+    let scanner_port = free_port();
+    let spawn_scanner = || {
+        let mut s = Service::spawn(
+            workspace_bin("dsx-connect").to_str().unwrap(),
+            &["scanner", "serve", "--listen", &format!("127.0.0.1:{scanner_port}")],
+            &[],
+            scanner_port,
+        );
+        s.wait_http("/healthz", 200, Duration::from_secs(20));
+        s
+    };
+    let mut scanner = spawn_scanner();
+    let mut p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "api",
+        &[
+            ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+            ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{scanner_port}")),
+            ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "1".into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ],
+    )
+    .await;
+    p.workers.push(spawn_server(&p.server_env, "worker"));
+    let worker_readyz = format!("{}{API}/readyz", p.workers[0].base_url());
+    assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::OK);
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 20).await;
+    scanner.kill();
+    let down_at = Instant::now();
+    // The breaker opens: readyz says why.
+    loop {
+        let resp = p.http.get(&worker_readyz).send().await.unwrap();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["reason"], "scanner_unavailable", "{body}");
+            break;
+        }
+        assert!(down_at.elapsed() < Duration::from_secs(15), "readyz never reported the scanner outage");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Down far longer than the retry budget (~0.1 s).
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    let during = p.json(&format!("scan/jobs/{job}")).await;
+    assert!(during["processed_count"].as_u64().unwrap() < FILES as u64, "{during}");
+    scanner = spawn_scanner();
+    p.wait_job(&job, Duration::from_secs(90), |j| j["status"] == "completed").await;
+    eprintln!("scanner outage: job completed {:?} after the scanner went down", down_at.elapsed());
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0, "no dead letters for a scanner outage");
+    assert_eq!(p.http.get(&worker_readyz).send().await.unwrap().status(), StatusCode::OK);
+    drop(scanner);
+}
+
+/// Fault 4: a TCP syslog server that never accepts (its accept queue is full, so every connect
+/// hangs until the 5 s timeout). Syslog delivery runs off the scan path: scanning keeps its
+/// speed, and events beyond the queue are dropped and counted.
+#[tokio::test]
+async fn a_silent_syslog_server_does_not_slow_scanning() {
+    let job = unique_name("job-syslog-");
+    const FILES: usize = 300;
+    // A listener with a backlog of 1 that never accepts; fill its accept queue.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut fillers = Vec::new();
+    loop {
+        match tokio::time::timeout(Duration::from_millis(500), tokio::net::TcpStream::connect(addr)).await {
+            Ok(Ok(stream)) => fillers.push(stream),
+            Ok(Err(err)) => panic!("connect: {err}"),
+            Err(_) => break, // the accept queue is full: connects hang from now on
+        }
+        assert!(fillers.len() < 64, "the listener never stopped accepting connections");
+    }
+    let p = Pipeline::start(
+        true,
+        FILES,
+        0,
+        "all",
+        &[
+            ("DSXCONNECT_SYSLOG__ENABLED", "true".into()),
+            ("DSXCONNECT_SYSLOG__HOST", "127.0.0.1".into()),
+            ("DSXCONNECT_SYSLOG__PORT", addr.port().to_string()),
+            ("DSXCONNECT_SYSLOG__TRANSPORT", "tcp".into()),
+            ("DSXCONNECT_SYSLOG__QUEUE_SIZE", "50".into()),
+        ],
+    )
+    .await;
+    let started = Instant::now();
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(60), |j| j["status"] == "completed").await;
+    let took = started.elapsed();
+    eprintln!("{FILES} files with a hanging syslog server: {took:?}");
+    // Holding a 5 s connect per result inside the scan path took minutes.
+    assert!(took < Duration::from_secs(30), "scanning slowed down to {took:?}");
+    assert_all_scanned_once(&p, &job, FILES).await;
+    let dropped = metric(&p, "dsxconnect_syslog_dropped_total").await.unwrap_or(0.0);
+    assert!(dropped > 0.0, "a full queue drops and counts");
+    drop(listener);
+    drop(fillers);
+}
