@@ -219,14 +219,13 @@ fn job_rows(jobs: &Value) -> Vec<Vec<String>> {
                 text(&j["status"]),
                 text(&j["enqueued_count"]),
                 text(&j["processed_count"]),
-                text(j.get("enumeration_errors").unwrap_or(&Value::Null)),
                 text(&j["connector_uuid"]),
             ]
         })
         .collect()
 }
 
-const JOB_HEADERS: [&str; 6] = ["JOB ID", "STATUS", "ENQUEUED", "PROCESSED", "ENUM ERRORS", "CONNECTOR"];
+const JOB_HEADERS: [&str; 5] = ["JOB ID", "STATUS", "ENQUEUED", "PROCESSED", "CONNECTOR"];
 
 pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
     let json = op.json;
