@@ -97,3 +97,52 @@ fn walk(dir: &std::path::Path) -> usize {
         .map(|e| if e.file_type().unwrap().is_dir() { walk(&e.path()) } else { 1 })
         .sum()
 }
+
+/// Ctrl-C while serving after the scan: the connector unregisters (signed) before the server
+/// stops, the process exits 0, and the next run in the same folder works at once. A run killed
+/// outright (SIGKILL, no unregister) does not block the next one either.
+#[test]
+fn quickstart_after_ctrl_c_or_a_kill_runs_again_in_the_same_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let spawn = |exit_after_scan: bool| {
+        let port = free_port();
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec!["quickstart", "--listen", &listen, "--data-dir", dir.path().to_str().unwrap()];
+        if exit_after_scan {
+            args.push("--exit-after-scan");
+        }
+        Service::spawn(
+            env!("CARGO_BIN_EXE_dsx-connect"),
+            &args,
+            &[("DSXCONNECT_LOG_LEVEL", "warn,dsx_connector=info".into())],
+            port,
+        )
+    };
+    let wait_serving = |svc: &Service| {
+        let deadline = std::time::Instant::now() + Duration::from_secs(120);
+        while !svc.logs().contains("press Ctrl-C to stop") {
+            assert!(std::time::Instant::now() < deadline, "{}", svc.logs());
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+
+    let mut serving = spawn(false);
+    wait_serving(&serving);
+    serving.signal("INT");
+    let code = serving.wait_exit(Duration::from_secs(30));
+    let out = serving.logs();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("unregistered from dsx-connect"), "the connector unregistered on Ctrl-C: {out}");
+
+    let mut killed = spawn(false);
+    wait_serving(&killed);
+    killed.signal("KILL");
+    killed.wait_exit(Duration::from_secs(10));
+
+    let mut again = spawn(true);
+    let code = again.wait_exit(Duration::from_secs(120));
+    let out = again.logs();
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.lines().any(|l| l.trim_start().starts_with("Malicious") && l.trim_end().ends_with('2')), "{out}");
+    assert!(out.contains("unregistered from dsx-connect"), "{out}");
+}
