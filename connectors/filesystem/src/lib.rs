@@ -120,11 +120,19 @@ impl Repository for FilesystemRepo {
             .map_err(|e| RepoError::Io(format!("item action task: {e}")))?
     }
 
+    /// The configured path is still a folder and this process can list it (a folder it may
+    /// not read would otherwise pass, and every full scan would find nothing).
     async fn check(&self) -> Result<(), String> {
         match tokio::fs::metadata(self.root()).await {
-            Ok(m) if m.is_dir() => Ok(()),
-            Ok(_) => Err(format!("{} is not a folder", self.root().display())),
-            Err(e) => Err(format!("{}: {e}", self.root().display())),
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a folder", self.root().display())),
+            Err(e) => return Err(format!("{}: {e}", self.root().display())),
+        }
+        let confine = Arc::clone(&self.confine);
+        match tokio::task::spawn_blocking(move || confine.list(Path::new("")).map(|_| ())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(err) => Err(format!("check task: {err}")),
         }
     }
 

@@ -112,10 +112,11 @@ pub fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         Some(key) => SecretCodec::from_key_text(key.expose_secret())?,
         None => SecretCodec::plain(),
     };
+    let _ = crate::config::STORE_LOCATION.set(settings.store.location());
     Ok(match &settings.store {
         StoreSettings::Redis { url } => Arc::new(
             RedisStore::new(url, Namespace { env: settings.app_env.clone() }, codec)
-                .context("DSXCONNECT_REDIS_URL")?
+                .with_context(|| format!("DSXCONNECT_REDIS_URL {}", settings.store.location()))?
                 .with_job_retention(settings.job_retention),
         ),
         StoreSettings::Embedded { data_dir } => {
@@ -248,7 +249,7 @@ pub async fn serve_role(
             .route(&api("healthz"), get(system::healthz))
             .route(&api("readyz"), get(system::readyz))
             .with_state(Arc::clone(&state));
-        tracing::info!(listen = %listener.local_addr()?, "dsx-connect worker serving health probes");
+        tracing::info!(listen = %listener.local_addr()?, store = %state.settings.store.location(), "dsx-connect worker serving health probes");
         dsx_service::serve(listener, health, state.settings.server_limits, shutdown).await.map_err(anyhow::Error::from)
     } else {
         serve(state, listener, shutdown).await
@@ -275,6 +276,7 @@ pub async fn serve(
     tracing::info!(
         listen = %listener.local_addr()?,
         store = state.store.backend(),
+        store_location = %state.settings.store.location(),
         auth = state.settings.auth.enabled,
         enrollment_tokens = state.enrollment.len(),
         "dsx-connect {} serving", system::VERSION

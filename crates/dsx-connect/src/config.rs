@@ -18,6 +18,38 @@ pub enum StoreSettings {
     Embedded { data_dir: PathBuf },
 }
 
+impl StoreSettings {
+    /// Where the store is, for logs and error messages: the Redis URL with its password
+    /// replaced by `***`, or the embedded store's folder.
+    pub fn location(&self) -> String {
+        match self {
+            StoreSettings::Redis { url } => redact_url(url),
+            StoreSettings::Embedded { data_dir } => format!("embedded store in {}", data_dir.display()),
+        }
+    }
+}
+
+/// `url` with any password replaced by `***` (`redis://:***@host:6379/0`). A URL that does
+/// not parse is shown as its scheme only, since its parts cannot be told apart.
+pub fn redact_url(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut parsed) => {
+            if parsed.password().is_some() {
+                let _ = parsed.set_password(Some("***"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => {
+            let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("?");
+            format!("{scheme}://<unparseable URL>")
+        }
+    }
+}
+
+/// The store's [`StoreSettings::location`], recorded once at start so every store error
+/// can name it.
+pub static STORE_LOCATION: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
 #[derive(Clone, Debug)]
 pub struct AuthSettings {
     pub enabled: bool,
@@ -480,5 +512,15 @@ mod tests {
         assert!(err.to_string().starts_with("DSXCONNECT_AUTH__ENABLED:"), "{err}");
         let err = settings(&[("DSXCONNECT_AUTH__HMAC_MAX_SKEW", "-5")]).unwrap_err();
         assert!(err.to_string().starts_with("DSXCONNECT_AUTH__HMAC_MAX_SKEW:"), "{err}");
+    }
+
+    #[test]
+    fn redis_passwords_are_redacted() {
+        assert_eq!(redact_url("redis://:hunter2@redis:6379/0"), "redis://:***@redis:6379/0");
+        assert_eq!(redact_url("rediss://user:p%40ss@r.example:6380/1"), "rediss://user:***@r.example:6380/1");
+        assert_eq!(redact_url("redis://redis:6379/0"), "redis://redis:6379/0");
+        assert_eq!(redact_url("redis//:hunter2@x"), "?://<unparseable URL>");
+        let shown = StoreSettings::Redis { url: "redis://:hunter2@127.0.0.1:1/0".into() }.location();
+        assert!(!shown.contains("hunter2"), "{shown}");
     }
 }

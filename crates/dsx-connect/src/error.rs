@@ -110,7 +110,10 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
-            ApiError::Store(err) => tracing::error!(error = %err, "store error"),
+            ApiError::Store(err) => {
+                let store = crate::config::STORE_LOCATION.get().map(String::as_str).unwrap_or("unknown");
+                tracing::error!(error = %err, store, "store error")
+            }
             ApiError::ConnectorUnreachable(err) => tracing::warn!(error = %err, "connector unreachable"),
             _ => {}
         }

@@ -26,12 +26,15 @@ enum Command {
     },
     /// Operator commands over the operator API.
     Admin {
-        /// dsx-connect base URL.
+        /// dsx-connect base URL (with or without `/dsx-connect/api/v1`).
         #[arg(long, default_value = "http://127.0.0.1:8586", env = "DSXCONNECT_URL")]
         url: String,
         /// Operator token (`Authorization: Bearer`).
         #[arg(long, env = "DSXCONNECT_OPERATOR_TOKEN", hide_env_values = true)]
         token: Option<String>,
+        /// Print the server's JSON (for scripts) instead of tables.
+        #[arg(long, global = true)]
+        json: bool,
         #[command(subcommand)]
         command: dsx_connect::cli::AdminCommand,
     },
@@ -84,9 +87,27 @@ enum ScannerCommand {
     },
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            // One line, whatever RUST_BACKTRACE says: these are user errors (bad flags, a
+            // refused token, an unreachable server), not bugs.
+            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     if matches!(cli.command, Command::Quickstart { .. }) && std::env::var_os("DSXCONNECT_LOG_LEVEL").is_none() {
         // Keep the quickstart's terminal readable: warnings only, unless asked for more.
         std::env::set_var("DSXCONNECT_LOG_LEVEL", "warn");
@@ -114,8 +135,8 @@ async fn main() -> anyhow::Result<()> {
             dsx_scanner::serve(listener, engine, auth_token, limits, dsx_service::shutdown_signal()).await?;
             Ok(())
         }
-        Command::Admin { url, token, command } => {
-            dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token }, command).await
+        Command::Admin { url, token, json, command } => {
+            dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token, json }, command).await
         }
         Command::Sign { key_id, secret_file, method, url, body } => {
             let secret =

@@ -33,7 +33,7 @@ impl AppState {
         self.keys.forget_connector(uuid);
         if let Err(err) = self.store.publish(crate::routes::events::REVOCATIONS, &uuid.to_string()).await {
             // Their cache entries expire within a second anyway (key_cache).
-            tracing::warn!(%uuid, error = %err, "could not announce a revocation to other replicas");
+            tracing::warn!(%uuid, error = %err, store = %self.settings.store.location(), "could not announce a revocation to other replicas");
         }
     }
 
@@ -51,7 +51,9 @@ impl AppState {
                             }
                         }
                     }
-                    Err(err) => tracing::warn!(error = %err, "cannot follow revocations yet; retrying"),
+                    Err(err) => {
+                        tracing::warn!(error = %err, store = %state.settings.store.location(), "cannot follow revocations yet; retrying")
+                    }
                 }
                 tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }

@@ -4,8 +4,10 @@
 mod common;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use common::*;
+use dsx_testkit::{free_port, workspace_bin, Service};
 use reqwest::{Method, StatusCode};
 
 fn dsx_connect(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
@@ -73,8 +75,10 @@ async fn admin_lists_and_revokes_connectors() {
     assert!(ok, "{out}");
     let resp = server.signed(&keys, Method::POST, &auth_check_path(), b"").await;
     assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "unknown_key_id");
-    let (ok, out) = dsx_connect(&["admin", "dead-letters", "list"], &env);
+    let (ok, out) = dsx_connect(&["admin", "--json", "dead-letters", "list"], &env);
     assert!(ok && out.contains("\"items\""), "{out}");
+    let (ok, out) = dsx_connect(&["admin", "dead-letters", "list"], &env);
+    assert!(ok && out.contains("dead letter(s)") && !out.contains('{'), "a line for people: {out}");
     let (ok, token) = dsx_connect(&["admin", "generate-token"], &[]);
     assert!(ok && token.trim().len() == 32, "{token}");
 }
@@ -132,4 +136,122 @@ async fn admin_rotates_a_connector_key() {
     let (ok, out) = dsx_connect(&["admin", "rotate", &uuid], &[("DSXCONNECT_URL", base.as_str())]);
     assert!(!ok && out.contains("401"), "{out}");
     assert!(server.logs().contains("connector key rotation requested"), "audit-logged");
+}
+
+const EICAR: &str = r"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+fn field<'a>(out: &'a str, key: &str) -> Option<&'a str> {
+    out.lines().find_map(|l| l.strip_prefix(key).filter(|rest| rest.starts_with(' ')).map(str::trim))
+}
+
+/// The operator's first hour from the shell, against the real server and a real filesystem
+/// connector: `full-scan`, `jobs`, `job`, `results [--job]`, `pause|resume|cancel`; tables for
+/// people and `--json` for scripts; a `--url` with the API prefix; "no token" and "wrong token"
+/// told apart; user errors on one line without a backtrace even with `RUST_BACKTRACE=1`.
+#[tokio::test]
+async fn admin_runs_and_follows_a_full_scan() {
+    let server = Server::start(Backend::Embedded, &[]);
+    let asset = tempfile::tempdir().unwrap();
+    for (name, content) in [("a.txt", "hello"), ("sub/b.txt", "world"), ("sub/eicar.com", EICAR)] {
+        let path = asset.path().join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+    let connector_data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut connector = Service::spawn(
+        workspace_bin("filesystem-connector").to_str().unwrap(),
+        &["--listen", &format!("127.0.0.1:{port}")],
+        &[
+            ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
+            ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
+            ("DSXCONNECTOR_DSX_CONNECT_URL", server.svc.base_url()),
+            ("DSXCONNECTOR_DATA_DIR", connector_data.path().display().to_string()),
+            ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECTOR_ITEM_ACTION", "nothing".into()),
+        ],
+        port,
+    );
+    connector.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(20));
+    let uuid = std::fs::read_to_string(connector_data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
+
+    // A --url that already ends in the API prefix (and a slash) works.
+    let api_url = format!("{}{PREFIX}/", server.svc.base_url());
+    let env = [("DSXCONNECT_URL", api_url.as_str()), ("DSXCONNECT_OPERATOR_TOKEN", OPERATOR)];
+    let (ok, out) = dsx_connect(&["admin", "connectors"], &env);
+    assert!(ok && out.contains(&uuid) && out.starts_with("UUID"), "{out}");
+
+    let (ok, out) = dsx_connect(&["admin", "full-scan", &uuid], &env);
+    assert!(ok, "{out}");
+    let job = out
+        .lines()
+        .find_map(|l| l.strip_prefix("full scan started: job "))
+        .unwrap_or_else(|| panic!("{out}"))
+        .trim()
+        .to_owned();
+    assert!(uuid::Uuid::parse_str(&job).is_ok(), "{out}");
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (ok, out) = dsx_connect(&["admin", "--json", "job", &job], &env);
+        if ok {
+            let json: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+            if json["status"] == "completed" {
+                assert_eq!(json["processed_count"], 3, "{json}");
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "the job did not complete: {out}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Tables for people.
+    let (ok, out) = dsx_connect(&["admin", "job", &job], &env);
+    assert!(ok && field(&out, "status") == Some("completed") && field(&out, "processed_count") == Some("3"), "{out}");
+    let (ok, out) = dsx_connect(&["admin", "jobs"], &env);
+    assert!(ok && out.starts_with("JOB ID"), "{out}");
+    let row = out.lines().find(|l| l.starts_with(&job)).unwrap_or_else(|| panic!("{out}"));
+    assert!(row.contains("completed"), "{out}");
+    let (ok, out) = dsx_connect(&["admin", "results", "--job", &job], &env);
+    assert!(ok && out.starts_with("VERDICT"), "{out}");
+    assert_eq!(out.lines().count(), 4, "a header and three rows: {out}");
+    assert!(out.lines().any(|l| l.starts_with("Malicious") && l.ends_with("eicar.com")), "{out}");
+    // JSON for scripts.
+    let (ok, out) = dsx_connect(&["admin", "--json", "results", "--job", &job], &env);
+    assert!(ok, "{out}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(rows.as_array().map(Vec::len), Some(3), "{out}");
+    let (ok, out) = dsx_connect(&["admin", "results", "--job", "no-such-job"], &env);
+    assert!(ok && out.trim() == "VERDICT  JOB ID  ACTION  LOCATION", "{out}");
+
+    // Job control (a resumed job whose items are all done reads as completed again).
+    for (verb, done, status) in
+        [("pause", "paused", "paused"), ("resume", "resumed", "completed"), ("cancel", "cancelled", "cancelled")]
+    {
+        let (ok, out) = dsx_connect(&["admin", verb, &job], &env);
+        assert!(ok && out.trim() == format!("job {job} {done}"), "{verb}: {out}");
+        let (_, out) = dsx_connect(&["admin", "--json", "job", &job], &env);
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(json["status"], status, "{verb}: {json}");
+    }
+
+    // Errors: one line, no backtrace, and "no token" is not "wrong token".
+    let bt = [("DSXCONNECT_URL", api_url.as_str()), ("RUST_BACKTRACE", "1")];
+    let (ok, no_token) = dsx_connect(&["admin", "jobs"], &bt);
+    assert!(!ok && no_token.contains("401") && no_token.contains("no operator token given"), "{no_token}");
+    let wrong = [("DSXCONNECT_URL", api_url.as_str()), ("DSXCONNECT_OPERATOR_TOKEN", "wrong"), ("RUST_BACKTRACE", "1")];
+    let (ok, wrong_token) = dsx_connect(&["admin", "jobs"], &wrong);
+    assert!(!ok && wrong_token.contains("401") && wrong_token.contains("refused"), "{wrong_token}");
+    assert!(!wrong_token.contains("no operator token given"), "{wrong_token}");
+    let full_bt =
+        [("DSXCONNECT_URL", api_url.as_str()), ("DSXCONNECT_OPERATOR_TOKEN", OPERATOR), ("RUST_BACKTRACE", "1")];
+    let (ok, unknown_job) = dsx_connect(&["admin", "pause", "no-such-job"], &full_bt);
+    assert!(!ok && unknown_job.contains("404"), "{unknown_job}");
+    let unreachable = format!("http://127.0.0.1:{}", free_port());
+    let (ok, down) = dsx_connect(&["admin", "--url", &unreachable, "jobs"], &full_bt);
+    assert!(!ok && down.contains("cannot reach"), "{down}");
+    for out in [&no_token, &wrong_token, &unknown_job, &down] {
+        assert_eq!(out.trim_end().lines().count(), 1, "one line: {out}");
+        assert!(out.starts_with("error: ") && !out.to_lowercase().contains("backtrace"), "{out}");
+    }
 }

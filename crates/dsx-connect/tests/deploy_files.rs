@@ -64,3 +64,34 @@ fn dockerfiles_build_workspace_binaries_on_their_default_ports() {
         assert!(text.contains("USER 10001"), "{file} runs as non-root");
     }
 }
+
+/// A fresh clone runs the Compose files: every host folder they bind-mount exists in the
+/// repository (Docker would create a missing one owned by root), and the files say which uid
+/// the connector runs as, the one its Dockerfile sets.
+#[test]
+fn compose_bind_mounts_exist_in_the_repository_and_name_the_connector_uid() {
+    let dockerfile = std::fs::read_to_string(repo().join("deploy/docker/filesystem-connector.Dockerfile")).unwrap();
+    let uid = dockerfile.lines().find_map(|l| l.strip_prefix("USER ")).expect("a USER line").trim().to_owned();
+    for file in ["auth.yaml", "quickstart.yaml"] {
+        let text = std::fs::read_to_string(repo().join("deploy/compose").join(file)).unwrap();
+        assert!(text.contains(&format!("uid {uid}")), "{file} says the connector runs as uid {uid}");
+        let doc = compose(file);
+        let mut mounts = 0;
+        for (_, service) in doc["services"].as_hash().unwrap() {
+            for volume in service["volumes"].as_vec().into_iter().flatten().filter_map(Yaml::as_str) {
+                let host = volume.split(':').next().unwrap();
+                if !host.starts_with('.') {
+                    continue; // a named volume
+                }
+                mounts += 1;
+                let path = repo().join("deploy/compose").join(host);
+                assert!(path.is_dir(), "{file}: {host} must exist in the repository ({})", path.display());
+                let tracked = std::fs::read_dir(&path).unwrap().count();
+                assert!(tracked > 0, "{file}: {host} holds a tracked file, so git keeps it");
+            }
+        }
+        assert!(mounts > 0, "{file} mounts the scan folder");
+    }
+    let readme = std::fs::read_to_string(repo().join("scan/README.md")).unwrap();
+    assert!(readme.contains(&format!("chown -R {uid} scan")), "{readme}");
+}

@@ -245,6 +245,9 @@ impl ConnectorContext {
         };
         let mut pending: Vec<ScanRequest> = Vec::new();
         let mut seen = 0u64;
+        // Folders or files the repository could not read: reported with `enqueue_done`, so
+        // the job shows them instead of looking like a clean scan of fewer items.
+        let mut enumeration_errors = 0u64;
         tracing::info!(job_id, batch_size, limit = ?params.limit, "full scan started");
 
         // Paused before it began: wait; cancelled: enumerate nothing.
@@ -260,7 +263,8 @@ impl ConnectorContext {
             let item = match next {
                 Ok(item) => item,
                 Err(err) => {
-                    tracing::warn!(error = %err, "enumeration error; skipping");
+                    enumeration_errors += 1;
+                    tracing::warn!(job_id, error = %err, "enumeration error; skipping");
                     continue;
                 }
             };
@@ -287,12 +291,13 @@ impl ConnectorContext {
         }
         let total = enqueuer.finish().await;
 
-        let done = json!({ "enqueued_total": total });
+        // `enumeration_errors` is this server's; Python 1.x servers ignore it.
+        let done = json!({ "enqueued_total": total, "enumeration_errors": enumeration_errors });
         let path = format!("scan/jobs/{job_id}/enqueue_done");
         if let Err(err) = self.enqueue_with_retry(&path, &done, &job_id).await {
             tracing::error!(job_id, error = %err, "enqueue_done failed");
         }
-        tracing::info!(job_id, enqueued = total, "full scan enumeration finished");
+        tracing::info!(job_id, enqueued = total, enumeration_errors, "full scan enumeration finished");
         total
     }
 

@@ -74,9 +74,11 @@ impl ConnectorContext {
         }))
     }
 
-    /// Registered with dsx-connect at least once.
+    /// Registered with dsx-connect at least once and, with DSX-HMAC on, holding the key
+    /// dsx-connect signs its calls with (before that, a full scan would be refused with
+    /// `401 unknown_key_id`).
     pub fn is_ready(&self) -> bool {
-        self.registered.load(Ordering::Relaxed)
+        self.registered.load(Ordering::Relaxed) && (!self.settings.auth_enabled || self.dsx.key_id().is_some())
     }
 
     pub fn count_enqueued(&self, n: u64) {
@@ -152,12 +154,25 @@ pub fn load_or_create_uuid(data_dir: &Path) -> anyhow::Result<Uuid> {
 /// Run a connector until SIGTERM/Ctrl-C: serve its routes on `listen`, keep it registered,
 /// and unregister (signed) on the way out.
 pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen: SocketAddr) -> anyhow::Result<()> {
-    tracing::info!("{}", settings.auth_boot_line());
+    run_until(settings, repo, listen, dsx_service::shutdown_signal()).await
+}
+
+/// [`run`], stopping when `shutdown` resolves instead of on a signal (an embedding program,
+/// e.g. the quickstart, decides when). The signed unregister still happens on the way out.
+pub async fn run_until(
+    settings: ConnectorSettings,
+    repo: Arc<dyn Repository>,
+    listen: SocketAddr,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // Refuse first: the boot line would otherwise claim "verification disabled" just before
+    // an auth-on refusal.
     if settings.auth_enabled && settings.enrollment_token.is_none() {
         anyhow::bail!(
             "DSXCONNECTOR_AUTH__ENABLED=true needs an enrollment token (DSXCONNECT_ENROLLMENT_TOKEN or DSXCONNECT_ENROLLMENT_TOKEN_FILE) to obtain the key it verifies with"
         );
     }
+    tracing::info!("{}", settings.auth_boot_line());
     let limits =
         dsx_service::ServerLimits::from_env(dsx_service::http::DSXCONNECTOR_LIMITS).map_err(anyhow::Error::msg)?;
     let uuid = load_or_create_uuid(&settings.data_dir)?;
@@ -171,9 +186,9 @@ pub async fn run(settings: ConnectorSettings, repo: Arc<dyn Repository>, listen:
     if ctx.settings.monitor {
         ctx.spawn_monitor();
     }
-    dsx_service::serve(listener, routes::router(Arc::clone(&ctx)), limits, dsx_service::shutdown_signal()).await?;
+    dsx_service::serve(listener, routes::router(Arc::clone(&ctx)), limits, shutdown).await?;
     registration.abort();
-    if ctx.is_ready() {
+    if ctx.registered.load(Ordering::Relaxed) {
         match tokio::time::timeout(Duration::from_secs(5), ctx.dsx.unregister()).await {
             Ok(Ok(())) => tracing::info!("unregistered from dsx-connect"),
             Ok(Err(err)) => tracing::warn!(error = %err, "unregister failed"),

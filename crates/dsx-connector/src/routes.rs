@@ -13,7 +13,8 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use dsx_filter::Filter;
 use dsx_model::{
-    parse_json, ItemAction, ItemActionStatusResponse, RequestedAction, ScanRequest, StatusKind, StatusResponse,
+    parse_json, ConnectorStatus, ItemAction, ItemActionStatusResponse, RequestedAction, ScanRequest, StatusKind,
+    StatusResponse,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
@@ -558,10 +559,21 @@ async fn webhook_event(State(ctx): Ctx, body: Bytes) -> Json<StatusResponse> {
     }
 }
 
+/// `GET readyz`: 200 once registered (and, with DSX-HMAC on, holding its key), else 503. The
+/// body says the same as the status: `ready`, and the model's `status` is `ready` or
+/// `starting`.
 async fn readyz(State(ctx): Ctx) -> Response {
-    let model = ctx.dsx.model();
-    let status = if ctx.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    (status, Json(model)).into_response()
+    let ready = ctx.is_ready();
+    let mut model = ctx.dsx.model();
+    model.status = if ready { ConnectorStatus::Ready } else { ConnectorStatus::Starting };
+    let mut body = serde_json::to_value(&model).unwrap_or_else(|_| json!({}));
+    body["ready"] = json!(ready);
+    if !ready {
+        body["detail"] = json!("not_registered");
+        body["message"] = json!("not yet registered with dsx-connect (or not yet holding its DSX-HMAC key)");
+    }
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
 }
 
 /// `GET version`, Python's shape. The instance id is the connector's uuid (one per replica).

@@ -240,29 +240,56 @@ pub async fn enqueue_done(
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     check_id(&job_id, &["path", "job_id"])?;
-    let total = if body.iter().all(u8::is_ascii_whitespace) {
-        None
-    } else {
-        let value: Value = parse_json(&body).map_err(ApiError::Validation)?;
-        match value.get("enqueued_total") {
-            None | Some(Value::Null) => None,
-            Some(v) => Some(v.as_u64().ok_or_else(|| {
+    let whole_number = |value: &Value, field: &'static str| -> Result<Option<u64>, ApiError> {
+        match value.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| {
                 ApiError::Validation(FieldError {
-                    loc: vec!["body".into(), "enqueued_total".into()],
-                    msg: "field `enqueued_total`: expected a whole number".into(),
+                    loc: vec!["body".into(), field.into()],
+                    msg: format!("field `{field}`: expected a whole number"),
                     kind: "int_type",
                 })
-            })?),
+            }),
         }
     };
-    if let (Caller::Connector { uuid, .. }, Some(job)) = (&caller, state.store.get_job(&job_id).await?) {
+    let (total, enumeration_errors) = if body.iter().all(u8::is_ascii_whitespace) {
+        (None, None)
+    } else {
+        let value: Value = parse_json(&body).map_err(ApiError::Validation)?;
+        (whole_number(&value, "enqueued_total")?, whole_number(&value, "enumeration_errors")?)
+    };
+    let job = state.store.get_job(&job_id).await?;
+    if let (Caller::Connector { uuid, .. }, Some(job)) = (&caller, &job) {
         if job.connector_uuid.is_some_and(|owner| owner != *uuid) {
             return Err(ApiError::ConnectorMismatch);
         }
     }
-    // A full scan that found nothing has no job yet: nothing to finish.
+    // An operator's full scan created the job (`proxy::full_scan`), so a scan that found
+    // nothing completes here with 0 items; a connector-started job with no items has none.
     state.store.mark_enqueue_done(&job_id, total).await?;
+    let owner = job.and_then(|j| j.connector_uuid).or(match &caller {
+        Caller::Connector { uuid, .. } => Some(*uuid),
+        _ => None,
+    });
+    if let (Some(errors), Some(owner)) = (enumeration_errors, owner) {
+        let note = json!({ "enumeration_errors": errors }).to_string();
+        state.store.put_state(owner, JOB_NOTES_NS, &job_id, &note).await?;
+        if errors > 0 {
+            tracing::warn!(job_id, connector = %owner, enumeration_errors = errors, "full scan could not read everything");
+        }
+    }
     Ok(Json(json!({ "ok": true })))
+}
+
+/// Where a job's connector-reported extras (`enumeration_errors`) are kept, in the owning
+/// connector's state namespace, until the job record itself has a field for them.
+pub const JOB_NOTES_NS: &str = "dsx-connect.job-notes";
+
+/// A job's connector-reported extras, merged into `GET scan/jobs/{id}`.
+pub async fn job_notes(state: &SharedState, job: &dsx_store::Job) -> Result<Option<Value>, ApiError> {
+    let Some(owner) = job.connector_uuid else { return Ok(None) };
+    let note = state.store.get_state(owner, JOB_NOTES_NS, &job.job_id).await?;
+    Ok(note.and_then(|n| serde_json::from_str(&n).ok()))
 }
 
 /// `GET scan/jobs/{job_id}/raw` in Python's shape, open to connectors (AUTH.md §8): control
