@@ -562,6 +562,7 @@ fn new_job(job_id: &str, owner: Uuid, now: u64) -> Job {
         succeeded_count: 0,
         failed_count: 0,
         expected_total: None,
+        enumeration_errors: 0,
         enqueue_done: false,
         created_at: now,
         updated_at: now,
@@ -915,13 +916,19 @@ impl Store for EmbeddedStore {
         })
     }
 
-    async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>> {
+    async fn mark_enqueue_done(
+        &self,
+        job_id: &str,
+        total: Option<u64>,
+        enumeration_errors: Option<u64>,
+    ) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
         self.run(move |inner| {
             inner.write(true, |txn| {
                 update_job(txn, &job_id, |job| {
                     job.enqueue_done = true;
                     job.expected_total = total.or(job.expected_total);
+                    job.enumeration_errors = enumeration_errors.unwrap_or(job.enumeration_errors);
                 })
             })
         })

@@ -121,6 +121,9 @@ pub struct Job {
     pub succeeded_count: u64,
     #[serde(default)]
     pub failed_count: u64,
+    /// Folders or items the connector could not read during enumeration (its `enqueue_done`).
+    #[serde(default)]
+    pub enumeration_errors: u64,
     pub created_at: u64,
     pub updated_at: u64,
 }
@@ -235,7 +238,12 @@ pub trait Store: Send + Sync + 'static {
     async fn scan_queue_len(&self) -> StoreResult<u64>;
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;
     /// Record `enqueue_done` (with the connector's total, when sent).
-    async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>>;
+    async fn mark_enqueue_done(
+        &self,
+        job_id: &str,
+        total: Option<u64>,
+        enumeration_errors: Option<u64>,
+    ) -> StoreResult<Option<Job>>;
     /// Up to `max` tasks for `consumer`: due retries, tasks whose previous holder's lease ran
     /// out (a crashed worker), then new ones. Each is leased to `consumer` for `lease`.
     /// Every worker must use the same `lease`: Redis judges a holder dead by the claimer's.

@@ -1122,13 +1122,19 @@ impl Store for RedisStore {
             succeeded_count: num("succeeded_count").unwrap_or(0),
             failed_count: num("failed_count").unwrap_or(0),
             expected_total: num("expected_total"),
+            enumeration_errors: num("enumeration_errors").unwrap_or(0),
             enqueue_done: fields.get("enqueue_done").is_some_and(|v| v == "1" || v == "true"),
             created_at: num("created_at").unwrap_or(0),
             updated_at: num("updated_at").unwrap_or(0),
         }))
     }
 
-    async fn mark_enqueue_done(&self, job_id: &str, total: Option<u64>) -> StoreResult<Option<Job>> {
+    async fn mark_enqueue_done(
+        &self,
+        job_id: &str,
+        total: Option<u64>,
+        enumeration_errors: Option<u64>,
+    ) -> StoreResult<Option<Job>> {
         let key = job_key(job_id);
         let mut conn = self.conn().await?;
         let exists: bool = conn.exists(&key).await.map_err(map_err)?;
@@ -1139,6 +1145,9 @@ impl Store for RedisStore {
         pipe.atomic().hset(&key, "enqueue_done", "1").ignore().hset(&key, "updated_at", now_secs()).ignore();
         if let Some(total) = total {
             pipe.hset(&key, "expected_total", total).ignore();
+        }
+        if let Some(errors) = enumeration_errors {
+            pipe.hset(&key, "enumeration_errors", errors).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
         let job = self.get_job(job_id).await?;

@@ -316,13 +316,14 @@ async fn scan_queue_and_job_counters(h: &Harness) {
         enqueued_at: 1,
     };
     assert_eq!(s.get_job(&job_id).await.unwrap(), None);
-    assert_eq!(s.mark_enqueue_done(&job_id, Some(3)).await.unwrap(), None, "no job yet");
+    assert_eq!(s.mark_enqueue_done(&job_id, Some(3), None).await.unwrap(), None, "no job yet");
     s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
     s.enqueue_scans(&[task(3)]).await.unwrap().unwrap();
     let job = s.get_job(&job_id).await.unwrap().unwrap();
     assert_eq!((job.enqueued_count, job.connector_uuid, job.status), (3, Some(owner), dsx_store::JobStatus::Running));
     assert!(!job.enqueue_done);
-    let job = s.mark_enqueue_done(&job_id, Some(3)).await.unwrap().unwrap();
+    let job = s.mark_enqueue_done(&job_id, Some(3), Some(2)).await.unwrap().unwrap();
+    assert_eq!(job.enumeration_errors, 2, "kept with the job");
     assert!(job.enqueue_done);
     assert_eq!(job.expected_total, Some(3));
     assert!(s.scan_queue_len().await.unwrap() >= before + 3);
@@ -361,7 +362,7 @@ async fn jobs_belong_to_their_connector_and_batches_are_all_or_nothing(h: &Harne
     // A claimed job that never gets an item completes on enqueue_done.
     let empty = unique_name("je-");
     s.claim_job(&empty, a).await.unwrap().unwrap();
-    let job = s.mark_enqueue_done(&empty, Some(0)).await.unwrap().unwrap();
+    let job = s.mark_enqueue_done(&empty, Some(0), None).await.unwrap().unwrap();
     assert_eq!(job.status, dsx_store::JobStatus::Completed);
     // Paused and cancelled jobs take nothing, checked in the same step.
     s.set_job_status(&job_a, dsx_store::JobStatus::Paused).await.unwrap();
@@ -510,7 +511,7 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
         out
     };
     s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
-    s.mark_enqueue_done(&job, Some(2)).await.unwrap().unwrap();
+    s.mark_enqueue_done(&job, Some(2), None).await.unwrap().unwrap();
     let lease = Duration::from_secs(30);
     let claimed = s.claim_scans("w", 10, lease).await.unwrap();
     assert_eq!(claimed.len(), 2);
@@ -599,7 +600,7 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     s.enqueue_scans(&[task(&job_a, 1), task(&job_a, 2), task(&job_b, 1), task(&job_b, 2)]).await.unwrap().unwrap();
     let before = s.stats().await.unwrap();
     // Job A: enqueue_done first, then the results.
-    assert!(!s.mark_enqueue_done(&job_a, Some(2)).await.unwrap().unwrap().is_complete());
+    assert!(!s.mark_enqueue_done(&job_a, Some(2), None).await.unwrap().unwrap().is_complete());
     let first = s.put_result(&result(&format!("{job_a}-1"), &job_a, "Benign"), 1000).await.unwrap();
     assert!(first.is_some());
     assert_eq!(
@@ -615,7 +616,10 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     s.put_result(&result(&format!("{job_b}-1"), &job_b, "Benign"), 1000).await.unwrap().unwrap();
     s.put_result(&result(&format!("{job_b}-2"), &job_b, "Non Compliant"), 1000).await.unwrap().unwrap();
     assert_eq!(s.get_job(&job_b).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
-    assert_eq!(s.mark_enqueue_done(&job_b, Some(2)).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
+    assert_eq!(
+        s.mark_enqueue_done(&job_b, Some(2), None).await.unwrap().unwrap().status,
+        dsx_store::JobStatus::Completed
+    );
 
     let stats = s.stats().await.unwrap();
     let delta = |k: &str| stats.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
@@ -654,7 +658,7 @@ async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
     // Claim larger than accepted, enqueue_done before the results.
     let over = unique_name("jo");
     s.enqueue_scans(&[task(&over, 1), task(&over, 2)]).await.unwrap().unwrap();
-    let job = s.mark_enqueue_done(&over, Some(5)).await.unwrap().unwrap();
+    let job = s.mark_enqueue_done(&over, Some(5), None).await.unwrap().unwrap();
     assert_eq!((job.status, job.expected_total), (dsx_store::JobStatus::Running, Some(5)));
     s.put_result(&result(&format!("{over}-1"), &over, "Benign"), 1000).await.unwrap().unwrap();
     assert_eq!(s.get_job(&over).await.unwrap().unwrap().status, dsx_store::JobStatus::Running, "one still open");
@@ -664,11 +668,14 @@ async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
     let late = unique_name("jl");
     s.enqueue_scans(&[task(&late, 1)]).await.unwrap().unwrap();
     s.put_result(&result(&format!("{late}-1"), &late, "Benign"), 1000).await.unwrap().unwrap();
-    assert_eq!(s.mark_enqueue_done(&late, Some(9)).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
+    assert_eq!(
+        s.mark_enqueue_done(&late, Some(9), None).await.unwrap().unwrap().status,
+        dsx_store::JobStatus::Completed
+    );
     // A claim of 0 (Python's usual) does not complete a job with items still open.
     let zero = unique_name("jz");
     s.enqueue_scans(&[task(&zero, 1)]).await.unwrap().unwrap();
-    assert_eq!(s.mark_enqueue_done(&zero, Some(0)).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
+    assert_eq!(s.mark_enqueue_done(&zero, Some(0), None).await.unwrap().unwrap().status, dsx_store::JobStatus::Running);
     s.put_result(&result(&format!("{zero}-1"), &zero, "Benign"), 1000).await.unwrap().unwrap();
     assert_eq!(s.get_job(&zero).await.unwrap().unwrap().status, dsx_store::JobStatus::Completed);
 }
@@ -887,7 +894,7 @@ async fn finished_jobs_expire_after_their_retention(store: Arc<dyn Store>) {
         s.enqueue_scans(&[task(job, 1), task(job, 2)]).await.unwrap().unwrap();
         s.put_result(&stored(job, 1), 1000).await.unwrap().unwrap();
     }
-    s.mark_enqueue_done(&done, Some(2)).await.unwrap().unwrap();
+    s.mark_enqueue_done(&done, Some(2), None).await.unwrap().unwrap();
     s.put_result(&stored(&done, 2), 1000).await.unwrap().unwrap();
     s.set_job_status(&cancelled, Cancelled).await.unwrap().unwrap();
     // A cancelled job's remaining task still gets its (not scanned) result.
@@ -918,7 +925,7 @@ async fn finished_jobs_expire_after_their_retention(store: Arc<dyn Store>) {
     }
     // A paused job that resumes and completes starts its own retention then.
     s.set_job_status(&paused, Running).await.unwrap().unwrap();
-    s.mark_enqueue_done(&paused, None).await.unwrap().unwrap();
+    s.mark_enqueue_done(&paused, None, None).await.unwrap().unwrap();
     s.put_result(&stored(&paused, 2), 1000).await.unwrap().unwrap();
     assert_eq!(status(s.get_job(&paused).await.unwrap()), Some(Completed));
     assert!(s.get_result(&format!("{paused}-1")).await.unwrap().is_some());

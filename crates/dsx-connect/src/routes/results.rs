@@ -83,12 +83,8 @@ pub async fn stats(State(state): State<SharedState>) -> Result<Json<Value>, ApiE
 /// `GET scan/jobs/{job_id}`.
 pub async fn job(State(state): State<SharedState>, Path(job_id): Path<String>) -> Result<Json<Value>, ApiError> {
     let job = state.store.get_job(&job_id).await?.ok_or(ApiError::JobNotFound)?;
-    let notes = super::scan::job_notes(&state, &job).await?;
-    let mut body = serde_json::to_value(job).unwrap_or(Value::Null);
-    // Folders or files the connector could not read during a full scan (0 when it read all).
-    let errors = notes.as_ref().and_then(|n| n["enumeration_errors"].as_u64()).unwrap_or(0);
-    body["enumeration_errors"] = errors.into();
-    Ok(Json(body))
+    // `enumeration_errors`: what the connector could not read during a full scan (0 when all).
+    Ok(Json(serde_json::to_value(job).unwrap_or(Value::Null)))
 }
 
 async fn set_status(state: &SharedState, job_id: &str, status: JobStatus) -> Result<Json<Value>, ApiError> {

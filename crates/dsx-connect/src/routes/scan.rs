@@ -266,30 +266,12 @@ pub async fn enqueue_done(
     }
     // An operator's full scan created the job (`proxy::full_scan`), so a scan that found
     // nothing completes here with 0 items; a connector-started job with no items has none.
-    state.store.mark_enqueue_done(&job_id, total).await?;
-    let owner = job.and_then(|j| j.connector_uuid).or(match &caller {
-        Caller::Connector { uuid, .. } => Some(*uuid),
-        _ => None,
-    });
-    if let (Some(errors), Some(owner)) = (enumeration_errors, owner) {
-        let note = json!({ "enumeration_errors": errors }).to_string();
-        state.store.put_state(owner, JOB_NOTES_NS, &job_id, &note).await?;
-        if errors > 0 {
-            tracing::warn!(job_id, connector = %owner, enumeration_errors = errors, "full scan could not read everything");
-        }
+    state.store.mark_enqueue_done(&job_id, total, enumeration_errors).await?;
+    if let Some(errors) = enumeration_errors.filter(|e| *e > 0) {
+        let owner = job.and_then(|j| j.connector_uuid).map(|u| u.to_string()).unwrap_or_default();
+        tracing::warn!(job_id, connector = %owner, enumeration_errors = errors, "full scan could not read everything");
     }
     Ok(Json(json!({ "ok": true })))
-}
-
-/// Where a job's connector-reported extras (`enumeration_errors`) are kept, in the owning
-/// connector's state namespace, until the job record itself has a field for them.
-pub const JOB_NOTES_NS: &str = "dsx-connect.job-notes";
-
-/// A job's connector-reported extras, merged into `GET scan/jobs/{id}`.
-pub async fn job_notes(state: &SharedState, job: &dsx_store::Job) -> Result<Option<Value>, ApiError> {
-    let Some(owner) = job.connector_uuid else { return Ok(None) };
-    let note = state.store.get_state(owner, JOB_NOTES_NS, &job.job_id).await?;
-    Ok(note.and_then(|n| serde_json::from_str(&n).ok()))
 }
 
 /// `GET scan/jobs/{job_id}/raw` in Python's shape, open to connectors (AUTH.md §8): control
