@@ -580,6 +580,8 @@ fn the_schemas_reject_malformed_values() {
         (SERVER, "dsx-connect-api.auth.breakGlass=sometimes", "dsx-connect-api.auth.breakGlass"),
         (SERVER, "dsx-connect-api.auth.enrollmnet.secretName=x", "enrollmnet"),
         (SERVER, "replicas=2", "replicas"),
+        // The server refuses tls at start-up: the chart must not render pods that crash-loop.
+        (SERVER, "syslog.transport=tls", "syslog.transport"),
         (CONNECTOR, "auth_dsxconnect.enabled=yes", "auth_dsxconnect.enabled"),
         (CONNECTOR, "scanVolume.mountPath=relative", "scanVolume.mountPath"),
     ] {
