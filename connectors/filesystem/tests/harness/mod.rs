@@ -1,0 +1,171 @@
+//! The pipeline harness shared by `pipeline.rs` and `reliability.rs`: real dsx-connect (API and
+//! workers), a real filesystem-connector on a folder of benign and EICAR files, a real
+//! redis-server or the embedded store, auth on, everything on loopback.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use dsx_testkit::{free_port, unique_name, workspace_bin, Service, TestRedis};
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+pub const ENROLL: &str = "pipeline-enrollment-token";
+pub const OPERATOR: &str = "pipeline-operator-token";
+pub const API: &str = "/dsx-connect/api/v1";
+pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+
+pub struct Pipeline {
+    pub _redis: Option<TestRedis>,
+    pub server_env: Vec<(&'static str, String)>,
+    pub server: Service,
+    pub workers: Vec<Service>,
+    pub connector: Service,
+    pub connector_env: Vec<(&'static str, String)>,
+    pub connector_port: u16,
+    pub asset: tempfile::TempDir,
+    pub _data: tempfile::TempDir,
+    pub _server_data: tempfile::TempDir,
+    pub http: reqwest::Client,
+    pub uuid: String,
+}
+
+pub fn write(path: &Path, content: &[u8]) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+pub fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
+    let port = free_port();
+    let mut svc = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", role],
+        env,
+        port,
+    );
+    svc.wait_http(&format!("{API}/healthz"), 200, Duration::from_secs(20));
+    svc
+}
+
+pub fn spawn_connector(env: &[(&'static str, String)], port: u16) -> Service {
+    let mut connector = Service::spawn(
+        workspace_bin("filesystem-connector").to_str().unwrap(),
+        &["--listen", &format!("127.0.0.1:{port}")],
+        env,
+        port,
+    );
+    connector.wait_http("/filesystem-connector/readyz", 200, Duration::from_secs(30));
+    connector
+}
+
+impl Pipeline {
+    /// `benign` plain files and `eicar` EICAR copies spread over two folders.
+    pub async fn start(redis: bool, benign: usize, eicar: usize, role: &str, extra: &[(&'static str, String)]) -> Self {
+        let redis = redis.then(TestRedis::get);
+        let server_data = tempfile::tempdir().unwrap();
+        let mut server_env: Vec<(&'static str, String)> = vec![
+            ("DSXCONNECT_APP_ENV", unique_name("pipe")),
+            ("DSXCONNECT_DATA_DIR", server_data.path().display().to_string()),
+            ("DSXCONNECT_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECT_AUTH__ADMIN_TOKENS", OPERATOR.into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ];
+        if let Some(r) = &redis {
+            server_env.push(("DSXCONNECT_REDIS_URL", r.url.clone()));
+        }
+        for (k, v) in extra {
+            server_env.retain(|(key, _)| key != k);
+            server_env.push((k, v.clone()));
+        }
+        let server = spawn_server(&server_env, role);
+
+        let asset = tempfile::tempdir().unwrap();
+        for i in 0..benign {
+            write(&asset.path().join(format!("docs/file-{i:05}.txt")), format!("benign content {i}").as_bytes());
+        }
+        for i in 0..eicar {
+            write(&asset.path().join(format!("inbox/eicar-{i:03}.com")), EICAR);
+        }
+        let data = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let connector_env = vec![
+            ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
+            ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
+            ("DSXCONNECTOR_DSX_CONNECT_URL", server.base_url()),
+            ("DSXCONNECTOR_DATA_DIR", data.path().display().to_string()),
+            ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
+            ("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "16".into()),
+        ];
+        let connector = spawn_connector(&connector_env, port);
+        let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
+        Self {
+            _redis: redis,
+            server_env,
+            server,
+            workers: Vec::new(),
+            connector,
+            connector_env,
+            connector_port: port,
+            asset,
+            _data: data,
+            _server_data: server_data,
+            http: reqwest::Client::new(),
+            uuid,
+        }
+    }
+
+    pub fn root(&self) -> PathBuf {
+        self.asset.path().canonicalize().unwrap()
+    }
+
+    pub async fn operator(&self, method: Method, path: &str) -> reqwest::Response {
+        self.http
+            .request(method, format!("{}{API}/{path}", self.server.base_url()))
+            .bearer_auth(OPERATOR)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    pub async fn json(&self, path: &str) -> Value {
+        self.operator(Method::GET, path).await.json().await.unwrap()
+    }
+
+    pub async fn full_scan(&self, job: &str, query: &str) {
+        let resp =
+            self.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job}{query}", self.uuid)).await;
+        assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    }
+
+    pub async fn wait_job(&self, job: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let resp = self.operator(Method::GET, &format!("scan/jobs/{job}")).await;
+            if resp.status() == StatusCode::OK {
+                let j: Value = resp.json().await.unwrap();
+                if done(&j) {
+                    return j;
+                }
+                assert!(Instant::now() < deadline, "job {job} not done in {limit:?}: {j}");
+            } else {
+                assert!(Instant::now() < deadline, "job {job} never appeared");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    pub async fn results(&self, job: &str) -> Vec<Value> {
+        self.json(&format!("scan/results/job/{job}")).await.as_array().unwrap().clone()
+    }
+}
+
+pub fn verdict(r: &Value) -> &str {
+    r["verdict"]["verdict"].as_str().unwrap_or("")
+}
+
+pub fn location(r: &Value) -> String {
+    r["scan_request"]["location"].as_str().unwrap_or_default().to_owned()
+}
