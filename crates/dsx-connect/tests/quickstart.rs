@@ -5,25 +5,20 @@ use std::time::Duration;
 
 use dsx_testkit::{free_port, Service};
 
+/// `quickstart --exit-after-scan` in `dir` on a free port: its exit code and output.
+fn quickstart_once(dir: &std::path::Path) -> (Option<i32>, String) {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let args = ["quickstart", "--exit-after-scan", "--listen", &listen, "--data-dir", dir.to_str().unwrap()];
+    let mut svc = Service::spawn(env!("CARGO_BIN_EXE_dsx-connect"), &args, &[], port);
+    let code = svc.wait_exit(Duration::from_secs(120));
+    (code, svc.logs())
+}
+
 #[test]
 fn quickstart_scans_the_sample_folder_and_quarantines_eicar() {
     let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let mut svc = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
-        &[
-            "quickstart",
-            "--exit-after-scan",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-        ],
-        &[],
-        port,
-    );
-    let code = svc.wait_exit(Duration::from_secs(120));
-    let out = svc.logs();
+    let (code, out) = quickstart_once(dir.path());
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("auth enabled"), "{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("files scanned") && l.trim_end().ends_with("10")), "{out}");
@@ -49,22 +44,7 @@ fn quickstart_scans_the_sample_folder_and_quarantines_eicar() {
 fn quickstart_runs_three_times_in_the_same_folder() {
     let dir = tempfile::tempdir().unwrap();
     for run in 1..=3 {
-        let port = free_port();
-        let mut svc = Service::spawn(
-            env!("CARGO_BIN_EXE_dsx-connect"),
-            &[
-                "quickstart",
-                "--exit-after-scan",
-                "--listen",
-                &format!("127.0.0.1:{port}"),
-                "--data-dir",
-                dir.path().to_str().unwrap(),
-            ],
-            &[],
-            port,
-        );
-        let code = svc.wait_exit(Duration::from_secs(120));
-        let out = svc.logs();
+        let (code, out) = quickstart_once(dir.path());
         assert_eq!(code, Some(0), "run {run}: {out}");
         let line = |label: &str| {
             out.lines()
