@@ -5,9 +5,8 @@ use std::time::Duration;
 
 use dsx_testkit::{free_port, Service};
 
-/// `quickstart --exit-after-scan` in `dir` on a free port: its exit code and output.
-fn quickstart_once(dir: &std::path::Path) -> (Option<i32>, String) {
-    let port = free_port();
+/// `quickstart --exit-after-scan` in `dir` on `port`: its exit code and output.
+fn quickstart_once(dir: &std::path::Path, port: u16) -> (Option<i32>, String) {
     let listen = format!("127.0.0.1:{port}");
     let args = ["quickstart", "--exit-after-scan", "--listen", &listen, "--data-dir", dir.to_str().unwrap()];
     let mut svc = Service::spawn(env!("CARGO_BIN_EXE_dsx-connect"), &args, &[], port);
@@ -18,7 +17,7 @@ fn quickstart_once(dir: &std::path::Path) -> (Option<i32>, String) {
 #[test]
 fn quickstart_scans_the_sample_folder_and_quarantines_eicar() {
     let dir = tempfile::tempdir().unwrap();
-    let (code, out) = quickstart_once(dir.path());
+    let (code, out) = quickstart_once(dir.path(), free_port());
     assert_eq!(code, Some(0), "{out}");
     assert!(out.contains("auth enabled"), "{out}");
     assert!(out.lines().any(|l| l.trim_start().starts_with("files scanned") && l.trim_end().ends_with("10")), "{out}");
@@ -44,7 +43,8 @@ fn quickstart_scans_the_sample_folder_and_quarantines_eicar() {
 fn quickstart_runs_three_times_in_the_same_folder() {
     let dir = tempfile::tempdir().unwrap();
     for run in 1..=3 {
-        let (code, out) = quickstart_once(dir.path());
+        let port = free_port();
+        let (code, out) = quickstart_once(dir.path(), port);
         assert_eq!(code, Some(0), "run {run}: {out}");
         let line = |label: &str| {
             out.lines()
