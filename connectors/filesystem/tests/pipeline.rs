@@ -7,7 +7,7 @@ mod harness;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use dsx_testkit::{free_port, workspace_bin, Service};
+use dsx_testkit::free_port;
 use harness::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -114,16 +114,7 @@ async fn full_scan_on_the_embedded_store_in_one_process() {
 async fn scanner_down_dead_letters_with_reason_and_requeue_finishes() {
     let job_down = dsx_testkit::unique_name("job-down-");
     let scanner_port = free_port();
-    let spawn_scanner = || {
-        let mut s = Service::spawn(
-            workspace_bin("dsx-connect").to_str().unwrap(),
-            &["scanner", "serve", "--listen", &format!("127.0.0.1:{scanner_port}")],
-            &[],
-            scanner_port,
-        );
-        s.wait_http("/healthz", 200, Duration::from_secs(20));
-        s
-    };
+    let spawn_scanner = || spawn_scanner(scanner_port);
     let mut scanner = spawn_scanner();
     let p = Pipeline::start(
         true,

@@ -7,7 +7,7 @@ mod harness;
 
 use std::time::{Duration, Instant};
 
-use dsx_testkit::{free_port, unique_name, workspace_bin, Service};
+use dsx_testkit::{free_port, unique_name};
 use harness::*;
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
@@ -220,16 +220,7 @@ async fn a_scanner_outage_longer_than_the_retry_budget_dead_letters_nothing() {
     let job = unique_name("job-outage-");
     const FILES: usize = 400;
     let scanner_port = free_port();
-    let spawn_scanner = || {
-        let mut s = Service::spawn(
-            workspace_bin("dsx-connect").to_str().unwrap(),
-            &["scanner", "serve", "--listen", &format!("127.0.0.1:{scanner_port}")],
-            &[],
-            scanner_port,
-        );
-        s.wait_http("/healthz", 200, Duration::from_secs(20));
-        s
-    };
+    let spawn_scanner = || spawn_scanner(scanner_port);
     let mut scanner = spawn_scanner();
     let mut p = Pipeline::start(
         true,

@@ -209,20 +209,18 @@ fn outcome(value: &Value) {
     }
 }
 
+/// One table row per element of a JSON list.
+fn rows(list: &Value, cells: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
+    list.as_array().into_iter().flatten().map(cells).collect()
+}
+
 fn job_rows(jobs: &Value) -> Vec<Vec<String>> {
-    jobs.as_array()
-        .into_iter()
-        .flatten()
-        .map(|j| {
-            vec![
-                text(&j["job_id"]),
-                text(&j["status"]),
-                text(&j["enqueued_count"]),
-                text(&j["processed_count"]),
-                text(&j["connector_uuid"]),
-            ]
-        })
-        .collect()
+    rows(jobs, |j| {
+        ["job_id", "status", "enqueued_count", "processed_count", "connector_uuid"]
+            .iter()
+            .map(|k| text(&j[*k]))
+            .collect()
+    })
 }
 
 const JOB_HEADERS: [&str; 5] = ["JOB ID", "STATUS", "ENQUEUED", "PROCESSED", "CONNECTOR"];
@@ -243,24 +241,19 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
             }
         }
         AdminCommand::Connectors => {
-            let rows = op.call(Method::GET, "connectors/list").await?;
+            let list = op.call(Method::GET, "connectors/list").await?;
             if json {
-                return print_json(&rows);
+                return print_json(&list);
             }
-            let rows = rows
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    vec![
-                        text(&r["uuid"]),
-                        text(&r["name"]),
-                        text(&r["auth"]["hmac_key_id"]),
-                        text(&r["auth"]["registered_via"]),
-                        text(&r["url"]),
-                    ]
-                })
-                .collect();
+            let rows = rows(&list, |r| {
+                vec![
+                    text(&r["uuid"]),
+                    text(&r["name"]),
+                    text(&r["auth"]["hmac_key_id"]),
+                    text(&r["auth"]["registered_via"]),
+                    text(&r["url"]),
+                ]
+            });
             table(&["UUID", "NAME", "KEY ID", "REGISTERED VIA", "URL"], rows);
         }
         AdminCommand::FullScan { uuid, limit, job_id } => {
@@ -304,23 +297,19 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
             if let Some(job_id) = job_id {
                 path.push_str(&format!("&job_id={}", url_encode(&job_id)));
             }
-            let rows = op.call(Method::GET, &path).await?;
+            let list = op.call(Method::GET, &path).await?;
             if json {
-                return print_json(&rows);
+                return print_json(&list);
             }
-            let rows = rows
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|r| {
-                    vec![
-                        text(&r["verdict"]["verdict"]),
-                        text(&r["scan_job_id"]),
-                        text(&r["item_action_status"]["status"]),
-                        text(&r["scan_request"]["location"]),
-                    ]
-                })
-                .collect();
+            // ACTION is the result's status: scanned, action succeeded, action attempted…
+            let rows = rows(&list, |r| {
+                vec![
+                    text(&r["verdict"]["verdict"]),
+                    text(&r["scan_job_id"]),
+                    text(&r["status"]),
+                    text(&r["scan_request"]["location"]),
+                ]
+            });
             table(&["VERDICT", "JOB ID", "ACTION", "LOCATION"], rows);
         }
         AdminCommand::Pause { job_id } => job_control(&op, &job_id, "pause", "paused").await?,

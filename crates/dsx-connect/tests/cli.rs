@@ -216,6 +216,8 @@ async fn admin_runs_and_follows_a_full_scan() {
     assert!(ok && out.starts_with("VERDICT"), "{out}");
     assert_eq!(out.lines().count(), 4, "a header and three rows: {out}");
     assert!(out.lines().any(|l| l.starts_with("Malicious") && l.ends_with("eicar.com")), "{out}");
+    // The ACTION column is the result's status (the connector's action is `nothing` here).
+    assert!(out.lines().skip(1).all(|l| l.contains("  scanned  ")), "{out}");
     // JSON for scripts.
     let (ok, out) = dsx_connect(&["admin", "--json", "results", "--job", &job], &env);
     assert!(ok, "{out}");

@@ -198,6 +198,27 @@ impl EmbeddedStore {
         f(&self.inner)
     }
 
+    /// Make a queued task visible again after `delay` as `attempt` (if it is still queued).
+    async fn requeue_later(
+        &self,
+        delivery: &Delivery,
+        delay: Duration,
+        attempt: u64,
+        durable: bool,
+    ) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        self.run(move |inner| {
+            inner.write(durable, |txn| {
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
+                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
     /// Run blocking redb work off the async runtime.
     async fn run<T: Send + 'static>(
         &self,
@@ -1212,34 +1233,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
-        let seq = parse_seq(&delivery.id)?;
-        let attempt = u64::from(delivery.attempt) + 1;
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
-                if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
-                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.requeue_later(delivery, delay, u64::from(delivery.attempt) + 1, true).await
     }
 
     async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
-        let seq = parse_seq(&delivery.id)?;
-        let attempt = u64::from(delivery.attempt);
         // Not waited for: a crash that loses it only redelivers the task once its lease runs out.
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
-                if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
-                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
-                }
-                Ok(())
-            })
-        })
-        .await
+        self.requeue_later(delivery, delay, u64::from(delivery.attempt), false).await
     }
 
     async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {

@@ -47,6 +47,18 @@ pub fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
     svc
 }
 
+/// The built-in scanner on the DSXA HTTP API (`dsx-connect scanner serve`) on `port`.
+pub fn spawn_scanner(port: u16) -> Service {
+    let mut s = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["scanner", "serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[],
+        port,
+    );
+    s.wait_http("/healthz", 200, Duration::from_secs(20));
+    s
+}
+
 pub fn spawn_connector(env: &[(&'static str, String)], port: u16) -> Service {
     let mut connector = Service::spawn(
         workspace_bin("filesystem-connector").to_str().unwrap(),
