@@ -324,3 +324,103 @@ async fn a_silent_syslog_server_does_not_slow_scanning() {
     drop(listener);
     drop(fillers);
 }
+
+/// A small tmpfs mounted for one test (a disk that can really fill up); unmounted on drop.
+struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test needs a tmpfs it can fill (run it as root, as scripts/test.sh does in CI): mount said {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+
+    /// Write a file until the disk refuses (ENOSPC); returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut file = std::fs::File::create(&path).unwrap();
+        let chunk = vec![0u8; 1 << 16];
+        loop {
+            match file.write_all(&chunk) {
+                Ok(()) => {}
+                Err(e) if e.raw_os_error() == Some(28) => return path,
+                Err(e) => panic!("filling the disk: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
+/// Fault 5: the embedded store's disk fills up mid-scan. Readiness says so and why, calls that
+/// write answer 503; once space is freed the same process reopens the file by itself (no
+/// restart) and the job finishes with every file scanned once and nothing dead-lettered.
+#[tokio::test]
+async fn an_embedded_store_whose_disk_fills_recovers_without_a_restart() {
+    let job = unique_name("job-diskfull-");
+    const FILES: usize = 3000;
+    let disk = SmallDisk::mount("64m");
+    let data = disk.path().join("data");
+    let mut p = Pipeline::start(false, FILES, 0, "all", &[("DSXCONNECT_DATA_DIR", data.display().to_string())]).await;
+    let readyz = format!("{}{API}/readyz", p.server.base_url());
+    p.full_scan(&job, "").await;
+    p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 30).await;
+
+    let filler = disk.fill();
+    let full_at = Instant::now();
+    // The next durable write fails; readiness reports the store and the reason.
+    loop {
+        let resp = p.http.get(&readyz).send().await.unwrap();
+        if resp.status() == StatusCode::SERVICE_UNAVAILABLE {
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["reason"], "store_unavailable", "{body}");
+            assert!(body["detail"].as_str().unwrap().contains("No space left on device"), "{body}");
+            break;
+        }
+        let job_now = p.json(&format!("scan/jobs/{job}")).await;
+        assert!(job_now["status"] != "completed", "the job finished before the disk filled; make it bigger");
+        assert!(full_at.elapsed() < Duration::from_secs(15), "readyz still ready 15 s after the disk filled");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // It stays that way while the disk is full, and calls that write answer 503.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(p.http.get(&readyz).send().await.unwrap().status(), StatusCode::SERVICE_UNAVAILABLE);
+    let refused = p.operator(Method::POST, &format!("scan/jobs/{job}/pause")).await;
+    assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    std::fs::remove_file(filler).unwrap();
+    let freed_at = Instant::now();
+    loop {
+        if p.http.get(&readyz).send().await.unwrap().status() == StatusCode::OK {
+            break;
+        }
+        assert!(freed_at.elapsed() < Duration::from_secs(10), "not ready 10 s after space came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("disk full: ready again {:?} after space was freed", freed_at.elapsed());
+    p.wait_job(&job, Duration::from_secs(120), |j| j["status"] == "completed").await;
+    assert!(p.server.exit_code().is_none(), "the server must not have restarted:\n{}", p.server.logs());
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0, "a full disk dead-letters nothing");
+    assert!(!p.server.logs().contains("panicked"), "{}", p.server.logs());
+}

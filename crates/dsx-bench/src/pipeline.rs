@@ -97,6 +97,12 @@ pub struct PipelineReport {
     /// CPU seconds used between the trigger and completion, per process.
     pub cpu_s: CpuUse,
     pub verified: bool,
+    /// The embedded store's file after the job, and the part of it holding data, bytes
+    /// (`None` on Redis).
+    pub store_file_bytes: Option<u64>,
+    pub store_used_bytes: Option<u64>,
+    /// `store_used_bytes` per scanned file.
+    pub store_bytes_per_file: Option<f64>,
 }
 
 /// CPU seconds used during the measured window (user + system), and the machine's CPU count,
@@ -394,6 +400,13 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         bail!("job completed with processed_count {} for {} files: {job}", job["processed_count"], args.files);
     }
     let stages = stage_latencies(&results);
+    let (store_file_bytes, store_used_bytes) = match store {
+        Store::Embedded => (
+            stack.metric("dsxconnect_store_file_bytes").await?.map(|v| v as u64),
+            stack.metric("dsxconnect_store_used_bytes").await?.map(|v| v as u64),
+        ),
+        Store::Redis { .. } => (None, None),
+    };
     stack.stop();
 
     let secs = elapsed.as_secs_f64();
@@ -413,6 +426,9 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         stages_ms: stages,
         cpu_s: cpu,
         verified: true,
+        store_file_bytes,
+        store_used_bytes,
+        store_bytes_per_file: store_used_bytes.map(|b| b as f64 / args.files.max(1) as f64),
     };
     let mut table = format!(
         "pipeline: {} files x {} B on the {} store: {:.2} s, {:.0} files/s, {:.1} MiB/s{}\n",
@@ -426,6 +442,16 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     );
     table += &format!("verified: {} results, one per file; verdicts {:?}\n", report.results, report.verdicts);
     table += &report.cpu_s.line(secs);
+    if let (Some(file), Some(used), Some(per_file)) =
+        (report.store_file_bytes, report.store_used_bytes, report.store_bytes_per_file)
+    {
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
+        table += &format!(
+            "store: {:.1} MiB in use ({per_file:.0} bytes per scanned file), file {:.1} MiB (free pages are given back by compaction when idle)\n",
+            mib(used),
+            mib(file)
+        );
+    }
     table += &stages_table(&report.stages_ms);
     stats::emit(&table, &report, args.json.as_deref())?;
     Ok(0)

@@ -427,6 +427,17 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
                 s += &format!("; {:.0} µs of dsx-connect CPU per file", c * 1e6 / files);
             }
             s += ".\n";
+            if let (Some(used), Some(file), Some(per_file)) =
+                (num(v, &["store_used_bytes"]), num(v, &["store_file_bytes"]), num(v, &["store_bytes_per_file"]))
+            {
+                s += &format!(
+                    "\nEmbedded store after the run: {:.1} MiB in use, **{per_file:.0} bytes per scanned file**; \
+                     the file is {:.1} MiB (free pages are reused, and given back to the disk by compaction once \
+                     the store is idle).\n",
+                    used / (1u64 << 20) as f64,
+                    file / (1u64 << 20) as f64
+                );
+            }
         }
     }
     let stage_names = |v: &Value| -> Vec<String> {

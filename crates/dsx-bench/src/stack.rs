@@ -308,6 +308,13 @@ impl Stack {
         }
     }
 
+    /// A gauge from the server's `/metrics` (operator), e.g. `dsxconnect_store_file_bytes`.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<Option<f64>> {
+        let url = format!("{}/metrics", self.server_url);
+        let text = self.http.get(url).bearer_auth(&self.operator).send().await?.error_for_status()?.text().await?;
+        Ok(text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()))
+    }
+
     /// Stop the connector (SIGTERM, so it unregisters), then the server.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.connector.take() {

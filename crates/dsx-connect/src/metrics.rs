@@ -50,6 +50,8 @@ pub struct Metrics {
     pub syslog_dropped: Counter,
     queue_depth: Gauge,
     dead_letters: Gauge,
+    store_file_bytes: Gauge,
+    store_used_bytes: Gauge,
     inflight: Gauge,
 }
 
@@ -71,6 +73,8 @@ impl Default for Metrics {
             syslog_dropped: Counter::default(),
             queue_depth: Gauge::default(),
             dead_letters: Gauge::default(),
+            store_file_bytes: Gauge::default(),
+            store_used_bytes: Gauge::default(),
             inflight: Gauge::default(),
         };
         registry.register("http_requests", "HTTP requests by route, method and status", m.requests.clone());
@@ -105,6 +109,16 @@ impl Default for Metrics {
         );
         registry.register("queue_depth", "Scan tasks waiting or in progress", m.queue_depth.clone());
         registry.register("dead_letters", "Scan tasks in the dead-letter queue", m.dead_letters.clone());
+        registry.register(
+            "store_file_bytes",
+            "Size of the embedded store's file (0 on Redis)",
+            m.store_file_bytes.clone(),
+        );
+        registry.register(
+            "store_used_bytes",
+            "Bytes of the embedded store's file that hold data; the rest is free pages, given back by compaction when idle",
+            m.store_used_bytes.clone(),
+        );
         registry.register("scans_in_flight", "Scan slots held across all workers", m.inflight.clone());
         *m.registry.lock().expect("registry lock") = registry;
         m
@@ -138,6 +152,10 @@ pub async fn render(State(state): State<SharedState>) -> Result<Response, ApiErr
     m.queue_depth.set(state.store.scan_queue_len().await? as i64);
     m.dead_letters.set(state.store.dead_letter_count().await? as i64);
     m.inflight.set(state.store.slots_in_use().await? as i64);
+    if let Some(usage) = state.store.disk_usage().await? {
+        m.store_file_bytes.set(usage.file_bytes as i64);
+        m.store_used_bytes.set(usage.used_bytes as i64);
+    }
     let mut body = String::new();
     encode(&mut body, &m.registry.lock().expect("registry lock"))
         .map_err(|_| ApiError::BadRequest("metrics_encoding"))?;

@@ -12,7 +12,11 @@ pub fn init_logging(prefix: &str) {
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var(format!("{prefix}_LOG_FORMAT")).is_ok_and(|v| v.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // A log line that cannot be written (stderr redirected to a full disk) is dropped; by
+    // default the subscriber would report that with `eprintln!`, which panics on the same
+    // failure and takes down whatever thread was logging.
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).log_internal_errors(false);
     if json {
         builder.json().init();
     } else {

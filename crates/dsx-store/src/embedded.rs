@@ -1,20 +1,23 @@
 //! Embedded durable backend (redb): one file, survives restarts, needs nothing installed.
 //! Single-node only: one process owns the file at a time.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use dsx_model::Connector;
-use redb::{Database, Durability, ReadableTable, ReadableTableMetadata, Table, TableDefinition, WriteTransaction};
+use redb::{
+    Database, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table, TableDefinition, TableHandle,
+    TransactionError, WriteTransaction,
+};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, DeadLetter, Delivery, Job, JobRefusal, JobStatus, QueuedTask, RateWindow,
-    RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
+    now_millis, now_secs, Credential, DeadLetter, Delivery, DiskUsage, Job, JobRefusal, JobStatus, QueuedTask,
+    RateWindow, RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
@@ -32,10 +35,19 @@ const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 const QUEUE_STATE: TableDefinition<u64, (u64, u64, u64)> = TableDefinition::new("scan_queue_state");
 /// Dead letters in arrival order: sequence → DeadLetter json.
 const DEAD_LETTERS: TableDefinition<u64, &[u8]> = TableDefinition::new("dead_letters");
-/// Results: newest `retain` by sequence, every one by task id and by (job, sequence).
-const RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
-const RESULT_BY_TASK: TableDefinition<&str, &[u8]> = TableDefinition::new("result_by_task");
-const RESULTS_BY_JOB: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results_by_job");
+/// Results, each stored once: sequence → result json. A row lives while its job lists it or
+/// it is among the newest `retain`.
+const RESULT_ROWS: TableDefinition<u64, &[u8]> = TableDefinition::new("result_rows");
+/// task id → sequence of its result.
+const RESULT_SEQ_BY_TASK: TableDefinition<&str, u64> = TableDefinition::new("result_seq_by_task");
+/// (job id, sequence) → task id: a job's results in order.
+const JOB_RESULTS: TableDefinition<(&str, u64), &str> = TableDefinition::new("job_results");
+/// The newest `retain` results: sequence → job id.
+const RECENT_RESULTS: TableDefinition<u64, &str> = TableDefinition::new("recent_results");
+/// Before results were stored once, each was kept three times in these; moved on open.
+const OLD_RESULTS: TableDefinition<u64, &[u8]> = TableDefinition::new("results");
+const OLD_RESULT_BY_TASK: TableDefinition<&str, &[u8]> = TableDefinition::new("result_by_task");
+const OLD_RESULTS_BY_JOB: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("results_by_job");
 const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// Results whose job record is gone (deleted, or never existed): job id → when they expire
 /// (unix ms), as a finished job's would.
@@ -51,6 +63,15 @@ const PURGE_JOBS_EVERY_MS: u64 = 60_000;
 /// Writes that nobody waits for (replay cache, rate counters) reach the disk within this, so a
 /// crash forgets at most this much of the replay cache.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// After an I/O failure (a full disk), how often the flush thread tries to reopen the file.
+const REOPEN_EVERY: Duration = Duration::from_secs(1);
+/// How long a reopen waits for in-flight calls to let go of the old handle.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
+/// The file is compacted (free pages given back to the disk) once the store has been idle
+/// this long, the file is at least [`COMPACT_MIN_BYTES`] and less than half of it is in use.
+/// Compaction holds the file exclusively, so it waits for a quiet moment.
+const COMPACT_IDLE: Duration = Duration::from_secs(30);
+const COMPACT_MIN_BYTES: u64 = 8 << 20;
 
 #[derive(Serialize, Deserialize)]
 struct StoredCredential {
@@ -85,11 +106,25 @@ struct Durable {
     waiting: usize,
     /// The last flush failed: commits up to this sequence number may not be durable.
     failed: Option<(u64, String)>,
+    /// Bumped when the file is reopened after an I/O failure: commits of an earlier epoch that
+    /// were not flushed are lost with the old handle, so their callers get an error.
+    epoch: u64,
     stopping: bool,
 }
 
 struct Inner {
-    db: Database,
+    path: PathBuf,
+    /// The open file. redb refuses every write after an I/O error until the file is reopened,
+    /// so the flush thread swaps in a fresh handle once writes work again; `None` between
+    /// closing the old handle and opening the new one.
+    db: std::sync::RwLock<Option<Arc<Database>>>,
+    /// Why the store is failing (the first I/O error), until a reopen succeeds. `ping` (and so
+    /// readiness) reports it.
+    fault: std::sync::Mutex<Option<String>>,
+    /// When the flush thread last tried to reopen the file.
+    last_reopen: std::sync::Mutex<Option<Instant>>,
+    /// When the last write committed, and whether the file was looked at for compaction since.
+    last_write: std::sync::Mutex<(Instant, bool)>,
     codec: SecretCodec,
     last_sweep_ms: AtomicU64,
     /// Finished jobs are kept this long after their last change, ms; 0 keeps them forever.
@@ -132,20 +167,37 @@ fn expiry_ms(ttl: Duration) -> u64 {
     now_millis() + (ttl.as_millis() as u64).max(1)
 }
 
-impl EmbeddedStore {
-    /// Open (or create) the database file at `path`, creating its folder.
-    pub fn open(path: &Path, codec: SecretCodec) -> StoreResult<Self> {
-        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
+/// Take the only handle out of `slot` for exclusive use (reopen, compaction), waiting briefly
+/// for in-flight calls to let go of theirs; gives up (handle left in place) after
+/// [`REOPEN_WAIT`].
+fn take_exclusive(slot: &mut Option<Arc<Database>>) -> Option<Database> {
+    let deadline = Instant::now() + REOPEN_WAIT;
+    let mut db = slot.take()?;
+    loop {
+        match Arc::try_unwrap(db) {
+            Ok(db) => return Some(db),
+            Err(shared) if Instant::now() < deadline => {
+                db = shared;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(shared) => {
+                *slot = Some(shared);
+                return None;
+            }
         }
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => unavailable(format!(
-                "data dir in use: {} is already open in this or another dsx-connect process",
-                path.display()
-            )),
-            other => unavailable(format!("open {}: {other}", path.display())),
-        })?;
-        // Create every table up front so readers never meet a missing one.
+    }
+}
+
+/// Open (or create) the file and every table, so readers never meet a missing one.
+fn open_database(path: &Path) -> StoreResult<Database> {
+    let db = Database::create(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => unavailable(format!(
+            "data dir in use: {} is already open in this or another dsx-connect process",
+            path.display()
+        )),
+        other => unavailable(format!("open {}: {other}", path.display())),
+    })?;
+    {
         let txn = db.begin_write().map_err(unavailable)?;
         txn.open_table(PRESENCE).map_err(unavailable)?;
         txn.open_table(CREDENTIALS).map_err(unavailable)?;
@@ -158,14 +210,31 @@ impl EmbeddedStore {
         txn.open_table(JOBS).map_err(unavailable)?;
         txn.open_table(QUEUE_STATE).map_err(unavailable)?;
         txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-        txn.open_table(RESULTS).map_err(unavailable)?;
-        txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
-        txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
+        txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+        txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
+        txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+        txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+        migrate_results(&txn)?;
         txn.open_table(STATS).map_err(unavailable)?;
         txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?;
         txn.commit().map_err(unavailable)?;
+    }
+    Ok(db)
+}
+
+impl EmbeddedStore {
+    /// Open (or create) the database file at `path`, creating its folder.
+    pub fn open(path: &Path, codec: SecretCodec) -> StoreResult<Self> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
+        }
+        let db = open_database(path)?;
         let inner = Arc::new(Inner {
-            db,
+            path: path.to_path_buf(),
+            db: std::sync::RwLock::new(Some(Arc::new(db))),
+            fault: Default::default(),
+            last_reopen: Default::default(),
+            last_write: std::sync::Mutex::new((Instant::now(), false)),
             codec,
             last_sweep_ms: AtomicU64::new(now_millis()),
             job_retention_ms: AtomicU64::new(crate::DEFAULT_JOB_RETENTION.as_millis() as u64),
@@ -235,24 +304,189 @@ impl Inner {
     /// A write transaction. With `durable`, returns once the write is on disk (group commit,
     /// see [`Durable`]); without (replay cache, rate counters), within [`FLUSH_EVERY`].
     fn write<T>(&self, durable: bool, f: impl FnOnce(&WriteTransaction) -> StoreResult<T>) -> StoreResult<T> {
-        let mut txn = self.db.begin_write().map_err(unavailable)?;
-        txn.set_durability(Durability::None);
-        let out = f(&txn)?;
-        self.maybe_sweep(&txn)?;
-        txn.commit().map_err(unavailable)?;
-        // redb runs one write transaction at a time, so this numbers commits in order.
-        let seq = self.committed.fetch_add(1, Ordering::AcqRel) + 1;
+        let (out, seq, epoch) = {
+            // The handle is held only for the transaction, never while waiting for the flush
+            // (a reopen waits for every handle to be let go).
+            let db = self.db()?;
+            let epoch = self.durable.lock().expect("durable lock").epoch;
+            let attempt = (|| {
+                let mut txn = db.begin_write().map_err(unavailable)?;
+                txn.set_durability(Durability::None);
+                let out = f(&txn)?;
+                self.maybe_sweep(&txn)?;
+                txn.commit().map_err(unavailable)?;
+                Ok(out)
+            })();
+            let out = match attempt {
+                Ok(out) => out,
+                Err(err) => {
+                    self.check_file(&db, &err);
+                    return Err(self.explain(err));
+                }
+            };
+            *self.last_write.lock().expect("last write lock") = (Instant::now(), false);
+            // redb runs one write transaction at a time, so this numbers commits in order.
+            (out, self.committed.fetch_add(1, Ordering::AcqRel) + 1, epoch)
+        };
         if durable {
-            self.wait_durable(seq)?;
+            self.wait_durable(seq, epoch)?;
         }
         Ok(out)
     }
 
-    fn wait_durable(&self, seq: u64) -> StoreResult<()> {
+    /// The open file, or why there is none right now.
+    fn db(&self) -> StoreResult<Arc<Database>> {
+        if let Some(db) = &*self.db.read().expect("db lock") {
+            return Ok(Arc::clone(db));
+        }
+        Err(self.fault().map(unavailable).unwrap_or_else(|| unavailable("embedded store is reopening")))
+    }
+
+    /// The I/O failure the store is recovering from, as callers and readiness see it.
+    fn fault(&self) -> Option<String> {
+        self.fault.lock().expect("fault lock").as_ref().map(|reason| {
+            format!("embedded store write failed ({reason}); it recovers by itself once the disk accepts writes again")
+        })
+    }
+
+    /// While the store is failing, say so instead of redb's "previous I/O error".
+    fn explain(&self, err: StoreError) -> StoreError {
+        match self.fault() {
+            Some(fault) => unavailable(fault),
+            None => err,
+        }
+    }
+
+    /// After a failed write: if redb now refuses every write (it does after any I/O error),
+    /// record the fault so the flush thread reopens the file and readiness reports it.
+    fn check_file(&self, db: &Database, err: &StoreError) {
+        if let Err(TransactionError::Storage(StorageError::PreviousIo)) = db.begin_write() {
+            let (StoreError::Unavailable(reason) | StoreError::Corrupt(reason)) = err;
+            let first = {
+                let mut fault = self.fault.lock().expect("fault lock");
+                fault.is_none().then(|| *fault = Some(reason.clone())).is_some()
+            };
+            if first {
+                tracing::error!(path = %self.path.display(), error = %reason, "embedded store write failed; reopening it once the disk accepts writes");
+            }
+        }
+    }
+
+    /// Reopen the file after an I/O failure (redb refuses writes until then). Waits briefly
+    /// for in-flight calls to let go of the old handle; `false` when the file cannot be opened
+    /// yet (still no space), to be tried again.
+    fn reopen(&self) -> bool {
+        let mut slot = self.db.write().expect("db lock");
+        if slot.is_some() {
+            match take_exclusive(&mut slot) {
+                Some(db) => drop(db),
+                None => return false,
+            }
+        }
+        match open_database(&self.path) {
+            Ok(db) => {
+                *slot = Some(Arc::new(db));
+                drop(slot);
+                *self.fault.lock().expect("fault lock") = None;
+                {
+                    let mut state = self.durable.lock().expect("durable lock");
+                    let lost = self.committed.load(Ordering::Acquire);
+                    if lost > state.flushed {
+                        state.failed = Some((lost, "the store was reopened after an I/O error".into()));
+                    }
+                    state.epoch += 1;
+                    self.flush_done.notify_all();
+                }
+                tracing::info!(path = %self.path.display(), "embedded store reopened; writes work again");
+                true
+            }
+            Err(err) => {
+                tracing::warn!(path = %self.path.display(), error = %err, "embedded store still cannot be reopened; retrying");
+                false
+            }
+        }
+    }
+
+    /// Give free pages back to the disk: compacts the file when at least half of it is free
+    /// (acked tasks, expired results and jobs leave free pages behind; redb reuses them but
+    /// never shrinks the file by itself). Returns whether it compacted. Holds the file
+    /// exclusively meanwhile, so the flush thread only calls it when the store is idle.
+    fn compact_if_sparse(&self, min_bytes: u64) -> StoreResult<bool> {
+        let DiskUsage { file_bytes: len, used_bytes: used } = self.disk_usage()?;
+        if len < min_bytes || used.saturating_mul(2) > len {
+            return Ok(false);
+        }
+        let mut slot = self.db.write().expect("db lock");
+        let Some(mut db) = take_exclusive(&mut slot) else { return Ok(false) };
+        let started = Instant::now();
+        // A durable commit first: redb counts unflushed non-durable commits as readers, and
+        // refuses to compact while any exist.
+        let result = db
+            .begin_write()
+            .map_err(unavailable)
+            .and_then(|txn| txn.commit().map_err(unavailable))
+            .and_then(|()| db.compact().map_err(unavailable));
+        *slot = Some(Arc::new(db));
+        drop(slot);
+        let compacted = result?;
+        let after = std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0);
+        tracing::info!(before = len, after, took_ms = started.elapsed().as_millis() as u64, "embedded store compacted");
+        Ok(compacted)
+    }
+
+    /// The file's size and the bytes its allocated pages hold. (redb reports page statistics
+    /// from a write transaction; it is aborted at once.)
+    fn disk_usage(&self) -> StoreResult<DiskUsage> {
+        let file_bytes = std::fs::metadata(&self.path).map_err(unavailable)?.len();
+        let db = self.db()?;
+        let txn = db.begin_write().map_err(unavailable)?;
+        let stats = txn.stats().map_err(unavailable)?;
+        txn.abort().map_err(unavailable)?;
+        Ok(DiskUsage { file_bytes, used_bytes: stats.allocated_pages() * stats.page_size() as u64 })
+    }
+
+    /// Called by the flush thread: compact once per idle spell.
+    fn maybe_compact(&self) {
+        {
+            let mut last = self.last_write.lock().expect("last write lock");
+            if last.1 || last.0.elapsed() < COMPACT_IDLE {
+                return;
+            }
+            last.1 = true;
+        }
+        match self.compact_if_sparse(COMPACT_MIN_BYTES) {
+            Ok(_) => {}
+            // A read still running: try again at the next turn.
+            Err(StoreError::Unavailable(reason)) if reason.contains("transaction") => {
+                self.last_write.lock().expect("last write lock").1 = false;
+            }
+            Err(err) => tracing::warn!(error = %err, "embedded store compaction failed; the file keeps its size"),
+        }
+    }
+
+    /// Called by the flush thread: reopen the file when a fault is recorded and a try is due.
+    fn maybe_reopen(&self) {
+        if self.fault.lock().expect("fault lock").is_none() {
+            return;
+        }
+        {
+            let mut last = self.last_reopen.lock().expect("reopen lock");
+            if last.is_some_and(|at| at.elapsed() < REOPEN_EVERY) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        self.reopen();
+    }
+
+    fn wait_durable(&self, seq: u64, epoch: u64) -> StoreResult<()> {
         let mut state = self.durable.lock().expect("durable lock");
         state.waiting += 1;
         self.flush_wanted.notify_one();
         let result = loop {
+            if state.epoch != epoch {
+                break Err(unavailable("the store was reopened after an I/O error before the write reached the disk"));
+            }
             if state.flushed >= seq {
                 break Ok(());
             }
@@ -277,19 +511,31 @@ impl Inner {
         if self.durable.lock().expect("durable lock").flushed >= target {
             return;
         }
-        let result = self.db.begin_write().map_err(unavailable).and_then(|txn| txn.commit().map_err(unavailable));
-        let mut state = self.durable.lock().expect("durable lock");
-        match result {
-            Ok(()) => {
-                state.flushed = state.flushed.max(target);
-                state.failed = None;
+        let result = self.db().and_then(|db| {
+            let result = db.begin_write().map_err(unavailable).and_then(|txn| txn.commit().map_err(unavailable));
+            if let Err(err) = &result {
+                self.check_file(&db, err);
             }
-            Err(err) => {
+            result
+        });
+        {
+            let mut state = self.durable.lock().expect("durable lock");
+            match &result {
+                Ok(()) => {
+                    state.flushed = state.flushed.max(target);
+                    state.failed = None;
+                }
+                Err(err) => state.failed = Some((target, err.to_string())),
+            }
+            self.flush_done.notify_all();
+        }
+        // Logged outside the lock: nothing that can fail or panic runs while it is held.
+        if let Err(err) = result {
+            // A known fault was logged once already; do not repeat it five times a second.
+            if self.fault.lock().expect("fault lock").is_none() {
                 tracing::warn!(error = %err, "embedded store flush failed");
-                state.failed = Some((target, err.to_string()));
             }
         }
-        self.flush_done.notify_all();
     }
 
     /// Purge expired rows now and then, inside a transaction that is writing anyway.
@@ -334,7 +580,7 @@ impl Inner {
     }
 
     fn read_presence(&self, uuid: &str) -> StoreResult<Option<Connector>> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = self.db()?.begin_read().map_err(unavailable)?;
         let table = txn.open_table(PRESENCE).map_err(unavailable)?;
         let Some(guard) = table.get(uuid).map_err(unavailable)? else { return Ok(None) };
         let (exp, json) = guard.value();
@@ -345,7 +591,7 @@ impl Inner {
     }
 
     fn read_credential(&self, uuid: &str) -> StoreResult<Option<StoredCredential>> {
-        let txn = self.db.begin_read().map_err(unavailable)?;
+        let txn = self.db()?.begin_read().map_err(unavailable)?;
         credential_in(&txn.open_table(CREDENTIALS).map_err(unavailable)?, uuid)
     }
 }
@@ -389,7 +635,9 @@ fn spawn_flusher(inner: Arc<Inner>) -> StoreResult<std::thread::JoinHandle<()>> 
                 }
             }
             inner.flush();
+            inner.maybe_reopen();
             inner.maybe_purge_jobs();
+            inner.maybe_compact();
         })
         .map_err(|e| unavailable(format!("cannot start the embedded store's flush thread: {e}")))
 }
@@ -402,24 +650,31 @@ fn put_result_in(
     retain: usize,
     retention_ms: u64,
 ) -> StoreResult<Option<u64>> {
-    let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
+    let mut by_task = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
     if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
         return Ok(None);
     }
-    let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
     let mut stats = txn.open_table(STATS).map_err(unavailable)?;
     let id = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0) + 1;
     stats.insert("results_seq", id).map_err(unavailable)?;
     let json = crate::with_id(&record.json, id)?;
-    by_task.insert(record.task_id.as_str(), json.as_bytes()).map_err(unavailable)?;
-    results.insert(id, json.as_bytes()).map_err(unavailable)?;
-    while results.len().map_err(unavailable)? > retain.max(1) as u64 {
-        results.pop_first().map_err(unavailable)?;
+    let mut rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+    let mut job_results = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+    let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+    rows.insert(id, json.as_bytes()).map_err(unavailable)?;
+    by_task.insert(record.task_id.as_str(), id).map_err(unavailable)?;
+    job_results.insert((record.job_id.as_str(), id), record.task_id.as_str()).map_err(unavailable)?;
+    recent.insert(id, record.job_id.as_str()).map_err(unavailable)?;
+    while recent.len().map_err(unavailable)? > retain.max(1) as u64 {
+        let Some((seq, job)) = recent.pop_first().map_err(unavailable)?.map(|(k, v)| (k.value(), v.value().to_owned()))
+        else {
+            break;
+        };
+        // Out of the newest list: the row stays only while its job still lists it.
+        if job_results.get((job.as_str(), seq)).map_err(unavailable)?.is_none() {
+            rows.remove(seq).map_err(unavailable)?;
+        }
     }
-    txn.open_table(RESULTS_BY_JOB)
-        .map_err(unavailable)?
-        .insert((record.job_id.as_str(), id), json.as_bytes())
-        .map_err(unavailable)?;
     for (name, n) in [
         ("files_scanned".to_owned(), 1),
         (crate::verdict_counter(&record.verdict), 1),
@@ -447,24 +702,97 @@ fn put_result_in(
     Ok(Some(id))
 }
 
+/// Remove a job's result list and its results' by-task entries. Each row goes too, unless it
+/// is still among the newest results; `drop_from_recent` takes it off that list as well
+/// (clearing a job's results), so it always goes. Returns how many results the job listed.
+fn remove_job_results(txn: &WriteTransaction, job_id: &str, drop_from_recent: bool) -> StoreResult<u64> {
+    let mut job_results = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+    let mut by_task = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
+    let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+    let mut rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+    let mut listed = Vec::new();
+    for row in job_results.range((job_id, 0)..=(job_id, u64::MAX)).map_err(unavailable)? {
+        let (key, task) = row.map_err(unavailable)?;
+        listed.push((key.value().1, task.value().to_owned()));
+    }
+    for (seq, task) in &listed {
+        job_results.remove((job_id, *seq)).map_err(unavailable)?;
+        by_task.remove(task.as_str()).map_err(unavailable)?;
+        if drop_from_recent {
+            recent.remove(*seq).map_err(unavailable)?;
+        }
+        if recent.get(*seq).map_err(unavailable)?.is_none() {
+            rows.remove(*seq).map_err(unavailable)?;
+        }
+    }
+    Ok(listed.len() as u64)
+}
+
+/// Files written before results were stored once keep them in three tables: move them into
+/// the one-copy layout and drop the old tables (once; a no-op afterwards).
+fn migrate_results(txn: &WriteTransaction) -> StoreResult<()> {
+    let names: Vec<String> = txn.list_tables().map_err(unavailable)?.map(|t| t.name().to_owned()).collect();
+    if !names.iter().any(|n| n == "results_by_job" || n == "results" || n == "result_by_task") {
+        return Ok(());
+    }
+    {
+        let mut rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+        let mut by_task = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
+        let mut job_results = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+        let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+        let field = |json: &[u8], name: &str| {
+            serde_json::from_slice::<serde_json::Value>(json)
+                .ok()
+                .and_then(|d| d.get(name)?.as_str().map(str::to_owned))
+        };
+        if names.iter().any(|n| n == "results_by_job") {
+            let old = txn.open_table(OLD_RESULTS_BY_JOB).map_err(unavailable)?;
+            for row in old.iter().map_err(unavailable)? {
+                let (key, json) = row.map_err(unavailable)?;
+                let (job, seq) = key.value();
+                let task = field(json.value(), "scan_request_task_id").unwrap_or_default();
+                rows.insert(seq, json.value()).map_err(unavailable)?;
+                by_task.insert(task.as_str(), seq).map_err(unavailable)?;
+                job_results.insert((job, seq), task.as_str()).map_err(unavailable)?;
+            }
+        }
+        if names.iter().any(|n| n == "results") {
+            let old = txn.open_table(OLD_RESULTS).map_err(unavailable)?;
+            for row in old.iter().map_err(unavailable)? {
+                let (seq, json) = row.map_err(unavailable)?;
+                let job = field(json.value(), "scan_job_id").unwrap_or_default();
+                rows.insert(seq.value(), json.value()).map_err(unavailable)?;
+                recent.insert(seq.value(), job.as_str()).map_err(unavailable)?;
+            }
+        }
+    }
+    for name in ["results", "result_by_task", "results_by_job"] {
+        if names.iter().any(|n| n == name) {
+            let deleted = match name {
+                "results" => txn.delete_table(OLD_RESULTS),
+                "result_by_task" => txn.delete_table(OLD_RESULT_BY_TASK),
+                _ => txn.delete_table(OLD_RESULTS_BY_JOB),
+            };
+            deleted.map_err(unavailable)?;
+        }
+    }
+    Ok(())
+}
+
 /// A dead letter goes back on the queue: its stored failed result leaves the by-task index,
 /// its job's list and the newest-results list, and its job counts it as open again (a job
 /// that completed because of it runs again).
 fn undo_failed_outcome(txn: &WriteTransaction, task: &QueuedTask) -> StoreResult<()> {
-    let row = {
-        let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
-        let removed = by_task.remove(task.task_id.as_str()).map_err(unavailable)?;
-        removed.map(|g| g.value().to_vec())
-    };
-    let Some(row) = row else { return Ok(()) };
-    let seq = serde_json::from_slice::<serde_json::Value>(&row).ok().and_then(|doc| doc.get("id")?.as_u64());
-    if let Some(seq) = seq {
-        txn.open_table(RESULTS_BY_JOB)
-            .map_err(unavailable)?
-            .remove((task.job_id.as_str(), seq))
-            .map_err(unavailable)?;
-        txn.open_table(RESULTS).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
-    }
+    let seq = txn
+        .open_table(RESULT_SEQ_BY_TASK)
+        .map_err(unavailable)?
+        .remove(task.task_id.as_str())
+        .map_err(unavailable)?
+        .map(|g| g.value());
+    let Some(seq) = seq else { return Ok(()) };
+    txn.open_table(JOB_RESULTS).map_err(unavailable)?.remove((task.job_id.as_str(), seq)).map_err(unavailable)?;
+    txn.open_table(RECENT_RESULTS).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+    txn.open_table(RESULT_ROWS).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
     update_job(txn, &task.job_id, |job| {
         job.processed_count = job.processed_count.saturating_sub(1);
         job.failed_count = job.failed_count.saturating_sub(1);
@@ -520,23 +848,8 @@ fn purge_jobs_in(txn: &WriteTransaction, retention_ms: u64, now_ms: u64) -> Stor
     if expired.is_empty() {
         return Ok(0);
     }
-    let mut by_job = txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
-    let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
     for job_id in &expired {
-        let mut rows = Vec::new();
-        for row in by_job.range((job_id.as_str(), 0)..=(job_id.as_str(), u64::MAX)).map_err(unavailable)? {
-            let (key, value) = row.map_err(unavailable)?;
-            let task = serde_json::from_slice::<serde_json::Value>(value.value())
-                .ok()
-                .and_then(|doc| doc.get("scan_request_task_id")?.as_str().map(str::to_owned));
-            rows.push((key.value().1, task));
-        }
-        for (seq, task) in rows {
-            by_job.remove((job_id.as_str(), seq)).map_err(unavailable)?;
-            if let Some(task) = task {
-                by_task.remove(task.as_str()).map_err(unavailable)?;
-            }
-        }
+        remove_job_results(txn, job_id, false)?;
     }
     Ok(removed)
 }
@@ -624,7 +937,13 @@ impl Store for EmbeddedStore {
     }
 
     async fn ping(&self) -> StoreResult<()> {
-        self.run(|inner| inner.db.begin_read().map(|_| ()).map_err(unavailable)).await
+        self.run(|inner| {
+            if let Some(fault) = inner.fault() {
+                return Err(unavailable(fault));
+            }
+            inner.db()?.begin_read().map(|_| ()).map_err(unavailable)
+        })
+        .await
     }
 
     async fn put_presence(&self, connector: &Connector, ttl: Duration) -> StoreResult<()> {
@@ -646,7 +965,7 @@ impl Store for EmbeddedStore {
 
     async fn list_presence(&self) -> StoreResult<Vec<Connector>> {
         self.run(|inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(PRESENCE).map_err(unavailable)?;
             let now = now_millis();
             let mut out = Vec::new();
@@ -722,7 +1041,7 @@ impl Store for EmbeddedStore {
         let key_id = key_id.to_owned();
         self.read_now(move |inner| {
             // One read transaction: the index and the credential are seen at the same instant.
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let entry: KidEntry = {
                 let table = txn.open_table(KEY_IDS).map_err(unavailable)?;
                 let Some(guard) = table.get(key_id.as_str()).map_err(unavailable)? else { return Ok(None) };
@@ -781,7 +1100,7 @@ impl Store for EmbeddedStore {
 
     async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>> {
         self.run(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(REGISTRATIONS).map_err(unavailable)?;
             let value = table.get(uuid.to_string().as_str()).map_err(unavailable)?;
             value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
@@ -791,7 +1110,7 @@ impl Store for EmbeddedStore {
 
     async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>> {
         self.run(|inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(REGISTRATIONS).map_err(unavailable)?;
             let mut out = Vec::new();
             for row in table.iter().map_err(unavailable)? {
@@ -852,7 +1171,7 @@ impl Store for EmbeddedStore {
     async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>> {
         let (ns, key) = (ns.to_owned(), key.to_owned());
         self.run(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(STATE).map_err(unavailable)?;
             let value = table.get((uuid.to_string().as_str(), ns.as_str(), key.as_str())).map_err(unavailable)?;
             Ok(value.map(|g| g.value().to_owned()))
@@ -918,9 +1237,13 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn disk_usage(&self) -> StoreResult<Option<DiskUsage>> {
+        self.run(|inner| inner.disk_usage().map(Some)).await
+    }
+
     async fn scan_queue_len(&self) -> StoreResult<u64> {
         self.run(|inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
             table.len().map_err(unavailable)
         })
@@ -930,7 +1253,7 @@ impl Store for EmbeddedStore {
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {
         let job_id = job_id.to_owned();
         self.read_now(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(JOBS).map_err(unavailable)?;
             let value = table.get(job_id.as_str()).map_err(unavailable)?;
             value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
@@ -985,9 +1308,18 @@ impl Store for EmbeddedStore {
     async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
         let task_id = task_id.to_owned();
         self.read_now(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
-            let value = table.get(task_id.as_str()).map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
+            let Some(seq) = txn
+                .open_table(RESULT_SEQ_BY_TASK)
+                .map_err(unavailable)?
+                .get(task_id.as_str())
+                .map_err(unavailable)?
+                .map(|g| g.value())
+            else {
+                return Ok(None);
+            };
+            let rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+            let value = rows.get(seq).map_err(unavailable)?;
             Ok(value.map(|g| String::from_utf8_lossy(g.value()).into_owned()))
         })
     }
@@ -995,22 +1327,28 @@ impl Store for EmbeddedStore {
     async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
         let job_id = job_id.map(str::to_owned);
         self.run(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
-            let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-            let mut out = Vec::new();
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
+            let rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+            let mut seqs = Vec::new();
             match job_id {
                 None => {
-                    let table = txn.open_table(RESULTS).map_err(unavailable)?;
+                    let table = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
                     for row in table.iter().map_err(unavailable)?.rev().take(limit) {
-                        out.push(text(row.map_err(unavailable)?.1.value()));
+                        seqs.push(row.map_err(unavailable)?.0.value());
                     }
                 }
                 Some(job) => {
-                    let table = txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
+                    let table = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
                     let range = table.range((job.as_str(), 0)..=(job.as_str(), u64::MAX)).map_err(unavailable)?;
                     for row in range.rev().take(limit) {
-                        out.push(text(row.map_err(unavailable)?.1.value()));
+                        seqs.push(row.map_err(unavailable)?.0.value().1);
                     }
+                }
+            }
+            let mut out = Vec::with_capacity(seqs.len());
+            for seq in seqs {
+                if let Some(row) = rows.get(seq).map_err(unavailable)? {
+                    out.push(String::from_utf8_lossy(row.value()).into_owned());
                 }
             }
             Ok(out)
@@ -1020,7 +1358,7 @@ impl Store for EmbeddedStore {
 
     async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
         self.run(|inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(STATS).map_err(unavailable)?;
             let mut out = std::collections::BTreeMap::new();
             for row in table.iter().map_err(unavailable)? {
@@ -1036,7 +1374,7 @@ impl Store for EmbeddedStore {
 
     async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
         self.run(|inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(JOBS).map_err(unavailable)?;
             let mut jobs = Vec::new();
             for row in table.iter().map_err(unavailable)? {
@@ -1073,11 +1411,12 @@ impl Store for EmbeddedStore {
     async fn clear_results(&self) -> StoreResult<u64> {
         self.run(|inner| {
             inner.write(true, |txn| {
-                let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
-                let n = results.len().map_err(unavailable)?;
-                results.retain(|_, _| false).map_err(unavailable)?;
-                txn.open_table(RESULT_BY_TASK).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
-                txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
+                let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+                let n = recent.len().map_err(unavailable)?;
+                recent.retain(|_, _| false).map_err(unavailable)?;
+                txn.open_table(RESULT_ROWS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
+                txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
+                txn.open_table(JOB_RESULTS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
                 txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
                 // Keep the sequence so ids never repeat; reset the counters.
                 txn.open_table(STATS).map_err(unavailable)?.retain(|k, _| k == "results_seq").map_err(unavailable)?;
@@ -1089,30 +1428,7 @@ impl Store for EmbeddedStore {
 
     async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64> {
         let job_id = job_id.to_owned();
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut by_job = txn.open_table(RESULTS_BY_JOB).map_err(unavailable)?;
-                let mut rows = Vec::new();
-                for row in by_job.range((job_id.as_str(), 0)..=(job_id.as_str(), u64::MAX)).map_err(unavailable)? {
-                    let (key, value) = row.map_err(unavailable)?;
-                    let task = serde_json::from_slice::<serde_json::Value>(value.value())
-                        .ok()
-                        .and_then(|doc| doc.get("scan_request_task_id")?.as_str().map(str::to_owned));
-                    rows.push((key.value().1, task));
-                }
-                let mut results = txn.open_table(RESULTS).map_err(unavailable)?;
-                let mut by_task = txn.open_table(RESULT_BY_TASK).map_err(unavailable)?;
-                for (seq, task) in &rows {
-                    by_job.remove((job_id.as_str(), *seq)).map_err(unavailable)?;
-                    results.remove(*seq).map_err(unavailable)?;
-                    if let Some(task) = task {
-                        by_task.remove(task.as_str()).map_err(unavailable)?;
-                    }
-                }
-                Ok(rows.len() as u64)
-            })
-        })
-        .await
+        self.run(move |inner| inner.write(true, |txn| remove_job_results(txn, &job_id, true))).await
     }
 
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
@@ -1296,7 +1612,7 @@ impl Store for EmbeddedStore {
 
     async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
         self.run(move |inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             let table = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
             let mut out = Vec::new();
             for row in table.iter().map_err(unavailable)?.skip(start).take(end.saturating_sub(start)) {
@@ -1310,7 +1626,7 @@ impl Store for EmbeddedStore {
 
     async fn dead_letter_count(&self) -> StoreResult<u64> {
         self.run(|inner| {
-            let txn = inner.db.begin_read().map_err(unavailable)?;
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
             txn.open_table(DEAD_LETTERS).map_err(unavailable)?.len().map_err(unavailable)
         })
         .await
@@ -1379,7 +1695,7 @@ mod tests {
         store: &EmbeddedStore,
         table: TableDefinition<K, V>,
     ) -> u64 {
-        store.inner.db.begin_read().unwrap().open_table(table).unwrap().len().unwrap()
+        store.inner.db().unwrap().begin_read().unwrap().open_table(table).unwrap().len().unwrap()
     }
 
     #[tokio::test]
@@ -1405,5 +1721,80 @@ mod tests {
             (rows(&store, PRESENCE), rows(&store, KEY_IDS), rows(&store, NONCES), rows(&store, RATE)),
             (0, 1, 0, 0)
         );
+    }
+
+    #[tokio::test]
+    async fn compaction_gives_free_pages_back_to_the_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        let store = EmbeddedStore::open(&path, SecretCodec::plain()).unwrap();
+        let padding = "x".repeat(2000);
+        for i in 0..4000 {
+            let record = ResultRecord {
+                task_id: format!("task-{i}"),
+                job_id: "job".into(),
+                json: format!(r#"{{"scan_request_task_id":"task-{i}","padding":"{padding}"}}"#),
+                verdict: "Benign".into(),
+                succeeded: true,
+                scan_time_us: 1,
+                file_size: 1,
+            };
+            store.put_result(&record, 10_000).await.unwrap();
+        }
+        let full = std::fs::metadata(&path).unwrap().len();
+        assert!(full > 16 << 20, "4000 results of 2 KB: {full} bytes");
+        // Nothing to give back yet: the file is mostly in use.
+        assert!(!store.inner.compact_if_sparse(0).unwrap());
+        store.clear_results().await.unwrap();
+        // Freed pages are reused but the file never shrinks by itself.
+        let cleared = std::fs::metadata(&path).unwrap().len();
+        assert!(cleared >= full, "{full} -> {cleared}");
+        assert!(store.inner.compact_if_sparse(0).unwrap());
+        let compacted = std::fs::metadata(&path).unwrap().len();
+        assert!(compacted < full / 4, "{cleared} -> {compacted} bytes");
+        // Still a working store, with every table.
+        assert_eq!(store.list_results(10, None).await.unwrap().len(), 0);
+        store.put_state(Uuid::new_v4(), "ns", "k", "v").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn results_written_in_the_three_copy_layout_are_moved_on_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.redb");
+        {
+            let db = Database::create(&path).unwrap();
+            let txn = db.begin_write().unwrap();
+            let row = |task: &str, seq: u64| {
+                format!(r#"{{"scan_request_task_id":"{task}","scan_job_id":"job-1","id":{seq}}}"#)
+            };
+            {
+                let mut recent = txn.open_table(OLD_RESULTS).unwrap();
+                let mut by_task = txn.open_table(OLD_RESULT_BY_TASK).unwrap();
+                let mut by_job = txn.open_table(OLD_RESULTS_BY_JOB).unwrap();
+                for (task, seq) in [("t1", 1), ("t2", 2)] {
+                    by_task.insert(task, row(task, seq).as_bytes()).unwrap();
+                    by_job.insert(("job-1", seq), row(task, seq).as_bytes()).unwrap();
+                }
+                // Only the newest is in the newest-results list.
+                recent.insert(2, row("t2", 2).as_bytes()).unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let store = EmbeddedStore::open(&path, SecretCodec::plain()).unwrap();
+        assert!(store.get_result("t1").await.unwrap().unwrap().contains(r#""id":1"#));
+        assert_eq!(store.list_results(10, Some("job-1")).await.unwrap().len(), 2);
+        assert_eq!(store.list_results(10, None).await.unwrap().len(), 1);
+        let names: Vec<String> = {
+            let txn = store.inner.db().unwrap().begin_read().unwrap();
+            txn.list_tables().unwrap().map(|t| t.name().to_owned()).collect()
+        };
+        assert!(
+            !names.iter().any(|n| ["results", "result_by_task", "results_by_job"].contains(&n.as_str())),
+            "{names:?}"
+        );
+        // Clearing the job removes its rows.
+        assert_eq!(store.clear_job_results("job-1").await.unwrap(), 2);
+        assert!(store.get_result("t2").await.unwrap().is_none());
+        assert_eq!(rows(&store, RESULT_ROWS), 0);
     }
 }

@@ -174,6 +174,14 @@ pub struct ResultRecord {
     pub file_size: u64,
 }
 
+/// Size of a store's file, and how much of it holds data (the rest is free pages, reused for
+/// new writes and given back to the disk by compaction).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskUsage {
+    pub file_bytes: u64,
+    pub used_bytes: u64,
+}
+
 /// One fixed-window rate-limit observation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RateWindow {
@@ -236,6 +244,11 @@ pub trait Store: Send + Sync + 'static {
     async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>>;
     /// Tasks waiting in the scan queue (consumed by the workers).
     async fn scan_queue_len(&self) -> StoreResult<u64>;
+    /// The store's file on local disk, for backends that have one (embedded); `None` for Redis,
+    /// whose memory Redis itself reports.
+    async fn disk_usage(&self) -> StoreResult<Option<DiskUsage>> {
+        Ok(None)
+    }
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;
     /// Record `enqueue_done` (with the connector's total, when sent).
     async fn mark_enqueue_done(

@@ -27,7 +27,12 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
             tracing::warn!(error = %err, "not ready");
             (
                 StatusCode::SERVICE_UNAVAILABLE,
-                Json(json!({ "status": "not_ready", "reason": "store_unavailable", "store": state.store.backend() })),
+                Json(json!({
+                    "status": "not_ready",
+                    "reason": "store_unavailable",
+                    "store": state.store.backend(),
+                    "detail": err.to_string(),
+                })),
             )
         }
     }
