@@ -852,3 +852,78 @@ async fn one_body_limit_and_a_bounded_batch() {
     }
     assert_eq!(scan_request(&server, &keys, &"x".repeat(128), "/i").await.status(), StatusCode::ACCEPTED);
 }
+
+async fn enqueued_count(server: &Server, job: &str) -> u64 {
+    let job: Value = server.operator_get(&format!("scan/jobs/{job}")).await.json().await.unwrap();
+    job["enqueued_count"].as_u64().unwrap()
+}
+
+/// A signed POST with extra headers.
+async fn signed_with(
+    server: &Server,
+    keys: &Keys,
+    path: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let auth = keys.sign("POST", path, unix_now(), &generate_nonce(), body);
+    let mut req = server.http.post(server.url(path)).header("Authorization", auth).body(body.to_vec());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    req.send().await.unwrap()
+}
+
+/// A retry with the same `Idempotency-Key` (the first answer was lost: a crash between commit
+/// and reply) gets the same answer and queues nothing again, for single requests and batches,
+/// on both stores. Another connector's identical key is its own. Bad keys are refused by name.
+#[tokio::test]
+async fn a_repeated_idempotency_key_queues_nothing_twice() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let server = Server::start(backend, &[]);
+        let (a, b) = (server.enroll().await, server.enroll().await);
+        let job = Uuid::new_v4().to_string();
+        let batch_path = format!("{PREFIX}/scan/request_batch");
+        let batch = serde_json::to_vec(&json!({"requests": [
+            {"location": "/k1", "metainfo": "m", "scan_job_id": job},
+            {"location": "/k2", "metainfo": "m", "scan_job_id": job},
+        ]}))
+        .unwrap();
+        let key = [("Idempotency-Key", "batch-0001")];
+        let first: Value = signed_with(&server, &a, &batch_path, &batch, &key).await.json().await.unwrap();
+        let again = signed_with(&server, &a, &batch_path, &batch, &key).await;
+        assert_eq!(again.status(), StatusCode::ACCEPTED);
+        let again: Value = again.json().await.unwrap();
+        assert_eq!(first["task_ids"], again["task_ids"], "{backend:?}: same answer");
+        assert_eq!(first["queued_items"], 2);
+        assert_eq!(enqueued_count(&server, &job).await, 2, "{backend:?}: queued once");
+        // Single requests: same key, same task id, queued once; another key queues again.
+        let single_path = format!("{PREFIX}/scan/request");
+        let single = serde_json::to_vec(&json!({"location": "/k3", "metainfo": "m", "scan_job_id": job})).unwrap();
+        let one = [("Idempotency-Key", "single-0001")];
+        let t1: Value = signed_with(&server, &a, &single_path, &single, &one).await.json().await.unwrap();
+        let t2: Value = signed_with(&server, &a, &single_path, &single, &one).await.json().await.unwrap();
+        assert_eq!(t1["id"], t2["id"]);
+        let other = [("Idempotency-Key", "single-0002")];
+        let t3: Value = signed_with(&server, &a, &single_path, &single, &other).await.json().await.unwrap();
+        assert_ne!(t1["id"], t3["id"]);
+        assert_eq!(enqueued_count(&server, &job).await, 4);
+        // B's key of the same name is B's own.
+        let job_b = Uuid::new_v4().to_string();
+        let single_b = serde_json::to_vec(&json!({"location": "/b", "metainfo": "m", "scan_job_id": job_b})).unwrap();
+        assert_eq!(signed_with(&server, &b, &single_path, &single_b, &one).await.status(), StatusCode::ACCEPTED);
+        assert_eq!(enqueued_count(&server, &job_b).await, 1);
+        // Bad keys: too long, control characters, sent twice.
+        let long = "k".repeat(129);
+        for bad in [long.as_str(), "tab\there"] {
+            let resp = signed_with(&server, &a, &single_path, &single, &[("Idempotency-Key", bad)]).await;
+            assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+            let json: Value = resp.json().await.unwrap();
+            assert_eq!(json["detail"][0]["loc"], json!(["header", "Idempotency-Key"]), "{json}");
+        }
+        let twice = [("Idempotency-Key", "a"), ("Idempotency-Key", "b")];
+        let resp = signed_with(&server, &a, &single_path, &single, &twice).await;
+        assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(enqueued_count(&server, &job).await, 4, "refused keys queue nothing");
+    }
+}

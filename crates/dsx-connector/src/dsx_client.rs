@@ -157,8 +157,18 @@ impl DsxClient {
         Ok(builder.body(body))
     }
 
-    async fn send_once(&self, method: Method, path: &str, body: Vec<u8>) -> Result<reqwest::Response, ClientError> {
-        self.request(method, path, body)?.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))
+    async fn send_once(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        intake_key: Option<&str>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let mut request = self.request(method, path, body)?;
+        if let Some(key) = intake_key {
+            request = request.header("Idempotency-Key", key);
+        }
+        request.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))
     }
 
     /// Register (or refresh). Signed when a key is held; after `unknown_key_id` (the server
@@ -207,11 +217,21 @@ impl DsxClient {
 
     /// A signed call; on `unknown_key_id` re-registers once and retries.
     pub async fn call(&self, method: Method, path: &str, body: Vec<u8>) -> Result<(StatusCode, Value), ClientError> {
-        let resp = self.send_once(method.clone(), path, body.clone()).await?;
+        self.call_keyed(method, path, body, None).await
+    }
+
+    async fn call_keyed(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        intake_key: Option<&str>,
+    ) -> Result<(StatusCode, Value), ClientError> {
+        let resp = self.send_once(method.clone(), path, body.clone(), intake_key).await?;
         match check(resp).await {
             Err(err) if err.detail() == Some("unknown_key_id") => {
                 self.register(false).await?;
-                check(self.send_once(method, path, body).await?).await
+                check(self.send_once(method, path, body, intake_key).await?).await
             }
             other => other,
         }
@@ -222,8 +242,19 @@ impl DsxClient {
         path: &str,
         value: &impl serde::Serialize,
     ) -> Result<(StatusCode, Value), ClientError> {
+        self.post_json_once(path, value, None).await
+    }
+
+    /// [`Self::post_json`] with an `Idempotency-Key`: the caller sends the same key on every
+    /// retry of one submission, so dsx-connect queues it once even when an answer was lost.
+    pub async fn post_json_once(
+        &self,
+        path: &str,
+        value: &impl serde::Serialize,
+        intake_key: Option<&str>,
+    ) -> Result<(StatusCode, Value), ClientError> {
         let body = serde_json::to_vec(value).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        self.call(Method::POST, path, body).await
+        self.call_keyed(Method::POST, path, body, intake_key).await
     }
 
     /// The server's batch intake, from `GET config` (cached for 30 s). `None` when the server

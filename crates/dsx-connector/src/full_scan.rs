@@ -166,8 +166,10 @@ impl ConnectorContext {
     async fn enqueue_with_retry(&self, path: &str, body: &Value, job_id: &str) -> Result<Option<Value>, ClientError> {
         let mut attempt = 0;
         let mut conflicts = 0;
+        // One key for every try of this body: a retry after a lost answer queues nothing twice.
+        let intake_key = uuid::Uuid::new_v4().to_string();
         loop {
-            match self.dsx.post_json(path, body).await {
+            match self.dsx.post_json_once(path, body, Some(&intake_key)).await {
                 Ok((_, json)) => return Ok(Some(json)),
                 Err(ClientError::Refused { status: 409, detail }) => {
                     if detail == "job_cancelled" {

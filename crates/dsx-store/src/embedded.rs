@@ -16,8 +16,8 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, DeadLetter, Delivery, DiskUsage, Job, JobRefusal, JobStatus, QueuedTask,
-    RateWindow, RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
+    now_millis, now_secs, Credential, DeadLetter, Delivery, DiskUsage, Enqueued, Job, JobRefusal, JobStatus,
+    QueuedTask, RateWindow, RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
@@ -52,6 +52,8 @@ const STATS: TableDefinition<&str, u64> = TableDefinition::new("stats");
 /// Results whose job record is gone (deleted, or never existed): job id → when they expire
 /// (unix ms), as a finished job's would.
 const JOBLESS_RESULTS: TableDefinition<&str, u64> = TableDefinition::new("jobless_results");
+/// Intake keys of enqueues already done: key → when it is forgotten (unix ms).
+const INTAKE_KEYS: TableDefinition<&str, u64> = TableDefinition::new("intake_keys");
 /// bucket → (window end in unix seconds, count).
 const RATE: TableDefinition<&str, (u64, u64)> = TableDefinition::new("rate");
 
@@ -188,6 +190,34 @@ fn take_exclusive(slot: &mut Option<Arc<Database>>) -> Option<Database> {
     }
 }
 
+/// One process owns the file, so at open every lease still held belongs to a process that is
+/// gone (a crash, `kill -9`): its tasks are visible again at once instead of after their lease.
+/// They still count as another attempt.
+fn release_dead_leases(db: &Database) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(unavailable)?;
+    let mut released = 0u64;
+    {
+        let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+        let mut held = Vec::new();
+        for row in state.iter().map_err(unavailable)? {
+            let (seq, value) = row.map_err(unavailable)?;
+            let (visible_at, attempt, leased) = value.value();
+            if leased == 1 && visible_at > 0 {
+                held.push((seq.value(), attempt));
+            }
+        }
+        for (seq, attempt) in held {
+            state.insert(seq, (0, attempt, 1)).map_err(unavailable)?;
+            released += 1;
+        }
+    }
+    txn.commit().map_err(unavailable)?;
+    if released > 0 {
+        tracing::info!(tasks = released, "tasks leased before the last stop are visible again");
+    }
+    Ok(())
+}
+
 /// Open (or create) the file and every table, so readers never meet a missing one.
 fn open_database(path: &Path) -> StoreResult<Database> {
     let db = Database::create(path).map_err(|e| match e {
@@ -214,6 +244,7 @@ fn open_database(path: &Path) -> StoreResult<Database> {
         txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
         txn.open_table(JOB_RESULTS).map_err(unavailable)?;
         txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+        txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
         migrate_results(&txn)?;
         txn.open_table(STATS).map_err(unavailable)?;
         txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?;
@@ -229,6 +260,7 @@ impl EmbeddedStore {
             std::fs::create_dir_all(parent).map_err(|e| unavailable(format!("create {}: {e}", parent.display())))?;
         }
         let db = open_database(path)?;
+        release_dead_leases(&db)?;
         let inner = Arc::new(Inner {
             path: path.to_path_buf(),
             db: std::sync::RwLock::new(Some(Arc::new(db))),
@@ -552,6 +584,7 @@ impl Inner {
         txn.open_table(KEY_IDS).map_err(unavailable)?.retain(|_, (exp, _)| live(exp, now)).map_err(unavailable)?;
         let now_s = now / 1000;
         txn.open_table(RATE).map_err(unavailable)?.retain(|_, (end, _)| end > now_s).map_err(unavailable)?;
+        txn.open_table(INTAKE_KEYS).map_err(unavailable)?.retain(|_, exp| exp > now).map_err(unavailable)?;
         Ok(())
     }
 
@@ -1179,10 +1212,21 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>> {
+    async fn enqueue_scans_once(
+        &self,
+        tasks: &[QueuedTask],
+        intake_key: Option<&str>,
+    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
         let tasks = tasks.to_vec();
+        let intake_key = intake_key.map(str::to_owned);
         self.run(move |inner| {
             inner.write(true, |txn| {
+                let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
+                if let Some(key) = &intake_key {
+                    if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
+                        return Ok(Ok(Enqueued::Repeat));
+                    }
+                }
                 let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
                 // Check every job first: the batch is queued whole or not at all.
                 for task in &tasks {
@@ -1210,7 +1254,11 @@ impl Store for EmbeddedStore {
                     let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
                     jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
                 }
-                Ok(Ok(()))
+                // Remembered only with the tasks: a refused batch may be sent again.
+                if let Some(key) = &intake_key {
+                    seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL)).map_err(unavailable)?;
+                }
+                Ok(Ok(Enqueued::Queued))
             })
         })
         .await

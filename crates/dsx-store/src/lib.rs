@@ -95,6 +95,20 @@ pub enum JobRefusal {
     Cancelled { job_id: String },
 }
 
+/// What an enqueue did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Enqueued {
+    /// The tasks are on the queue now.
+    Queued,
+    /// The intake key was seen before (a retried request whose first answer was lost): nothing
+    /// was queued again.
+    Repeat,
+}
+
+/// How long an intake key is remembered: a sender retrying a request after this long would
+/// queue it again.
+pub const INTAKE_KEY_TTL: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
 /// Lifecycle of a scan job.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -238,7 +252,17 @@ pub trait Store: Send + Sync + 'static {
     /// Queue every task, or none: a batch is refused whole (`Ok(Err(_))`) when any of its jobs
     /// belongs to another connector or no longer takes items. The check and the write are one
     /// atomic step, so two connectors racing for a new job id cannot both join it.
-    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>>;
+    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>> {
+        self.enqueue_scans_once(tasks, None).await.map(|r| r.map(|_| ()))
+    }
+    /// [`Self::enqueue_scans`], at most once per `intake_key` (remembered for
+    /// [`INTAKE_KEY_TTL`], in the same atomic step as the enqueue): a request retried after
+    /// its answer was lost (a crash between commit and reply) queues nothing twice.
+    async fn enqueue_scans_once(
+        &self,
+        tasks: &[QueuedTask],
+        intake_key: Option<&str>,
+    ) -> StoreResult<Result<Enqueued, JobRefusal>>;
     /// Create `job_id` for `owner` (an operator starting a full scan for that connector), or
     /// confirm `owner` already holds it; refused when another connector does.
     async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>>;

@@ -10,7 +10,7 @@ use redis::{AsyncCommands, ErrorKind, RedisError};
 use uuid::Uuid;
 
 use crate::{
-    now_secs, with_id, Credential, DeadLetter, Delivery, Job, JobRefusal, JobStatus, QueuedTask, RateWindow,
+    now_secs, with_id, Credential, DeadLetter, Delivery, Enqueued, Job, JobRefusal, JobStatus, QueuedTask, RateWindow,
     RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
 };
 
@@ -340,8 +340,12 @@ return removed
 const ENQUEUE_SCRIPT: &str = r#"
 local now = ARGV[1]
 local jobs = tonumber(ARGV[2])
+local intake_ttl = tonumber(ARGV[3])
+local intake = nil
+if intake_ttl > 0 then intake = KEYS[jobs + 2] end
+if intake and redis.call('EXISTS', intake) == 1 then return {'repeat'} end
 for j = 1, jobs do
-  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j], ARGV[3 * j + 1]
+  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2]
   local current = redis.call('HGET', key, 'connector_uuid')
   if current and current ~= owner then return {'other_owner', job_id} end
   local status = redis.call('HGET', key, 'status')
@@ -349,7 +353,7 @@ for j = 1, jobs do
   if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
 end
 for j = 1, jobs do
-  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j], ARGV[3 * j + 1], ARGV[3 * j + 2]
+  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3]
   redis.call('HSETNX', key, 'job_id', job_id)
   redis.call('HSETNX', key, 'connector_uuid', owner)
   redis.call('HSETNX', key, 'status', 'running')
@@ -357,9 +361,10 @@ for j = 1, jobs do
   redis.call('HINCRBY', key, 'enqueued_count', count)
   redis.call('HSET', key, 'updated_at', now)
 end
-for i = 3 * jobs + 3, #ARGV do
+for i = 3 * jobs + 4, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
 end
+if intake then redis.call('SET', intake, '1', 'PX', intake_ttl) end
 return {'ok'}
 "#;
 
@@ -801,9 +806,13 @@ impl Store for RedisStore {
         conn.get(format!("dsxconnect:connector_state:{uuid}:{ns}:{key}")).await.map_err(map_err)
     }
 
-    async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>> {
+    async fn enqueue_scans_once(
+        &self,
+        tasks: &[QueuedTask],
+        intake_key: Option<&str>,
+    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
         if tasks.is_empty() {
-            return Ok(Ok(()));
+            return Ok(Ok(Enqueued::Queued));
         }
         let mut per_job: std::collections::BTreeMap<&str, (Uuid, u64)> = Default::default();
         for task in tasks {
@@ -811,16 +820,23 @@ impl Store for RedisStore {
         }
         let enqueue = redis::Script::new(ENQUEUE_SCRIPT);
         let mut script = enqueue.prepare_invoke();
-        script.key(self.scan_queue_key()).arg(now_secs()).arg(per_job.len());
+        let intake_ttl = if intake_key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
+        script.key(self.scan_queue_key()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl);
         for (job_id, (owner, count)) in &per_job {
             script.key(job_key(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
+        }
+        if let Some(key) = intake_key {
+            script.key(format!("{}:intake:{key}", self.ns));
         }
         for task in tasks {
             script.arg(serde_json::to_string(task).map_err(corrupt)?);
         }
         let mut conn = self.conn().await?;
         let answer: Vec<String> = script.invoke_async(&mut conn).await.map_err(map_err)?;
-        Ok(refusal(&answer))
+        if answer.first().map(String::as_str) == Some("repeat") {
+            return Ok(Ok(Enqueued::Repeat));
+        }
+        Ok(refusal(&answer).map(|()| Enqueued::Queued))
     }
 
     async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>> {

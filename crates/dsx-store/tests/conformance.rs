@@ -832,6 +832,39 @@ async fn deferring_spends_no_attempt(h: &Harness) {
     assert_eq!(s.scan_queue_len().await.unwrap(), 0);
 }
 
+/// An enqueue with an intake key happens once: the same key again (a retry whose first answer
+/// was lost) queues nothing and says so; a refused attempt does not use the key up.
+async fn an_intake_key_enqueues_once(h: &Harness) {
+    use dsx_store::Enqueued;
+    let s = &*h.store;
+    let owner = Uuid::new_v4();
+    let job = unique_name("jk-");
+    let key = unique_name("intake-");
+    let task = |n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.clone(),
+        payload: "{}".into(),
+        enqueued_at: 1,
+    };
+    s.claim_job(&job, owner).await.unwrap().unwrap();
+    s.set_job_status(&job, dsx_store::JobStatus::Paused).await.unwrap();
+    let before = s.scan_queue_len().await.unwrap();
+    assert!(s.enqueue_scans_once(&[task(1), task(2)], Some(&key)).await.unwrap().is_err(), "paused");
+    s.set_job_status(&job, dsx_store::JobStatus::Running).await.unwrap();
+    assert_eq!(s.enqueue_scans_once(&[task(1), task(2)], Some(&key)).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.scan_queue_len().await.unwrap(), before + 2);
+    assert_eq!(s.enqueue_scans_once(&[task(1), task(2)], Some(&key)).await.unwrap(), Ok(Enqueued::Repeat));
+    assert_eq!(s.scan_queue_len().await.unwrap(), before + 2, "a repeat queues nothing");
+    assert_eq!(s.get_job(&job).await.unwrap().unwrap().enqueued_count, 2);
+    // Another key, or none, queues again.
+    let other = unique_name("intake-");
+    assert_eq!(s.enqueue_scans_once(&[task(3)], Some(&other)).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(4)], None).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(4)], None).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.scan_queue_len().await.unwrap(), before + 5);
+}
+
 macro_rules! conformance {
     ($($case:ident),* $(,)?) => {
         mod redis_backend {
@@ -872,6 +905,7 @@ conformance!(
     completion_follows_the_accepted_count_not_the_claim,
     clearing_one_jobs_results_keeps_the_others,
     requeued_dead_letters_replace_their_failed_outcome,
+    an_intake_key_enqueues_once,
 );
 
 /// Finished jobs (completed, cancelled) go after their retention with their result lists and

@@ -9,6 +9,8 @@ pub struct RedisServer {
     child: Option<Child>,
     port: u16,
     dir: tempfile::TempDir,
+    /// Append-only file with an fsync per write: what is acknowledged survives `stop`.
+    durable: bool,
 }
 
 impl RedisServer {
@@ -16,7 +18,16 @@ impl RedisServer {
     /// a test that needs Redis must never pass silently without one.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir for redis");
-        let mut server = Self { child: None, port: crate::free_port(), dir };
+        let mut server = Self { child: None, port: crate::free_port(), dir, durable: false };
+        server.start_again();
+        server
+    }
+
+    /// A server configured as production should be (AOF, `appendfsync always`): a `stop` and
+    /// `start_again` is a restart that keeps every acknowledged write.
+    pub fn start_durable() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir for redis");
+        let mut server = Self { child: None, port: crate::free_port(), dir, durable: true };
         server.start_again();
         server
     }
@@ -41,7 +52,12 @@ impl RedisServer {
     pub fn start_again(&mut self) {
         self.stop();
         let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(if self.durable {
+                ["--appendonly", "yes", "--appendfsync", "always"]
+            } else {
+                ["--appendonly", "no", "--appendfsync", "no"]
+            })
             .arg("--dir")
             .arg(self.dir.path())
             .stdout(Stdio::null())

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dsx_testkit::{free_port, unique_name, workspace_bin, Service, TestRedis};
+use dsx_testkit::{free_port, unique_name, workspace_bin, RedisServer, Service, TestRedis};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
@@ -15,8 +15,18 @@ pub const OPERATOR: &str = "pipeline-operator-token";
 pub const API: &str = "/dsx-connect/api/v1";
 pub const EICAR: &[u8] = br"X5O!P%@AP[4\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
 
+/// Which store the server of a [`Pipeline`] runs on.
+pub enum Store {
+    Embedded,
+    /// The Redis shared by the test binary.
+    SharedRedis,
+    /// A private redis-server the test may stop and start again.
+    PrivateRedis(RedisServer),
+}
+
 pub struct Pipeline {
     pub _redis: Option<TestRedis>,
+    pub private_redis: Option<RedisServer>,
     pub server_env: Vec<(&'static str, String)>,
     pub server: Service,
     pub workers: Vec<Service>,
@@ -36,7 +46,11 @@ pub fn write(path: &Path, content: &[u8]) {
 }
 
 pub fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
-    let port = free_port();
+    spawn_server_on(env, role, free_port())
+}
+
+/// The server on a given port (a restart where the connector expects it).
+pub fn spawn_server_on(env: &[(&'static str, String)], role: &str, port: u16) -> Service {
     let mut svc = Service::spawn(
         workspace_bin("dsx-connect").to_str().unwrap(),
         &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", role],
@@ -73,7 +87,22 @@ pub fn spawn_connector(env: &[(&'static str, String)], port: u16) -> Service {
 impl Pipeline {
     /// `benign` plain files and `eicar` EICAR copies spread over two folders.
     pub async fn start(redis: bool, benign: usize, eicar: usize, role: &str, extra: &[(&'static str, String)]) -> Self {
-        let redis = redis.then(TestRedis::get);
+        let store = if redis { Store::SharedRedis } else { Store::Embedded };
+        Self::start_on(store, benign, eicar, role, extra).await
+    }
+
+    pub async fn start_on(
+        store: Store,
+        benign: usize,
+        eicar: usize,
+        role: &str,
+        extra: &[(&'static str, String)],
+    ) -> Self {
+        let (redis, private_redis) = match store {
+            Store::Embedded => (None, None),
+            Store::SharedRedis => (Some(TestRedis::get()), None),
+            Store::PrivateRedis(server) => (None, Some(server)),
+        };
         let server_data = tempfile::tempdir().unwrap();
         let mut server_env: Vec<(&'static str, String)> = vec![
             ("DSXCONNECT_APP_ENV", unique_name("pipe")),
@@ -85,6 +114,9 @@ impl Pipeline {
         ];
         if let Some(r) = &redis {
             server_env.push(("DSXCONNECT_REDIS_URL", r.url.clone()));
+        }
+        if let Some(r) = &private_redis {
+            server_env.push(("DSXCONNECT_REDIS_URL", r.url()));
         }
         for (k, v) in extra {
             server_env.retain(|(key, _)| key != k);
@@ -115,6 +147,7 @@ impl Pipeline {
         let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
         Self {
             _redis: redis,
+            private_redis,
             server_env,
             server,
             workers: Vec::new(),

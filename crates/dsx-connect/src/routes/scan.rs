@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dsx_hmac::unix_now;
@@ -13,6 +13,7 @@ use dsx_model::{parse_json, Connector, FieldError, ScanRequest, ScanRequestBatch
 use dsx_store::{Job, JobRefusal, JobStatus, QueuedTask};
 use serde::Serialize;
 use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use crate::auth::Caller;
@@ -98,10 +99,23 @@ impl AppState {
     }
 
     /// Queue the tasks, all or none. The store checks in the same atomic step that every job
-    /// belongs to the tasks' connector (403) and still takes items (409).
-    async fn enqueue(&self, tasks: &[QueuedTask]) -> Result<(), ApiError> {
-        match self.store.enqueue_scans(tasks).await? {
-            Ok(()) => Ok(()),
+    /// belongs to the tasks' connector (403) and still takes items (409). With an intake key
+    /// the task ids come from the key, so a retry whose first answer was lost gets the same
+    /// answer and queues nothing twice (see [`IntakeKey`]).
+    async fn enqueue(&self, tasks: &mut [QueuedTask], intake: Option<&IntakeKey>) -> Result<(), ApiError> {
+        let scoped = intake.and_then(|key| {
+            let owner = tasks.first()?.connector_uuid;
+            for (i, task) in tasks.iter_mut().enumerate() {
+                task.task_id = key.task_id(owner, i);
+            }
+            Some(format!("{owner}:{}", key.0))
+        });
+        match self.store.enqueue_scans_once(tasks, scoped.as_deref()).await? {
+            Ok(dsx_store::Enqueued::Queued) => Ok(()),
+            Ok(dsx_store::Enqueued::Repeat) => {
+                tracing::info!(tasks = tasks.len(), "repeated intake key: already queued, nothing queued again");
+                Ok(())
+            }
             Err(refusal) => Err(refusal.into()),
         }
     }
@@ -114,6 +128,44 @@ impl From<JobRefusal> for ApiError {
             JobRefusal::Paused { job_id } => ApiError::JobClosed { code: "job_paused", job_id },
             JobRefusal::Cancelled { job_id } => ApiError::JobClosed { code: "job_cancelled", job_id },
         }
+    }
+}
+
+/// `Idempotency-Key` of a scan request or batch: the sender's name for this one submission,
+/// the same on every retry of it. Optional (Python 1.x connectors send none). Scoped to the
+/// connector, remembered for a day.
+pub struct IntakeKey(String);
+
+impl IntakeKey {
+    pub const HEADER: &'static str = "idempotency-key";
+
+    fn from_headers(headers: &HeaderMap) -> Result<Option<Self>, ApiError> {
+        let mut values = headers.get_all(Self::HEADER).iter();
+        let Some(value) = values.next() else { return Ok(None) };
+        let invalid = |msg: &str| {
+            ApiError::Validation(FieldError {
+                loc: vec!["header".into(), "Idempotency-Key".into()],
+                msg: msg.to_owned(),
+                kind: "value_error",
+            })
+        };
+        if values.next().is_some() {
+            return Err(invalid("header `Idempotency-Key` sent more than once"));
+        }
+        let key = value.to_str().map_err(|_| invalid("header `Idempotency-Key`: visible ASCII only"))?;
+        check_id(key, &["header", "Idempotency-Key"])?;
+        Ok(Some(Self(key.to_owned())))
+    }
+
+    /// The id of item `index`: the same for every retry, distinct across keys and connectors.
+    fn task_id(&self, owner: Uuid, index: usize) -> String {
+        let digest = Sha256::new()
+            .chain_update(owner.as_bytes())
+            .chain_update(self.0.as_bytes())
+            .chain_update((index as u64).to_be_bytes())
+            .finalize();
+        let bytes: [u8; 16] = digest[..16].try_into().expect("16 of 32 bytes");
+        uuid::Builder::from_random_bytes(bytes).into_uuid().to_string()
     }
 }
 
@@ -140,11 +192,13 @@ pub fn check_id(id: &str, field: &[&str]) -> Result<(), ApiError> {
 pub async fn request(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let intake = IntakeKey::from_headers(&headers)?;
     let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
-    let task = state.attribute(&caller, request, None, &mut HashMap::new()).await?;
-    state.enqueue(std::slice::from_ref(&task)).await?;
+    let mut task = state.attribute(&caller, request, None, &mut HashMap::new()).await?;
+    state.enqueue(std::slice::from_mut(&mut task), intake.as_ref()).await?;
     let mut response =
         StatusResponse::success(format!("Scan task ID: {}", task.task_id), format!("job {}", task.job_id));
     response.id = Some(task.task_id.clone());
@@ -183,8 +237,10 @@ impl BatchResponse {
 pub async fn request_batch(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    let intake = IntakeKey::from_headers(&headers)?;
     let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
     let limits = &state.settings.batch;
     let batch_size = batch.batch_size.unwrap_or(limits.default_size).clamp(1, limits.max_size);
@@ -219,7 +275,7 @@ pub async fn request_batch(
     for (i, request) in batch.requests.into_iter().enumerate() {
         tasks.push(state.attribute(&caller, request, Some(i), &mut registry).await?);
     }
-    state.enqueue(&tasks).await?;
+    state.enqueue(&mut tasks, intake.as_ref()).await?;
     let task_ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
     let body = BatchResponse {
         status: "success",
