@@ -355,6 +355,29 @@ async fn a_redis_restart_mid_scan_loses_nothing_and_stalls_nothing() {
     }
 }
 
+/// The store goes away while the connector is still enqueueing a full scan, for longer than
+/// a few retries: the connector keeps each request (with its intake key) until dsx-connect
+/// takes it again, so every file is queued exactly once and scanned once.
+#[tokio::test]
+async fn a_store_outage_during_enumeration_loses_and_duplicates_nothing() {
+    let job = unique_name("job-enqueue-outage-");
+    const FILES: usize = 3000;
+    let store = Store::PrivateRedis(dsx_testkit::RedisServer::start_durable());
+    let mut p =
+        Pipeline::start_on(store, FILES, 0, "all", &[("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "2".into())]).await;
+    // One request per item, two at a time: enumeration takes a while.
+    p.full_scan(&job, "&batch=false").await;
+    p.wait_job(&job, Duration::from_secs(30), |j| j["enqueued_count"].as_u64().unwrap_or(0) >= 50).await;
+    p.private_redis.as_mut().unwrap().stop();
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    p.private_redis.as_mut().unwrap().start_again();
+    let done = p.wait_job(&job, Duration::from_secs(120), |j| j["status"] == "completed").await;
+    assert_eq!(done["enqueued_count"].as_u64(), Some(FILES as u64), "{done}");
+    assert_eq!(done["enumeration_errors"].as_u64(), Some(0), "{done}");
+    assert_all_scanned_once(&p, &job, FILES).await;
+    assert_eq!(dead_letters(&p).await, 0);
+}
+
 /// A crash of the single-process server on the embedded store (`kill -9` mid-scan), restarted
 /// on the same data: every accepted task is still there and the job completes with each file
 /// scanned once and nothing dead-lettered.

@@ -20,8 +20,12 @@ use crate::ConnectorContext;
 
 /// How often (in items) the job's pause/cancel flags are checked between batches.
 const CONTROL_CHECK_EVERY: u64 = 100;
-/// Attempts for one enqueue when dsx-connect is unreachable or answers 5xx.
-const ENQUEUE_ATTEMPTS: u32 = 5;
+/// How long one enqueue keeps trying while dsx-connect is unreachable or answers 5xx/429 (its
+/// store restarting, a full disk, a rolling update): long enough that an outage of minutes
+/// loses no item of a full scan. The same `Idempotency-Key` rides on every try.
+const ENQUEUE_RETRY_FOR: Duration = Duration::from_secs(600);
+/// Longest wait between two tries.
+const ENQUEUE_RETRY_CAP: Duration = Duration::from_secs(10);
 /// How often a paused job is looked at again.
 const PAUSE_POLL: Duration = Duration::from_millis(500);
 /// Batch size when neither the full-scan request nor the server names one.
@@ -141,13 +145,22 @@ enum Control {
     Stop,
 }
 
+/// Wait before try `attempt` (1, 2, …) of an enqueue: 250 ms doubling to
+/// [`ENQUEUE_RETRY_CAP`], ±10 % jitter so connectors that lost the server together do not
+/// come back in step.
+fn retry_delay(attempt: u32) -> Duration {
+    let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(ENQUEUE_RETRY_CAP);
+    base.mul_f64(rand::random::<f64>() * 0.2 + 0.9)
+}
+
 /// What became of one batch.
 enum BatchOutcome {
     Queued(u64),
     /// The server would not take it as a batch: send these one by one.
     Refused(Vec<ScanRequest>),
     Stopped,
-    Failed,
+    /// Not queued (dsx-connect stayed away): this many items.
+    Failed(u64),
 }
 
 impl ConnectorContext {
@@ -164,7 +177,8 @@ impl ConnectorContext {
     /// paused or cancelled; Python's carries no `detail`) is settled by the job's raw state:
     /// paused → wait, then send the same body again; cancelled → `Ok(None)`.
     async fn enqueue_with_retry(&self, path: &str, body: &Value, job_id: &str) -> Result<Option<Value>, ClientError> {
-        let mut attempt = 0;
+        let mut attempt = 0u32;
+        let started = std::time::Instant::now();
         let mut conflicts = 0;
         // One key for every try of this body: a retry after a lost answer queues nothing twice.
         let intake_key = uuid::Uuid::new_v4().to_string();
@@ -187,12 +201,13 @@ impl ConnectorContext {
                         }
                     }
                 }
-                Err(err @ (ClientError::Unreachable(_) | ClientError::Refused { status: 500..=599, .. }))
-                    if attempt + 1 < ENQUEUE_ATTEMPTS =>
+                Err(err @ (ClientError::Unreachable(_) | ClientError::Refused { status: 429 | 500..=599, .. }))
+                    if started.elapsed() < ENQUEUE_RETRY_FOR =>
                 {
                     attempt += 1;
-                    tracing::warn!(error = %err, attempt, "enqueue failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(250 * 2u64.pow(attempt))).await;
+                    let wait = retry_delay(attempt);
+                    tracing::warn!(error = %err, attempt, retry_in_ms = wait.as_millis() as u64, "enqueue failed; retrying");
+                    tokio::time::sleep(wait).await;
                 }
                 Err(err) => return Err(err),
             }
@@ -243,6 +258,7 @@ impl ConnectorContext {
             limiter: Arc::new(Semaphore::new(self.settings.full_scan_enqueue_concurrency)),
             tasks: JoinSet::new(),
             enqueued: Arc::new(AtomicU64::new(0)),
+            not_queued: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
         };
         let mut pending: Vec<ScanRequest> = Vec::new();
@@ -291,7 +307,8 @@ impl ConnectorContext {
                 enqueuer.batch(pending, size).await;
             }
         }
-        let total = enqueuer.finish().await;
+        let (total, not_queued) = enqueuer.finish().await;
+        let enumeration_errors = enumeration_errors + not_queued;
 
         // `enumeration_errors` is this server's; Python 1.x servers ignore it.
         let done = json!({ "enqueued_total": total, "enumeration_errors": enumeration_errors });
@@ -332,7 +349,7 @@ impl ConnectorContext {
             }
             Err(err) => {
                 tracing::error!(error = %err, items = count, "could not enqueue batch");
-                BatchOutcome::Failed
+                BatchOutcome::Failed(count)
             }
         }
     }
@@ -374,6 +391,9 @@ struct Enqueuer {
     limiter: Arc<Semaphore>,
     tasks: JoinSet<()>,
     enqueued: Arc<AtomicU64>,
+    /// Items dsx-connect never took (it stayed away past the retry window); reported to the
+    /// job with the enumeration errors so the operator sees them.
+    not_queued: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
 }
 
@@ -383,6 +403,7 @@ impl Enqueuer {
         let permit = Arc::clone(&self.limiter).acquire_owned().await.expect("semaphore open");
         let (ctx, enqueued, stop, job_id) =
             (Arc::clone(&self.ctx), Arc::clone(&self.enqueued), Arc::clone(&self.stop), self.job_id.clone());
+        let not_queued = Arc::clone(&self.not_queued);
         self.tasks.spawn(async move {
             let body = serde_json::to_value(&request).expect("scan request serialises");
             match ctx.enqueue_with_retry("scan/request", &body, &job_id).await {
@@ -392,7 +413,10 @@ impl Enqueuer {
                 }
                 Ok(Some(json)) => tracing::error!(location = %request.location, %json, "scan request refused"),
                 Ok(None) => stop.store(true, Ordering::Relaxed),
-                Err(err) => tracing::error!(location = %request.location, error = %err, "could not enqueue"),
+                Err(err) => {
+                    not_queued.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(location = %request.location, error = %err, "could not enqueue");
+                }
             }
             drop(permit);
         });
@@ -418,14 +442,17 @@ impl Enqueuer {
                 self.stop.store(true, Ordering::Relaxed);
                 true
             }
-            BatchOutcome::Failed => true,
+            BatchOutcome::Failed(n) => {
+                self.not_queued.fetch_add(n, Ordering::Relaxed);
+                true
+            }
         }
     }
 
-    /// Wait for the requests in flight; the number dsx-connect accepted.
-    async fn finish(mut self) -> u64 {
+    /// Wait for the requests in flight; the numbers dsx-connect accepted and never took.
+    async fn finish(mut self) -> (u64, u64) {
         while self.tasks.join_next().await.is_some() {}
-        self.enqueued.load(Ordering::Relaxed)
+        (self.enqueued.load(Ordering::Relaxed), self.not_queued.load(Ordering::Relaxed))
     }
 }
 

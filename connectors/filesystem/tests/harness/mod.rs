@@ -118,7 +118,10 @@ impl Pipeline {
         if let Some(r) = &private_redis {
             server_env.push(("DSXCONNECT_REDIS_URL", r.url()));
         }
-        for (k, v) in extra {
+        // `DSXCONNECTOR_*` entries of `extra` are the connector's, the rest the server's.
+        let (connector_extra, server_extra): (Vec<_>, Vec<_>) =
+            extra.iter().partition(|(k, _)| k.starts_with("DSXCONNECTOR_"));
+        for (k, v) in server_extra {
             server_env.retain(|(key, _)| key != k);
             server_env.push((k, v.clone()));
         }
@@ -133,7 +136,7 @@ impl Pipeline {
         }
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
-        let connector_env = vec![
+        let mut connector_env = vec![
             ("DSXCONNECTOR_ASSET", asset.path().display().to_string()),
             ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{port}")),
             ("DSXCONNECTOR_DSX_CONNECT_URL", server.base_url()),
@@ -143,6 +146,10 @@ impl Pipeline {
             ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
             ("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "16".into()),
         ];
+        for (k, v) in connector_extra {
+            connector_env.retain(|(key, _)| key != k);
+            connector_env.push((k, v.clone()));
+        }
         let connector = spawn_connector(&connector_env, port);
         let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
         Self {
