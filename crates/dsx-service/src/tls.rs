@@ -311,35 +311,81 @@ impl Default for ClientTls {
     }
 }
 
-/// Every outbound HTTP client of the project is built here: `builder` carries the caller's
-/// timeouts, this adds the trust roots, the verification switch and the client identity.
+/// The rustls client side every outbound connection uses (HTTP clients, syslog over TLS):
+/// the CA bundle or the public web roots, the verification switch, the client identity.
 /// An error names the file and the reason.
-pub fn http_client(builder: reqwest::ClientBuilder, tls: &ClientTls) -> Result<reqwest::Client, String> {
-    let mut builder = builder.use_rustls_tls();
-    if let Some(path) = &tls.ca_bundle {
-        // Same checks as the server side, for the same clear message.
-        read_certs(path)?;
-        let pem = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let certs = reqwest::Certificate::from_pem_bundle(&pem)
-            .map_err(|e| format!("{}: not a PEM certificate bundle ({})", path.display(), error_chain(&e)))?;
-        builder = builder.tls_built_in_root_certs(false);
-        for cert in certs {
-            builder = builder.add_root_certificate(cert);
+pub fn client_config(tls: &ClientTls) -> Result<rustls::ClientConfig, String> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS set-up: {e}"))?;
+    let builder = if !tls.verify {
+        builder.dangerous().with_custom_certificate_verifier(Arc::new(AcceptAnyServerCert(provider)))
+    } else {
+        let roots = match &tls.ca_bundle {
+            Some(path) => read_roots(path)?,
+            None => RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() },
+        };
+        builder.with_root_certificates(roots)
+    };
+    match &tls.identity {
+        Some((cert, key)) => {
+            // Same checks as the server side, for the same clear message.
+            load_certified_key(cert, key)?;
+            builder
+                .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
+                .map_err(|e| format!("{} and {}: not a usable client certificate and key ({e})", cert.display(), key.display()))
         }
+        None => Ok(builder.with_no_client_auth()),
     }
-    if !tls.verify {
-        builder = builder.danger_accept_invalid_certs(true);
+}
+
+/// Every outbound HTTP client of the project is built here: `builder` carries the caller's
+/// timeouts, [`client_config`] the TLS side.
+pub fn http_client(builder: reqwest::ClientBuilder, tls: &ClientTls) -> Result<reqwest::Client, String> {
+    let mut config = client_config(tls)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    builder.use_preconfigured_tls(config).build().map_err(|e| format!("HTTP client: {}", error_chain(&e)))
+}
+
+/// `verify: false`: any certificate is accepted, signatures are still checked so the
+/// handshake itself stays sound. Only by explicit setting; callers log a warning.
+#[derive(Debug)]
+struct AcceptAnyServerCert(Arc<CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for AcceptAnyServerCert {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
     }
-    if let Some((cert, key)) = &tls.identity {
-        load_certified_key(cert, key)?;
-        let mut pem = std::fs::read(cert).map_err(|e| format!("{}: {e}", cert.display()))?;
-        pem.push(b'\n');
-        pem.extend_from_slice(&std::fs::read(key).map_err(|e| format!("{}: {e}", key.display()))?);
-        let identity = reqwest::Identity::from_pem(&pem)
-            .map_err(|_| format!("{} and {}: not a usable client certificate and key", cert.display(), key.display()))?;
-        builder = builder.identity(identity);
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
     }
-    builder.build().map_err(|e| format!("HTTP client: {}", error_chain(&e)))
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// An error with its causes, `outer: inner: innermost`, so a refused certificate reads
