@@ -175,6 +175,9 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
     if !settings.connectors_tls.verify {
         tracing::warn!("DSXCONNECT_CONNECTORS__VERIFY_TLS=false: connector certificates are not checked; anyone on the path can read file bytes and impersonate connectors");
     }
+    if settings.syslog.as_ref().is_some_and(|s| s.transport == crate::syslog::Transport::Tls && !s.tls.verify) {
+        tracing::warn!("DSXCONNECT_SYSLOG__TLS_INSECURE=true: the syslog server's certificate is not checked");
+    }
     let server_tls = match &settings.tls {
         Some(files) => Some(
             dsx_service::ServerTls::load(files)

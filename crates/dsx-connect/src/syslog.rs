@@ -366,4 +366,115 @@ mod tests {
             assert_eq!(parse_python_frame(frame)["verdict"]["verdict"], "Malicious");
         }
     }
+
+    /// A TLS syslog listener in this process that requires a client certificate from `ca`;
+    /// what the first accepted connection sends, until `want` octet-counted frames arrived.
+    async fn tls_listener(
+        ca: &dsx_service::tls::certgen::Ca,
+        dir: &std::path::Path,
+        want: usize,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncReadExt;
+        let server = ca.server(&["127.0.0.1".into()]).unwrap();
+        std::fs::write(dir.join("srv.crt"), &server.cert).unwrap();
+        std::fs::write(dir.join("srv.key"), &server.key).unwrap();
+        std::fs::write(dir.join("listener-ca.crt"), ca.cert_pem()).unwrap();
+        let cert = dsx_service::tls::ReloadingCert::load(&dir.join("srv.crt"), &dir.join("srv.key")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in dsx_service::tls::read_certs(&dir.join("listener-ca.crt")).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), dsx_service::tls::provider())
+                .build()
+                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(dsx_service::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(cert));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reader = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                // Handshakes that fail (an untrusting client) are skipped.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                let mut out = String::new();
+                while out.matches(" scan_result - ").count() < want {
+                    let mut chunk = [0u8; 4096];
+                    let n = tls.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    out.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+                return out;
+            }
+        });
+        (port, reader)
+    }
+
+    #[tokio::test]
+    async fn tls_delivers_to_a_tls_listener_with_a_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dsx_service::tls::certgen::Ca::new("syslog CA").unwrap();
+        let client = ca.client("dsx-connect").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("client.crt"), &client.cert).unwrap();
+        std::fs::write(dir.path().join("client.key"), &client.key).unwrap();
+        let (port, reader) = tls_listener(&ca, dir.path(), 2).await;
+        let s = Syslog::new(SyslogSettings {
+            host: "127.0.0.1".into(),
+            port,
+            transport: Transport::Tls,
+            format: Format::Rfc5424,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            tls: dsx_service::ClientTls {
+                verify: true,
+                ca_bundle: Some(dir.path().join("ca.crt")),
+                identity: Some((dir.path().join("client.crt"), dir.path().join("client.key"))),
+            },
+        });
+        s.send(true, "first").await;
+        s.send(false, "second").await;
+        let stream = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+        // Octet counting inside TLS, as over TCP.
+        let (len, rest) = stream.split_once(' ').unwrap();
+        assert!(rest[..len.parse::<usize>().unwrap()].ends_with(" scan_result - first"), "{stream}");
+        assert!(stream.ends_with(" scan_result - second"), "{stream}");
+    }
+
+    #[tokio::test]
+    async fn tls_refuses_a_listener_it_does_not_trust_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dsx_service::tls::certgen::Ca::new("listener CA").unwrap();
+        let other = dsx_service::tls::certgen::Ca::new("other CA").unwrap();
+        let client = ca.client("dsx-connect").unwrap();
+        std::fs::write(dir.path().join("other.crt"), other.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("client.crt"), &client.cert).unwrap();
+        std::fs::write(dir.path().join("client.key"), &client.key).unwrap();
+        let (port, reader) = tls_listener(&ca, dir.path(), 1).await;
+        let settings = |verify: bool| SyslogSettings {
+            host: "127.0.0.1".into(),
+            port,
+            transport: Transport::Tls,
+            format: Format::Rfc5424,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            tls: dsx_service::ClientTls {
+                verify,
+                ca_bundle: Some(dir.path().join("other.crt")),
+                identity: Some((dir.path().join("client.crt"), dir.path().join("client.key"))),
+            },
+        };
+        let verifying = Syslog::new(settings(true));
+        verifying.send(false, "must not arrive").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!reader.is_finished(), "delivered to an untrusted listener");
+        let insecure = Syslog::new(settings(false));
+        insecure.send(false, "arrives").await;
+        let stream = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+        assert!(stream.ends_with(" scan_result - arrives") && !stream.contains("must not arrive"), "{stream}");
+    }
 }
