@@ -84,6 +84,8 @@ pub struct LargeFileArgs {
 #[derive(Debug, Serialize)]
 pub struct PipelineReport {
     pub store: String,
+    /// Both connector hops over HTTPS (`--tls`).
+    pub tls: bool,
     pub files: u64,
     pub size: usize,
     pub malicious_expected: u64,
@@ -413,6 +415,7 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     let bytes = (args.files - malicious) * args.size as u64 + malicious * EICAR.len() as u64;
     let report = PipelineReport {
         store: store.name().into(),
+        tls: args.tls,
         files: args.files,
         size: args.size,
         malicious_expected: malicious,
@@ -428,10 +431,11 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         verified: true,
     };
     let mut table = format!(
-        "pipeline: {} files x {} B on the {} store: {:.2} s, {:.0} files/s, {:.1} MiB/s{}\n",
+        "pipeline: {} files x {} B on the {} store{}: {:.2} s, {:.0} files/s, {:.1} MiB/s{}\n",
         report.files,
         report.size,
         report.store,
+        if report.tls { " over HTTPS" } else { "" },
         report.elapsed_s,
         report.files_per_s,
         report.mib_per_s,
