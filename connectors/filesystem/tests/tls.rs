@@ -41,6 +41,8 @@ impl Pki {
     }
 }
 
+type Env = Vec<(&'static str, String)>;
+
 fn url(port: u16) -> String {
     format!("https://127.0.0.1:{port}")
 }
@@ -176,7 +178,7 @@ async fn operator(http: &reqwest::Client, server_port: u16, method: reqwest::Met
 }
 
 /// Mutual TLS in both directions between connector and dsx-connect, plus HTTPS to the scanner.
-fn mutual_tls_env(pki: &Pki) -> (Vec<(&'static str, String)>, Vec<(&'static str, String)>) {
+fn mutual_tls_env(pki: &Pki) -> (Env, Env) {
     let server = vec![
         ("DSXCONNECT_TLS_CLIENT_CA", pki.file("ca.crt")),
         ("DSXCONNECT_CONNECTORS__TLS_CLIENT_CERTFILE", pki.file("client.crt")),
@@ -225,7 +227,8 @@ async fn full_scan_over_https_on_every_hop(redis: bool) {
     assert_eq!(resp.status(), 202, "{}", resp.text().await.unwrap());
     let deadline = Instant::now() + Duration::from_secs(60);
     let state = loop {
-        let j: Value = operator(&http, server.port, reqwest::Method::GET, &format!("scan/jobs/{job}")).await.json().await.unwrap();
+        let j: Value =
+            operator(&http, server.port, reqwest::Method::GET, &format!("scan/jobs/{job}")).await.json().await.unwrap();
         if j["status"] == "completed" {
             break j;
         }
@@ -288,8 +291,13 @@ async fn untrusted_certificates_are_refused_on_every_hop_and_the_cause_is_named(
     // its log says why.
     let asset = tempfile::tempdir().unwrap();
     let data = tempfile::tempdir().unwrap();
-    let untrusting =
-        spawn_connector(&pki, asset.path(), data.path(), server.port, &[("DSXCONNECTOR_CA_BUNDLE", pki.file("other-ca.crt"))]);
+    let untrusting = spawn_connector(
+        &pki,
+        asset.path(),
+        data.path(),
+        server.port,
+        &[("DSXCONNECTOR_CA_BUNDLE", pki.file("other-ca.crt"))],
+    );
     let logs = wait_log(&untrusting, "registration failed").await;
     assert!(logs.contains("UnknownIssuer"), "the connector's log does not name the cause:\n{logs}");
 
@@ -326,14 +334,9 @@ async fn mutual_tls_refuses_a_connector_without_a_client_certificate() {
     let pki = Pki::new();
     let scanner = spawn_scanner(&pki).await;
     let server_data = tempfile::tempdir().unwrap();
-    let server = spawn_server(
-        &pki,
-        server_data.path(),
-        None,
-        scanner.port,
-        &[("DSXCONNECT_TLS_CLIENT_CA", pki.file("ca.crt"))],
-    )
-    .await;
+    let server =
+        spawn_server(&pki, server_data.path(), None, scanner.port, &[("DSXCONNECT_TLS_CLIENT_CA", pki.file("ca.crt"))])
+            .await;
     let http = pki.client("ca.crt");
     let asset = tempfile::tempdir().unwrap();
 
@@ -370,7 +373,7 @@ fn bad_certificate_files_stop_every_binary_with_the_path_and_the_reason() {
     let data = tempfile::tempdir().unwrap();
     let dsx = workspace_bin("dsx-connect");
     let fs = workspace_bin("filesystem-connector");
-    let cases: Vec<(&Path, Vec<String>, Vec<(&str, String)>, &Path)> = vec![
+    let cases: Vec<(&Path, Vec<String>, Env, &Path)> = vec![
         (
             &dsx,
             vec!["serve".into(), "--listen".into(), format!("127.0.0.1:{}", free_port())],

@@ -287,7 +287,14 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         Target {
             name: "HTTPS on both connector hops costs < 15 % of files/s (4 KiB files, embedded, same run)",
             measured: tls_ratio
-                .map(|r| format!("{:.0} vs {:.0} files/s ({:+.1} %)", tls_files_per_s.unwrap_or(0.0), files_per_s.unwrap_or(0.0), (r - 1.0) * 100.0))
+                .map(|r| {
+                    format!(
+                        "{:.0} vs {:.0} files/s ({:+.1} %)",
+                        tls_files_per_s.unwrap_or(0.0),
+                        files_per_s.unwrap_or(0.0),
+                        (r - 1.0) * 100.0
+                    )
+                })
                 .unwrap_or_default(),
             pass: tls_ratio.map(|r| r >= 0.85),
             not_judged: None,

@@ -180,7 +180,20 @@ fn http_over_https_verifies_the_server_unless_told_not_to() {
     // Ready when the verified preflight passes.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let out = bench(&["http", "--url", &url, "--scenario", "auth-check", "--duration", "100ms", "--warmup", "0s", "--no-auth", "--ca-bundle", &file("ca.crt")]);
+        let out = bench(&[
+            "http",
+            "--url",
+            &url,
+            "--scenario",
+            "auth-check",
+            "--duration",
+            "100ms",
+            "--warmup",
+            "0s",
+            "--no-auth",
+            "--ca-bundle",
+            &file("ca.crt"),
+        ]);
         if out.status.success() {
             break;
         }

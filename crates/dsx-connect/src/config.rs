@@ -370,8 +370,12 @@ fn identity(
     match (get(cert_var), get(key_var)) {
         (None, None) => Ok(None),
         (Some(cert), Some(key)) => Ok(Some((cert.into(), key.into()))),
-        (Some(_), None) => Err(ConfigError::Invalid { var: key_var, reason: format!("{cert_var} is set, so is needed") }),
-        (None, Some(_)) => Err(ConfigError::Invalid { var: cert_var, reason: format!("{key_var} is set, so is needed") }),
+        (Some(_), None) => {
+            Err(ConfigError::Invalid { var: key_var, reason: format!("{cert_var} is set, so is needed") })
+        }
+        (None, Some(_)) => {
+            Err(ConfigError::Invalid { var: cert_var, reason: format!("{key_var} is set, so is needed") })
+        }
     }
 }
 
@@ -542,7 +546,11 @@ mod tests {
             ("DSXCONNECT_SYSLOG__TLS_CA_FILE", "/nonexistent/ca.pem"),
         ])
         .unwrap_err();
-        assert!(err.to_string().contains("DSXCONNECT_SYSLOG__TLS_CA_FILE") && err.to_string().contains("/nonexistent/ca.pem"), "{err}");
+        assert!(
+            err.to_string().contains("DSXCONNECT_SYSLOG__TLS_CA_FILE")
+                && err.to_string().contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -158,8 +158,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             if insecure {
                 eprintln!("warning: --insecure: the server's certificate is not checked");
             }
-            let tls =
-                dsx_service::ClientTls { verify: !insecure, ca_bundle, identity: client_cert.zip(client_key) };
+            let tls = dsx_service::ClientTls { verify: !insecure, ca_bundle, identity: client_cert.zip(client_key) };
             dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token, json, tls }, command).await
         }
         Command::Sign { key_id, secret_file, method, url, body } => {

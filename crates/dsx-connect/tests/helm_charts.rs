@@ -693,7 +693,10 @@ fn volume<'a>(workload: &'a Yaml, name: &str) -> &'a Yaml {
 fn tls_from_a_secret_reaches_the_server_the_workers_and_the_connector() {
     let r = render(
         SERVER,
-        &["--set", "tls.enabled=true,tls.secretName=dsx-tls,tls.requireClientCert=true,tls.clientCertToConnectors=true"],
+        &[
+            "--set",
+            "tls.enabled=true,tls.secretName=dsx-tls,tls.requireClientCert=true,tls.clientCertToConnectors=true",
+        ],
     );
     for pod in [api(&r), worker(&r)] {
         assert_eq!(env_value(pod, "DSXCONNECT_USE_TLS").as_deref(), Some("true"));

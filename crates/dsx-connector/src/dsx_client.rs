@@ -96,7 +96,8 @@ impl DsxClient {
         model: Connector,
         tls: &dsx_service::ClientTls,
     ) -> Result<Self, String> {
-        let builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+        let builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
         let http = dsx_service::http_client(builder, tls)?;
         Ok(Self {
             http,
@@ -167,7 +168,10 @@ impl DsxClient {
     }
 
     async fn send_once(&self, method: Method, path: &str, body: Vec<u8>) -> Result<reqwest::Response, ClientError> {
-        self.request(method, path, body)?.send().await.map_err(|e| ClientError::Unreachable(dsx_service::error_chain(&e)))
+        self.request(method, path, body)?
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable(dsx_service::error_chain(&e)))
     }
 
     /// Register (or refresh). Signed when a key is held; after `unknown_key_id` (the server

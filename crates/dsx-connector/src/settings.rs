@@ -112,7 +112,7 @@ impl ConnectorSettings {
             },
         };
         let concurrency = num_var("FULL_SCAN_ENQUEUE_CONCURRENCY", 8)?.clamp(1, 256) as usize;
-        let tls = dsx_service::tls::ServerTlsFiles::from_lookup(dsx_service::tls::DSXCONNECTOR_TLS, &get)
+        let tls = dsx_service::tls::ServerTlsFiles::from_lookup(dsx_service::tls::DSXCONNECTOR_TLS, get)
             .map_err(|reason| SettingsError { var: "DSXCONNECTOR_USE_TLS".into(), reason })?;
         let identity = match (var("TLS_CLIENT_CERTFILE"), var("TLS_CLIENT_KEYFILE")) {
             (None, None) => None,
@@ -226,7 +226,10 @@ mod tests {
     fn tls_settings() {
         let s = settings(&[]).unwrap();
         assert!(s.tls.is_none() && s.dsx_tls.verify, "plain listener, dsx-connect verified by default");
-        assert_eq!(settings(&[("DSXCONNECTOR_USE_TLS", "true")]).unwrap_err().reason, "DSXCONNECTOR_USE_TLS=true needs DSXCONNECTOR_TLS_CERTFILE");
+        assert_eq!(
+            settings(&[("DSXCONNECTOR_USE_TLS", "true")]).unwrap_err().reason,
+            "DSXCONNECTOR_USE_TLS=true needs DSXCONNECTOR_TLS_CERTFILE"
+        );
         let s = settings(&[
             ("DSXCONNECTOR_USE_TLS", "true"),
             ("DSXCONNECTOR_TLS_CERTFILE", "/c"),

@@ -82,11 +82,8 @@ impl DsxaClient {
             .connect_timeout(config.timeout.min(Duration::from_secs(30)))
             // A streamed body cannot be replayed to a redirect target.
             .redirect(reqwest::redirect::Policy::none());
-        let tls = dsx_service::ClientTls {
-            verify: config.verify_tls,
-            ca_bundle: config.ca_bundle.clone(),
-            identity: None,
-        };
+        let tls =
+            dsx_service::ClientTls { verify: config.verify_tls, ca_bundle: config.ca_bundle.clone(), identity: None };
         let http = dsx_service::http_client(builder, &tls)
             .map_err(|e| ScanError::Protocol(format!("building HTTP client: {e}")))?;
         Ok(DsxaClient { http, scan_url, config })

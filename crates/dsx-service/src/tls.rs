@@ -285,7 +285,10 @@ pub struct VerifiedClientCert;
 
 /// Middleware for routes that need mutual TLS: 403 `client_certificate_required` without a
 /// verified client certificate.
-pub async fn require_client_cert(req: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+pub async fn require_client_cert(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
     if req.extensions().get::<VerifiedClientCert>().is_some() {
         return next.run(req).await;
@@ -332,9 +335,9 @@ pub fn client_config(tls: &ClientTls) -> Result<rustls::ClientConfig, String> {
         Some((cert, key)) => {
             // Same checks as the server side, for the same clear message.
             load_certified_key(cert, key)?;
-            builder
-                .with_client_auth_cert(read_certs(cert)?, read_key(key)?)
-                .map_err(|e| format!("{} and {}: not a usable client certificate and key ({e})", cert.display(), key.display()))
+            builder.with_client_auth_cert(read_certs(cert)?, read_key(key)?).map_err(|e| {
+                format!("{} and {}: not a usable client certificate and key ({e})", cert.display(), key.display())
+            })
         }
         None => Ok(builder.with_no_client_auth()),
     }

@@ -184,11 +184,8 @@ async fn clients_that_do_not_trust_the_ca_are_refused_and_the_error_names_the_ca
     let ca_path = files.write("ca.crt", &ca.cert_pem());
     let other_path = files.write("other.crt", &other.cert_pem());
     let (cert, key) = files.pair("tls", &ca.server(&hosts()).unwrap());
-    let server = serve(
-        ServerTls::load(&ServerTlsFiles { cert, key, client_ca: None }).unwrap(),
-        ServerLimits::default(),
-    )
-    .await;
+    let server =
+        serve(ServerTls::load(&ServerTlsFiles { cert, key, client_ca: None }).unwrap(), ServerLimits::default()).await;
     let url = format!("https://127.0.0.1:{}/hello", server.addr.port());
     let client = |tls: ClientTls| dsx_service::http_client(reqwest::Client::builder(), &tls).unwrap();
 
@@ -282,7 +279,8 @@ fn bad_files_are_refused_with_the_path_and_the_reason_and_never_the_key() {
     let err = load(&missing, &key);
     assert!(err.contains(&missing.display().to_string()) && err.contains("No such file"), "{err}");
 
-    let junk = files.write("junk.key", "-----BEGIN PRIVATE KEY-----\nSENTINEL-KEY-MATERIAL\n-----END PRIVATE KEY-----\n");
+    let junk =
+        files.write("junk.key", "-----BEGIN PRIVATE KEY-----\nSENTINEL-KEY-MATERIAL\n-----END PRIVATE KEY-----\n");
     let err = load(&cert, &junk);
     assert!(err.contains(&junk.display().to_string()), "{err}");
     assert!(!err.contains("SENTINEL"), "key file contents in an error: {err}");
