@@ -300,6 +300,18 @@ async fn untrusted_certificates_are_refused_on_every_hop_and_the_cause_is_named(
     );
     let logs = wait_log(&untrusting, "registration failed").await;
     assert!(logs.contains("UnknownIssuer"), "the connector's log does not name the cause:\n{logs}");
+    // Turning verification off (explicitly) lets it in, with a warning at start.
+    let data = tempfile::tempdir().unwrap();
+    let mut unverifying = spawn_connector(
+        &pki,
+        asset.path(),
+        data.path(),
+        server.port,
+        &[("DSXCONNECTOR_CA_BUNDLE", pki.file("other-ca.crt")), ("DSXCONNECTOR_VERIFY_TLS", "false".into())],
+    );
+    wait_https(&mut unverifying, &http, "/filesystem-connector/readyz").await;
+    assert!(unverifying.logs().contains("DSXCONNECTOR_VERIFY_TLS=false"), "{}", unverifying.logs());
+    drop(unverifying);
 
     // dsx-connect → connector: the connector registers (it trusts dsx-connect) but
     // dsx-connect refuses its certificate when it calls it.
