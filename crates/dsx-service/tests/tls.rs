@@ -255,7 +255,10 @@ async fn a_stalled_tls_handshake_holds_a_connection_slot_only_until_the_deadline
     tokio::time::sleep(Duration::from_millis(100)).await;
     let started = Instant::now();
     // ...so a real client waits until the handshake deadline frees it.
-    let (mut conn, _) = connect(server.addr, &ca_path).await.unwrap();
+    let (mut conn, _) = tokio::time::timeout(Duration::from_secs(8), connect(server.addr, &ca_path))
+        .await
+        .expect("the stalled handshake kept the only slot: no handshake deadline")
+        .unwrap();
     let waited = started.elapsed();
     assert_eq!(request(&mut conn, "/hello").await.0, 200);
     assert!(waited >= Duration::from_millis(700), "the stalled handshake did not hold the slot ({waited:?})");
