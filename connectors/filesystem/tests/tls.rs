@@ -435,3 +435,46 @@ fn bad_certificate_files_stop_every_binary_with_the_path_and_the_reason() {
         assert!(!stderr.contains("SENTINEL"), "{args:?}: key file contents printed: {stderr}");
     }
 }
+
+/// `dsx-connect admin gen-certs` makes a set a real server starts with and a client verifies;
+/// the keys are readable by the owner only.
+#[tokio::test]
+async fn gen_certs_makes_a_working_local_set() {
+    let out = tempfile::tempdir().unwrap();
+    let run = std::process::Command::new(workspace_bin("dsx-connect"))
+        .args(["admin", "gen-certs", "--out"])
+        .arg(out.path())
+        .args(["--hosts", "127.0.0.1,scanner.local"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    for name in ["ca.crt", "ca.key", "tls.crt", "tls.key", "client.crt", "client.key"] {
+        assert!(String::from_utf8_lossy(&run.stdout).contains(name), "{name} not listed");
+        let path = out.path().join(name);
+        #[cfg(unix)]
+        if name.ends_with(".key") {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name} is readable by others");
+        }
+    }
+    let file = |n: &str| out.path().join(n).display().to_string();
+    let port = free_port();
+    let mut scanner = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["scanner", "serve", "--listen", &format!("127.0.0.1:{port}")],
+        &[
+            ("DSXCONNECT_USE_TLS", "true".into()),
+            ("DSXCONNECT_TLS_CERTFILE", file("tls.crt")),
+            ("DSXCONNECT_TLS_KEYFILE", file("tls.key")),
+        ],
+        port,
+    );
+    let tls = ClientTls {
+        ca_bundle: Some(out.path().join("ca.crt")),
+        identity: Some((out.path().join("client.crt"), out.path().join("client.key"))),
+        ..Default::default()
+    };
+    let http = dsx_service::http_client(reqwest::Client::builder(), &tls).unwrap();
+    wait_https(&mut scanner, &http, "/healthz").await;
+}
