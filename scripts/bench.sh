@@ -140,6 +140,8 @@ else failed+=("auth-on server"); fi
 # ---- pipeline and large file ----
 step "pipeline $files files, embedded" "$bin/dsx-bench" pipeline --files "$files" --size 4096 --store embedded \
   --json "$results/pipeline-embedded.json"
+step "pipeline $files files, embedded, HTTPS" "$bin/dsx-bench" pipeline --files "$files" --size 4096 --store embedded \
+  --tls --json "$results/pipeline-embedded-tls.json"
 step "pipeline $files files, Redis" "$bin/dsx-bench" pipeline --files "$files" --size 4096 --store redis \
   --redis-url "$redis_url" --watch-pid "redis=$redis_pid" --json "$results/pipeline-redis.json"
 step "large file $large_mib MiB" "$bin/dsx-bench" large-file --size-mib "$large_mib" --json "$results/large-file.json"

@@ -67,6 +67,12 @@ pub struct HttpArgs {
     /// Per-request timeout.
     #[arg(long, default_value = "30s", value_parser = stats::parse_duration)]
     pub timeout: Duration,
+    /// Trust only this CA bundle (PEM) for an https `--url`.
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+    /// Do not check the server's certificate (only when asked for; prints a warning).
+    #[arg(long)]
+    pub insecure: bool,
 }
 
 impl Scenario {
@@ -191,11 +197,13 @@ pub async fn run(args: HttpArgs) -> anyhow::Result<i32> {
         bail!("--enrollment-token (or DSXCONNECT_ENROLLMENT_TOKEN) is required unless --no-auth");
     }
     let base = args.url.trim_end_matches('/').to_owned();
-    let client = reqwest::Client::builder()
-        .timeout(args.timeout)
-        .pool_max_idle_per_host(args.concurrency * 2)
-        .tcp_nodelay(true)
-        .build()?;
+    if args.insecure {
+        eprintln!("dsx-bench: warning: --insecure: the server's certificate is not checked");
+    }
+    let tls = dsx_service::ClientTls { verify: !args.insecure, ca_bundle: args.ca_bundle.clone(), identity: None };
+    let builder =
+        reqwest::Client::builder().timeout(args.timeout).pool_max_idle_per_host(args.concurrency * 2).tcp_nodelay(true);
+    let client = dsx_service::http_client(builder, &tls).map_err(anyhow::Error::msg)?;
     preflight(&client, &base).await?;
 
     let mut connectors = Vec::new();

@@ -54,7 +54,8 @@ enum Command {
     ///
     /// Reads from --dir (missing files show as "not run"): criterion-verify.txt,
     /// criterion-matcher.txt, http-auth-on.json, http-auth-off.json, http-scan-request.json,
-    /// http-register.json, pipeline-embedded.json, pipeline-redis.json, large-file.json.
+    /// http-register.json, pipeline-embedded.json, pipeline-redis.json, pipeline-embedded-tls.json,
+    /// large-file.json.
     Report(report::ReportArgs),
 }
 

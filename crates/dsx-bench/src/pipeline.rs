@@ -59,6 +59,10 @@ pub struct PipelineArgs {
     /// Write the report as JSON to FILE (`-`: stdout; the table then goes to stderr).
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+    /// HTTPS on both hops between connector and dsx-connect (a test CA made for the run,
+    /// every client verifying it).
+    #[arg(long)]
+    pub tls: bool,
 }
 
 #[derive(Args, Debug)]
@@ -80,6 +84,8 @@ pub struct LargeFileArgs {
 #[derive(Debug, Serialize)]
 pub struct PipelineReport {
     pub store: String,
+    /// Both connector hops over HTTPS (`--tls`).
+    pub tls: bool,
     pub files: u64,
     pub size: usize,
     pub malicious_expected: u64,
@@ -380,9 +386,18 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     let expected: HashMap<String, bool> =
         (0..args.files).map(|i| (file_rel(i, dirs), is_malicious(i, args.malicious_every))).collect();
 
-    let opts = StackOptions { bin_dir: &bin_dir, store: store.clone(), results_retain: args.files as usize + 1000 };
+    let opts = StackOptions {
+        bin_dir: &bin_dir,
+        store: store.clone(),
+        results_retain: args.files as usize + 1000,
+        tls: args.tls,
+    };
     let mut stack = Stack::start(dir, asset.clone(), opts).await?;
-    eprintln!("dsx-bench pipeline: dsx-connect ({} store) and filesystem-connector ready; full scan", store.name());
+    eprintln!(
+        "dsx-bench pipeline: dsx-connect ({} store{}) and filesystem-connector ready; full scan",
+        store.name(),
+        if args.tls { ", HTTPS" } else { "" }
+    );
     let job_id = format!("bench-{}", uuid::Uuid::new_v4());
     let cpu_before = stack.cpu_seconds();
     let others_before = crate::http::cpu_sample(&args.watch_pid);
@@ -413,6 +428,7 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     let bytes = (args.files - malicious) * args.size as u64 + malicious * EICAR.len() as u64;
     let report = PipelineReport {
         store: store.name().into(),
+        tls: args.tls,
         files: args.files,
         size: args.size,
         malicious_expected: malicious,
@@ -431,10 +447,11 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         store_bytes_per_file: store_used_bytes.map(|b| b as f64 / args.files.max(1) as f64),
     };
     let mut table = format!(
-        "pipeline: {} files x {} B on the {} store: {:.2} s, {:.0} files/s, {:.1} MiB/s{}\n",
+        "pipeline: {} files x {} B on the {} store{}: {:.2} s, {:.0} files/s, {:.1} MiB/s{}\n",
         report.files,
         report.size,
         report.store,
+        if report.tls { " over HTTPS" } else { "" },
         report.elapsed_s,
         report.files_per_s,
         report.mib_per_s,
@@ -465,7 +482,7 @@ pub async fn large_file(args: LargeFileArgs) -> anyhow::Result<i32> {
     let (dir, asset) = Stack::prepare()?;
     eprintln!("dsx-bench large-file: writing {} MiB of random bytes", args.size_mib);
     write_large(&asset.join("large.bin"), args.size_mib)?;
-    let opts = StackOptions { bin_dir: &bin_dir, store: Store::Embedded, results_retain: 1000 };
+    let opts = StackOptions { bin_dir: &bin_dir, store: Store::Embedded, results_retain: 1000, tls: false };
     let mut stack = Stack::start(dir, asset, opts).await?;
     let pid = stack.server_pid();
     let before = stack::proc_status_kib(pid, "VmRSS")?;

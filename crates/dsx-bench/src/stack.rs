@@ -153,6 +153,8 @@ pub struct StackOptions<'a> {
     pub store: Store,
     /// Results kept by the server (`DSXCONNECT_RESULTS_DB__RETAIN`); must cover the whole run.
     pub results_retain: usize,
+    /// HTTPS both ways between connector and dsx-connect, with a test CA made for the run.
+    pub tls: bool,
 }
 
 impl Stack {
@@ -173,7 +175,16 @@ impl Stack {
         let connector_data = dir.path().join("connector");
         std::fs::create_dir_all(&server_data)?;
         std::fs::create_dir_all(&connector_data)?;
-        let server_url = format!("http://127.0.0.1:{sport}");
+        let scheme = if opts.tls { "https" } else { "http" };
+        let server_url = format!("{scheme}://127.0.0.1:{sport}");
+        let certs = dir.path().join("certs");
+        let mut client_tls = dsx_service::ClientTls::default();
+        if opts.tls {
+            dsx_service::tls::certgen::write_set(&certs, &["127.0.0.1".into(), "localhost".into()])
+                .map_err(anyhow::Error::msg)?;
+            client_tls.ca_bundle = Some(certs.join("ca.crt"));
+        }
+        let cert = |name: &str| certs.join(name).display().to_string();
 
         let mut env: Vec<(&str, String)> = vec![
             ("DSXCONNECT_AUTH__ENABLED", "true".into()),
@@ -184,6 +195,12 @@ impl Stack {
             ("DSXCONNECT_SCANNER__KIND", "builtin".into()),
             ("DSXCONNECT_RESULTS_DB__RETAIN", opts.results_retain.max(1000).to_string()),
         ];
+        if opts.tls {
+            env.push(("DSXCONNECT_USE_TLS", "true".into()));
+            env.push(("DSXCONNECT_TLS_CERTFILE", cert("tls.crt")));
+            env.push(("DSXCONNECT_TLS_KEYFILE", cert("tls.key")));
+            env.push(("DSXCONNECT_CONNECTORS__CA_BUNDLE", cert("ca.crt")));
+        }
         if let Store::Redis { url } = &opts.store {
             env.push(("DSXCONNECT_REDIS_URL", url.clone()));
             env.push(("DSXCONNECT_APP_ENV", format!("bench{:08x}", rand::random::<u32>())));
@@ -195,7 +212,8 @@ impl Stack {
             &env,
             dir.path().join("dsx-connect.log"),
         )?;
-        let http = reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?;
+        let http = dsx_service::http_client(reqwest::Client::builder().timeout(Duration::from_secs(60)), &client_tls)
+            .map_err(anyhow::Error::msg)?;
         let mut stack = Self {
             connector: None,
             server: Some(server),
@@ -207,16 +225,22 @@ impl Stack {
         };
         stack.wait_ready(true, &format!("{server_url}{PREFIX}/healthz")).await?;
 
-        let connector_env: Vec<(&str, String)> = vec![
+        let mut connector_env: Vec<(&str, String)> = vec![
             ("DSXCONNECTOR_AUTH__ENABLED", "true".into()),
             ("DSXCONNECT_ENROLLMENT_TOKEN", enrollment),
             ("DSXCONNECTOR_ASSET", asset.display().to_string()),
             ("DSXCONNECTOR_DATA_DIR", connector_data.display().to_string()),
-            ("DSXCONNECTOR_CONNECTOR_URL", format!("http://127.0.0.1:{cport}")),
+            ("DSXCONNECTOR_CONNECTOR_URL", format!("{scheme}://127.0.0.1:{cport}")),
             ("DSXCONNECTOR_DSX_CONNECT_URL", server_url.clone()),
             ("DSXCONNECTOR_ITEM_ACTION", "nothing".into()),
             ("DSXCONNECTOR_LOG_LEVEL", "warn".into()),
         ];
+        if opts.tls {
+            connector_env.push(("DSXCONNECTOR_USE_TLS", "true".into()));
+            connector_env.push(("DSXCONNECTOR_TLS_CERTFILE", cert("tls.crt")));
+            connector_env.push(("DSXCONNECTOR_TLS_KEYFILE", cert("tls.key")));
+            connector_env.push(("DSXCONNECTOR_CA_BUNDLE", cert("ca.crt")));
+        }
         let connector = Proc::spawn(
             "filesystem-connector",
             &opts.bin_dir.join("filesystem-connector"),
@@ -225,7 +249,7 @@ impl Stack {
             stack.dir.path().join("filesystem-connector.log"),
         )?;
         stack.connector = Some(connector);
-        stack.wait_ready(false, &format!("http://127.0.0.1:{cport}/filesystem-connector/readyz")).await?;
+        stack.wait_ready(false, &format!("{scheme}://127.0.0.1:{cport}/filesystem-connector/readyz")).await?;
         let uuid_file = connector_data.join("connector_uuid.txt");
         stack.connector_uuid = std::fs::read_to_string(&uuid_file)
             .with_context(|| format!("read {}", uuid_file.display()))?

@@ -157,6 +157,63 @@ fn failures_are_counted_and_reported() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 }
 
+#[test]
+fn http_over_https_verifies_the_server_unless_told_not_to() {
+    let certs = tempfile::tempdir().unwrap();
+    dsx_service::tls::certgen::write_set(certs.path(), &["127.0.0.1".into()]).unwrap();
+    let file = |n: &str| certs.path().join(n).display().to_string();
+    let data = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut svc = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", "api"],
+        &[
+            ("DSXCONNECT_DATA_DIR", data.path().display().to_string()),
+            ("DSXCONNECT_USE_TLS", "true".into()),
+            ("DSXCONNECT_TLS_CERTFILE", file("tls.crt")),
+            ("DSXCONNECT_TLS_KEYFILE", file("tls.key")),
+            ("DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE", "0".into()),
+        ],
+        port,
+    );
+    let url = format!("https://127.0.0.1:{port}");
+    // Ready when the verified preflight passes.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = bench(&[
+            "http",
+            "--url",
+            &url,
+            "--scenario",
+            "auth-check",
+            "--duration",
+            "100ms",
+            "--warmup",
+            "0s",
+            "--no-auth",
+            "--ca-bundle",
+            &file("ca.crt"),
+        ]);
+        if out.status.success() {
+            break;
+        }
+        assert!(svc.exit_code().is_none(), "server exited: {}", svc.logs());
+        assert!(std::time::Instant::now() < deadline, "{}", String::from_utf8_lossy(&out.stderr));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let report = http(&url, "auth-check", &["--no-auth", "--ca-bundle", &file("ca.crt")]);
+    assert_clean_run(&report, "auth-check over HTTPS");
+
+    // Without the CA the server is refused, and the error says why.
+    let out = bench(&["http", "--url", &url, "--scenario", "auth-check", "--duration", "1s", "--no-auth"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("UnknownIssuer"), "{stderr}");
+    // --insecure only when asked for, with a warning.
+    let report = http(&url, "auth-check", &["--no-auth", "--insecure"]);
+    assert_clean_run(&report, "auth-check, --insecure");
+}
+
 /// Make sure the binaries the pipeline starts exist (`cargo test -p dsx-bench` alone does not
 /// build other packages' binaries); their directory.
 fn stack_bins() -> PathBuf {
@@ -184,6 +241,25 @@ fn pipeline_embedded_finds_the_binaries_next_to_itself() {
     stack_bins();
     let report =
         bench_json(&["pipeline", "--files", "60", "--size", "1024", "--store", "embedded", "--malicious-every", "20"]);
+    assert_pipeline(&report, "embedded");
+}
+
+#[test]
+fn pipeline_over_https() {
+    let bins = stack_bins();
+    let report = bench_json(&[
+        "pipeline",
+        "--files",
+        "60",
+        "--size",
+        "1024",
+        "--malicious-every",
+        "20",
+        "--tls",
+        "--bin-dir",
+        bins.to_str().unwrap(),
+    ]);
+    assert_eq!(report["tls"], true);
     assert_pipeline(&report, "embedded");
 }
 

@@ -28,6 +28,16 @@ fn api(path: &str) -> String {
 
 pub fn router(state: SharedState) -> Router {
     let guarded = |access: Access| from_fn_with_state((state.clone(), access), guard);
+    // Mutual TLS, when a client CA is configured, is asked of the connector-facing routes
+    // only: probes, the UI and the operator API keep working without a client certificate.
+    let mutual_tls = state.server_tls.as_ref().is_some_and(|t| t.verifies_clients());
+    let client_cert = |router: Router<SharedState>| {
+        if mutual_tls {
+            router.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert))
+        } else {
+            router
+        }
+    };
 
     let connector_routes = Router::new()
         .route(&api("scan/auth_check"), post(system::auth_check))
@@ -39,6 +49,12 @@ pub fn router(state: SharedState) -> Router {
             get(connectors::get_state).put(connectors::put_state),
         )
         .route_layer(guarded(Access::Connector));
+    let connector_routes = client_cert(connector_routes);
+    let registration_routes = client_cert(
+        Router::new()
+            .route(&api("connectors/register"), post(registration::register))
+            .route(&api("connectors/token"), post(registration::token)),
+    );
     let connector_or_operator = Router::new()
         .route(&api("connectors/unregister/{connector_uuid}"), delete(connectors::unregister))
         .route_layer(guarded(Access::ConnectorOrOperator));
@@ -79,8 +95,6 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("subscribe/job-summary/{job_id}"), get(events::job_summary))
         .route_layer(guarded(Access::Operator));
     let open_routes = Router::new()
-        .route(&api("connectors/register"), post(registration::register))
-        .route(&api("connectors/token"), post(registration::token))
         .route(&api("healthz"), get(system::healthz))
         .route(&api("readyz"), get(system::readyz))
         .route(&api("version"), get(system::version))
@@ -92,6 +106,7 @@ pub fn router(state: SharedState) -> Router {
 
     Router::new()
         .merge(connector_routes)
+        .merge(registration_routes)
         .merge(connector_or_operator)
         .merge(operator_routes)
         .merge(open_routes)
@@ -150,7 +165,26 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         tracing::warn!("DSXCONNECT_AUTH__BREAK_GLASS is on: enrollment tokens are accepted in place of DSX-HMAC");
     }
     let store = open_store(&settings)?;
-    let connectors = ConnectorClient::new(Arc::clone(&store), settings.auth.enabled, settings.connector_urls.clone());
+    let connectors = ConnectorClient::with_tls(
+        Arc::clone(&store),
+        settings.auth.enabled,
+        settings.connector_urls.clone(),
+        &settings.connectors_tls,
+    )
+    .map_err(|reason| anyhow::anyhow!("DSXCONNECT_CONNECTORS__CA_BUNDLE/TLS_CLIENT_*: {reason}"))?;
+    if !settings.connectors_tls.verify {
+        tracing::warn!("DSXCONNECT_CONNECTORS__VERIFY_TLS=false: connector certificates are not checked; anyone on the path can read file bytes and impersonate connectors");
+    }
+    if settings.syslog.as_ref().is_some_and(|s| s.transport == crate::syslog::Transport::Tls && !s.tls.verify) {
+        tracing::warn!("DSXCONNECT_SYSLOG__TLS_INSECURE=true: the syslog server's certificate is not checked");
+    }
+    let server_tls = match &settings.tls {
+        Some(files) => Some(
+            dsx_service::ServerTls::load(files)
+                .map_err(|reason| anyhow::anyhow!("DSXCONNECT_TLS_CERTFILE/KEYFILE/CLIENT_CA: {reason}"))?,
+        ),
+        None => None,
+    };
     let scanner = build_scanner(&settings)?;
     let metrics = crate::metrics::Metrics::default();
     let syslog =
@@ -167,6 +201,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         breaker: crate::worker::Breaker::new(breaker_threshold),
         metrics,
         keys: Default::default(),
+        server_tls,
     }))
 }
 
@@ -194,8 +229,12 @@ pub fn build_scanner(settings: &Settings) -> anyhow::Result<Arc<dyn dsx_scanner:
                 auth_token: s.auth_token.as_ref().map(|t| t.expose_secret().to_owned()),
                 timeout: s.timeout,
                 verify_tls: s.verify_tls,
+                ca_bundle: s.ca_bundle.clone(),
                 ..dsx_scanner::DsxaConfig::new(s.base_url.clone().unwrap_or_default())
             };
+            if !s.verify_tls {
+                tracing::warn!("DSXCONNECT_SCANNER__VERIFY_TLS=false: the scanner's certificate is not checked");
+            }
             Arc::new(dsx_scanner::DsxaClient::new(config)?)
         }
     })
@@ -250,7 +289,9 @@ pub async fn serve_role(
             .route(&api("readyz"), get(system::readyz))
             .with_state(Arc::clone(&state));
         tracing::info!(listen = %listener.local_addr()?, store = %state.settings.store.location(), "dsx-connect worker serving health probes");
-        dsx_service::serve(listener, health, state.settings.server_limits, shutdown).await.map_err(anyhow::Error::from)
+        dsx_service::serve(listener, health, state.settings.server_limits, state.server_tls.clone(), shutdown)
+            .await
+            .map_err(anyhow::Error::from)
     } else {
         serve(state, listener, shutdown).await
     };
@@ -278,10 +319,13 @@ pub async fn serve(
         store = state.store.backend(),
         store_location = %state.settings.store.location(),
         auth = state.settings.auth.enabled,
+        tls = state.server_tls.is_some(),
+        mutual_tls = state.server_tls.as_ref().is_some_and(|t| t.verifies_clients()),
         enrollment_tokens = state.enrollment.len(),
         "dsx-connect {} serving", system::VERSION
     );
     let limits = state.settings.server_limits;
-    dsx_service::serve(listener, router(state), limits, shutdown).await?;
+    let tls = state.server_tls.clone();
+    dsx_service::serve(listener, router(state), limits, tls, shutdown).await?;
     Ok(())
 }

@@ -61,6 +61,18 @@ pub enum AdminCommand {
     },
     /// Print a new random token (for enrollment or operator token settings).
     GenerateToken,
+    /// Write a private test CA and certificates for a local TLS set-up: `ca.crt`/`ca.key`,
+    /// a server pair `tls.crt`/`tls.key` for `--hosts`, a client pair `client.crt`/`client.key`
+    /// (mutual TLS). For tests and local runs; production certificates come from your PKI.
+    GenCerts {
+        /// Folder to write into (created if missing; existing files are replaced).
+        #[arg(long)]
+        out: std::path::PathBuf,
+        /// DNS names and IP addresses the server certificate is valid for (comma-separated
+        /// or repeated). Default: localhost, 127.0.0.1, ::1 and the Compose service names.
+        #[arg(long, value_delimiter = ',')]
+        hosts: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -84,6 +96,9 @@ pub struct Operator {
     pub token: Option<String>,
     /// Print the server's JSON instead of tables (for scripts).
     pub json: bool,
+    /// How the server's certificate is checked (`--ca-bundle`, `--insecure`) and the client
+    /// certificate presented, if any.
+    pub tls: dsx_service::ClientTls,
 }
 
 /// The API path prefix; a `--url` may or may not already end with it.
@@ -106,7 +121,8 @@ impl Operator {
         path: &str,
     ) -> anyhow::Result<(reqwest::header::HeaderMap, Value)> {
         let url = format!("{}{API}/{path}", base_url(&self.url));
-        let mut req = reqwest::Client::new().request(method, &url);
+        let client = dsx_service::http_client(reqwest::Client::builder(), &self.tls).map_err(anyhow::Error::msg)?;
+        let mut req = client.request(method, &url);
         if let Some(token) = self.token.as_deref().filter(|t| !t.trim().is_empty()) {
             req = req.bearer_auth(token.trim());
         }
@@ -232,6 +248,13 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
         Ok(())
     };
     match command {
+        AdminCommand::GenCerts { out, hosts } => {
+            let hosts = if hosts.is_empty() { dsx_service::tls::certgen::default_hosts() } else { hosts };
+            let written = dsx_service::tls::certgen::write_set(&out, &hosts).map_err(anyhow::Error::msg)?;
+            for path in written {
+                println!("{}", path.display());
+            }
+        }
         AdminCommand::GenerateToken => {
             let token = random_token();
             if json {

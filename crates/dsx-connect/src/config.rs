@@ -82,6 +82,8 @@ pub struct ScannerSettings {
     pub timeout: Duration,
     /// Verify the DSXA certificate on https URLs.
     pub verify_tls: bool,
+    /// Trust only this CA bundle for the DSXA certificate (`DSXCONNECT_SCANNER__CA_BUNDLE`).
+    pub ca_bundle: Option<PathBuf>,
     pub blocklist_file: Option<PathBuf>,
 }
 
@@ -117,6 +119,11 @@ pub struct Settings {
     pub connector_urls: crate::url_policy::UrlPolicy,
     /// Header-read deadline, connection cap and shutdown grace (`DSXCONNECT_SERVER__*`).
     pub server_limits: dsx_service::ServerLimits,
+    /// HTTPS on the listener (`DSXCONNECT_USE_TLS`, `DSXCONNECT_TLS_*`).
+    pub tls: Option<dsx_service::tls::ServerTlsFiles>,
+    /// How calls to connectors check them and who dsx-connect is to them
+    /// (`DSXCONNECT_CONNECTORS__VERIFY_TLS`, `__CA_BUNDLE`, `__TLS_CLIENT_*`).
+    pub connectors_tls: dsx_service::ClientTls,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -224,6 +231,7 @@ impl Settings {
                 .map(SecretString::from),
             timeout: Duration::from_secs(parse_num(&get, "DSXCONNECT_SCANNER__TIMEOUT_SECONDS", 600)?),
             verify_tls: parse_bool(&get, "DSXCONNECT_SCANNER__VERIFY_TLS", true)?,
+            ca_bundle: get("DSXCONNECT_SCANNER__CA_BUNDLE").map(PathBuf::from),
             blocklist_file: get("DSXCONNECT_SCANNER__BLOCKLIST_FILE").map(PathBuf::from),
         };
         let workers = crate::worker::WorkerSettings {
@@ -247,7 +255,20 @@ impl Settings {
         let connector_urls = connector_url_policy(&get, &store)?;
         let server_limits = dsx_service::ServerLimits::from_lookup(dsx_service::http::DSXCONNECT_LIMITS, get)
             .map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_SERVER__*", reason })?;
+        let tls = dsx_service::tls::ServerTlsFiles::from_lookup(dsx_service::tls::DSXCONNECT_TLS, get)
+            .map_err(|reason| ConfigError::Invalid { var: "DSXCONNECT_USE_TLS", reason })?;
+        let connectors_tls = dsx_service::ClientTls {
+            verify: parse_bool(&get, "DSXCONNECT_CONNECTORS__VERIFY_TLS", true)?,
+            ca_bundle: get("DSXCONNECT_CONNECTORS__CA_BUNDLE").map(PathBuf::from),
+            identity: identity(
+                &get,
+                "DSXCONNECT_CONNECTORS__TLS_CLIENT_CERTFILE",
+                "DSXCONNECT_CONNECTORS__TLS_CLIENT_KEYFILE",
+            )?,
+        };
         Ok(Self {
+            tls,
+            connectors_tls,
             connector_urls,
             server_limits,
             presence_ttl: Duration::from_secs(parse_num(&get, "DSXCONNECT_PRESENCE_TTL_SECONDS", default_ttl)?),
@@ -321,7 +342,41 @@ fn syslog_settings(
     };
     let queue_size =
         parse_num(get, "DSXCONNECT_SYSLOG__QUEUE_SIZE", crate::syslog::DEFAULT_QUEUE_SIZE as u64)?.max(1) as usize;
-    Ok(Some(SyslogSettings { host, port, transport, format, queue_size }))
+    let tls = dsx_service::ClientTls {
+        verify: !parse_bool(get, "DSXCONNECT_SYSLOG__TLS_INSECURE", false)?,
+        ca_bundle: get("DSXCONNECT_SYSLOG__TLS_CA_FILE").map(PathBuf::from),
+        identity: identity(get, "DSXCONNECT_SYSLOG__TLS_CERT_FILE", "DSXCONNECT_SYSLOG__TLS_KEY_FILE")?,
+    };
+    if transport == crate::syslog::Transport::Tls {
+        // Bad files stop the start, not every later delivery.
+        if let Err(reason) = dsx_service::tls::client_config(&tls) {
+            let var = if tls.ca_bundle.as_ref().is_some_and(|p| reason.contains(&*p.to_string_lossy())) {
+                "DSXCONNECT_SYSLOG__TLS_CA_FILE"
+            } else {
+                "DSXCONNECT_SYSLOG__TLS_CERT_FILE"
+            };
+            return Err(ConfigError::Invalid { var, reason });
+        }
+    }
+    Ok(Some(SyslogSettings { host, port, transport, format, queue_size, tls }))
+}
+
+/// A client certificate and key: both or neither.
+fn identity(
+    get: &impl Fn(&str) -> Option<String>,
+    cert_var: &'static str,
+    key_var: &'static str,
+) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    match (get(cert_var), get(key_var)) {
+        (None, None) => Ok(None),
+        (Some(cert), Some(key)) => Ok(Some((cert.into(), key.into()))),
+        (Some(_), None) => {
+            Err(ConfigError::Invalid { var: key_var, reason: format!("{cert_var} is set, so is needed") })
+        }
+        (None, Some(_)) => {
+            Err(ConfigError::Invalid { var: cert_var, reason: format!("{key_var} is set, so is needed") })
+        }
+    }
 }
 
 fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
@@ -366,6 +421,8 @@ mod tests {
         let map: HashMap<String, String> = pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Settings::from_lookup(|k| map.get(k).cloned())
     }
+
+    use std::path::Path;
 
     #[test]
     fn defaults_are_local_and_safe() {
@@ -469,9 +526,58 @@ mod tests {
             .unwrap()
             .syslog
             .is_none());
-        let err = settings(&[("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "h"), ("DSXCONNECT_SYSLOG__TRANSPORT", "tls")])
+        let tls = settings(&[
+            ("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "h"),
+            ("DSXCONNECT_SYSLOG__TRANSPORT", "tls"),
+            ("DSXCONNECT_SYSLOG__TLS_INSECURE", "true"),
+        ])
+        .unwrap()
+        .syslog
+        .unwrap();
+        assert_eq!(tls.transport, Transport::Tls);
+        assert!(!tls.tls.verify);
+        let err = settings(&[("DSXCONNECT_SYSLOG__SYSLOG_SERVER_URL", "h"), ("DSXCONNECT_SYSLOG__TRANSPORT", "ssl")])
             .unwrap_err();
-        assert!(err.to_string().contains("DSXCONNECT_SYSLOG__TRANSPORT") && err.to_string().contains("tls"), "{err}");
+        assert!(err.to_string().contains("DSXCONNECT_SYSLOG__TRANSPORT") && err.to_string().contains("ssl"), "{err}");
+        let err = settings(&[
+            ("DSXCONNECT_SYSLOG__HOST", "h"),
+            ("DSXCONNECT_SYSLOG__ENABLED", "true"),
+            ("DSXCONNECT_SYSLOG__TRANSPORT", "tls"),
+            ("DSXCONNECT_SYSLOG__TLS_CA_FILE", "/nonexistent/ca.pem"),
+        ])
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("DSXCONNECT_SYSLOG__TLS_CA_FILE")
+                && err.to_string().contains("/nonexistent/ca.pem"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn tls_settings() {
+        let s = settings(&[]).unwrap();
+        assert!(s.tls.is_none(), "plain HTTP unless DSXCONNECT_USE_TLS");
+        assert!(s.connectors_tls.verify && s.connectors_tls.ca_bundle.is_none());
+        let err = settings(&[("DSXCONNECT_USE_TLS", "true")]).unwrap_err();
+        assert!(err.to_string().contains("DSXCONNECT_TLS_CERTFILE"), "{err}");
+        let s = settings(&[
+            ("DSXCONNECT_USE_TLS", "true"),
+            ("DSXCONNECT_TLS_CERTFILE", "/c.pem"),
+            ("DSXCONNECT_TLS_KEYFILE", "/k.pem"),
+            ("DSXCONNECT_TLS_CLIENT_CA", "/ca.pem"),
+            ("DSXCONNECT_CONNECTORS__CA_BUNDLE", "/cb.pem"),
+            ("DSXCONNECT_CONNECTORS__TLS_CLIENT_CERTFILE", "/cc.pem"),
+            ("DSXCONNECT_CONNECTORS__TLS_CLIENT_KEYFILE", "/ck.pem"),
+            ("DSXCONNECT_SCANNER__CA_BUNDLE", "/sb.pem"),
+        ])
+        .unwrap();
+        let files = s.tls.unwrap();
+        assert_eq!((files.cert.to_str(), files.client_ca.as_deref()), (Some("/c.pem"), Some(Path::new("/ca.pem"))));
+        assert_eq!(s.connectors_tls.ca_bundle.as_deref(), Some(Path::new("/cb.pem")));
+        assert_eq!(s.connectors_tls.identity, Some(("/cc.pem".into(), "/ck.pem".into())));
+        assert_eq!(s.scanner.ca_bundle.as_deref(), Some(Path::new("/sb.pem")));
+        let err = settings(&[("DSXCONNECT_CONNECTORS__TLS_CLIENT_CERTFILE", "/cc.pem")]).unwrap_err();
+        assert!(err.to_string().contains("DSXCONNECT_CONNECTORS__TLS_CLIENT_KEYFILE"), "{err}");
     }
 
     #[test]

@@ -64,16 +64,26 @@ impl ConnectorClient {
     /// `sign`: whether auth is enabled (calls are then signed with the connector's key).
     /// Every target, literal or resolved, must pass `policy` when the call is made.
     pub fn new(store: Arc<dyn Store>, sign: bool, policy: UrlPolicy) -> Self {
+        Self::with_tls(store, sign, policy, &dsx_service::ClientTls::default()).expect("HTTP client")
+    }
+
+    /// [`ConnectorClient::new`] with how connectors' certificates are checked and the client
+    /// certificate dsx-connect presents (`DSXCONNECT_CONNECTORS__*`).
+    pub fn with_tls(
+        store: Arc<dyn Store>,
+        sign: bool,
+        policy: UrlPolicy,
+        tls: &dsx_service::ClientTls,
+    ) -> Result<Self, String> {
         let policy = Arc::new(policy);
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_IDLE_TIMEOUT)
             .dns_resolver(Arc::new(PolicyResolver(Arc::clone(&policy))))
             // A redirect would leave the checked URL.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("HTTP client");
-        Self { http, store, sign, policy }
+            .redirect(reqwest::redirect::Policy::none());
+        let http = dsx_service::http_client(builder, tls)?;
+        Ok(Self { http, store, sign, policy })
     }
 
     /// A signed request to `<registered url>/<path_and_query>`. The key is looked up on every
@@ -182,18 +192,5 @@ async fn detail_of(resp: reqwest::Response) -> String {
     json.get("detail").and_then(|d| d.as_str()).unwrap_or_default().to_owned()
 }
 
-/// `error sending request` alone hides the cause (refused, timed out, unknown issuer…):
-/// name every source in the chain.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
-}
+/// `error sending request` alone hides the cause (refused, timed out, unknown issuer…).
+pub use dsx_service::error_chain;

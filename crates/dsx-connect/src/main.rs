@@ -35,6 +35,18 @@ enum Command {
         /// Print the server's JSON (for scripts) instead of tables.
         #[arg(long, global = true)]
         json: bool,
+        /// Trust only this CA bundle (PEM) for an https `--url`.
+        #[arg(long, env = "DSXCONNECT_CA_BUNDLE", global = true)]
+        ca_bundle: Option<std::path::PathBuf>,
+        /// Do not check the server's certificate (lab use only; prints a warning).
+        #[arg(long, global = true)]
+        insecure: bool,
+        /// Client certificate (PEM) to present, with `--client-key`.
+        #[arg(long, env = "DSXCONNECT_CLIENT_CERT", global = true, requires = "client_key")]
+        client_cert: Option<std::path::PathBuf>,
+        /// Client certificate's private key (PEM).
+        #[arg(long, env = "DSXCONNECT_CLIENT_KEY", global = true, requires = "client_cert")]
+        client_key: Option<std::path::PathBuf>,
         #[command(subcommand)]
         command: dsx_connect::cli::AdminCommand,
     },
@@ -130,13 +142,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
             let limits = dsx_service::ServerLimits::from_env(dsx_service::http::DSXCONNECT_LIMITS)
                 .map_err(anyhow::Error::msg)?;
-            tracing::info!(listen = %listener.local_addr()?, "built-in scanner serving the DSXA API");
+            // Same TLS options as the server (DSXCONNECT_USE_TLS, DSXCONNECT_TLS_*).
+            let tls = match dsx_service::tls::ServerTlsFiles::from_env(dsx_service::tls::DSXCONNECT_TLS)
+                .map_err(anyhow::Error::msg)?
+            {
+                Some(files) => Some(dsx_service::ServerTls::load(&files).map_err(anyhow::Error::msg)?),
+                None => None,
+            };
+            tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "built-in scanner serving the DSXA API");
             let engine = std::sync::Arc::new(engine);
-            dsx_scanner::serve(listener, engine, auth_token, limits, dsx_service::shutdown_signal()).await?;
+            dsx_scanner::serve(listener, engine, auth_token, limits, tls, dsx_service::shutdown_signal()).await?;
             Ok(())
         }
-        Command::Admin { url, token, json, command } => {
-            dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token, json }, command).await
+        Command::Admin { url, token, json, ca_bundle, insecure, client_cert, client_key, command } => {
+            if insecure {
+                eprintln!("warning: --insecure: the server's certificate is not checked");
+            }
+            let tls = dsx_service::ClientTls { verify: !insecure, ca_bundle, identity: client_cert.zip(client_key) };
+            dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token, json, tls }, command).await
         }
         Command::Sign { key_id, secret_file, method, url, body } => {
             let secret =

@@ -25,6 +25,8 @@ pub struct AppState {
     pub metrics: crate::metrics::Metrics,
     /// Recently resolved DSX-HMAC keys (see `key_cache`).
     pub keys: crate::key_cache::KeyCache,
+    /// The HTTPS listener's certificate (re-read while serving), when `DSXCONNECT_USE_TLS`.
+    pub server_tls: Option<dsx_service::ServerTls>,
 }
 
 impl AppState {

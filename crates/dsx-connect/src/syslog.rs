@@ -1,5 +1,5 @@
-//! Scan results to syslog, over UDP or TCP, in one of two frame formats:
-//! - [`Format::Rfc5424`]: RFC 5424 messages (TCP with RFC 6587 octet counting);
+//! Scan results to syslog, over UDP, TCP or TLS, in one of two frame formats:
+//! - [`Format::Rfc5424`]: RFC 5424 messages (TCP and TLS with octet counting, RFC 6587/5425);
 //! - [`Format::Python`]: what Python dsx-connect 1.x sends, so its log pipelines keep parsing:
 //!   `<134>dsx-connect {"timestamp","source","scan_request","verdict","item_action"}\n\0`.
 
@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
 
 /// Facility `local0`; severity notice (5) for clean results, warning (4) for malicious ones.
@@ -18,6 +18,8 @@ const FACILITY: u8 = 16;
 pub enum Transport {
     Udp,
     Tcp,
+    /// TCP inside TLS, the server certificate verified (`DSXCONNECT_SYSLOG__TLS_*`).
+    Tls,
 }
 
 impl std::str::FromStr for Transport {
@@ -26,8 +28,8 @@ impl std::str::FromStr for Transport {
         match s.to_ascii_lowercase().as_str() {
             "udp" => Ok(Transport::Udp),
             "tcp" => Ok(Transport::Tcp),
-            "tls" => Err("tls transport is not supported yet; use tcp through a TLS-terminating relay".into()),
-            other => Err(format!("expected udp or tcp, got {other:?}")),
+            "tls" => Ok(Transport::Tls),
+            other => Err(format!("expected udp, tcp or tls, got {other:?}")),
         }
     }
 }
@@ -59,6 +61,8 @@ pub struct SyslogSettings {
     /// Events waiting for delivery at most (`DSXCONNECT_SYSLOG__QUEUE_SIZE`); more are dropped
     /// and counted.
     pub queue_size: usize,
+    /// With [`Transport::Tls`]: CA file, client identity, verification switch.
+    pub tls: dsx_service::ClientTls,
 }
 
 /// Default of `DSXCONNECT_SYSLOG__QUEUE_SIZE`.
@@ -78,7 +82,7 @@ pub struct Syslog {
 struct Sink {
     settings: SyslogSettings,
     hostname: String,
-    tcp: Mutex<Option<tokio::net::TcpStream>>,
+    tcp: Mutex<Option<Box<dyn AsyncWrite + Send + Unpin>>>,
 }
 
 /// How long one connect or one write to a TCP syslog server may take.
@@ -134,13 +138,13 @@ impl Sink {
             (Format::Rfc5424, Transport::Udp) => {
                 self.send_udp(&format_rfc5424(malicious, unix_now(), &self.hostname, json)).await
             }
-            (Format::Rfc5424, Transport::Tcp) => {
+            (Format::Rfc5424, Transport::Tcp | Transport::Tls) => {
                 let line = format_rfc5424(malicious, unix_now(), &self.hostname, json);
                 self.send_tcp(&format!("{} {line}", line.len())).await
             }
             // Python frames carry their own terminator, on either transport.
             (Format::Python, Transport::Udp) => self.send_udp(&format_python(unix_now(), json)).await,
-            (Format::Python, Transport::Tcp) => self.send_tcp(&format_python(unix_now(), json)).await,
+            (Format::Python, Transport::Tcp | Transport::Tls) => self.send_tcp(&format_python(unix_now(), json)).await,
         };
         if let Err(err) = sent {
             tracing::warn!(error = %err, "syslog delivery failed");
@@ -156,8 +160,7 @@ impl Sink {
         let mut conn = self.tcp.lock().await;
         for _ in 0..2 {
             if conn.is_none() {
-                let addr = (self.settings.host.as_str(), self.settings.port);
-                *conn = Some(tokio::time::timeout(TCP_TIMEOUT, tokio::net::TcpStream::connect(addr)).await??);
+                *conn = Some(tokio::time::timeout(TCP_TIMEOUT, self.connect()).await??);
             }
             let write = conn.as_mut().expect("connected").write_all(framed.as_bytes());
             match tokio::time::timeout(TCP_TIMEOUT, write).await {
@@ -166,6 +169,24 @@ impl Sink {
             }
         }
         Err(std::io::Error::other("syslog connection lost"))
+    }
+
+    async fn connect(&self) -> std::io::Result<Box<dyn AsyncWrite + Send + Unpin>> {
+        let host = self.settings.host.as_str();
+        let tcp = tokio::net::TcpStream::connect((host, self.settings.port)).await?;
+        if self.settings.transport != Transport::Tls {
+            return Ok(Box::new(tcp));
+        }
+        // The files were checked at start; re-read here so a rotated CA or client
+        // certificate is used from the next connection on.
+        let config = dsx_service::tls::client_config(&self.settings.tls).map_err(std::io::Error::other)?;
+        let name = rustls_pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| std::io::Error::other(format!("syslog host {host:?}: {e}")))?;
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| std::io::Error::other(format!("TLS to syslog {host}: {}", dsx_service::error_chain(&e))))?;
+        Ok(Box::new(tls))
     }
 }
 
@@ -239,6 +260,7 @@ mod tests {
             transport: Transport::Udp,
             format: Format::Rfc5424,
             queue_size: DEFAULT_QUEUE_SIZE,
+            tls: Default::default(),
         });
         s.send(true, "{\"verdict\":\"Malicious\"}").await;
         let mut buf = [0u8; 2048];
@@ -254,6 +276,7 @@ mod tests {
             transport: Transport::Tcp,
             format: Format::Rfc5424,
             queue_size: DEFAULT_QUEUE_SIZE,
+            tls: Default::default(),
         });
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -277,7 +300,8 @@ mod tests {
         let first = &rest[..len.parse::<usize>().unwrap()];
         assert!(first.ends_with(" scan_result - first"), "{stream}");
         assert!(stream.ends_with(" scan_result - second"));
-        assert!("tls".parse::<Transport>().unwrap_err().contains("not supported"));
+        assert_eq!("TLS".parse::<Transport>(), Ok(Transport::Tls));
+        assert!("ssl".parse::<Transport>().unwrap_err().contains("udp, tcp or tls"));
     }
 
     const RESULT: &str = r#"{"id":3,"scan_request":{"location":"/a/eicar.txt"},"verdict":{"verdict":"Malicious"},"item_action":{"status":"success","item_action":"move"},"status":"action succeeded"}"#;
@@ -297,6 +321,7 @@ mod tests {
             transport: Transport::Udp,
             format: Format::Python,
             queue_size: DEFAULT_QUEUE_SIZE,
+            tls: Default::default(),
         });
         s.send(true, RESULT).await;
         let mut buf = [0u8; 4096];
@@ -317,6 +342,7 @@ mod tests {
             transport: Transport::Tcp,
             format: Format::Python,
             queue_size: DEFAULT_QUEUE_SIZE,
+            tls: Default::default(),
         });
         let reader = tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -339,5 +365,116 @@ mod tests {
         for frame in frames {
             assert_eq!(parse_python_frame(frame)["verdict"]["verdict"], "Malicious");
         }
+    }
+
+    /// A TLS syslog listener in this process that requires a client certificate from `ca`;
+    /// what the first accepted connection sends, until `want` octet-counted frames arrived.
+    async fn tls_listener(
+        ca: &dsx_service::tls::certgen::Ca,
+        dir: &std::path::Path,
+        want: usize,
+    ) -> (u16, tokio::task::JoinHandle<String>) {
+        use tokio::io::AsyncReadExt;
+        let server = ca.server(&["127.0.0.1".into()]).unwrap();
+        std::fs::write(dir.join("srv.crt"), &server.cert).unwrap();
+        std::fs::write(dir.join("srv.key"), &server.key).unwrap();
+        std::fs::write(dir.join("listener-ca.crt"), ca.cert_pem()).unwrap();
+        let cert = dsx_service::tls::ReloadingCert::load(&dir.join("srv.crt"), &dir.join("srv.key")).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in dsx_service::tls::read_certs(&dir.join("listener-ca.crt")).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), dsx_service::tls::provider())
+                .build()
+                .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(dsx_service::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_cert_resolver(Arc::new(cert));
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let reader = tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                // Handshakes that fail (an untrusting client) are skipped.
+                let Ok(mut tls) = acceptor.accept(tcp).await else { continue };
+                let mut out = String::new();
+                while out.matches(" scan_result - ").count() < want {
+                    let mut chunk = [0u8; 4096];
+                    let n = tls.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    out.push_str(&String::from_utf8_lossy(&chunk[..n]));
+                }
+                return out;
+            }
+        });
+        (port, reader)
+    }
+
+    #[tokio::test]
+    async fn tls_delivers_to_a_tls_listener_with_a_client_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dsx_service::tls::certgen::Ca::new("syslog CA").unwrap();
+        let client = ca.client("dsx-connect").unwrap();
+        std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("client.crt"), &client.cert).unwrap();
+        std::fs::write(dir.path().join("client.key"), &client.key).unwrap();
+        let (port, reader) = tls_listener(&ca, dir.path(), 2).await;
+        let s = Syslog::new(SyslogSettings {
+            host: "127.0.0.1".into(),
+            port,
+            transport: Transport::Tls,
+            format: Format::Rfc5424,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            tls: dsx_service::ClientTls {
+                verify: true,
+                ca_bundle: Some(dir.path().join("ca.crt")),
+                identity: Some((dir.path().join("client.crt"), dir.path().join("client.key"))),
+            },
+        });
+        s.send(true, "first").await;
+        s.send(false, "second").await;
+        let stream = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+        // Octet counting inside TLS, as over TCP.
+        let (len, rest) = stream.split_once(' ').unwrap();
+        assert!(rest[..len.parse::<usize>().unwrap()].ends_with(" scan_result - first"), "{stream}");
+        assert!(stream.ends_with(" scan_result - second"), "{stream}");
+    }
+
+    #[tokio::test]
+    async fn tls_refuses_a_listener_it_does_not_trust_unless_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dsx_service::tls::certgen::Ca::new("listener CA").unwrap();
+        let other = dsx_service::tls::certgen::Ca::new("other CA").unwrap();
+        let client = ca.client("dsx-connect").unwrap();
+        std::fs::write(dir.path().join("other.crt"), other.cert_pem()).unwrap();
+        std::fs::write(dir.path().join("client.crt"), &client.cert).unwrap();
+        std::fs::write(dir.path().join("client.key"), &client.key).unwrap();
+        let (port, reader) = tls_listener(&ca, dir.path(), 1).await;
+        let settings = |verify: bool| SyslogSettings {
+            host: "127.0.0.1".into(),
+            port,
+            transport: Transport::Tls,
+            format: Format::Rfc5424,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            tls: dsx_service::ClientTls {
+                verify,
+                ca_bundle: Some(dir.path().join("other.crt")),
+                identity: Some((dir.path().join("client.crt"), dir.path().join("client.key"))),
+            },
+        };
+        let verifying = Syslog::new(settings(true));
+        verifying.send(false, "must not arrive").await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(!reader.is_finished(), "delivered to an untrusted listener");
+        let insecure = Syslog::new(settings(false));
+        insecure.send(false, "arrives").await;
+        let stream = tokio::time::timeout(Duration::from_secs(10), reader).await.unwrap().unwrap();
+        assert!(stream.ends_with(" scan_result - arrives") && !stream.contains("must not arrive"), "{stream}");
     }
 }

@@ -90,7 +90,7 @@ fn code_names() -> BTreeSet<String> {
 }
 
 /// Documented as not supported yet (docs/configuration.md says so next to them).
-const DOCUMENTED_UNSUPPORTED: &[&str] = &["DSXCONNECTOR_USE_TLS"];
+const DOCUMENTED_UNSUPPORTED: &[&str] = &[];
 
 #[test]
 fn docs_and_code_name_the_same_variables() {

@@ -95,3 +95,43 @@ fn compose_bind_mounts_exist_in_the_repository_and_name_the_connector_uid() {
     let readme = std::fs::read_to_string(repo().join("scan/README.md")).unwrap();
     assert!(readme.contains(&format!("chown -R {uid} scan")), "{readme}");
 }
+
+/// The auth Compose file runs every hop on HTTPS with the test CA its `tls-certs` job makes:
+/// both servers read the generated files, each client trusts the generated CA, and the URLs
+/// are https.
+#[test]
+fn auth_compose_serves_https_with_a_generated_test_ca() {
+    let doc = compose("auth.yaml");
+    let job = &doc["services"]["tls-certs"];
+    let entrypoint: Vec<&str> = job["entrypoint"].as_vec().unwrap().iter().filter_map(Yaml::as_str).collect();
+    let script = entrypoint.join(" ");
+    assert!(script.contains("dsx-connect admin gen-certs --out /var/lib/dsx-connect"), "{script}");
+    for host in ["dsx-connect", "filesystem-connector"] {
+        assert!(script.contains(host), "the server certificate covers {host}: {script}");
+    }
+    let server = env(&doc, "dsx-connect");
+    let connector = env(&doc, "filesystem-connector");
+    assert_eq!(value(server, "DSXCONNECT_USE_TLS"), "true");
+    assert_eq!(value(connector, "DSXCONNECTOR_USE_TLS"), "true");
+    for (env, var) in [
+        (server, "DSXCONNECT_TLS_CERTFILE"),
+        (server, "DSXCONNECT_TLS_KEYFILE"),
+        (server, "DSXCONNECT_CONNECTORS__CA_BUNDLE"),
+        (connector, "DSXCONNECTOR_TLS_CERTFILE"),
+        (connector, "DSXCONNECTOR_TLS_KEYFILE"),
+        (connector, "DSXCONNECTOR_CA_BUNDLE"),
+    ] {
+        assert!(value(env, var).starts_with("/etc/dsx-tls/"), "{var} points into the mounted certificates");
+    }
+    assert!(value(connector, "DSXCONNECTOR_DSX_CONNECT_URL").starts_with("https://"));
+    assert!(value(connector, "DSXCONNECTOR_CONNECTOR_URL").starts_with("https://"));
+    for service in ["dsx-connect", "filesystem-connector"] {
+        let volumes: Vec<&str> =
+            doc["services"][service]["volumes"].as_vec().unwrap().iter().filter_map(Yaml::as_str).collect();
+        assert!(volumes.contains(&"tls-certs:/etc/dsx-tls:ro"), "{service} mounts the certificates read-only");
+    }
+    assert_eq!(
+        doc["services"]["dsx-connect"]["depends_on"]["tls-certs"]["condition"].as_str(),
+        Some("service_completed_successfully")
+    );
+}

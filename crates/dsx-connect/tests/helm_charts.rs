@@ -580,8 +580,10 @@ fn the_schemas_reject_malformed_values() {
         (SERVER, "dsx-connect-api.auth.breakGlass=sometimes", "dsx-connect-api.auth.breakGlass"),
         (SERVER, "dsx-connect-api.auth.enrollmnet.secretName=x", "enrollmnet"),
         (SERVER, "replicas=2", "replicas"),
-        // The server refuses tls at start-up: the chart must not render pods that crash-loop.
-        (SERVER, "syslog.transport=tls", "syslog.transport"),
+        // Exactly the transports the server accepts.
+        (SERVER, "syslog.transport=ssl", "syslog.transport"),
+        (SERVER, "tls.enable=true", "enable"),
+        (CONNECTOR, "tls.enabled=yes", "tls.enabled"),
         (CONNECTOR, "auth_dsxconnect.enabled=yes", "auth_dsxconnect.enabled"),
         (CONNECTOR, "scanVolume.mountPath=relative", "scanVolume.mountPath"),
     ] {
@@ -599,7 +601,9 @@ fn charts_only_set_variables_the_code_reads() {
         "api.autoscaling.enabled=true,worker.autoscaling.enabled=true,ingress.enabled=true",
         "dsx-connect-api.auth.enrollment.extraTokens=a\\,b,dsx-connect-api.auth.breakGlass=true",
         "dsx-connect-api.auth.secretKey.secretName=k,redis.external.existingSecret=r",
-        "syslog.enabled=true,syslog.host=logs.example,syslog.transport=tcp",
+        "syslog.enabled=true,syslog.host=logs.example,syslog.transport=tls",
+        "syslog.tls.secretName=syslog-tls,syslog.tls.clientCert=true,syslog.tls.insecure=true",
+        "tls.enabled=true,tls.secretName=srv-tls,tls.requireClientCert=true,tls.clientCertToConnectors=true",
     ];
     let mut sets: Vec<(&str, Vec<&str>)> = vec![(SERVER, vec![]), (CONNECTOR, vec![])];
     sets.push((SERVER, everything.iter().flat_map(|s| ["--set", *s]).collect()));
@@ -607,7 +611,7 @@ fn charts_only_set_variables_the_code_reads() {
         SERVER,
         vec![
             "--set",
-            "scanner.kind=dsxa,scanner.dsxa.baseUrl=http://d:5000,scanner.dsxa.authToken.secretName=t",
+            "scanner.kind=dsxa,scanner.dsxa.baseUrl=https://d:5000,scanner.dsxa.authToken.secretName=t,scanner.dsxa.caBundle.secretName=ca",
             "--set",
             "redis.external.url=redis://r:6379/0",
         ],
@@ -623,6 +627,8 @@ fn charts_only_set_variables_the_code_reads() {
             "monitor.enabled=true,monitor.forcePolling=true,displayName=Files,assetDisplayName=share",
             "--set",
             "quarantineVolume.enabled=true,dataVolume.persistent=false",
+            "--set",
+            "tls.enabled=true,tls.secretName=c-tls,tls.clientCert=true,tls.requireClientCert=true",
         ],
     ));
     let mut checked = 0;
@@ -665,4 +671,90 @@ fn collect_strings(y: &Yaml, out: &mut Vec<String>) {
         }
         _ => {}
     }
+}
+
+fn mount<'a>(workload: &'a Yaml, name: &str) -> &'a Yaml {
+    list(&container(workload)["volumeMounts"])
+        .iter()
+        .find(|m| s(&m["name"]) == name)
+        .unwrap_or_else(|| panic!("no volume mount {name}"))
+}
+
+fn volume<'a>(workload: &'a Yaml, name: &str) -> &'a Yaml {
+    list(&workload["spec"]["template"]["spec"]["volumes"])
+        .iter()
+        .find(|v| s(&v["name"]) == name)
+        .unwrap_or_else(|| panic!("no volume {name}"))
+}
+
+/// HTTPS from a cert-manager style Secret: mounted read-only as a whole (so renewals reach the
+/// pod), the server and its clients pointed at tls.crt/tls.key/ca.crt, probes on HTTPS.
+#[test]
+fn tls_from_a_secret_reaches_the_server_the_workers_and_the_connector() {
+    let r = render(
+        SERVER,
+        &[
+            "--set",
+            "tls.enabled=true,tls.secretName=dsx-tls,tls.requireClientCert=true,tls.clientCertToConnectors=true",
+        ],
+    );
+    for pod in [api(&r), worker(&r)] {
+        assert_eq!(env_value(pod, "DSXCONNECT_USE_TLS").as_deref(), Some("true"));
+        assert_eq!(env_value(pod, "DSXCONNECT_TLS_CERTFILE").as_deref(), Some("/etc/dsx-connect/tls/tls.crt"));
+        assert_eq!(env_value(pod, "DSXCONNECT_TLS_KEYFILE").as_deref(), Some("/etc/dsx-connect/tls/tls.key"));
+        assert_eq!(env_value(pod, "DSXCONNECT_TLS_CLIENT_CA").as_deref(), Some("/etc/dsx-connect/tls/ca.crt"));
+        assert_eq!(env_value(pod, "DSXCONNECT_CONNECTORS__CA_BUNDLE").as_deref(), Some("/etc/dsx-connect/tls/ca.crt"));
+        assert_eq!(
+            env_value(pod, "DSXCONNECT_CONNECTORS__TLS_CLIENT_CERTFILE").as_deref(),
+            Some("/etc/dsx-connect/tls/tls.crt")
+        );
+        let m = mount(pod, "tls");
+        assert_eq!((s(&m["mountPath"]), m["readOnly"].as_bool()), ("/etc/dsx-connect/tls", Some(true)));
+        assert!(m["subPath"].is_badvalue(), "subPath mounts are not refreshed by the kubelet");
+        assert_eq!(s(&volume(pod, "tls")["secret"]["secretName"]), "dsx-tls");
+        let c = container(pod);
+        assert_eq!(s(&c["livenessProbe"]["httpGet"]["scheme"]), "HTTPS");
+        assert_eq!(s(&c["readinessProbe"]["httpGet"]["scheme"]), "HTTPS");
+    }
+    // Off by default: plain HTTP probes, no TLS variables.
+    let plain = render(SERVER, &[]);
+    assert!(!has_env_like(api(&plain), "TLS_"), "TLS variables without tls.enabled");
+    assert!(container(api(&plain))["livenessProbe"]["httpGet"]["scheme"].is_badvalue());
+    let err = render_err(SERVER, &["--set", "tls.enabled=true"]);
+    assert!(err.contains("tls.secretName"), "{err}");
+
+    // The scanner's CA and syslog over TLS from their own Secrets.
+    let r = render(
+        SERVER,
+        &[
+            "--set",
+            "scanner.kind=dsxa,scanner.dsxa.baseUrl=https://dsxa:5000,scanner.dsxa.caBundle.secretName=dsxa-ca",
+            "--set",
+            "syslog.enabled=true,syslog.host=logs,syslog.transport=tls,syslog.tls.secretName=syslog-tls",
+        ],
+    );
+    let pod = worker(&r);
+    assert_eq!(env_value(pod, "DSXCONNECT_SCANNER__CA_BUNDLE").as_deref(), Some("/etc/dsx-connect/scanner-ca/ca.crt"));
+    assert_eq!(s(&volume(pod, "scanner-ca")["secret"]["secretName"]), "dsxa-ca");
+    assert_eq!(env_value(pod, "DSXCONNECT_SYSLOG__TRANSPORT").as_deref(), Some("tls"));
+    assert_eq!(env_value(pod, "DSXCONNECT_SYSLOG__TLS_CA_FILE").as_deref(), Some("/etc/dsx-connect/syslog-tls/ca.crt"));
+    assert_eq!(env_value(pod, "DSXCONNECT_SYSLOG__TLS_INSECURE").as_deref(), Some("false"));
+    assert_eq!(mount(pod, "syslog-tls")["readOnly"].as_bool(), Some(true));
+
+    let r = render(CONNECTOR, &["--set", "tls.enabled=true,tls.secretName=fs-tls,tls.clientCert=true"]);
+    let sts = r.get("StatefulSet", CONNECTOR_FULLNAME);
+    assert_eq!(
+        env_value(sts, "DSXCONNECTOR_CONNECTOR_URL").as_deref(),
+        Some("https://$(POD_NAME).fs-filesystem-connector-headless.scanning.svc:8620"),
+        "each replica registers a name its certificate can cover"
+    );
+    assert_eq!(env_source(sts, "POD_NAME"), Some(Source::Field("metadata.name".into())));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_USE_TLS").as_deref(), Some("true"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_CA_BUNDLE").as_deref(), Some("/etc/connector/tls/ca.crt"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_TLS_CLIENT_CERTFILE").as_deref(), Some("/etc/connector/tls/tls.crt"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_TLS_CLIENT_CA"), None, "mutual TLS towards the connector is opt-in");
+    assert_eq!(mount(sts, "tls")["readOnly"].as_bool(), Some(true));
+    assert_eq!(s(&container(sts)["readinessProbe"]["httpGet"]["scheme"]), "HTTPS");
+    let err = render_err(CONNECTOR, &["--set", "tls.enabled=true"]);
+    assert!(err.contains("tls.secretName"), "{err}");
 }

@@ -84,12 +84,22 @@ pub struct DsxClient {
 
 impl DsxClient {
     pub fn new(base_url: &str, token: Option<SecretString>, skew: u64, model: Connector) -> Self {
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("HTTP client");
-        Self {
+        Self::with_tls(base_url, token, skew, model, &dsx_service::ClientTls::default()).expect("HTTP client")
+    }
+
+    /// [`DsxClient::new`] checking dsx-connect's certificate as `tls` says; an error names the
+    /// file that could not be used.
+    pub fn with_tls(
+        base_url: &str,
+        token: Option<SecretString>,
+        skew: u64,
+        model: Connector,
+        tls: &dsx_service::ClientTls,
+    ) -> Result<Self, String> {
+        let builder =
+            reqwest::Client::builder().connect_timeout(Duration::from_secs(5)).timeout(Duration::from_secs(30));
+        let http = dsx_service::http_client(builder, tls)?;
+        Ok(Self {
             http,
             base_url: base_url.trim_end_matches('/').to_owned(),
             token,
@@ -98,7 +108,7 @@ impl DsxClient {
             previous: RwLock::new(None),
             model: RwLock::new(model),
             capabilities: Mutex::new(None),
-        }
+        })
     }
 
     pub fn model(&self) -> Connector {
@@ -168,7 +178,7 @@ impl DsxClient {
         if let Some(key) = intake_key {
             request = request.header("Idempotency-Key", key);
         }
-        request.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))
+        request.send().await.map_err(|e| ClientError::Unreachable(dsx_service::error_chain(&e)))
     }
 
     /// Register (or refresh). Signed when a key is held; after `unknown_key_id` (the server
@@ -183,7 +193,7 @@ impl DsxClient {
             if let Some(token) = &self.token {
                 req = req.header("X-Enrollment-Token", token.expose_secret());
             }
-            let resp = req.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+            let resp = req.send().await.map_err(|e| ClientError::Unreachable(dsx_service::error_chain(&e)))?;
             match check(resp).await {
                 Ok((status, json)) => return self.accept_registration(status, json),
                 Err(err) if err.detail() == Some("unknown_key_id") => {
@@ -199,7 +209,7 @@ impl DsxClient {
         if let Some(token) = &self.token {
             req = req.header("X-Enrollment-Token", token.expose_secret());
         }
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable(dsx_service::error_chain(&e)))?;
         let (status, json) = check(resp).await?;
         self.accept_registration(status, json)
     }
@@ -293,7 +303,7 @@ impl DsxClient {
 /// Split a response into success JSON or a `Refused` error carrying `detail`.
 async fn check(resp: reqwest::Response) -> Result<(StatusCode, Value), ClientError> {
     let status = resp.status();
-    let text = resp.text().await.map_err(|e| ClientError::Unreachable(e.to_string()))?;
+    let text = resp.text().await.map_err(|e| ClientError::Unreachable(dsx_service::error_chain(&e)))?;
     let json: Value =
         if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap_or(Value::String(text)) };
     if status.is_success() {

@@ -56,8 +56,17 @@ impl ConnectorContext {
             filter: settings.filter.clone(),
             ..Connector::default()
         };
-        let dsx =
-            DsxClient::new(&settings.dsx_connect_url, settings.enrollment_token.clone(), settings.clock_skew, model);
+        let dsx = DsxClient::with_tls(
+            &settings.dsx_connect_url,
+            settings.enrollment_token.clone(),
+            settings.clock_skew,
+            model,
+            &settings.dsx_tls,
+        )
+        .map_err(|reason| anyhow::anyhow!("DSXCONNECTOR_CA_BUNDLE/TLS_CLIENT_*: {reason}"))?;
+        if !settings.dsx_tls.verify {
+            tracing::warn!("DSXCONNECTOR_VERIFY_TLS=false: dsx-connect's certificate is not checked; the registration answer carries this connector's secret");
+        }
         let runtime = RwLock::new(RuntimeConfig {
             filter: Arc::new(filter),
             item_action: settings.item_action,
@@ -175,18 +184,26 @@ pub async fn run_until(
     tracing::info!("{}", settings.auth_boot_line());
     let limits =
         dsx_service::ServerLimits::from_env(dsx_service::http::DSXCONNECTOR_LIMITS).map_err(anyhow::Error::msg)?;
+    let tls = match &settings.tls {
+        Some(files) => Some(
+            dsx_service::ServerTls::load(files)
+                .map_err(|reason| anyhow::anyhow!("DSXCONNECTOR_TLS_CERTFILE/KEYFILE/CLIENT_CA: {reason}"))?,
+        ),
+        None => None,
+    };
     let uuid = load_or_create_uuid(&settings.data_dir)?;
     let ctx = ConnectorContext::new(settings, repo, uuid)?;
     if let Err(reason) = ctx.repo.check().await {
         tracing::warn!(%reason, "repository not reachable yet");
     }
     let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listen on {listen}"))?;
-    tracing::info!(%uuid, listen = %listener.local_addr()?, url = %ctx.settings.base_url(), asset = %ctx.settings.asset, "connector serving");
+    tracing::info!(%uuid, listen = %listener.local_addr()?, url = %ctx.settings.base_url(), asset = %ctx.settings.asset, tls = tls.is_some(), "connector serving");
     let registration = tokio::spawn(Arc::clone(&ctx).keep_registered());
     if ctx.settings.monitor {
         ctx.spawn_monitor();
     }
-    dsx_service::serve(listener, routes::router(Arc::clone(&ctx)), limits, shutdown).await?;
+    let mutual_tls = tls.as_ref().is_some_and(|t| t.verifies_clients());
+    dsx_service::serve(listener, routes::router_with(Arc::clone(&ctx), mutual_tls), limits, tls, shutdown).await?;
     registration.abort();
     if ctx.registered.load(Ordering::Relaxed) {
         match tokio::time::timeout(Duration::from_secs(5), ctx.dsx.unregister()).await {

@@ -26,8 +26,14 @@ use crate::{inbound, ConnectorContext};
 type Ctx = State<Arc<ConnectorContext>>;
 
 pub fn router(ctx: Arc<ConnectorContext>) -> Router {
+    router_with(ctx, false)
+}
+
+/// [`router`]; with `mutual_tls` the routes dsx-connect calls also need its TLS client
+/// certificate (probes and the home page do not).
+pub fn router_with(ctx: Arc<ConnectorContext>, mutual_tls: bool) -> Router {
     let base = format!("/{}", ctx.settings.name);
-    let protected = Router::new()
+    let mut protected = Router::new()
         .route("/read_file", post(read_file))
         .route("/item_action", put(item_action))
         .route("/full_scan", post(full_scan))
@@ -37,6 +43,9 @@ pub fn router(ctx: Arc<ConnectorContext>) -> Router {
         .route("/assets", get(assets))
         .route("/objects", get(objects))
         .route_layer(from_fn_with_state(Arc::clone(&ctx), inbound::verify));
+    if mutual_tls {
+        protected = protected.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert));
+    }
     let webhook = Router::new()
         .route("/webhook/event", post(webhook_event))
         .route_layer(from_fn_with_state(Arc::clone(&ctx), webhook_gate));

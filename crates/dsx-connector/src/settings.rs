@@ -38,6 +38,12 @@ pub struct ConnectorSettings {
     pub clock_skew: u64,
     pub enrollment_token: Option<SecretString>,
     pub heartbeat_interval: Duration,
+    /// HTTPS on the connector's listener (`DSXCONNECTOR_USE_TLS`, `DSXCONNECTOR_TLS_*`); with
+    /// `DSXCONNECTOR_TLS_CLIENT_CA` the routes dsx-connect calls need its client certificate.
+    pub tls: Option<dsx_service::tls::ServerTlsFiles>,
+    /// How dsx-connect's certificate is checked and the client certificate presented to it
+    /// (`DSXCONNECTOR_VERIFY_TLS`, `DSXCONNECTOR_CA_BUNDLE`, `DSXCONNECTOR_TLS_CLIENT_*`).
+    pub dsx_tls: dsx_service::ClientTls,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -106,9 +112,30 @@ impl ConnectorSettings {
             },
         };
         let concurrency = num_var("FULL_SCAN_ENQUEUE_CONCURRENCY", 8)?.clamp(1, 256) as usize;
+        let tls = dsx_service::tls::ServerTlsFiles::from_lookup(dsx_service::tls::DSXCONNECTOR_TLS, get)
+            .map_err(|reason| SettingsError { var: "DSXCONNECTOR_USE_TLS".into(), reason })?;
+        let identity = match (var("TLS_CLIENT_CERTFILE"), var("TLS_CLIENT_KEYFILE")) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => Some((cert.into(), key.into())),
+            (cert, _) => {
+                let missing = if cert.is_some() { "KEYFILE" } else { "CERTFILE" };
+                return Err(SettingsError {
+                    var: format!("DSXCONNECTOR_TLS_CLIENT_{missing}"),
+                    reason: "a client certificate needs both DSXCONNECTOR_TLS_CLIENT_CERTFILE and _KEYFILE".into(),
+                });
+            }
+        };
+        let dsx_tls = dsx_service::ClientTls {
+            verify: bool_var("VERIFY_TLS", true)?,
+            ca_bundle: var("CA_BUNDLE").map(PathBuf::from),
+            identity,
+        };
+        let scheme = if tls.is_some() { "https" } else { "http" };
         Ok(Self {
+            tls,
+            dsx_tls,
             name: var("NAME").unwrap_or_else(|| defaults.name.into()),
-            connector_url: var("CONNECTOR_URL").unwrap_or_else(|| format!("http://127.0.0.1:{}", defaults.port)),
+            connector_url: var("CONNECTOR_URL").unwrap_or_else(|| format!("{scheme}://127.0.0.1:{}", defaults.port)),
             dsx_connect_url: var("DSX_CONNECT_URL").unwrap_or_else(|| "http://127.0.0.1:8586".into()),
             asset: var("ASSET").unwrap_or_default(),
             asset_display_name: var("ASSET_DISPLAY_NAME").unwrap_or_default(),
@@ -193,6 +220,34 @@ mod tests {
             "Connector authentication: enrollment token provided; DSX-HMAC verification disabled."
         );
         std::fs::remove_file(dir).unwrap();
+    }
+
+    #[test]
+    fn tls_settings() {
+        let s = settings(&[]).unwrap();
+        assert!(s.tls.is_none() && s.dsx_tls.verify, "plain listener, dsx-connect verified by default");
+        assert_eq!(
+            settings(&[("DSXCONNECTOR_USE_TLS", "true")]).unwrap_err().reason,
+            "DSXCONNECTOR_USE_TLS=true needs DSXCONNECTOR_TLS_CERTFILE"
+        );
+        let s = settings(&[
+            ("DSXCONNECTOR_USE_TLS", "true"),
+            ("DSXCONNECTOR_TLS_CERTFILE", "/c"),
+            ("DSXCONNECTOR_TLS_KEYFILE", "/k"),
+            ("DSXCONNECTOR_VERIFY_TLS", "false"),
+            ("DSXCONNECTOR_CA_BUNDLE", "/ca"),
+            ("DSXCONNECTOR_TLS_CLIENT_CERTFILE", "/cc"),
+            ("DSXCONNECTOR_TLS_CLIENT_KEYFILE", "/ck"),
+        ])
+        .unwrap();
+        assert_eq!(s.base_url(), "https://127.0.0.1:8620/filesystem-connector", "https by default with TLS on");
+        assert!(!s.dsx_tls.verify);
+        assert_eq!(s.dsx_tls.ca_bundle, Some(PathBuf::from("/ca")));
+        assert_eq!(s.dsx_tls.identity, Some((PathBuf::from("/cc"), PathBuf::from("/ck"))));
+        assert_eq!(
+            settings(&[("DSXCONNECTOR_TLS_CLIENT_CERTFILE", "/cc")]).unwrap_err().var,
+            "DSXCONNECTOR_TLS_CLIENT_KEYFILE"
+        );
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct DsxaConfig {
     pub auth_token: Option<String>,
     /// Verify the scanner's certificate (https URLs; webpki roots). Off only for lab setups.
     pub verify_tls: bool,
+    /// Trust only this CA bundle (PEM) for the scanner's certificate.
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// Total wall-clock limit for one request, body upload included.
     pub timeout: Duration,
     /// Archive password; sent base64-encoded in the `scan_password` header.
@@ -34,6 +36,7 @@ impl DsxaConfig {
             base_url: url.into(),
             auth_token: None,
             verify_tls: true,
+            ca_bundle: None,
             timeout: Duration::from_secs(600),
             scan_password: None,
         }
@@ -74,13 +77,14 @@ impl DsxaClient {
             return Err(ScanError::Protocol(format!("scanner URL must be http(s): {:?}", config.base_url)));
         }
         let scan_url = format!("{base}{SCAN_BINARY_PATH}");
-        let http = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .timeout(config.timeout)
             .connect_timeout(config.timeout.min(Duration::from_secs(30)))
             // A streamed body cannot be replayed to a redirect target.
-            .redirect(reqwest::redirect::Policy::none())
-            .danger_accept_invalid_certs(!config.verify_tls)
-            .build()
+            .redirect(reqwest::redirect::Policy::none());
+        let tls =
+            dsx_service::ClientTls { verify: config.verify_tls, ca_bundle: config.ca_bundle.clone(), identity: None };
+        let http = dsx_service::http_client(builder, &tls)
             .map_err(|e| ScanError::Protocol(format!("building HTTP client: {e}")))?;
         Ok(DsxaClient { http, scan_url, config })
     }
@@ -155,14 +159,9 @@ fn status_error(status: StatusCode, body: &[u8]) -> ScanError {
 }
 
 fn classify(e: reqwest::Error) -> ScanError {
-    // Include the source chain: reqwest's top-level message alone is rarely useful.
-    let mut msg = e.to_string();
-    let mut src = std::error::Error::source(&e);
-    while let Some(s) = src {
-        msg.push_str(": ");
-        msg.push_str(&s.to_string());
-        src = s.source();
-    }
+    // Include the source chain: reqwest's top-level message alone is rarely useful (a
+    // refused certificate only says why in the innermost error).
+    let msg = dsx_service::error_chain(&e);
     if e.is_timeout() {
         ScanError::Timeout(msg)
     } else if e.is_builder() || e.is_decode() {

@@ -31,15 +31,16 @@ pub fn router(engine: Arc<BuiltinScanner>, auth_token: Option<String>) -> Router
 }
 
 /// Serve until `shutdown` resolves, with the shared server limits (header deadline,
-/// connection cap, bounded drain).
+/// connection cap, bounded drain), over HTTPS with `tls`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     engine: Arc<BuiltinScanner>,
     auth_token: Option<String>,
     limits: dsx_service::ServerLimits,
+    tls: Option<dsx_service::ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    dsx_service::serve(listener, router(engine, auth_token), limits, shutdown).await
+    dsx_service::serve(listener, router(engine, auth_token), limits, tls, shutdown).await
 }
 
 fn detail(status: StatusCode, msg: impl Into<String>) -> Response {

@@ -1,7 +1,9 @@
 //! The one HTTP server loop every binary uses (dsx-connect, its built-in scanner, every
 //! connector), with the limits axum's plain `serve` lacks: a deadline for each request head
 //! (slowloris; also closes keep-alive connections that sit idle), a cap on open connections,
-//! TCP_NODELAY, and a bounded graceful shutdown.
+//! TCP_NODELAY, and a bounded graceful shutdown. With a [`ServerTls`] it serves HTTPS: the
+//! handshake holds a connection slot and must finish within the header-read deadline, so
+//! the slowloris limits hold for TLS too.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,6 +19,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
+
+use crate::tls::{ServerTls, VerifiedClientCert};
 
 /// Names of the variables that set [`ServerLimits`] for one binary, so each reads its own
 /// prefix and the configuration reference can list them.
@@ -92,13 +96,17 @@ impl ServerLimits {
 }
 
 /// Serve `app` on `listener` until `shutdown` resolves, then drain for at most
-/// `limits.shutdown_grace`. Handlers can read the peer address with `ConnectInfo<SocketAddr>`.
+/// `limits.shutdown_grace`. Handlers can read the peer address with `ConnectInfo<SocketAddr>`,
+/// and over mutual TLS a [`VerifiedClientCert`] extension. With `tls` the certificate files
+/// are re-read while serving.
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ServerLimits,
+    tls: Option<ServerTls>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let reloader = tls.as_ref().map(ServerTls::spawn_reloader);
     let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let warned_at = Arc::new(AtomicU64::new(0));
@@ -128,19 +136,53 @@ pub async fn serve(
         if let Err(err) = tcp.set_nodelay(true) {
             tracing::debug!(error = %err, "could not set TCP_NODELAY");
         }
-        let service = app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(peer));
-            req
-        });
-        let service = TowerToHyperService::new(service);
-        let conn = builder.serve_connection(TokioIo::new(tcp), service);
-        let conn = graceful.watch(conn);
+        let app = app.clone();
+        let service = move |client_cert: bool| {
+            TowerToHyperService::new(app.clone().map_request(move |mut req: Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(ConnectInfo(peer));
+                if client_cert {
+                    req.extensions_mut().insert(VerifiedClientCert);
+                }
+                req
+            }))
+        };
+        let Some(tls) = &tls else {
+            let conn = graceful.watch(builder.serve_connection(TokioIo::new(tcp), service(false)));
+            tokio::spawn(async move {
+                if let Err(err) = conn.await {
+                    tracing::debug!(%peer, error = %err, "connection closed with an error");
+                }
+                drop(permit);
+            });
+            continue;
+        };
+        let acceptor = tls.acceptor.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        let handshake_timeout = limits.header_read_timeout;
         tokio::spawn(async move {
+            // The handshake runs in the connection's task, holding its slot, under a deadline.
+            let stream = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(err)) => {
+                    tracing::debug!(%peer, error = %err, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+            let client_cert = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service(client_cert)));
             if let Err(err) = conn.await {
                 tracing::debug!(%peer, error = %err, "connection closed with an error");
             }
             drop(permit);
         });
+    }
+    if let Some(reloader) = reloader {
+        reloader.abort();
     }
     drop(listener);
     let open = graceful.count();

@@ -1,8 +1,10 @@
 //! Process plumbing shared by every binary of the project.
 
 pub mod http;
+pub mod tls;
 
 pub use http::{serve, ServerLimits};
+pub use tls::{error_chain, http_client, ClientTls, ServerTls};
 
 /// Logging to stderr: filter from `<PREFIX>_LOG_LEVEL` (else `RUST_LOG`, else `info`), JSON
 /// lines when `<PREFIX>_LOG_FORMAT=json`.

@@ -30,7 +30,7 @@ async fn start(limits: ServerLimits) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (tx, rx) = oneshot::channel();
-    let done = tokio::spawn(dsx_service::serve(listener, app, limits, async {
+    let done = tokio::spawn(dsx_service::serve(listener, app, limits, None, async {
         let _ = rx.await;
     }));
     Running { addr, stop: Some(tx), done }

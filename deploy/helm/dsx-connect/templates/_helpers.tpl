@@ -67,6 +67,12 @@ that cannot start.
 {{- if and .Values.syslog.enabled (not .Values.syslog.host) -}}
 {{- fail "syslog.enabled=true needs syslog.host" -}}
 {{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
+{{- fail "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt), e.g. from cert-manager" -}}
+{{- end -}}
+{{- if and (or .Values.tls.requireClientCert .Values.tls.clientCertToConnectors) (not .Values.tls.enabled) -}}
+{{- fail "tls.requireClientCert and tls.clientCertToConnectors need tls.enabled=true" -}}
+{{- end -}}
 {{- end -}}
 
 {{/* Where mounted Secrets appear inside the containers. */}}
@@ -76,6 +82,9 @@ extraTokens: /etc/dsx-connect/enrollment-extra/tokens
 operator: /etc/dsx-connect/operator/tokens
 secretKey: /etc/dsx-connect/secret-key/key
 blocklist: /etc/dsx-connect/blocklist/sha256.txt
+tls: /etc/dsx-connect/tls
+scannerCa: /etc/dsx-connect/scanner-ca/ca.crt
+syslogTls: /etc/dsx-connect/syslog-tls
 {{- end -}}
 
 {{/*
@@ -117,6 +126,10 @@ calls to connectors with keys decrypted by the same secret key). Call with
   value: {{ $v.scanner.dsxa.baseUrl | quote }}
 - name: DSXCONNECT_SCANNER__VERIFY_TLS
   value: {{ $v.scanner.dsxa.verifyTls | toString | quote }}
+{{- if $v.scanner.dsxa.caBundle.secretName }}
+- name: DSXCONNECT_SCANNER__CA_BUNDLE
+  value: {{ $paths.scannerCa }}
+{{- end }}
 {{- with $v.scanner.dsxa.authToken.secretName }}
 - name: DSXCONNECT_SCANNER__AUTH_TOKEN
   valueFrom:
@@ -149,6 +162,42 @@ calls to connectors with keys decrypted by the same secret key). Call with
   value: {{ $v.syslog.port | int64 | quote }}
 - name: DSXCONNECT_SYSLOG__TRANSPORT
   value: {{ $v.syslog.transport | quote }}
+{{- if eq $v.syslog.transport "tls" }}
+- name: DSXCONNECT_SYSLOG__TLS_INSECURE
+  value: {{ $v.syslog.tls.insecure | toString | quote }}
+{{- if $v.syslog.tls.secretName }}
+- name: DSXCONNECT_SYSLOG__TLS_CA_FILE
+  value: {{ printf "%s/ca.crt" $paths.syslogTls }}
+{{- if $v.syslog.tls.clientCert }}
+- name: DSXCONNECT_SYSLOG__TLS_CERT_FILE
+  value: {{ printf "%s/tls.crt" $paths.syslogTls }}
+- name: DSXCONNECT_SYSLOG__TLS_KEY_FILE
+  value: {{ printf "%s/tls.key" $paths.syslogTls }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- if $v.tls.enabled }}
+- name: DSXCONNECT_USE_TLS
+  value: "true"
+- name: DSXCONNECT_TLS_CERTFILE
+  value: {{ printf "%s/tls.crt" $paths.tls }}
+- name: DSXCONNECT_TLS_KEYFILE
+  value: {{ printf "%s/tls.key" $paths.tls }}
+{{- if $v.tls.requireClientCert }}
+- name: DSXCONNECT_TLS_CLIENT_CA
+  value: {{ printf "%s/ca.crt" $paths.tls }}
+{{- end }}
+{{- if $v.tls.trustCaForConnectors }}
+- name: DSXCONNECT_CONNECTORS__CA_BUNDLE
+  value: {{ printf "%s/ca.crt" $paths.tls }}
+{{- end }}
+{{- if $v.tls.clientCertToConnectors }}
+- name: DSXCONNECT_CONNECTORS__TLS_CLIENT_CERTFILE
+  value: {{ printf "%s/tls.crt" $paths.tls }}
+- name: DSXCONNECT_CONNECTORS__TLS_CLIENT_KEYFILE
+  value: {{ printf "%s/tls.key" $paths.tls }}
+{{- end }}
 {{- end }}
 - name: DSXCONNECT_AUTH__ENABLED
   value: {{ $auth.enabled | toString | quote }}
@@ -222,6 +271,24 @@ volume mounts, and the refresh is what makes rotation restart-free). Same dict a
   configMap:
     name: {{ include "dsx-connect.fullname" $root }}-blocklist
 {{- end }}
+{{- if $root.Values.tls.enabled }}
+- name: tls
+  secret:
+    secretName: {{ $root.Values.tls.secretName }}
+{{- end }}
+{{- if and (eq $root.Values.scanner.kind "dsxa") $root.Values.scanner.dsxa.caBundle.secretName }}
+- name: scanner-ca
+  secret:
+    secretName: {{ $root.Values.scanner.dsxa.caBundle.secretName }}
+    items:
+      - key: {{ $root.Values.scanner.dsxa.caBundle.key }}
+        path: ca.crt
+{{- end }}
+{{- if and $root.Values.syslog.enabled (eq $root.Values.syslog.transport "tls") $root.Values.syslog.tls.secretName }}
+- name: syslog-tls
+  secret:
+    secretName: {{ $root.Values.syslog.tls.secretName }}
+{{- end }}
 {{- end -}}
 
 {{- define "dsx-connect.volumeMounts" -}}
@@ -253,6 +320,21 @@ volume mounts, and the refresh is what makes rotation restart-free). Same dict a
 {{- if and (ne $root.Values.scanner.kind "dsxa") $root.Values.scanner.blocklist }}
 - name: blocklist
   mountPath: {{ dir $paths.blocklist }}
+  readOnly: true
+{{- end }}
+{{- if $root.Values.tls.enabled }}
+- name: tls
+  mountPath: {{ $paths.tls }}
+  readOnly: true
+{{- end }}
+{{- if and (eq $root.Values.scanner.kind "dsxa") $root.Values.scanner.dsxa.caBundle.secretName }}
+- name: scanner-ca
+  mountPath: {{ dir $paths.scannerCa }}
+  readOnly: true
+{{- end }}
+{{- if and $root.Values.syslog.enabled (eq $root.Values.syslog.transport "tls") $root.Values.syslog.tls.secretName }}
+- name: syslog-tls
+  mountPath: {{ $paths.syslogTls }}
   readOnly: true
 {{- end }}
 {{- end -}}
@@ -326,6 +408,9 @@ spec:
             httpGet:
               path: /dsx-connect/api/v1/healthz
               port: http
+              {{- if $root.Values.tls.enabled }}
+              scheme: HTTPS
+              {{- end }}
             initialDelaySeconds: 5
             periodSeconds: 20
             timeoutSeconds: 5
@@ -334,6 +419,9 @@ spec:
             httpGet:
               path: /dsx-connect/api/v1/readyz
               port: http
+              {{- if $root.Values.tls.enabled }}
+              scheme: HTTPS
+              {{- end }}
             periodSeconds: 10
             timeoutSeconds: 5
             failureThreshold: 3
