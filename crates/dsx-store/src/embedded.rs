@@ -65,6 +65,8 @@ const PURGE_JOBS_EVERY_MS: u64 = 60_000;
 /// Writes that nobody waits for (replay cache, rate counters) reach the disk within this, so a
 /// crash forgets at most this much of the replay cache.
 const FLUSH_EVERY: Duration = Duration::from_millis(200);
+/// The fault recorded when only redb's "previous I/O error" was seen so far.
+const EARLIER_WRITE_FAILED: &str = "an earlier write failed";
 /// After an I/O failure (a full disk), how often the flush thread tries to reopen the file.
 const REOPEN_EVERY: Duration = Duration::from_secs(1);
 /// How long a reopen waits for in-flight calls to let go of the old handle.
@@ -394,11 +396,21 @@ impl Inner {
     fn check_file(&self, db: &Database, err: &StoreError) {
         if let Err(TransactionError::Storage(StorageError::PreviousIo)) = db.begin_write() {
             let (StoreError::Unavailable(reason) | StoreError::Corrupt(reason)) = err;
-            let first = {
+            // Concurrent writers see the root cause (e.g. "No space left on device") or only
+            // redb's "previous I/O error"; whichever arrives first, the root cause is kept.
+            let echo = reason.contains(&StorageError::PreviousIo.to_string());
+            let recorded = {
                 let mut fault = self.fault.lock().expect("fault lock");
-                fault.is_none().then(|| *fault = Some(reason.clone())).is_some()
+                let better = match fault.as_deref() {
+                    None => true,
+                    Some(known) => !echo && known == EARLIER_WRITE_FAILED,
+                };
+                if better {
+                    *fault = Some(if echo { EARLIER_WRITE_FAILED.to_owned() } else { reason.clone() });
+                }
+                better && !echo
             };
-            if first {
+            if recorded {
                 tracing::error!(path = %self.path.display(), error = %reason, "embedded store write failed; reopening it once the disk accepts writes");
             }
         }
@@ -498,7 +510,10 @@ impl Inner {
             last.1 = true;
         }
         match self.compact_if_sparse(COMPACT_MIN_BYTES) {
-            Ok(_) => {}
+            // Progress, and perhaps more to give back: look again at the next turn (it stops
+            // once less than half of the file is free).
+            Ok(true) => self.last_write.lock().expect("last write lock").1 = false,
+            Ok(false) => {}
             // A read still running: try again at the next turn.
             Err(StoreError::Unavailable(reason)) if reason.contains("transaction") => {
                 self.last_write.lock().expect("last write lock").1 = false;
@@ -1811,6 +1826,12 @@ mod tests {
         // Below the size threshold nothing happens.
         assert!(!store.inner.compact_if_sparse(u64::MAX).unwrap());
         assert!(store.inner.compact_if_sparse(0).unwrap());
+        // As the flush thread does while the store stays idle: again while there is progress.
+        for _ in 0..5 {
+            if !store.inner.compact_if_sparse(0).unwrap() {
+                break;
+            }
+        }
         let compacted = std::fs::metadata(&path).unwrap().len();
         assert!(compacted < full / 4, "{cleared} -> {compacted} bytes");
         // Still a working store, with every table.
