@@ -3,7 +3,6 @@
 //! provider, and path-style addressing when an endpoint is set (S3-compatible stores).
 
 use anyhow::Context;
-use aws_config::meta::region::RegionProviderChain;
 use aws_config::{BehaviorVersion, Region};
 use aws_smithy_http_client::tls::{self, rustls_provider::CryptoMode, TlsContext, TrustStore};
 
@@ -25,10 +24,16 @@ pub async fn build_clients(cfg: &S3Settings) -> anyhow::Result<(aws_sdk_s3::Clie
         .tls_provider(tls::Provider::Rustls(CryptoMode::Ring))
         .tls_context(tls_context)
         .build_https();
-    let region = RegionProviderChain::first_try(cfg.region.clone().map(Region::new))
-        .or_default_provider()
-        .or_else(Region::new(FALLBACK_REGION));
-    let shared = aws_config::defaults(BehaviorVersion::latest()).http_client(http).region(region).load().await;
+    // The loader's own region chain (environment, profile, instance metadata) uses this
+    // HTTP client; a chain built here would not.
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).http_client(http);
+    if let Some(region) = &cfg.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    let mut shared = loader.load().await;
+    if shared.region().is_none() {
+        shared = shared.into_builder().region(Region::new(FALLBACK_REGION)).build();
+    }
 
     let mut s3 = aws_sdk_s3::config::Builder::from(&shared);
     if let Some(endpoint) = &cfg.endpoint_url {

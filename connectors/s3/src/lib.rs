@@ -139,37 +139,53 @@ impl Inner {
         }
     }
 
-    /// Is versioning on (or suspended, so older objects may still have versions)? When the
-    /// answer is unknown (no `s3:GetBucketVersioning`), plain listing is used.
-    async fn versioned(&self) -> bool {
+    /// How to list: `ListObjectVersions` when versioning is (or was) on, so items carry
+    /// version ids; `ListObjectsV2` when it never was. When the bucket will not say (no
+    /// `s3:GetBucketVersioning`, or a store that answers it oddly), versions are tried, and
+    /// plain listing is the fallback.
+    async fn listing(&self) -> Listing {
         match self.s3.get_bucket_versioning().bucket(&self.cfg.asset.bucket).send().await {
-            Ok(out) => {
-                matches!(out.status(), Some(BucketVersioningStatus::Enabled | BucketVersioningStatus::Suspended))
+            Ok(out)
+                if matches!(
+                    out.status(),
+                    Some(BucketVersioningStatus::Enabled | BucketVersioningStatus::Suspended)
+                ) =>
+            {
+                Listing::Versions
             }
+            Ok(_) => Listing::Current,
             Err(err) => {
-                tracing::warn!(error = %DisplayErrorContext(&err), "GetBucketVersioning failed; listing without version ids");
-                false
+                tracing::debug!(error = %DisplayErrorContext(&err), "GetBucketVersioning failed; trying ListObjectVersions");
+                Listing::VersionsOrCurrent
             }
         }
     }
 
-    /// Stream every matching object into `tx`, one page at a time. `false` when the receiver
-    /// went away (limit reached, scan cancelled).
+    /// Stream every matching object into `tx`, one page at a time, until the receiver goes
+    /// away (limit reached, scan cancelled).
     async fn list(self: Arc<Self>, filter: Arc<Filter>, tx: mpsc::Sender<Result<Item, RepoError>>) {
-        let versioned = self.versioned().await;
+        let mut listing = self.listing().await;
         for prefix in self.list_prefixes(&filter) {
-            let go_on = if versioned {
-                self.list_versions(&prefix, &filter, &tx).await
-            } else {
-                self.list_current(&prefix, &filter, &tx).await
+            let outcome = match listing {
+                Listing::Current => self.list_current(&prefix, &filter, &tx).await,
+                _ => match self.list_versions(&prefix, &filter, &tx, listing == Listing::VersionsOrCurrent).await {
+                    Paged::Unavailable => {
+                        listing = Listing::Current;
+                        self.list_current(&prefix, &filter, &tx).await
+                    }
+                    other => {
+                        listing = Listing::Versions;
+                        other
+                    }
+                },
             };
-            if !go_on {
+            if outcome == Paged::Stopped {
                 return;
             }
         }
     }
 
-    async fn list_current(&self, prefix: &str, filter: &Filter, tx: &mpsc::Sender<Result<Item, RepoError>>) -> bool {
+    async fn list_current(&self, prefix: &str, filter: &Filter, tx: &mpsc::Sender<Result<Item, RepoError>>) -> Paged {
         let bucket = &self.cfg.asset.bucket;
         let mut pages = self.s3.list_objects_v2().bucket(bucket).prefix(prefix).into_paginator().send();
         while let Some(page) = pages.next().await {
@@ -177,7 +193,7 @@ impl Inner {
                 Ok(p) => p,
                 Err(err) => {
                     let _ = tx.send(Err(classify("ListObjectsV2", &Inner::s3_uri(bucket, prefix), &err))).await;
-                    return true;
+                    return Paged::Done;
                 }
             };
             for obj in page.contents() {
@@ -186,20 +202,27 @@ impl Inner {
                 let size = obj.size().and_then(|s| u64::try_from(s).ok());
                 if let Some(item) = self.item_for(bucket, key, size, version, filter) {
                     if tx.send(Ok(item)).await.is_err() {
-                        return false;
+                        return Paged::Stopped;
                     }
                 }
             }
         }
-        true
+        Paged::Done
     }
 
     /// Versioned buckets: `ListObjectVersions`, keeping the current version of each key (not
     /// delete markers), so every item carries its version id without a request per object.
-    async fn list_versions(&self, prefix: &str, filter: &Filter, tx: &mpsc::Sender<Result<Item, RepoError>>) -> bool {
+    async fn list_versions(
+        &self,
+        prefix: &str,
+        filter: &Filter,
+        tx: &mpsc::Sender<Result<Item, RepoError>>,
+        may_fall_back: bool,
+    ) -> Paged {
         let bucket = &self.cfg.asset.bucket;
         let (mut key_marker, mut version_marker): (Option<String>, Option<String>) = (None, None);
         loop {
+            let key_marker_was_none = key_marker.is_none();
             let page = self
                 .s3
                 .list_object_versions()
@@ -211,9 +234,13 @@ impl Inner {
                 .await;
             let page = match page {
                 Ok(p) => p,
+                Err(err) if may_fall_back && key_marker_was_none => {
+                    tracing::info!(error = %DisplayErrorContext(&err), "ListObjectVersions unavailable; listing without version ids");
+                    return Paged::Unavailable;
+                }
                 Err(err) => {
                     let _ = tx.send(Err(classify("ListObjectVersions", &Inner::s3_uri(bucket, prefix), &err))).await;
-                    return true;
+                    return Paged::Done;
                 }
             };
             for v in page.versions().iter().filter(|v| v.is_latest() == Some(true)) {
@@ -225,17 +252,17 @@ impl Inner {
                 let size = v.size().and_then(|s| u64::try_from(s).ok());
                 if let Some(item) = self.item_for(bucket, key, size, version, filter) {
                     if tx.send(Ok(item)).await.is_err() {
-                        return false;
+                        return Paged::Stopped;
                     }
                 }
             }
             if page.is_truncated() != Some(true) {
-                return true;
+                return Paged::Done;
             }
             key_marker = page.next_key_marker().map(str::to_owned);
             version_marker = page.next_version_id_marker().map(str::to_owned);
             if key_marker.is_none() {
-                return true;
+                return Paged::Done;
             }
         }
     }
@@ -255,6 +282,23 @@ impl Inner {
             })
             .collect()
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Listing {
+    Current,
+    Versions,
+    VersionsOrCurrent,
+}
+
+/// How a listing of one prefix ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Paged {
+    Done,
+    /// The receiver went away.
+    Stopped,
+    /// `ListObjectVersions` refused on its first page: list without versions instead.
+    Unavailable,
 }
 
 /// ETags as S3's HTTP headers carry them, in quotes (notifications leave the quotes off).

@@ -238,7 +238,7 @@ mod tests {
             assert_eq!(settings(bad, "q", &[]).unwrap_err().var, "DSXCONNECTOR_ASSET", "{bad:?}");
         }
         assert_eq!(settings("bkt", "", &[]).unwrap_err().var, "DSXCONNECTOR_ITEM_ACTION_MOVE_METAINFO");
-        assert_eq!(settings("bkt", "bkt/", &[]).unwrap_err().var, "DSXCONNECTOR_ITEM_ACTION_MOVE_METAINFO");
+        assert_eq!(settings("bkt", "s3://bkt/", &[]).unwrap_err().var, "DSXCONNECTOR_ITEM_ACTION_MOVE_METAINFO");
         for bad in ["localhost:9000", "ftp://x", "http://", "not a url"] {
             let e = settings("bkt", "q", &[("DSXCONNECTOR_S3_ENDPOINT_URL", bad)]).unwrap_err();
             assert_eq!(e.var, "DSXCONNECTOR_S3_ENDPOINT_URL", "{bad:?}");
