@@ -199,3 +199,62 @@ async fn sqs_events_with_several_records_are_each_scanned() {
     let all = stack.results(2).await;
     assert_eq!(all.len(), 2, "the quarantine key was not scanned again: {all:?}");
 }
+
+#[tokio::test]
+async fn webhook_takes_eventbridge_and_sns_envelopes_and_is_signed() {
+    // Connector-side verification off here so the test can post unsigned; the same route on
+    // a connector with it on refuses unsigned calls (below).
+    let stack = Stack::start(&[("DSXCONNECTOR_AUTH__ENABLED", "false".into())], None).await;
+    let f = &stack.f;
+    f.put("hook/one two.txt", b"benign").await;
+    f.put("hook/bad.com", EICAR).await;
+    let eb = json!({ "source": "aws.s3", "detail-type": "Object Created",
+        "detail": { "bucket": { "name": f.bucket }, "object": { "key": "hook/one two.txt" } } });
+    let inner = json!({ "Records": [{ "eventName": "ObjectCreated:Put",
+        "s3": { "bucket": { "name": f.bucket }, "object": { "key": "hook/bad.com" } } }] });
+    let sns = json!({ "Type": "Notification", "Message": inner.to_string() });
+    let url = format!("{}/aws-s3-connector/webhook/event", stack.connector.base_url());
+    for body in [eb, sns] {
+        let answer: Value = stack.http.post(&url).json(&body).send().await.unwrap().json().await.unwrap();
+        assert_eq!(answer["status"], "success", "{answer}");
+    }
+    let results = stack.results(2).await;
+    assert_eq!(result_for(&results, "hook/one two.txt")["verdict"]["verdict"], "Benign");
+    assert_eq!(result_for(&results, "hook/bad.com")["verdict"]["verdict"], "Malicious");
+    let junk: Value = stack.http.post(&url).body("{\"hello\": 1}").send().await.unwrap().json().await.unwrap();
+    assert_eq!(junk["status"], "error", "{junk}");
+
+    let signed = Stack::start(&[], None).await;
+    let url = format!("{}/aws-s3-connector/webhook/event", signed.connector.base_url());
+    let resp = signed.http.post(&url).json(&inner).send().await.unwrap();
+    assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn bad_settings_stop_the_binary_with_the_variable_named() {
+    let cases = [
+        (vec![("DSXCONNECTOR_ASSET", "Not_A_Bucket")], "DSXCONNECTOR_ASSET"),
+        (
+            vec![("DSXCONNECTOR_ASSET", "good-bucket"), ("DSXCONNECTOR_ITEM_ACTION", "shred")],
+            "DSXCONNECTOR_ITEM_ACTION",
+        ),
+        (
+            vec![("DSXCONNECTOR_ASSET", "good-bucket"), ("DSXCONNECTOR_S3_ENDPOINT_URL", "minio:9000")],
+            "DSXCONNECTOR_S3_ENDPOINT_URL",
+        ),
+    ];
+    for (vars, name) in cases {
+        let port = free_port();
+        let env: Vec<(&str, String)> = vars.iter().map(|(k, v)| (*k, v.to_string())).collect();
+        let mut svc = Service::spawn(
+            workspace_bin("s3-connector").to_str().unwrap(),
+            &["--listen", &format!("127.0.0.1:{port}")],
+            &env,
+            port,
+        );
+        let code = svc.wait_exit(Duration::from_secs(20));
+        assert_ne!(code, Some(0), "{vars:?}");
+        let log = svc.logs();
+        assert!(log.contains(name), "{name} not named: {log}");
+    }
+}
