@@ -109,7 +109,7 @@ impl S3Settings {
         quarantine: &str,
         get: impl Fn(&str) -> Option<String>,
     ) -> Result<Self, SettingsError> {
-        let var = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
+        let setting = |name: &str| get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         if asset.trim().is_empty() {
             return Err(err("DSXCONNECTOR_ASSET", "must name the bucket to scan: `bucket` or `bucket/prefix`"));
         }
@@ -121,16 +121,16 @@ impl S3Settings {
                 "the quarantine must be a prefix, not a whole scanned bucket",
             ));
         }
-        let endpoint_url = var("DSXCONNECTOR_S3_ENDPOINT_URL").map(|u| check_endpoint(&u)).transpose()?;
-        let verify = parse_verify(var("DSXCONNECTOR_S3_ENDPOINT_VERIFY").as_deref(), endpoint_url.as_deref())?;
-        let max_object_size = match var("DSXCONNECTOR_S3_MAX_OBJECT_SIZE_BYTES") {
+        let endpoint_url = setting("DSXCONNECTOR_S3_ENDPOINT_URL").map(|u| check_endpoint(&u)).transpose()?;
+        let verify = parse_verify(setting("DSXCONNECTOR_S3_ENDPOINT_VERIFY").as_deref(), endpoint_url.as_deref())?;
+        let max_object_size = match setting("DSXCONNECTOR_S3_MAX_OBJECT_SIZE_BYTES") {
             None => None,
             Some(v) => Some(v.parse::<u64>().map_err(|_| {
                 err("DSXCONNECTOR_S3_MAX_OBJECT_SIZE_BYTES", format!("expected a whole number of bytes, got {v:?}"))
             })?)
             .filter(|n| *n > 0),
         };
-        let sqs_queue_url = var("DSXCONNECTOR_S3_SQS_QUEUE_URL")
+        let sqs_queue_url = setting("DSXCONNECTOR_S3_SQS_QUEUE_URL")
             .map(|u| {
                 check_url(&u).map_err(|r| err("DSXCONNECTOR_S3_SQS_QUEUE_URL", r))?;
                 Ok(u)
@@ -141,7 +141,7 @@ impl S3Settings {
             quarantine,
             endpoint_url,
             verify,
-            region: var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")),
+            region: setting("AWS_REGION").or_else(|| setting("AWS_DEFAULT_REGION")),
             sqs_queue_url,
             max_object_size,
         })
