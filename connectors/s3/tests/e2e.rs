@@ -126,11 +126,12 @@ async fn full_scan_quarantines_eicar_keeps_benign_and_records_unscannable() {
     f.put("docs/readme.txt", b"benign words").await;
     f.put("docs/report.csv", b"a,b,c").await;
     f.put("inbox/eicar.com", EICAR).await;
+    f.put("inbox/second.com", EICAR).await;
     f.put_in(&f.bucket, "archive/old.bin", b"archived", Some(StorageClass::Glacier)).await;
 
     let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id=s3job", stack.uuid), None).await;
     assert_eq!(resp.status(), StatusCode::ACCEPTED);
-    let results = stack.results(4).await;
+    let results = stack.results(5).await;
     assert_eq!(result_for(&results, "docs/readme.txt")["verdict"]["verdict"], "Benign");
     let bad = result_for(&results, "inbox/eicar.com");
     assert_eq!(bad["verdict"]["verdict"], "Malicious");
@@ -144,7 +145,7 @@ async fn full_scan_quarantines_eicar_keeps_benign_and_records_unscannable() {
 
     // Quarantined, not in place; benign objects untouched.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while f.get("inbox/eicar.com").await.is_some() {
+    while f.get("inbox/eicar.com").await.is_some() || f.get("inbox/second.com").await.is_some() {
         assert!(Instant::now() < deadline, "EICAR object still in place: {bad}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
