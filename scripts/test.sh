@@ -18,6 +18,7 @@ command -v chromedriver >/dev/null 2>&1 || missing="$missing chromium-driver"
 # (no helm package is reachable from these machines).
 command -v go >/dev/null 2>&1 || missing="$missing golang-go"
 # The S3 connector's tests run against moto (an S3 + SQS server) from a virtualenv.
+command -v python3 >/dev/null 2>&1 || missing="$missing python3"
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing="$missing python3-venv"
 [ -d /usr/share/gocode/src/github.com/Masterminds/sprig ] || missing="$missing golang-github-masterminds-sprig-dev"
 [ -d /usr/share/gocode/src/gopkg.in/yaml.v3 ] || missing="$missing golang-gopkg-yaml.v3-dev"

@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aws_sdk_s3::types::StorageClass;
-use dsx_testkit::{free_port, unique_name, workspace_bin, Moto, Service};
+use dsx_testkit::{free_port, unique_name, workspace_bin, Moto, Service, TestRedis};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use support::{fixture_on, Fixture, EICAR};
@@ -15,9 +15,13 @@ const ENROLL: &str = "s3-e2e-enrollment-token";
 const OPERATOR: &str = "s3-e2e-operator-token";
 const API: &str = "/dsx-connect/api/v1";
 
+/// A distinctive secret, to prove it never reaches a log (moto accepts any).
+const AWS_SECRET: &str = "dsx-e2e-aws-secret-never-logged";
+
 struct Stack {
     f: Fixture,
     server: Service,
+    server_env: Vec<(&'static str, String)>,
     connector: Service,
     _dirs: Vec<tempfile::TempDir>,
     http: reqwest::Client,
@@ -26,6 +30,17 @@ struct Stack {
 
 impl Stack {
     async fn start(connector_env: &[(&'static str, String)], queue: Option<&str>) -> Self {
+        Self::start_with(connector_env, queue, "all", None).await
+    }
+
+    /// `role`: the server's `--role`; with `redis`, the store is that Redis (so a worker can
+    /// be started later against the same queue).
+    async fn start_with(
+        connector_env: &[(&'static str, String)],
+        queue: Option<&str>,
+        role: &str,
+        redis: Option<&TestRedis>,
+    ) -> Self {
         let moto = Moto::get();
         let queue_url = queue.map(|name| format!("{}/123456789012/{name}", moto.endpoint));
         let extra: Vec<(&str, &str)> =
@@ -35,21 +50,18 @@ impl Stack {
             sqs.create_queue().queue_name(name).send().await.unwrap();
         }
         let server_data = tempfile::tempdir().unwrap();
-        let server_port = free_port();
-        let mut server = Service::spawn(
-            workspace_bin("dsx-connect").to_str().unwrap(),
-            &["serve", "--listen", &format!("127.0.0.1:{server_port}"), "--role", "all"],
-            &[
-                ("DSXCONNECT_APP_ENV", unique_name("s3e2e")),
-                ("DSXCONNECT_DATA_DIR", server_data.path().display().to_string()),
-                ("DSXCONNECT_AUTH__ENABLED", "true".into()),
-                ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", ENROLL.into()),
-                ("DSXCONNECT_AUTH__ADMIN_TOKENS", OPERATOR.into()),
-                ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
-            ],
-            server_port,
-        );
-        server.wait_http(&format!("{API}/healthz"), 200, Duration::from_secs(30));
+        let mut server_env: Vec<(&'static str, String)> = vec![
+            ("DSXCONNECT_APP_ENV", unique_name("s3e2e")),
+            ("DSXCONNECT_DATA_DIR", server_data.path().display().to_string()),
+            ("DSXCONNECT_AUTH__ENABLED", "true".into()),
+            ("DSXCONNECT_AUTH__ENROLLMENT_TOKEN", ENROLL.into()),
+            ("DSXCONNECT_AUTH__ADMIN_TOKENS", OPERATOR.into()),
+            ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
+        ];
+        if let Some(redis) = redis {
+            server_env.push(("DSXCONNECT_REDIS_URL", redis.url.clone()));
+        }
+        let server = spawn_server(&server_env, role);
 
         let data = tempfile::tempdir().unwrap();
         let port = free_port();
@@ -63,6 +75,8 @@ impl Stack {
             ("DSXCONNECT_ENROLLMENT_TOKEN", ENROLL.into()),
             ("DSXCONNECTOR_ITEM_ACTION", "move".into()),
         ]);
+        env.retain(|(k, _)| *k != "AWS_SECRET_ACCESS_KEY");
+        env.push(("AWS_SECRET_ACCESS_KEY", AWS_SECRET.into()));
         if let Some(url) = queue_url {
             env.push(("DSXCONNECTOR_S3_SQS_QUEUE_URL", url));
             env.push(("DSXCONNECTOR_MONITOR", "true".into()));
@@ -79,7 +93,7 @@ impl Stack {
         );
         connector.wait_http("/aws-s3-connector/readyz", 200, Duration::from_secs(30));
         let uuid = std::fs::read_to_string(data.path().join("connector_uuid.txt")).unwrap().trim().to_owned();
-        Self { f, server, connector, _dirs: vec![server_data, data], http: reqwest::Client::new(), uuid }
+        Self { f, server, server_env, connector, _dirs: vec![server_data, data], http: reqwest::Client::new(), uuid }
     }
 
     async fn operator(&self, method: Method, path: &str, body: Option<Value>) -> reqwest::Response {
@@ -110,6 +124,18 @@ impl Stack {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
+}
+
+fn spawn_server(env: &[(&'static str, String)], role: &str) -> Service {
+    let port = free_port();
+    let mut server = Service::spawn(
+        workspace_bin("dsx-connect").to_str().unwrap(),
+        &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", role],
+        env,
+        port,
+    );
+    server.wait_http(&format!("{API}/healthz"), 200, Duration::from_secs(30));
+    server
 }
 
 fn result_for<'a>(results: &'a [Value], key: &str) -> &'a Value {
@@ -179,6 +205,54 @@ async fn full_scan_quarantines_eicar_keeps_benign_and_records_unscannable() {
     assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     let resp = stack.operator(Method::POST, &format!("connectors/release/{}", stack.uuid), Some(json!({}))).await;
     assert_eq!(resp.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Neither the AWS secret nor the enrollment token reaches a log.
+    for (who, log) in [("connector", stack.connector.logs()), ("server", stack.server.logs())] {
+        assert!(!log.contains(AWS_SECRET) && !log.contains(ENROLL), "{who} logged a secret:\n{log}");
+    }
+}
+
+#[tokio::test]
+async fn an_object_overwritten_between_listing_and_reading_is_recorded_not_scanned() {
+    // API only at first: the scan is enqueued, nothing is read yet.
+    let redis = TestRedis::get();
+    let stack = Stack::start_with(&[], None, "api", Some(&redis)).await;
+    let f = &stack.f;
+    f.put("doc.txt", b"listed content").await;
+    let job = unique_name("pinjob-");
+    let resp = stack.operator(Method::POST, &format!("connectors/full_scan/{}?job_id={job}", stack.uuid), None).await;
+    assert_eq!(resp.status(), StatusCode::ACCEPTED);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let state: Value =
+            stack.operator(Method::GET, &format!("scan/jobs/{job}"), None).await.json().await.unwrap_or_default();
+        if state["enqueue_done"] == true && state["enqueued_count"] == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the scan was not enqueued: {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    f.put("doc.txt", b"written after listing").await;
+    // Now a worker reads it: the listed ETag no longer matches.
+    let _worker = spawn_server(&stack.server_env, "worker");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let results = loop {
+        let r: Value =
+            stack.operator(Method::GET, &format!("scan/results/job/{job}"), None).await.json().await.unwrap();
+        if r.as_array().is_some_and(|a| !a.is_empty()) {
+            break r.as_array().unwrap().clone();
+        }
+        assert!(Instant::now() < deadline, "no result: {r}\n{}", stack.connector.logs());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    let r = result_for(&results, "doc.txt");
+    assert_eq!(r["status"], "not scanned", "{r}");
+    assert_ne!(r["verdict"]["verdict"], "Benign");
+    let dead: Value =
+        stack.operator(Method::GET, "admin/dead-letter/items/scan_request", None).await.json().await.unwrap();
+    let ours: Vec<&Value> = dead["items"].as_array().unwrap().iter().filter(|d| d.to_string().contains(&job)).collect();
+    assert!(ours.iter().any(|d| d.to_string().contains("item_changed")), "the reason is recorded: {ours:?}");
+    assert_eq!(f.get("doc.txt").await.unwrap(), b"written after listing", "nothing was done to the new content");
 }
 
 #[tokio::test]
