@@ -56,6 +56,7 @@ fn item_for(path: &Path, size: Option<u64>) -> Item {
         location: path.to_string_lossy().into_owned(),
         metainfo: path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
         size,
+        version: None,
     }
 }
 

@@ -69,6 +69,7 @@ pub fn router(state: SharedState) -> Router {
         .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
         .route(&api("connectors/rotate/{connector_uuid}"), post(connectors::rotate))
         .route(&api("connectors/readmit/{connector_uuid}"), post(connectors::readmit))
+        .route(&api("connectors/release/{connector_uuid}"), post(proxy::release))
         .route(&api("scan/results"), get(results::list).delete(results::delete_results))
         .route(&api("scan/jobs"), get(results::jobs).delete(results::delete_jobs))
         .route(&api("scan/results/job/{job_id}"), get(results::for_job))

@@ -45,6 +45,14 @@ pub enum AdminCommand {
     Revoke { uuid: String },
     /// Let a revoked connector enroll again.
     Readmit { uuid: String },
+    /// Restore a quarantined item to where it was found (tagged released; audited). The
+    /// connector must support it (the S3 connector does).
+    Release {
+        /// The connector's uuid.
+        uuid: String,
+        /// The quarantined item, as the move reported it (e.g. `s3://bucket/dsxconnect-quarantine/a/b.exe`).
+        location: String,
+    },
     /// Rotate a connector's key: its next signed heartbeat gets a new one, the old key stays
     /// valid for the grace period.
     Rotate {
@@ -112,17 +120,21 @@ pub fn base_url(url: &str) -> String {
 
 impl Operator {
     async fn call(&self, method: Method, path: &str) -> anyhow::Result<Value> {
-        Ok(self.call_with_headers(method, path).await?.1)
+        Ok(self.call_with_headers(method, path, None).await?.1)
     }
 
     async fn call_with_headers(
         &self,
         method: Method,
         path: &str,
+        body: Option<&Value>,
     ) -> anyhow::Result<(reqwest::header::HeaderMap, Value)> {
         let url = format!("{}{API}/{path}", base_url(&self.url));
         let client = dsx_service::http_client(reqwest::Client::builder(), &self.tls).map_err(anyhow::Error::msg)?;
         let mut req = client.request(method, &url);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
         if let Some(token) = self.token.as_deref().filter(|t| !t.trim().is_empty()) {
             req = req.bearer_auth(token.trim());
         }
@@ -292,7 +304,7 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
             } else {
                 format!("connectors/full_scan/{uuid}?{}", query.join("&"))
             };
-            let (headers, body) = op.call_with_headers(Method::POST, &path).await?;
+            let (headers, body) = op.call_with_headers(Method::POST, &path, None).await?;
             let job = headers.get("x-job-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
             let job = job.or_else(|| body["id"].as_str().map(str::to_owned)).unwrap_or_default();
             if json {
@@ -347,6 +359,15 @@ pub async fn admin(op: Operator, command: AdminCommand) -> anyhow::Result<()> {
         }
         AdminCommand::Readmit { uuid } => {
             let body = op.call(Method::POST, &format!("connectors/readmit/{uuid}")).await?;
+            if json {
+                return print_json(&body);
+            }
+            outcome(&body);
+        }
+        AdminCommand::Release { uuid, location } => {
+            let request = serde_json::json!({ "location": location });
+            let (_, body) =
+                op.call_with_headers(Method::POST, &format!("connectors/release/{uuid}"), Some(&request)).await?;
             if json {
                 return print_json(&body);
             }

@@ -89,6 +89,12 @@ pub const OPERATIONS: &[Operation] = &[
         Operator,
         "Lift an operator revocation: the uuid may enroll again",
     ),
+    op(
+        "POST",
+        "connectors/release/{connector_uuid}",
+        Operator,
+        "Restore a quarantined item (`{\"location\": …}`) to where it was found, tagged released; audited",
+    ),
     status(
         op(
             "POST",

@@ -34,6 +34,13 @@ fn auth_compose_passes_one_token_to_both_sides() {
     assert!(server_token.starts_with("${DSXCONNECT_ENROLLMENT_TOKEN"), "{server_token}");
     assert_eq!(server_token, connector_token, "the same variable reaches both sides");
     assert!(server_token.contains(":?"), "compose refuses to start without the token");
+    // The S3 service (profile `s3`) takes the same token variable.
+    let s3 = env(&doc, "aws-s3-connector");
+    assert_eq!(value(s3, "DSXCONNECTOR_AUTH__ENABLED"), "true");
+    assert_eq!(value(s3, "DSXCONNECT_ENROLLMENT_TOKEN"), server_token);
+    assert_eq!(value(s3, "DSXCONNECTOR_CONNECTOR_URL"), "http://aws-s3-connector:8600");
+    let profiles = doc["services"]["aws-s3-connector"]["profiles"].as_vec().unwrap();
+    assert_eq!(profiles.first().and_then(Yaml::as_str), Some("s3"), "only started on request");
     let quick = compose("quickstart.yaml");
     assert_eq!(value(env(&quick, "dsx-connect"), "DSXCONNECT_AUTH__ENABLED"), "false");
 }
@@ -57,6 +64,7 @@ fn dockerfiles_build_workspace_binaries_on_their_default_ports() {
     for (file, package, port) in [
         ("dsx-connect.Dockerfile", "dsx-connect", "8586"),
         ("filesystem-connector.Dockerfile", "filesystem-connector", "8620"),
+        ("aws-s3-connector.Dockerfile", "s3-connector", "8600"),
     ] {
         let text = std::fs::read_to_string(repo().join("deploy/docker").join(file)).unwrap();
         assert!(text.contains(&format!("-p {package} --bin {package}")), "{file}");

@@ -21,6 +21,9 @@ const CONNECTOR: &str = "deploy/helm/filesystem-connector";
 const SERVER_RELEASE: &str = "dsx-connect";
 const CONNECTOR_RELEASE: &str = "fs";
 const CONNECTOR_FULLNAME: &str = "fs-filesystem-connector";
+const S3_CONNECTOR: &str = "deploy/helm/aws-s3-connector";
+/// `render` installs every chart as release `fs`.
+const S3_FULLNAME: &str = "fs-aws-s3-connector";
 
 /// tools/chart-render, built once per test run with the Debian Go packages (GOPATH mode).
 fn renderer() -> &'static PathBuf {
@@ -586,10 +589,81 @@ fn the_schemas_reject_malformed_values() {
         (CONNECTOR, "tls.enabled=yes", "tls.enabled"),
         (CONNECTOR, "auth_dsxconnect.enabled=yes", "auth_dsxconnect.enabled"),
         (CONNECTOR, "scanVolume.mountPath=relative", "scanVolume.mountPath"),
+        (S3_CONNECTOR, "asset=Not_A_Bucket", "asset"),
+        (S3_CONNECTOR, "s3.endpointUrl=minio:9000", "s3.endpointUrl"),
+        (S3_CONNECTOR, "auth_dsxconnect.enabled=yes", "auth_dsxconnect.enabled"),
     ] {
         let err = render_err(chart, &["--set", set]);
         assert!(err.contains("schema") && err.contains(named), "{set}: {err}");
     }
+}
+
+#[test]
+fn s3_connector_chart_wires_bucket_events_auth_and_irsa() {
+    // The asset is required: no default bucket.
+    let err = render_err(S3_CONNECTOR, &[]);
+    assert!(err.contains("asset"), "{err}");
+    let err = render_err(S3_CONNECTOR, &["--set", "asset=bkt,monitor.enabled=true"]);
+    assert!(err.contains("sqsQueueUrl"), "{err}");
+
+    let r = render(
+        S3_CONNECTOR,
+        &[
+            "--set",
+            "asset=bkt/in,replicas=2,monitor.enabled=true,s3.sqsQueueUrl=https://sqs.us-east-1.amazonaws.com/1/q",
+            "--set",
+            "serviceAccount.annotations.eks\\.amazonaws\\.com/role-arn=arn:aws:iam::1:role/scan",
+        ],
+    );
+    let sts = r.get("StatefulSet", S3_FULLNAME);
+    assert_eq!(sts["spec"]["replicas"].as_i64(), Some(2));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_NAME").as_deref(), Some("aws-s3-connector"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_LISTEN").as_deref(), Some("0.0.0.0:8600"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_CONNECTOR_URL").as_deref(), Some("http://$(POD_IP):8600"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_ASSET").as_deref(), Some("bkt/in"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_ITEM_ACTION").as_deref(), Some("move"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_ITEM_ACTION_MOVE_METAINFO").as_deref(), Some("dsxconnect-quarantine"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_MONITOR").as_deref(), Some("true"));
+    assert_eq!(
+        env_value(sts, "DSXCONNECTOR_S3_SQS_QUEUE_URL").as_deref(),
+        Some("https://sqs.us-east-1.amazonaws.com/1/q")
+    );
+    assert!(!has_env_like(sts, "AWS_SECRET_ACCESS_KEY"), "no static keys unless a Secret is named");
+    assert_eq!(s(&container(sts)["readinessProbe"]["httpGet"]["path"]), "/aws-s3-connector/readyz");
+    assert_eq!(container(sts)["securityContext"]["readOnlyRootFilesystem"].as_bool(), Some(true));
+    // The same auth block as the filesystem chart, with the 1.x aws-s3 chart's Secret name.
+    assert_eq!(env_value(sts, "DSXCONNECTOR_AUTH__ENABLED").as_deref(), Some("true"));
+    assert_eq!(
+        file_var_secret(sts, "DSXCONNECT_ENROLLMENT_TOKEN_FILE"),
+        pair("aws-s3-connector-env", "DSXCONNECT_ENROLLMENT_TOKEN")
+    );
+    let sa = r.get("ServiceAccount", S3_FULLNAME);
+    assert_eq!(s(&sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"]), "arn:aws:iam::1:role/scan");
+    assert_eq!(s(&sts["spec"]["template"]["spec"]["serviceAccountName"]), S3_FULLNAME);
+
+    let r = render(
+        S3_CONNECTOR,
+        &[
+            "--set",
+            "asset=bkt,s3.endpointUrl=https://minio:9000,s3.caBundleSecretName=minio-ca,aws.credentialsSecretName=keys",
+            "--set",
+            "auth_dsxconnect.enabled=true,auth_dsxconnect.enrollmentSecretName=enroll,auth_dsxconnect.enrollmentKey=TOKEN",
+        ],
+    );
+    let sts = r.get("StatefulSet", S3_FULLNAME);
+    assert_eq!(env_value(sts, "DSXCONNECTOR_S3_ENDPOINT_URL").as_deref(), Some("https://minio:9000"));
+    assert_eq!(
+        file_var_secret(sts, "DSXCONNECTOR_S3_ENDPOINT_VERIFY"),
+        pair("minio-ca", "ca.pem"),
+        "the CA bundle comes from the named Secret"
+    );
+    assert_eq!(
+        env_source(sts, "AWS_SECRET_ACCESS_KEY"),
+        Some(Source::Secret { name: "keys".into(), key: "AWS_SECRET_ACCESS_KEY".into() })
+    );
+    assert_eq!(file_var_secret(sts, "DSXCONNECT_ENROLLMENT_TOKEN_FILE"), pair("enroll", "TOKEN"));
+    let r = render(S3_CONNECTOR, &["--set", "asset=bkt,auth_dsxconnect.enabled=false"]);
+    assert!(!has_env_like(r.get("StatefulSet", S3_FULLNAME), "ENROLLMENT_TOKEN"));
 }
 
 /// Every DSXCONNECT_*/DSXCONNECTOR_* name in any rendered manifest (env names, Secret keys,
@@ -629,6 +703,16 @@ fn charts_only_set_variables_the_code_reads() {
             "quarantineVolume.enabled=true,dataVolume.persistent=false",
             "--set",
             "tls.enabled=true,tls.secretName=c-tls,tls.clientCert=true,tls.requireClientCert=true",
+        ],
+    ));
+    sets.push((S3_CONNECTOR, vec!["--set", "asset=bkt"]));
+    sets.push((
+        S3_CONNECTOR,
+        vec![
+            "--set",
+            "asset=bkt/in,monitor.enabled=true,s3.sqsQueueUrl=https://sqs.eu-west-1.amazonaws.com/1/q",
+            "--set",
+            "s3.endpointUrl=https://minio:9000,s3.caBundleSecretName=ca,s3.maxObjectSizeBytes=5,aws.region=eu-west-1,aws.credentialsSecretName=k",
         ],
     ));
     let mut checked = 0;

@@ -167,6 +167,7 @@ impl ConnectorContext {
     pub fn scan_request(&self, item: &Item, job_id: &str) -> ScanRequest {
         let mut req = ScanRequest::new(item.location.clone(), item.metainfo.clone());
         req.size_in_bytes = item.size;
+        req.item_version = item.version.clone();
         req.scan_job_id = Some(job_id.to_owned());
         req.connector = Some(self.dsx.model());
         req.connector_url = Some(self.settings.base_url());

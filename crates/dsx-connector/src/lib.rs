@@ -23,7 +23,7 @@ use dsx_model::{Connector, ConnectorStatus};
 use uuid::Uuid;
 
 pub use dsx_client::{backoff, DsxClient};
-pub use repository::{ActionOutcome, ActionPlan, Item, RepoError, Repository, RuntimeConfig};
+pub use repository::{ActionOutcome, ActionPlan, EventBatch, Item, RepoError, Repository, RuntimeConfig};
 pub use settings::{ConnectorDefaults, ConnectorSettings};
 
 /// Everything a request handler or background task of a connector needs.
@@ -132,6 +132,10 @@ impl ConnectorContext {
     /// Monitor mode: enqueue each new or changed item as its own job.
     pub fn spawn_monitor(self: &Arc<Self>) {
         let filter = self.runtime.read().expect("runtime lock").filter.clone();
+        if let Some(batches) = self.repo.watch_batches(Arc::clone(&filter)) {
+            tokio::spawn(Arc::clone(self).enqueue_batches(batches));
+            return;
+        }
         let Some(mut changes) =
             self.repo.watch(filter, self.settings.monitor_force_polling, self.settings.monitor_poll_interval)
         else {
@@ -144,6 +148,26 @@ impl ConnectorContext {
                 tokio::spawn(Arc::clone(&ctx).enqueue_single(item));
             }
         });
+    }
+}
+
+impl ConnectorContext {
+    /// Each event batch's items as single-item jobs; the batch is acknowledged only when all
+    /// of them were accepted.
+    async fn enqueue_batches(self: Arc<Self>, mut batches: tokio::sync::mpsc::Receiver<EventBatch>) {
+        while let Some(batch) = batches.recv().await {
+            let mut all = true;
+            for item in &batch.items {
+                match self.enqueue_item(item).await {
+                    Ok(job_id) => tracing::info!(location = %item.location, job_id, "event enqueued"),
+                    Err(err) => {
+                        all = false;
+                        tracing::error!(location = %item.location, error = %err, "could not enqueue event");
+                    }
+                }
+            }
+            let _ = batch.done.send(all);
+        }
     }
 }
 

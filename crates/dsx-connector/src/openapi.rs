@@ -36,6 +36,14 @@ pub const ROUTES: &[Route] = &[
         None,
         Some("StatusResponse"),
     ),
+    (
+        "POST",
+        "/release",
+        true,
+        "Operator action (relayed by dsx-connect): restore a quarantined item, body `{\"location\": …}`",
+        None,
+        Some("StatusResponse"),
+    ),
     ("GET", "/estimate", true, "How many items a full scan would enqueue", None, Some("Estimate")),
     ("GET", "/config", true, "The connector's configuration (secrets masked)", None, None),
     (

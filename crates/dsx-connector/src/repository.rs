@@ -5,8 +5,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use axum::body::Body;
 use dsx_filter::Filter;
-use dsx_model::{Estimate, ItemAction, ScanRequest};
-use tokio::sync::mpsc;
+use dsx_model::{Estimate, ItemAction, ItemVersion, ScanRequest};
+use tokio::sync::{mpsc, oneshot};
 
 /// One scannable item, as sent in a scan request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -16,6 +16,9 @@ pub struct Item {
     /// filesystem: file name; object stores: `bucket/key`.
     pub metainfo: String,
     pub size: Option<u64>,
+    /// The listed version (object stores), carried in the scan request so the read and the
+    /// action are pinned to it.
+    pub version: Option<ItemVersion>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +32,14 @@ pub enum RepoError {
     Invalid(String),
     #[error("{0}")]
     Io(String),
+    /// The item exists but must not or cannot be scanned (archived storage class, encrypted
+    /// with a key the connector lacks, over the size limit): recorded as not scanned, with
+    /// the reason, never as clean.
+    #[error("unscannable: {0}")]
+    Unscannable(String),
+    /// The item changed since it was listed: the listed version is not what would be read.
+    #[error("changed since listed: {0}")]
+    Changed(String),
 }
 
 impl RepoError {
@@ -39,13 +50,20 @@ impl RepoError {
             RepoError::Forbidden(_) => "forbidden",
             RepoError::Invalid(_) => "invalid_request",
             RepoError::Io(_) => "repository_error",
+            RepoError::Unscannable(_) => "unscannable",
+            RepoError::Changed(_) => "item_changed",
         }
     }
 
     /// The human-readable reason.
     pub fn reason(&self) -> &str {
         match self {
-            RepoError::NotFound(m) | RepoError::Forbidden(m) | RepoError::Invalid(m) | RepoError::Io(m) => m,
+            RepoError::NotFound(m)
+            | RepoError::Forbidden(m)
+            | RepoError::Invalid(m)
+            | RepoError::Io(m)
+            | RepoError::Unscannable(m)
+            | RepoError::Changed(m) => m,
         }
     }
 }
@@ -72,6 +90,14 @@ pub struct RuntimeConfig {
     pub filter: Arc<Filter>,
     pub item_action: ItemAction,
     pub item_action_move_metainfo: String,
+}
+
+/// Items from one event message (monitor mode), acknowledged together: `done` gets `true`
+/// once every item was enqueued, so the source may drop the message (an SQS delete), and
+/// `false` when one failed, so the source redelivers it.
+pub struct EventBatch {
+    pub items: Vec<Item>,
+    pub done: oneshot::Sender<bool>,
 }
 
 #[async_trait]
@@ -104,5 +130,25 @@ pub trait Repository: Send + Sync + 'static {
     ) -> Option<mpsc::Receiver<Item>> {
         let _ = (filter, force_polling, poll);
         None
+    }
+
+    /// Like [`Repository::watch`], for sources that must know an item was enqueued before
+    /// they forget it (a queue of event messages). Used instead of `watch` when `Some`.
+    fn watch_batches(&self, filter: Arc<Filter>) -> Option<mpsc::Receiver<EventBatch>> {
+        let _ = filter;
+        None
+    }
+
+    /// The items a `webhook/event` body names, in this kind's own event formats, already
+    /// filtered. `None` when the kind has none (the framework then reads `location`).
+    async fn webhook_items(&self, body: &[u8], filter: Arc<Filter>) -> Option<Result<Vec<Item>, RepoError>> {
+        let _ = (body, filter);
+        None
+    }
+
+    /// Operator action: put a quarantined item back where it was found.
+    async fn release(&self, location: &str) -> Result<ActionOutcome, RepoError> {
+        let _ = location;
+        Err(RepoError::Invalid("this connector kind cannot release items from quarantine".into()))
     }
 }

@@ -42,6 +42,7 @@ pub fn router_with(ctx: Arc<ConnectorContext>, mutual_tls: bool) -> Router {
         .route("/config", get(get_config).put(put_config))
         .route("/assets", get(assets))
         .route("/objects", get(objects))
+        .route("/release", post(release))
         .route_layer(from_fn_with_state(Arc::clone(&ctx), inbound::verify));
     if mutual_tls {
         protected = protected.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert));
@@ -72,7 +73,9 @@ impl IntoResponse for RepoError {
         let status = match self {
             RepoError::NotFound(_) => StatusCode::NOT_FOUND,
             RepoError::Forbidden(_) => StatusCode::FORBIDDEN,
-            RepoError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            RepoError::Invalid(_) | RepoError::Unscannable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            // Not retryable: reading again would read the new content, not the listed one.
+            RepoError::Changed(_) => StatusCode::CONFLICT,
             RepoError::Io(ref m) => {
                 tracing::error!(error = %m, "repository error");
                 StatusCode::INTERNAL_SERVER_ERROR
@@ -535,6 +538,10 @@ struct WebhookEvent {
 /// `POST webhook/event`: one scan request for the named item, through the repository's
 /// confinement and the filter, like a monitored change. Outcomes are `200` StatusResponses.
 async fn webhook_event(State(ctx): Ctx, body: Bytes) -> Json<StatusResponse> {
+    let filter = ctx.runtime.read().expect("runtime lock").filter.clone();
+    if let Some(parsed) = ctx.repo.webhook_items(&body, filter).await {
+        return Json(enqueue_event_items(&ctx, parsed).await);
+    }
     let location = serde_json::from_slice::<WebhookEvent>(&body)
         .ok()
         .and_then(|e| e.location.or(e.path).or(e.file_path))
@@ -565,6 +572,65 @@ async fn webhook_event(State(ctx): Ctx, body: Bytes) -> Json<StatusResponse> {
             Json(resp)
         }
         Err(err) => Json(StatusResponse::error("Scan request failed", err)),
+    }
+}
+
+/// Every item of a kind-specific event, each as its own job. Any failure makes the answer an
+/// error (the sender retries the whole event; items already queued are scanned twice at worst).
+async fn enqueue_event_items(ctx: &ConnectorContext, parsed: Result<Vec<Item>, RepoError>) -> StatusResponse {
+    let items = match parsed {
+        Ok(items) => items,
+        Err(err) => {
+            tracing::warn!(error = %err, "webhook event refused");
+            return StatusResponse::error("Webhook event refused", err.to_string());
+        }
+    };
+    if items.is_empty() {
+        let mut resp = StatusResponse::success("Event ignored", "no record of the event names an item to scan");
+        resp.status = StatusKind::Nothing;
+        return resp;
+    }
+    let (mut jobs, mut failed) = (Vec::new(), Vec::new());
+    for item in &items {
+        match ctx.enqueue_item(item).await {
+            Ok(job_id) => {
+                tracing::info!(location = %item.location, job_id, "webhook event enqueued");
+                jobs.push(job_id);
+            }
+            Err(err) => failed.push(format!("{}: {err}", item.location)),
+        }
+    }
+    if !failed.is_empty() {
+        return StatusResponse::error("Scan request failed", failed.join("; "));
+    }
+    let mut resp =
+        StatusResponse::success("Webhook processed", format!("Scan requests sent for {} item(s)", jobs.len()));
+    resp.id = Some(jobs.join(","));
+    resp
+}
+
+#[derive(Deserialize)]
+struct ReleaseBody {
+    location: String,
+}
+
+/// `POST release` (operator action relayed by dsx-connect): restore a quarantined item to
+/// where it was found. Failures are HTTP errors with a `detail` code.
+async fn release(State(ctx): Ctx, body: Bytes) -> Response {
+    let location = match parse_json::<ReleaseBody>(&body) {
+        Ok(b) if !b.location.trim().is_empty() => b.location,
+        Ok(_) => return error(StatusCode::UNPROCESSABLE_ENTITY, "invalid_request", "location is empty".into()),
+        Err(e) => return validation_error(e),
+    };
+    match ctx.repo.release(&location).await {
+        Ok(outcome) => {
+            tracing::info!(target: "audit", %location, restored = %outcome.description, "released from quarantine");
+            Json(StatusResponse::success(outcome.message, outcome.description)).into_response()
+        }
+        Err(err) => {
+            tracing::warn!(%location, error = %err, "release refused");
+            err.into_response()
+        }
     }
 }
 
@@ -653,7 +719,7 @@ impl ConnectorContext {
             return Ok(None);
         }
         let metainfo = location.trim_end_matches('/').rsplit('/').next().unwrap_or(location).to_owned();
-        Ok(Some(Item { location: location.to_owned(), metainfo, size }))
+        Ok(Some(Item { location: location.to_owned(), metainfo, size, version: None }))
     }
 }
 

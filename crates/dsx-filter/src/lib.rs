@@ -521,6 +521,51 @@ impl Filter {
         &self.spec
     }
 
+    /// Key prefixes (relative to the asset) that together hold every path the includes can
+    /// match, for object stores that list by prefix; `None` when some include can match
+    /// anywhere (`*.zip`, or no includes at all), so the whole asset must be listed. Only a
+    /// narrowing hint: every listed path still goes through [`Filter::matches`].
+    pub fn listing_prefixes(&self) -> Option<Vec<String>> {
+        if self.includes.is_empty() {
+            return None;
+        }
+        let mut prefixes: Vec<String> = Vec::new();
+        for include in &self.includes {
+            let mut parts: Vec<&[u8]> = Vec::new();
+            let mut tail: Option<&[u8]> = None;
+            for seg in include.iter() {
+                match seg {
+                    Seg::Lit(l) => parts.push(l),
+                    Seg::Prefix(p) => {
+                        tail = Some(p);
+                        break;
+                    }
+                    _ => break,
+                }
+            }
+            let mut prefix = parts.join(&b'/');
+            if let Some(p) = tail {
+                if !prefix.is_empty() {
+                    prefix.push(b'/');
+                }
+                prefix.extend_from_slice(p);
+            }
+            if prefix.is_empty() {
+                return None;
+            }
+            prefixes.push(String::from_utf8_lossy(&prefix).into_owned());
+        }
+        prefixes.sort();
+        // A prefix covered by a shorter one would list the same keys twice.
+        let mut out: Vec<String> = Vec::new();
+        for p in prefixes {
+            if !out.iter().any(|o| p.starts_with(o.as_str())) {
+                out.push(p);
+            }
+        }
+        Some(out)
+    }
+
     /// True when the filter selects every path (no includes and no excludes).
     pub fn is_everything(&self) -> bool {
         self.includes.is_empty() && self.excludes.is_empty()
@@ -848,5 +893,24 @@ mod tests {
         assert!(!glob_component(b"a*b*c", b"aXbY"));
         assert!(glob_component(b"??", "é!".as_bytes()));
         assert!(!glob_component(b"?", b""));
+    }
+
+    #[test]
+    fn listing_prefixes_cover_every_match() {
+        let hints = |spec: &str| Filter::parse(spec).unwrap().listing_prefixes();
+        assert_eq!(hints(""), None);
+        assert_eq!(hints("*.zip"), None, "matches at any depth");
+        assert_eq!(hints("-tmp"), None, "excludes only");
+        assert_eq!(hints("sub1"), Some(vec!["sub1".to_owned()]));
+        assert_eq!(hints("sub1/x/*.pdf, sub2"), Some(vec!["sub1/x".to_owned(), "sub2".to_owned()]));
+        assert_eq!(hints("test/2025*/** -sub2"), Some(vec!["test/2025".to_owned()]));
+        assert_eq!(hints("a, a/b"), Some(vec!["a".to_owned()]), "covered prefixes are dropped");
+        assert_eq!(hints("sub1, *.zip"), None);
+        // Every path the filter selects starts with one of its hints.
+        let f = Filter::parse("sub1/x/*.pdf, sub2 -tmp").unwrap();
+        let hs = f.listing_prefixes().unwrap();
+        for path in ["sub1/x/a.pdf", "sub2/b/c.txt", "sub2"] {
+            assert!(f.matches(path) && hs.iter().any(|h| path.starts_with(h.as_str())), "{path}");
+        }
     }
 }

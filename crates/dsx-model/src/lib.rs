@@ -9,7 +9,9 @@ mod validate;
 
 pub use connector::{Connector, ConnectorStatus, ItemAction};
 pub use responses::{AuthCheckResponse, ErrorBody, RegistrationResponse, StatusKind, StatusResponse, TokenResponse};
-pub use scan::{Destination, Estimate, ItemActionStatusResponse, RequestedAction, ScanRequest, ScanRequestBatch};
+pub use scan::{
+    Destination, Estimate, ItemActionStatusResponse, ItemVersion, RequestedAction, ScanRequest, ScanRequestBatch,
+};
 pub use validate::{parse_json, FieldError};
 
 /// Route prefix of the dsx-connect API.

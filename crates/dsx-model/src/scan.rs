@@ -22,6 +22,17 @@ pub struct RequestedAction {
     pub details: Option<serde_json::Value>,
 }
 
+/// Which version of an item was listed, so the connector reads (and remediates) exactly that
+/// one: object stores' ETag and version id. This server's extension; absent for files.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(default)]
+pub struct ItemVersion {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub version_id: Option<String>,
+}
+
 /// `ScanRequest`: one item to scan. `location`/`metainfo` are echoed back to the connector.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ScanRequest {
@@ -41,6 +52,9 @@ pub struct ScanRequest {
     pub job_item_id: Option<String>,
     #[serde(default)]
     pub scan_source: Option<String>,
+    /// Not sent when absent, so requests for files are byte-for-byte Python's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub item_version: Option<ItemVersion>,
 }
 
 impl ScanRequest {
@@ -55,6 +69,7 @@ impl ScanRequest {
             scan_job_id: None,
             job_item_id: None,
             scan_source: None,
+            item_version: None,
         }
     }
 }

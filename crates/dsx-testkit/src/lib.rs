@@ -1,10 +1,12 @@
 //! Helpers for tests that talk to real things: a private `redis-server` process per test
 //! (or the one CI shares through `DSX_TEST_REDIS_URL`), free loopback ports, unique namespaces.
 
+mod moto;
 mod process;
 pub mod python_fixtures;
 mod redis;
 
+pub use moto::{Moto, MOTO_ACCESS_KEY, MOTO_REGION, MOTO_SECRET_KEY};
 pub use process::Service;
 pub use redis::{RedisServer, TestRedis};
 

@@ -139,6 +139,38 @@ pub async fn put_config(
     relay(&state, uuid, Method::PUT, "config", body.to_vec()).await
 }
 
+/// `POST connectors/release/{uuid}` `{"location": …}` (operator, ours): the connector
+/// restores a quarantined item to where it was found and tags it released. Audited here and
+/// by the connector; the connector's answer (or its refusal) is relayed.
+pub async fn release(
+    State(state): State<SharedState>,
+    Path(raw): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let uuid = parse_uuid(&raw, "connector_uuid")?;
+    let location = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| v.get("location").and_then(Value::as_str).map(str::to_owned))
+        .filter(|l| !l.trim().is_empty())
+        .ok_or_else(|| {
+            ApiError::Validation(dsx_model::FieldError {
+                loc: vec!["body".into(), "location".into()],
+                msg: "field `location`: the quarantined item to release is required".into(),
+                kind: "missing",
+            })
+        })?;
+    let resp = relay(
+        &state,
+        uuid,
+        Method::POST,
+        "release",
+        serde_json::to_vec(&serde_json::json!({ "location": location })).unwrap_or_default(),
+    )
+    .await?;
+    tracing::info!(target: "audit", %uuid, %location, status = resp.status().as_u16(), by = "operator", "release from quarantine requested");
+    Ok(resp)
+}
+
 pub async fn repo_check(
     State(state): State<SharedState>,
     Path(raw): Path<String>,
