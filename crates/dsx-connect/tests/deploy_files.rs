@@ -38,7 +38,11 @@ fn auth_compose_passes_one_token_to_both_sides() {
     let s3 = env(&doc, "aws-s3-connector");
     assert_eq!(value(s3, "DSXCONNECTOR_AUTH__ENABLED"), "true");
     assert_eq!(value(s3, "DSXCONNECT_ENROLLMENT_TOKEN"), server_token);
-    assert_eq!(value(s3, "DSXCONNECTOR_CONNECTOR_URL"), "http://aws-s3-connector:8600");
+    // HTTPS like every other hop of this file, with the generated test CA.
+    assert_eq!(value(s3, "DSXCONNECTOR_CONNECTOR_URL"), "https://aws-s3-connector:8600");
+    assert_eq!(value(s3, "DSXCONNECTOR_DSX_CONNECT_URL"), "https://dsx-connect:8586");
+    assert_eq!(value(s3, "DSXCONNECTOR_USE_TLS"), "true");
+    assert_eq!(value(s3, "DSXCONNECTOR_CA_BUNDLE"), "/etc/dsx-tls/ca.crt");
     let profiles = doc["services"]["aws-s3-connector"]["profiles"].as_vec().unwrap();
     assert_eq!(profiles.first().and_then(Yaml::as_str), Some("s3"), "only started on request");
     let quick = compose("quickstart.yaml");
