@@ -592,6 +592,9 @@ fn the_schemas_reject_malformed_values() {
         (S3_CONNECTOR, "asset=Not_A_Bucket", "asset"),
         (S3_CONNECTOR, "s3.endpointUrl=minio:9000", "s3.endpointUrl"),
         (S3_CONNECTOR, "auth_dsxconnect.enabled=yes", "auth_dsxconnect.enabled"),
+        (S3_CONNECTOR, "asset=bkt,tls.enabled=yes", "tls.enabled"),
+        (S3_CONNECTOR, "asset=bkt,tls.secretNam=s3-tls", "secretNam"),
+        (S3_CONNECTOR, "asset=bkt,tls.requireClientCert=1", "tls.requireClientCert"),
     ] {
         let err = render_err(chart, &["--set", set]);
         assert!(err.contains("schema") && err.contains(named), "{set}: {err}");
@@ -713,6 +716,8 @@ fn charts_only_set_variables_the_code_reads() {
             "asset=bkt/in,monitor.enabled=true,s3.sqsQueueUrl=https://sqs.eu-west-1.amazonaws.com/1/q",
             "--set",
             "s3.endpointUrl=https://minio:9000,s3.caBundleSecretName=ca,s3.maxObjectSizeBytes=5,aws.region=eu-west-1,aws.credentialsSecretName=k",
+            "--set",
+            "tls.enabled=true,tls.secretName=s3-tls,tls.clientCert=true,tls.requireClientCert=true",
         ],
     ));
     let mut checked = 0;
@@ -840,5 +845,85 @@ fn tls_from_a_secret_reaches_the_server_the_workers_and_the_connector() {
     assert_eq!(mount(sts, "tls")["readOnly"].as_bool(), Some(true));
     assert_eq!(s(&container(sts)["readinessProbe"]["httpGet"]["scheme"]), "HTTPS");
     let err = render_err(CONNECTOR, &["--set", "tls.enabled=true"]);
+    assert!(err.contains("tls.secretName"), "{err}");
+}
+
+/// The S3 connector chart's TLS block is the filesystem chart's: every TLS variable names a file
+/// of the one mounted Secret (whole, read-only, no subPath), probes on HTTPS, each replica
+/// registered under the headless Service, and the S3 endpoint's CA still its own Secret.
+#[test]
+fn s3_connector_tls_from_a_secret() {
+    let r = render(
+        S3_CONNECTOR,
+        &[
+            "--set",
+            "asset=bkt,tls.enabled=true,tls.secretName=s3-tls,tls.clientCert=true,tls.requireClientCert=true",
+            "--set",
+            "s3.endpointUrl=https://minio:9000,s3.caBundleSecretName=minio-ca",
+        ],
+    );
+    let sts = r.get("StatefulSet", S3_FULLNAME);
+    let headless = format!("{S3_FULLNAME}-headless");
+    assert_eq!(s(&sts["spec"]["serviceName"]), headless);
+    assert_eq!(r.get("Service", &headless)["spec"]["clusterIP"].as_str(), Some("None"));
+    assert_eq!(
+        env_value(sts, "DSXCONNECTOR_CONNECTOR_URL").as_deref(),
+        Some("https://$(POD_NAME).fs-aws-s3-connector-headless.scanning.svc:8600"),
+        "each replica registers a name its certificate can cover"
+    );
+    assert_eq!(env_source(sts, "POD_NAME"), Some(Source::Field("metadata.name".into())));
+    let names: Vec<String> = env(sts).into_iter().map(|(n, _)| n).collect();
+    let at = |n: &str| names.iter().position(|x| x == n).unwrap_or_else(|| panic!("no {n}"));
+    assert!(at("POD_NAME") < at("DSXCONNECTOR_CONNECTOR_URL"), "$(POD_NAME) expands only if defined before");
+    assert_eq!(env_value(sts, "DSXCONNECTOR_USE_TLS").as_deref(), Some("true"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_VERIFY_TLS").as_deref(), Some("true"));
+    for (var, key) in [
+        ("DSXCONNECTOR_TLS_CERTFILE", "tls.crt"),
+        ("DSXCONNECTOR_TLS_KEYFILE", "tls.key"),
+        ("DSXCONNECTOR_CA_BUNDLE", "ca.crt"),
+        ("DSXCONNECTOR_TLS_CLIENT_CERTFILE", "tls.crt"),
+        ("DSXCONNECTOR_TLS_CLIENT_KEYFILE", "tls.key"),
+        ("DSXCONNECTOR_TLS_CLIENT_CA", "ca.crt"),
+    ] {
+        assert_eq!(file_var_secret(sts, var), pair("s3-tls", key), "{var}");
+    }
+    let m = mount(sts, "tls");
+    assert_eq!((s(&m["mountPath"]), m["readOnly"].as_bool()), ("/etc/connector/tls", Some(true)));
+    assert!(m["subPath"].is_badvalue(), "subPath mounts are not refreshed by the kubelet");
+    let v = &volume(sts, "tls")["secret"];
+    assert_eq!(s(&v["secretName"]), "s3-tls");
+    assert!(v["items"].is_badvalue(), "the whole Secret, so cert-manager's renewals reach the pod");
+    let c = container(sts);
+    assert_eq!(s(&c["livenessProbe"]["httpGet"]["scheme"]), "HTTPS");
+    assert_eq!(s(&c["readinessProbe"]["httpGet"]["scheme"]), "HTTPS");
+    // The S3 endpoint's CA is separate and unchanged.
+    assert_eq!(file_var_secret(sts, "DSXCONNECTOR_S3_ENDPOINT_VERIFY"), pair("minio-ca", "ca.pem"));
+
+    // Mutual TLS is opt-in, and the dsx-connect CA choice and verification follow the values.
+    let r = render(
+        S3_CONNECTOR,
+        &["--set", "asset=bkt,tls.enabled=true,tls.secretName=s3-tls,tls.trustCaForDsxConnect=false,tls.verifyDsxConnect=false"],
+    );
+    let sts = r.get("StatefulSet", S3_FULLNAME);
+    assert_eq!(env_value(sts, "DSXCONNECTOR_USE_TLS").as_deref(), Some("true"));
+    assert_eq!(env_value(sts, "DSXCONNECTOR_VERIFY_TLS").as_deref(), Some("false"));
+    for var in [
+        "DSXCONNECTOR_CA_BUNDLE",
+        "DSXCONNECTOR_TLS_CLIENT_CERTFILE",
+        "DSXCONNECTOR_TLS_CLIENT_KEYFILE",
+        "DSXCONNECTOR_TLS_CLIENT_CA",
+    ] {
+        assert_eq!(env_value(sts, var), None, "{var}");
+    }
+
+    // Off by default: plain HTTP on the pod IP, no TLS variables, no tls volume.
+    let plain = render(S3_CONNECTOR, &["--set", "asset=bkt"]);
+    let sts = plain.get("StatefulSet", S3_FULLNAME);
+    assert_eq!(env_value(sts, "DSXCONNECTOR_CONNECTOR_URL").as_deref(), Some("http://$(POD_IP):8600"));
+    assert!(!has_env_like(sts, "TLS"), "TLS variables without tls.enabled");
+    assert!(container(sts)["livenessProbe"]["httpGet"]["scheme"].is_badvalue());
+    assert!(list(&sts["spec"]["template"]["spec"]["volumes"]).iter().all(|v| s(&v["name"]) != "tls"));
+
+    let err = render_err(S3_CONNECTOR, &["--set", "asset=bkt,tls.enabled=true"]);
     assert!(err.contains("tls.secretName"), "{err}");
 }

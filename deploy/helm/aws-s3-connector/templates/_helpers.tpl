@@ -54,4 +54,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- if and .Values.auth_dsxconnect.enabled (not .Values.auth_dsxconnect.enrollmentKey) -}}
 {{- fail "auth_dsxconnect.enrollmentKey must name the key inside the enrollment Secret" -}}
 {{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.secretName) -}}
+{{- fail "tls.enabled=true needs tls.secretName: a kubernetes.io/tls Secret with tls.crt and tls.key (and ca.crt), e.g. from cert-manager" -}}
+{{- end -}}
 {{- end -}}
