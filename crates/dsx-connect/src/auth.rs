@@ -1,4 +1,4 @@
-//! Who is calling: DSX-HMAC verification (AUTH.md §3), enrollment and operator tokens,
+//! Who is calling: DSX-HMAC verification (docs/wire-protocol.md, "DSX-HMAC"), enrollment and operator tokens,
 //! break-glass, and the middleware that guards each group of routes.
 
 use std::net::SocketAddr;
@@ -31,7 +31,7 @@ pub enum Caller {
 }
 
 impl Caller {
-    /// A connector may only act for itself (AUTH.md §3.8, H12); everyone else is not bound.
+    /// A connector may only act for itself (docs/wire-protocol.md, "Binding"; H12); everyone else is not bound.
     pub fn ensure_acts_for(&self, uuid: Uuid) -> Result<(), ApiError> {
         match self {
             Caller::Connector { uuid: own, .. } if *own != uuid => Err(ApiError::ConnectorMismatch),

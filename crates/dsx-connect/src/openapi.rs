@@ -12,7 +12,7 @@ use schemars::generate::SchemaSettings;
 use schemars::{JsonSchema, SchemaGenerator};
 use serde_json::{json, Map, Value};
 
-/// Who may call an operation when auth is enabled (AUTH.md §8).
+/// Who may call an operation when auth is enabled (docs/wire-protocol.md, "Open routes").
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Caller {
     /// DSX-HMAC signed by an enrolled connector.
@@ -154,7 +154,7 @@ pub const OPERATIONS: &[Operation] = &[
         Connector,
         "The connector has enqueued every item of a job (`{\"enqueued_total\": N}`)",
     ),
-    op("GET", "scan/jobs/{job_id}/raw", Open, "A job's control flags and counters (open to connectors, AUTH.md §8)"),
+    op("GET", "scan/jobs/{job_id}/raw", Open, "A job's control flags and counters (open: connectors poll it)"),
     op("GET", "scan/request/{task_id}", Operator, "The state of one scan task"),
     op("GET", "scan/results", Operator, "The newest results; `?limit&job_id`"),
     op("DELETE", "scan/results", Operator, "Delete every stored result"),
@@ -308,7 +308,7 @@ pub fn document() -> Value {
             "securitySchemes": {
                 "dsxHmac": {
                     "type": "apiKey", "in": "header", "name": "Authorization",
-                    "description": "`DSX-HMAC ts=…, nonce=…, sig=…` with the connector's key id (AUTH.md §3)",
+                    "description": "`DSX-HMAC key_id=…, ts=…, nonce=…, sig=…` signed with the connector's key (docs/wire-protocol.md)",
                 },
                 "operatorToken": { "type": "http", "scheme": "bearer" },
                 "enrollmentToken": { "type": "apiKey", "in": "header", "name": "X-Enrollment-Token" },

@@ -1,6 +1,6 @@
 //! The operator web UI: three static files compiled into the binary and served at `/`.
 //!
-//! The files are open (AUTH.md §8: the UI's static assets need no token); every API call the
+//! The files are open (docs/wire-protocol.md, "Open routes"); every API call the
 //! page makes carries the operator token the user enters. The page runs under a strict
 //! Content-Security-Policy: scripts and styles only from these files, API calls only to this
 //! origin, no framing.

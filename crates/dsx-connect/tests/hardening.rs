@@ -1,4 +1,4 @@
-//! One test per closed Python 1.x weakness (AUTH.md §9) that applies to the registry and
+//! One test per closed Python 1.x weakness (docs/authentication.md) that applies to the registry and
 //! verification paths, plus the bad-input answers. Each runs the real binary.
 
 mod common;

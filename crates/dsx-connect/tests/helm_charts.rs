@@ -239,7 +239,7 @@ fn server_defaults_render_with_auth_on_and_the_example_secrets() {
         assert_eq!(env_value(pod, "DSXCONNECT_ROLE").as_deref(), Some(role));
         assert_eq!(env_value(pod, "DSXCONNECT_LISTEN").as_deref(), Some("0.0.0.0:8586"));
         assert_eq!(s(&container(pod)["args"][0]), "serve");
-        // AUTH.md: production posture. Auth on, break-glass off, token from the example Secret.
+        // Production posture (docs/authentication.md, "Helm"): Auth on, break-glass off, token from the example Secret.
         assert_eq!(env_value(pod, "DSXCONNECT_AUTH__ENABLED").as_deref(), Some("true"), "{role}");
         assert_eq!(env_value(pod, "DSXCONNECT_AUTH__BREAK_GLASS").as_deref(), Some("false"), "{role}");
         assert_eq!(

@@ -1,4 +1,4 @@
-//! The connector's HTTP routes, served under `/<name>/` (API.md "Connector routes"). Answers
+//! The connector's HTTP routes, served under `/<name>/` (docs/wire-protocol.md, "Connector routes"). Answers
 //! carry every field the Python 1.x server reads from a Python connector; the deliberate
 //! differences are in docs/interop.md ("Connectors").
 

@@ -162,7 +162,7 @@ impl ConnectorSettings {
         format!("{}/{}", self.connector_url.trim_end_matches('/'), self.name)
     }
 
-    /// The exact boot line of the contract (AUTH.md §4).
+    /// The exact boot line of the contract (docs/wire-protocol.md, "Both directions").
     pub fn auth_boot_line(&self) -> &'static str {
         match (self.enrollment_token.is_some(), self.auth_enabled) {
             (true, true) => "Connector authentication: enrollment token provided; DSX-HMAC verification enabled.",

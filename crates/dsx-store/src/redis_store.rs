@@ -1,5 +1,5 @@
 //! Redis backend: shared by every API and worker replica. Key names follow the Python 1.x
-//! layout where Python components read them (AUTH.md §7, API.md "Redis layout").
+//! layout where Python components read them (docs/wire-protocol.md, "Redis layout").
 
 use std::time::Duration;
 

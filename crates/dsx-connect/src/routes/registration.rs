@@ -1,4 +1,4 @@
-//! `POST connectors/register` and `POST connectors/token` (AUTH.md §2).
+//! `POST connectors/register` and `POST connectors/token` (docs/wire-protocol.md, "Enrollment and registration").
 
 use std::net::SocketAddr;
 use std::time::Duration;

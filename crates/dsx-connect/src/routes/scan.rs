@@ -34,7 +34,7 @@ fn missing_connector(index: Option<usize>) -> ApiError {
 }
 
 impl AppState {
-    /// Bind a scan request to its connector (AUTH.md §3.8): a verified key decides the
+    /// Bind a scan request to its connector (docs/wire-protocol.md, "Binding"): a verified key decides the
     /// connector; a body naming another one is refused; the registered model and URL
     /// replace whatever the body says.
     async fn attribute(
@@ -330,7 +330,7 @@ pub async fn enqueue_done(
     Ok(Json(json!({ "ok": true })))
 }
 
-/// `GET scan/jobs/{job_id}/raw` in Python's shape, open to connectors (AUTH.md §8): control
+/// `GET scan/jobs/{job_id}/raw` in Python's shape, open to connectors (docs/wire-protocol.md, "Open routes"): control
 /// flags and counters as strings, never scan requests or results.
 #[derive(Serialize)]
 pub struct JobRaw {

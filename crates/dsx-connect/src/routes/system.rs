@@ -53,7 +53,7 @@ pub async fn meta(State(state): State<SharedState>) -> Json<Value> {
 }
 
 /// `GET test/connection` and its alias `connection/test`: open (Python connectors call
-/// them unsigned, AUTH.md §8).
+/// them unsigned; docs/wire-protocol.md, "Open routes").
 pub async fn test_connection() -> Json<Value> {
     Json(
         json!({ "status": "success", "message": "dsx-connect is reachable", "description": "", "id": null, "preview": null }),
@@ -66,8 +66,8 @@ pub async fn auth_check() -> Json<AuthCheckResponse> {
 }
 
 /// `GET config`: the public part for anyone (Python connectors read the batch capabilities
-/// unsigned, AUTH.md §8); everything else only with an operator token. Secrets never appear:
-/// tokens and keys are not part of the document at all.
+/// unsigned; docs/wire-protocol.md, "Open routes"); everything else only with an operator
+/// token. Secrets never appear: tokens and keys are not part of the document at all.
 pub async fn config(State(state): State<SharedState>, headers: axum::http::HeaderMap) -> Json<Value> {
     let s = &state.settings;
     let mut doc = json!({
