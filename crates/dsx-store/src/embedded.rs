@@ -453,7 +453,7 @@ impl Inner {
 
     /// Give free pages back to the disk: compacts the file when at least half of it is free
     /// (acked tasks, expired results and jobs leave free pages behind; redb reuses them but
-    /// never shrinks the file by itself). Returns whether it compacted. Holds the file
+    /// shrinks the file only by a free tail). Returns whether it compacted. Holds the file
     /// exclusively meanwhile, so the flush thread only calls it when the store is idle.
     fn compact_if_sparse(&self, min_bytes: u64) -> StoreResult<bool> {
         let DiskUsage { file_bytes: len, used_bytes: used } = self.disk_usage()?;
@@ -1818,9 +1818,9 @@ mod tests {
         let full = std::fs::metadata(&path).unwrap().len();
         assert!(full > 16 << 20, "4000 results of 2 KB: {full} bytes");
         store.clear_results().await.unwrap();
-        // Freed pages are reused but the file never shrinks by itself.
+        // Freed pages are reused, but most of the file stays (redb gives back at most a free
+        // tail by itself).
         let cleared = std::fs::metadata(&path).unwrap().len();
-        assert!(cleared >= full, "{full} -> {cleared}");
         let usage = store.inner.disk_usage().unwrap();
         assert!(usage.used_bytes * 2 < usage.file_bytes, "cleared: mostly free pages: {usage:?}");
         // Below the size threshold nothing happens.
@@ -1833,7 +1833,7 @@ mod tests {
             }
         }
         let compacted = std::fs::metadata(&path).unwrap().len();
-        assert!(compacted < full / 4, "{cleared} -> {compacted} bytes");
+        assert!(compacted < full / 4, "{full} -> {cleared} -> {compacted} bytes");
         // Still a working store, with every table.
         assert_eq!(store.list_results(10, None).await.unwrap().len(), 0);
         store.put_state(Uuid::new_v4(), "ns", "k", "v").await.unwrap();
