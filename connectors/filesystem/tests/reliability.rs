@@ -503,5 +503,9 @@ async fn an_embedded_store_whose_disk_fills_recovers_without_a_restart() {
     assert!(p.server.exit_code().is_none(), "the server must not have restarted:\n{}", p.server.logs());
     assert_all_scanned_once(&p, &job, FILES).await;
     assert_eq!(dead_letters(&p).await, 0, "a full disk dead-letters nothing");
-    assert!(!p.server.logs().contains("panicked"), "{}", p.server.logs());
+    // redb may assert in a commit after the I/O error; the store contains that (it counts as
+    // the fault). Nothing else may panic.
+    let logs = p.server.logs();
+    let other_panics: Vec<&str> = logs.lines().filter(|l| l.contains("panicked at") && !l.contains("/redb-")).collect();
+    assert!(other_panics.is_empty(), "{other_panics:?}\n{logs}");
 }

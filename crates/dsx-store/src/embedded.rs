@@ -343,14 +343,17 @@ impl Inner {
             // (a reopen waits for every handle to be let go).
             let db = self.db()?;
             let epoch = self.durable.lock().expect("durable lock").epoch;
-            let attempt = (|| {
+            // After some I/O failures redb asserts (panics) in the next commit instead of
+            // answering an error; contained here, it is a fault like the error itself.
+            let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut txn = db.begin_write().map_err(unavailable)?;
                 txn.set_durability(Durability::None);
                 let out = f(&txn)?;
                 self.maybe_sweep(&txn)?;
                 txn.commit().map_err(unavailable)?;
                 Ok(out)
-            })();
+            }))
+            .unwrap_or_else(|_| Err(unavailable("the store refused a commit after an I/O error")));
             let out = match attempt {
                 Ok(out) => out,
                 Err(err) => {
