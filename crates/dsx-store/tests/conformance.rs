@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsx_model::Connector;
-use dsx_store::{Credential, EmbeddedStore, Namespace, RedisStore, RegistrationRecord, SecretCodec, Store, StoreError};
+use dsx_store::{
+    Credential, Credentials, EmbeddedStore, Health, Namespace, RedisStore, RegistrationRecord, Registry, SecretCodec,
+    Store, StoreError,
+};
 use dsx_testkit::{unique_name, RedisServer, TestRedis};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -865,47 +868,53 @@ async fn an_intake_key_enqueues_once(h: &Harness) {
     assert_eq!(s.scan_queue_len().await.unwrap(), before + 5);
 }
 
+/// Runs each case on both backends, grouped by the capability it checks:
+/// `<capability>::<backend>::<case>` (e.g. `cargo test -p dsx-store queue::redis`).
 macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod redis_backend {
-            use super::*;
-            $( #[tokio::test] async fn $case() { super::$case(&Harness::redis(SecretCodec::plain())).await; } )*
-        }
-        mod embedded_backend {
-            use super::*;
-            $( #[tokio::test] async fn $case() { super::$case(&Harness::embedded(SecretCodec::plain())).await; } )*
-        }
+    ($($capability:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
+        $(
+            mod $capability {
+                mod redis {
+                    use crate::*;
+                    $( #[tokio::test] async fn $case() { crate::$case(&Harness::redis(SecretCodec::plain())).await; } )*
+                }
+                mod embedded {
+                    use crate::*;
+                    $( #[tokio::test] async fn $case() { crate::$case(&Harness::embedded(SecretCodec::plain())).await; } )*
+                }
+            }
+        )*
     };
 }
 
 conformance!(
-    presence_round_trip,
-    presence_expires,
-    credentials_install_and_resolve,
-    rotation_keeps_old_key_for_grace_only,
-    rotation_without_grace_revokes_at_once,
-    revoke_removes_current_and_grace_keys,
-    registration_record_round_trip,
-    nonces_are_remembered_for_their_ttl,
-    state_key_values,
-    rate_limit_counts_in_fixed_windows,
-    scan_queue_and_job_counters,
-    jobs_belong_to_their_connector_and_batches_are_all_or_nothing,
-    concurrent_rotations_lose_no_key,
-    queue_delivers_each_task_once_until_acked,
-    expired_lease_is_redelivered_to_another_worker,
-    retry_waits_for_its_delay,
-    dead_letters_keep_the_reason_and_can_be_requeued,
-    results_count_once_and_complete_jobs_in_either_order,
-    complete_scan_stores_the_result_and_acks_together,
-    notifications_reach_subscribers_of_their_channel,
-    scan_slots_cap_concurrency_and_expire,
-    heartbeats_keep_leases_and_slots_alive,
-    deferring_spends_no_attempt,
-    completion_follows_the_accepted_count_not_the_claim,
-    clearing_one_jobs_results_keeps_the_others,
-    requeued_dead_letters_replace_their_failed_outcome,
-    an_intake_key_enqueues_once,
+    registry: [presence_round_trip, presence_expires, registration_record_round_trip, state_key_values],
+    credentials: [
+        credentials_install_and_resolve,
+        rotation_keeps_old_key_for_grace_only,
+        rotation_without_grace_revokes_at_once,
+        revoke_removes_current_and_grace_keys,
+        concurrent_rotations_lose_no_key,
+        nonces_are_remembered_for_their_ttl,
+    ],
+    queue: [
+        queue_delivers_each_task_once_until_acked,
+        expired_lease_is_redelivered_to_another_worker,
+        retry_waits_for_its_delay,
+        deferring_spends_no_attempt,
+        dead_letters_keep_the_reason_and_can_be_requeued,
+        requeued_dead_letters_replace_their_failed_outcome,
+        complete_scan_stores_the_result_and_acks_together,
+        an_intake_key_enqueues_once,
+    ],
+    jobs: [
+        scan_queue_and_job_counters,
+        jobs_belong_to_their_connector_and_batches_are_all_or_nothing,
+        completion_follows_the_accepted_count_not_the_claim,
+    ],
+    results: [results_count_once_and_complete_jobs_in_either_order, clearing_one_jobs_results_keeps_the_others],
+    events: [notifications_reach_subscribers_of_their_channel],
+    limits: [rate_limit_counts_in_fixed_windows, scan_slots_cap_concurrency_and_expire, heartbeats_keep_leases_and_slots_alive],
 );
 
 /// Finished jobs (completed, cancelled) go after their retention with their result lists and

@@ -1,0 +1,604 @@
+//! Redis backend: shared by every API and worker replica. Key names follow the Python 1.x
+//! layout where Python components read them (docs/wire-protocol.md, "Redis layout").
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dsx_model::Connector;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, ErrorKind, RedisError};
+use uuid::Uuid;
+
+use crate::{
+    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, Job, JobRefusal,
+    JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey, ResultRecord, Results,
+    ScanQueue, SecretCodec, StoreError, StoreResult,
+};
+
+mod credentials;
+mod events;
+mod health;
+mod jobs;
+mod limits;
+mod queue;
+mod registry;
+mod results;
+
+/// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Which deployment environment the keys belong to (`DSXCONNECT_APP_ENV`, default `dev`).
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub env: String,
+}
+
+impl Namespace {
+    fn prefix(&self) -> String {
+        format!("{}:dsx-connect", self.env)
+    }
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    /// Created on first use and kept; `ConnectionManager` reconnects by itself afterwards.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    ns: String,
+    codec: SecretCodec,
+    /// TTL of a finished job's keys, ms; 0 keeps them forever.
+    job_retention_ms: u64,
+}
+
+/// IO, timeouts and server-side refusals are `Unavailable`; replies we cannot decode are `Corrupt`.
+fn map_err(err: RedisError) -> StoreError {
+    let wrong_type = err.code() == Some("WRONGTYPE");
+    match err.kind() {
+        // redis-rs type errors quote the reply, which may be a secret: never pass the text on.
+        ErrorKind::TypeError | ErrorKind::ParseError => {
+            StoreError::Corrupt(format!("unexpected reply from Redis ({})", err.category()))
+        }
+        _ if wrong_type => StoreError::Corrupt("a Redis key holds the wrong type".into()),
+        _ => StoreError::Unavailable(err.to_string()),
+    }
+}
+
+fn corrupt(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+/// Milliseconds, rounded up so a sub-millisecond TTL is not zero (which Redis rejects).
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_nanos().div_ceil(1_000_000) as u64).max(1)
+}
+
+/// Rotation as one atomic step: reading the old key id and writing the new one in separate
+/// round trips would let two concurrent installs orphan a key index entry forever.
+/// KEYS: config hash, new kid index, grace-kid set.
+/// ARGV: new kid, sealed secret, issued_at, uuid, grace ms (0 = revoke old), kid index prefix,
+/// grace record prefix.
+const INSTALL_SCRIPT: &str = r"
+local old = redis.call('HMGET', KEYS[1], 'hmac_key_id', 'hmac_secret')
+local grace = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'hmac_key_id', ARGV[1], 'hmac_secret', ARGV[2], 'issued_at', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('DEL', ARGV[7] .. ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if old[1] and old[1] ~= ARGV[1] then
+  if grace > 0 and old[2] then
+    redis.call('SET', ARGV[7] .. old[1], old[2], 'PX', ARGV[5])
+    redis.call('PEXPIRE', ARGV[6] .. old[1], ARGV[5])
+    redis.call('SADD', KEYS[3], old[1])
+  else
+    redis.call('DEL', ARGV[6] .. old[1])
+  end
+end
+local longest = 0
+for _, kid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local left = redis.call('PTTL', ARGV[7] .. kid)
+  if left == -2 then
+    redis.call('SREM', KEYS[3], kid)
+  elseif left > longest then
+    longest = left
+  end
+end
+if longest > 0 then
+  redis.call('PEXPIRE', KEYS[3], longest)
+end
+return 0
+";
+
+/// Due retries move from the delay set back onto the stream. Members are `<attempt>|<task json>`.
+/// KEYS: stream, delay set. ARGV: now ms.
+const PROMOTE_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 200)
+for _, m in ipairs(due) do
+  local sep = string.find(m, '|', 1, true)
+  redis.call('XADD', KEYS[1], '*', 'task', string.sub(m, sep + 1), 'attempt', string.sub(m, 1, sep - 1))
+  redis.call('ZREM', KEYS[2], m)
+end
+return #due
+";
+
+/// Ack and delete a stream entry, then optionally park it (delay set) or dead-letter it, in one step.
+/// KEYS: stream, delay set, dead-letter list. ARGV: group, entry id, mode (ack|retry|dead), score, member.
+const SETTLE_SCRIPT: &str = r"
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if acked == 0 then return 0 end
+if ARGV[3] == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+elseif ARGV[3] == 'dead' then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+end
+return 1
+";
+
+/// The entries of an XAUTOCLAIM reply (`[cursor, [[id, [field, value, …]], …], deleted]`),
+/// parsed by hand: redis-rs 0.27's `StreamAutoClaimReply` did not yield them here.
+fn autoclaim_entries(reply: &redis::Value) -> Vec<redis::streams::StreamId> {
+    let redis::Value::Array(parts) = reply else { return Vec::new() };
+    let Some(redis::Value::Array(entries)) = parts.get(1) else { return Vec::new() };
+    entries
+        .iter()
+        .filter_map(|entry| {
+            let redis::Value::Array(pair) = entry else { return None };
+            let id = match pair.first()? {
+                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+                redis::Value::SimpleString(s) => s.clone(),
+                _ => return None,
+            };
+            let redis::Value::Array(fields) = pair.get(1)? else { return None };
+            let map = fields
+                .chunks(2)
+                .filter_map(|kv| match kv {
+                    [redis::Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
+                    _ => None,
+                })
+                .collect();
+            Some(redis::streams::StreamId { id, map })
+        })
+        .collect()
+}
+
+/// Store a result once per task and count it into its job and the stats, completing the
+/// job when it is done. A finished job's (or a job-less) result expires with the job's
+/// retention. KEYS: results list, by-task key, by-job list, job hash, stats hash.
+/// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now, retention ms
+/// (0 = keep). Returns 0 (already stored), 1, or 2 when this result completed its job.
+const RESULT_SCRIPT: &str = r"
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('SET', KEYS[2], ARGV[1])
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('HINCRBY', KEYS[5], 'files_scanned', 1)
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[5], 'total_scan_time_in_microseconds', ARGV[5])
+redis.call('HINCRBY', KEYS[5], 'total_file_size', ARGV[6])
+local ttl = tonumber(ARGV[8])
+-- A result without a job record (deleted) belongs to nothing that will ever finish: it
+-- expires like a finished job's.
+local finished = true
+local completed_now = false
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local processed = redis.call('HINCRBY', KEYS[4], 'processed_count', 1)
+  if ARGV[4] == '1' then
+    redis.call('HINCRBY', KEYS[4], 'succeeded_count', 1)
+  else
+    redis.call('HINCRBY', KEYS[4], 'failed_count', 1)
+  end
+  redis.call('HSET', KEYS[4], 'updated_at', ARGV[7])
+  -- The server's accepted count decides, never the connector's expected_total (Job::is_complete).
+  local enqueued = tonumber(redis.call('HGET', KEYS[4], 'enqueued_count') or '0')
+  if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= enqueued
+     and redis.call('HGET', KEYS[4], 'status') == 'running' then
+    redis.call('HSET', KEYS[4], 'status', 'completed', 'completed_at', ARGV[7])
+    completed_now = true
+  end
+  local status = redis.call('HGET', KEYS[4], 'status')
+  finished = status == 'completed' or status == 'cancelled'
+  if finished and ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
+end
+if finished and ttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+if completed_now then return 2 end
+return 1
+";
+
+/// Retention for a chunk of a finished job's results: the by-task key of every row in
+/// `start..start+count` of the by-job list expires with the job. KEYS: by-job list.
+/// ARGV: start, count, by-task key prefix, ttl ms. Returns how many rows it saw.
+const EXPIRE_TASKS_SCRIPT: &str = r"
+local rows = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
+for _, row in ipairs(rows) do
+  local ok, doc = pcall(cjson.decode, row)
+  if ok and type(doc) == 'table' and type(doc['scan_request_task_id']) == 'string' then
+    redis.call('PEXPIRE', ARGV[3] .. doc['scan_request_task_id'], ARGV[4])
+  end
+end
+return #rows
+";
+
+/// Rows per [`EXPIRE_TASKS_SCRIPT`] call: a large job's retention is applied in short steps,
+/// never one long script that blocks Redis.
+const EXPIRE_CHUNK: usize = 500;
+
+/// Requeue one dead letter (same task id), replacing its failed outcome: its stored result
+/// leaves the by-task key, the by-job list and the newest-results list, and its job counts it
+/// as open again (a job completed because of it runs again and loses its retention TTL).
+/// KEYS: dead-letter list, stream, results list, by-task key, by-job list, job hash.
+/// ARGV: the letter as stored, the task json, now. Returns 1 when this call took the letter.
+const REQUEUE_SCRIPT: &str = r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local row = redis.call('GET', KEYS[4])
+if row then
+  redis.call('DEL', KEYS[4])
+  redis.call('LREM', KEYS[5], 1, row)
+  redis.call('LREM', KEYS[3], 1, row)
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    local processed = redis.call('HINCRBY', KEYS[6], 'processed_count', -1)
+    if processed < 0 then
+      processed = 0
+      redis.call('HSET', KEYS[6], 'processed_count', 0)
+    end
+    if redis.call('HINCRBY', KEYS[6], 'failed_count', -1) < 0 then
+      redis.call('HSET', KEYS[6], 'failed_count', 0)
+    end
+    redis.call('HSET', KEYS[6], 'updated_at', ARGV[3])
+    local enqueued = tonumber(redis.call('HGET', KEYS[6], 'enqueued_count') or '0')
+    if redis.call('HGET', KEYS[6], 'status') == 'completed' and processed < enqueued then
+      redis.call('HSET', KEYS[6], 'status', 'running')
+      redis.call('HDEL', KEYS[6], 'completed_at')
+      redis.call('PERSIST', KEYS[6])
+      redis.call('PERSIST', KEYS[5])
+    end
+  end
+end
+redis.call('XADD', KEYS[2], '*', 'task', ARGV[2], 'attempt', 1)
+return 1
+";
+
+/// One job's results out of the newest-results list, the by-task index and the by-job list,
+/// atomically. KEYS: results list, by-job list. ARGV: by-task key prefix. Returns how many.
+const CLEAR_JOB_RESULTS_SCRIPT: &str = r"
+local rows = redis.call('LRANGE', KEYS[2], 0, -1)
+for _, row in ipairs(rows) do
+  redis.call('LREM', KEYS[1], 0, row)
+  local ok, doc = pcall(cjson.decode, row)
+  if ok and type(doc) == 'table' and type(doc['scan_request_task_id']) == 'string' then
+    redis.call('DEL', ARGV[1] .. doc['scan_request_task_id'])
+  end
+end
+redis.call('DEL', KEYS[2])
+return #rows
+";
+
+/// A counting semaphore with expiring holders. KEYS: slot set. ARGV: now ms, max, slot, expiry ms.
+const SLOT_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Heartbeat for slots. KEYS: slot set. ARGV: now ms, new expiry ms, slots…
+/// Returns the slots that were no longer held (expired and removed, or released).
+const RENEW_SLOTS_SCRIPT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local until_ms = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if until_ms and tonumber(until_ms) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
+/// Heartbeat for leased tasks: reset the idle time of every entry still pending for this
+/// consumer (`XCLAIM … JUSTID` does not count a delivery). KEYS: stream. ARGV: group, consumer,
+/// entry ids…. Returns the ids no longer pending for this consumer.
+const RENEW_SCANS_SCRIPT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
+/// Consumer group shared by every worker replica.
+const GROUP: &str = "dsx-connect-workers";
+
+/// Revocation as one atomic step. KEYS: config hash, grace-kid set.
+/// ARGV: uuid, kid index prefix, grace record prefix. Returns how many keys it removed.
+const REVOKE_SCRIPT: &str = r"
+local removed = 0
+local function drop_kid(kid)
+  if redis.call('GET', ARGV[2] .. kid) == ARGV[1] then
+    removed = removed + redis.call('DEL', ARGV[2] .. kid)
+  end
+end
+local current = redis.call('HGET', KEYS[1], 'hmac_key_id')
+if current then
+  drop_kid(current)
+end
+for _, kid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  drop_kid(kid)
+  redis.call('DEL', ARGV[3] .. kid)
+end
+redis.call('DEL', KEYS[2])
+removed = removed + redis.call('DEL', KEYS[1])
+return removed
+";
+
+/// Job counters, in the layout Python components read.
+/// Queue a batch of scan tasks all-or-nothing. KEYS[1] the stream, KEYS[2..] one job hash per
+/// job; ARGV: now, job count, then (job id, owner, item count) per job, then the task payloads.
+/// Answers `{"ok"}` or `{reason, job_id}` with nothing written.
+const ENQUEUE_SCRIPT: &str = r#"
+local now = ARGV[1]
+local jobs = tonumber(ARGV[2])
+local intake_ttl = tonumber(ARGV[3])
+local intake = nil
+if intake_ttl > 0 then intake = KEYS[jobs + 2] end
+if intake and redis.call('EXISTS', intake) == 1 then return {'repeat'} end
+for j = 1, jobs do
+  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2]
+  local current = redis.call('HGET', key, 'connector_uuid')
+  if current and current ~= owner then return {'other_owner', job_id} end
+  local status = redis.call('HGET', key, 'status')
+  if status == 'paused' or redis.call('HGET', key, 'paused') == '1' then return {'paused', job_id} end
+  if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
+end
+for j = 1, jobs do
+  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3]
+  redis.call('HSETNX', key, 'job_id', job_id)
+  redis.call('HSETNX', key, 'connector_uuid', owner)
+  redis.call('HSETNX', key, 'status', 'running')
+  redis.call('HSETNX', key, 'created_at', now)
+  redis.call('HINCRBY', key, 'enqueued_count', count)
+  redis.call('HSET', key, 'updated_at', now)
+end
+for i = 3 * jobs + 4, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
+end
+if intake then redis.call('SET', intake, '1', 'PX', intake_ttl) end
+return {'ok'}
+"#;
+
+/// Create a job for its connector, or confirm the owner. KEYS[1] the job hash; ARGV job id,
+/// owner, now.
+const CLAIM_JOB_SCRIPT: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'connector_uuid')
+if current and current ~= ARGV[2] then return {'other_owner', ARGV[1]} end
+redis.call('HSETNX', KEYS[1], 'job_id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'connector_uuid', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'status', 'running')
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'enqueued_count', 0)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+return {'ok'}
+"#;
+
+/// A script's `{"ok"}` or `{reason, job_id}`.
+fn refusal(answer: &[String]) -> Result<(), JobRefusal> {
+    let job_id = answer.get(1).cloned().unwrap_or_default();
+    match answer.first().map(String::as_str) {
+        Some("other_owner") => Err(JobRefusal::OtherOwner { job_id }),
+        Some("paused") => Err(JobRefusal::Paused { job_id }),
+        Some("cancelled") => Err(JobRefusal::Cancelled { job_id }),
+        _ => Ok(()),
+    }
+}
+
+fn job_key(job_id: &str) -> String {
+    format!("dsxconnect:job:{job_id}")
+}
+
+/// The index Python components use to find a key's connector.
+/// key id → (owner uuid, sealed secret): the current key from the owner's config hash, else
+/// a key in its grace period. KEYS: kid index, grace key. ARGV: config key prefix, key id.
+const RESOLVE_SCRIPT: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if not owner then return false end
+local fields = redis.call('HMGET', ARGV[1] .. owner, 'hmac_key_id', 'hmac_secret')
+if fields[1] == ARGV[2] and fields[2] then return {owner, fields[2]} end
+local grace = redis.call('GET', KEYS[2])
+if grace then return {owner, grace} end
+return false
+"#;
+
+fn kid_key(key_id: &str) -> String {
+    format!("dsxconnect:hmac:kid:{key_id}")
+}
+
+impl RedisStore {
+    /// A store for `url`. Connects lazily: a server started while Redis is down comes up
+    /// (not ready) and recovers when Redis returns. Errors only on an invalid URL.
+    pub fn new(url: &str, ns: Namespace, codec: SecretCodec) -> StoreResult<Self> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        Ok(Self {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            ns: ns.prefix(),
+            codec,
+            job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
+        })
+    }
+
+    /// Keep finished jobs, their result lists and their results' by-task keys this long after
+    /// the job's last change (a key TTL set when the job finishes); `None` keeps them forever.
+    pub fn with_job_retention(mut self, retention: Option<Duration>) -> Self {
+        self.job_retention_ms = retention.filter(|r| !r.is_zero()).map(ttl_ms).unwrap_or(0);
+        self
+    }
+
+    /// A job finished (or lost its record): its hash (when `with_job` and it still exists),
+    /// its result list and every by-task key of its results expire after the retention.
+    async fn expire_job_results(&self, job_id: &str, with_job: bool) -> StoreResult<()> {
+        let ttl = self.job_retention_ms;
+        if ttl == 0 {
+            return Ok(());
+        }
+        let list = format!("dsxconnect:scan_results_by_job:{job_id}");
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PEXPIRE").arg(&list).arg(ttl).ignore();
+        if with_job {
+            pipe.cmd("PEXPIRE").arg(job_key(job_id)).arg(ttl).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
+        let mut start = 0;
+        loop {
+            let seen: usize = redis::Script::new(EXPIRE_TASKS_SCRIPT)
+                .key(&list)
+                .arg(start)
+                .arg(EXPIRE_CHUNK)
+                .arg("dsxconnect:scan_result_by_task:")
+                .arg(ttl)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            if seen < EXPIRE_CHUNK {
+                return Ok(());
+            }
+            start += EXPIRE_CHUNK;
+        }
+    }
+
+    /// The shared connection, created on first use. Waiting for the lock counts against the
+    /// connect timeout too, so callers queued behind a slow connect still fail fast.
+    async fn conn(&self) -> StoreResult<ConnectionManager> {
+        // Connected once, the manager reconnects by itself: the hot path is a clone.
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        let connect = self.conn.get_or_try_init(|| async {
+            // No retries inside the manager: one attempt per request keeps failures quick, and
+            // the manager starts a fresh attempt after every IO error.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(RESPONSE_TIMEOUT)
+                .set_number_of_retries(0);
+            ConnectionManager::new_with_config(self.client.clone(), config).await.map_err(map_err)
+        });
+        // Waiting behind another caller's connect counts against the timeout too.
+        tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
+            .cloned()
+    }
+
+    fn presence_key(&self, uuid: Uuid) -> String {
+        format!("{}:connectors:presence:{uuid}", self.ns)
+    }
+    fn config_key(&self, uuid: Uuid) -> String {
+        format!("{}:connectors:config:{uuid}", self.ns)
+    }
+    fn grace_key(&self, key_id: &str) -> String {
+        format!("{}:connectors:grace:{key_id}", self.ns)
+    }
+    fn grace_set_key(&self, uuid: Uuid) -> String {
+        format!("{}:connectors:grace_kids:{uuid}", self.ns)
+    }
+    fn registration_key(&self, uuid: Uuid) -> String {
+        format!("{}:connectors:registration:{uuid}", self.ns)
+    }
+
+    /// The uuids that have a registration record, so they can be listed without a SCAN.
+    fn registrations_index(&self) -> String {
+        format!("{}:connectors:registrations", self.ns)
+    }
+
+    fn scan_queue_key(&self) -> String {
+        format!("{}:queue:scan_request", self.ns)
+    }
+    /// Every key matching `pattern`, via SCAN (never KEYS, which blocks Redis).
+    async fn scan_keys(&self, pattern: &str) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    fn delay_key(&self) -> String {
+        format!("{}:queue:scan_request:delayed", self.ns)
+    }
+    fn dlq_key(&self) -> String {
+        format!("{}:dlq:scan_request", self.ns)
+    }
+
+    /// Create the consumer group (from the start of the stream, so nothing enqueued before
+    /// the first worker is skipped). Idempotent; also re-run after a Redis that lost it.
+    async fn ensure_group(&self, conn: &mut ConnectionManager) -> StoreResult<()> {
+        let created: Result<(), RedisError> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(self.scan_queue_key())
+            .arg(GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(conn)
+            .await;
+        match created {
+            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
+            other => other.map_err(map_err),
+        }
+    }
+
+    fn delivery(entry: &redis::streams::StreamId, bump: u32) -> StoreResult<Delivery> {
+        let text = |k: &str| match entry.map.get(k) {
+            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
+            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
+            _ => None,
+        };
+        let task: QueuedTask =
+            serde_json::from_str(&text("task").ok_or_else(|| corrupt("queue entry without task"))?).map_err(corrupt)?;
+        let attempt = text("attempt").and_then(|a| a.parse().ok()).unwrap_or(1u32) + bump;
+        Ok(Delivery { id: entry.id.clone(), task, attempt })
+    }
+
+    async fn settle(&self, delivery: &Delivery, mode: &str, score: u64, member: String) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        redis::Script::new(SETTLE_SCRIPT)
+            .key(self.scan_queue_key())
+            .key(self.delay_key())
+            .key(self.dlq_key())
+            .arg(GROUP)
+            .arg(&delivery.id)
+            .arg(mode)
+            .arg(score)
+            .arg(member)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+}

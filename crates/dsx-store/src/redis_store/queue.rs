@@ -1,0 +1,221 @@
+//! The Redis store's side of one capability (see the trait for the contract).
+
+use super::*;
+
+#[async_trait]
+impl ScanQueue for RedisStore {
+    async fn enqueue_scans_once(
+        &self,
+        tasks: &[QueuedTask],
+        intake_key: Option<&str>,
+    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
+        if tasks.is_empty() {
+            return Ok(Ok(Enqueued::Queued));
+        }
+        let mut per_job: std::collections::BTreeMap<&str, (Uuid, u64)> = Default::default();
+        for task in tasks {
+            per_job.entry(&task.job_id).or_insert((task.connector_uuid, 0)).1 += 1;
+        }
+        let enqueue = redis::Script::new(ENQUEUE_SCRIPT);
+        let mut script = enqueue.prepare_invoke();
+        let intake_ttl = if intake_key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
+        script.key(self.scan_queue_key()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl);
+        for (job_id, (owner, count)) in &per_job {
+            script.key(job_key(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
+        }
+        if let Some(key) = intake_key {
+            script.key(format!("{}:intake:{key}", self.ns));
+        }
+        for task in tasks {
+            script.arg(serde_json::to_string(task).map_err(corrupt)?);
+        }
+        let mut conn = self.conn().await?;
+        let answer: Vec<String> = script.invoke_async(&mut conn).await.map_err(map_err)?;
+        if answer.first().map(String::as_str) == Some("repeat") {
+            return Ok(Ok(Enqueued::Repeat));
+        }
+        Ok(refusal(&answer).map(|()| Enqueued::Queued))
+    }
+
+    async fn scan_queue_len(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let (live, delayed): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(self.scan_queue_key())
+            .cmd("ZCARD")
+            .arg(self.delay_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(live + delayed)
+    }
+
+    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
+        let mut conn = self.conn().await?;
+        redis::Script::new(PROMOTE_SCRIPT)
+            .key(self.scan_queue_key())
+            .key(self.delay_key())
+            .arg(crate::now_millis())
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map_err(map_err)?;
+        self.ensure_group(&mut conn).await?;
+        // Entries another worker held longer than the lease: it crashed or hung.
+        let reclaimed: redis::Value = redis::cmd("XAUTOCLAIM")
+            .arg(self.scan_queue_key())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(ttl_ms(lease))
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(max)
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::new();
+        for entry in &autoclaim_entries(&reclaimed) {
+            match Self::delivery(entry, 1) {
+                Ok(d) => out.push(d),
+                Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
+            }
+        }
+        if out.len() < max {
+            let fresh: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg(GROUP)
+                .arg(consumer)
+                .arg("COUNT")
+                .arg(max - out.len())
+                .arg("STREAMS")
+                .arg(self.scan_queue_key())
+                .arg(">")
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            for entry in fresh.keys.iter().flat_map(|k| &k.ids) {
+                match Self::delivery(entry, 0) {
+                    Ok(d) => out.push(d),
+                    Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
+        self.settle(delivery, "ack", 0, String::new()).await
+    }
+
+    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
+        let due = crate::now_millis() + ttl_ms(delay);
+        self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt + 1)).await
+    }
+
+    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
+        let due = crate::now_millis() + ttl_ms(delay);
+        self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt)).await
+    }
+
+    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {
+        let _ = lease; // Redis judges a holder by its entries' idle time against the claimer's lease
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let script = redis::Script::new(RENEW_SCANS_SCRIPT);
+        let mut invocation = script.key(self.scan_queue_key());
+        invocation.arg(GROUP).arg(consumer);
+        for d in deliveries {
+            invocation.arg(&d.id);
+        }
+        invocation.invoke_async(&mut conn).await.map_err(map_err)
+    }
+
+    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+        let letter = DeadLetter {
+            task: delivery.task.clone(),
+            reason: reason.to_owned(),
+            retry_count: delivery.attempt.saturating_sub(1),
+            failed_at: now_secs(),
+        };
+        self.settle(delivery, "dead", 0, serde_json::to_string(&letter).map_err(corrupt)?).await
+    }
+
+    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let raw: Vec<String> = conn.lrange(self.dlq_key(), start as isize, end as isize - 1).await.map_err(map_err)?;
+        raw.iter().map(|r| serde_json::from_str(r).map_err(corrupt)).collect()
+    }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        conn.llen(self.dlq_key()).await.map_err(map_err)
+    }
+
+    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let mut moved = 0;
+        while moved < max as u64 {
+            let batch = (max as u64 - moved).min(100) as isize;
+            let raws: Vec<String> = conn.lrange(self.dlq_key(), 0, batch - 1).await.map_err(map_err)?;
+            if raws.is_empty() {
+                break;
+            }
+            for raw in raws {
+                let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+                let task = &letter.task;
+                // One atomic step per letter: taking it off the list (only one requeuer wins),
+                // undoing its failed outcome and queueing it again.
+                let taken: i64 = redis::Script::new(REQUEUE_SCRIPT)
+                    .key(self.dlq_key())
+                    .key(self.scan_queue_key())
+                    .key("dsxconnect:scan_results")
+                    .key(format!("dsxconnect:scan_result_by_task:{}", task.task_id))
+                    .key(format!("dsxconnect:scan_results_by_job:{}", task.job_id))
+                    .key(job_key(&task.job_id))
+                    .arg(&raw)
+                    .arg(serde_json::to_string(task).map_err(corrupt)?)
+                    .arg(now_secs())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(map_err)?;
+                moved += taken as u64;
+                if moved >= max as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn clear_dead_letters(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let (count, _): (u64, u64) = redis::pipe()
+            .atomic()
+            .llen(self.dlq_key())
+            .del(self.dlq_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(count)
+    }
+
+    async fn complete_scan(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
+        let id = match record {
+            Some(record) => self.put_result(record, retain).await?,
+            None => None,
+        };
+        self.ack_scan(delivery).await?;
+        Ok(id)
+    }
+}
