@@ -409,12 +409,12 @@ async fn a_revoked_connector_stays_out_until_readmitted_then_re_enrolls_by_itsel
     assert_eq!(stack.read_file(a.to_str().unwrap()).await.status(), StatusCode::OK);
 }
 
-/// Set a job's status the way any component sharing the Redis does (`dsxconnect:job:<id>`).
+/// Set a job's status the way any component sharing the Redis does (`<env>:dsx-connect:job:<id>`).
 async fn set_job_status(stack: &Stack, job_id: &str, status: &str) {
     let mut conn =
         redis::Client::open(stack.redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("HSET")
-        .arg(format!("dsxconnect:job:{job_id}"))
+        .arg(format!("{}:dsx-connect:job:{job_id}", stack.env))
         .arg("job_id")
         .arg(job_id)
         .arg("connector_uuid")

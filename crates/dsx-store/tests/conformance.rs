@@ -178,11 +178,11 @@ async fn concurrent_rotations_lose_no_key(h: &Harness) {
     for c in creds.iter().chain([&first]) {
         assert_eq!(resolves_to(&*h.store, &c.key_id).await, None);
     }
-    if let Backing::Redis { url, .. } = &h.backing {
+    if let Backing::Redis { url, env, .. } = &h.backing {
         let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
         for c in creds.iter().chain([&first]) {
             let exists: bool = redis::cmd("EXISTS")
-                .arg(format!("dsxconnect:hmac:kid:{}", c.key_id))
+                .arg(format!("{env}:dsx-connect:hmac:kid:{}", c.key_id))
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -1026,10 +1026,10 @@ async fn redis_plain_layout_is_python_compatible() {
         .unwrap();
     assert_eq!((kid.as_str(), secret.as_str()), (c.key_id.as_str(), "python-readable"));
     let owner: String =
-        redis::cmd("GET").arg(format!("dsxconnect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
+        redis::cmd("GET").arg(format!("{env}:dsx-connect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
     assert_eq!(owner, uuid.to_string());
     let ttl: i64 =
-        redis::cmd("TTL").arg(format!("dsxconnect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
+        redis::cmd("TTL").arg(format!("{env}:dsx-connect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
     assert_eq!(ttl, -1, "credentials have no TTL");
     let presence_key = format!("{env}:dsx-connect:connectors:presence:{}", conn_presence.uuid);
     let json: String = redis::cmd("GET").arg(&presence_key).query_async(&mut conn).await.unwrap();

@@ -10,16 +10,16 @@ impl Credentials for RedisStore {
         redis::cmd("EVAL")
             .arg(INSTALL_SCRIPT)
             .arg(3)
-            .arg(self.config_key(uuid))
-            .arg(kid_key(&new.key_id))
-            .arg(self.grace_set_key(uuid))
+            .arg(self.keys.config(uuid))
+            .arg(self.keys.kid(&new.key_id))
+            .arg(self.keys.grace_set(uuid))
             .arg(&new.key_id)
             .arg(self.codec.seal(&new.secret))
             .arg(new.issued_at)
             .arg(uuid.to_string())
             .arg(grace_ms)
-            .arg(kid_key(""))
-            .arg(self.grace_key(""))
+            .arg(self.keys.kid(""))
+            .arg(self.keys.grace(""))
             .query_async::<()>(&mut conn)
             .await
             .map_err(map_err)
@@ -28,7 +28,7 @@ impl Credentials for RedisStore {
     async fn current_credential(&self, uuid: Uuid) -> StoreResult<Option<Credential>> {
         let mut conn = self.conn().await?;
         let (kid, secret, issued): (Option<String>, Option<String>, Option<u64>) =
-            conn.hget(self.config_key(uuid), &["hmac_key_id", "hmac_secret", "issued_at"]).await.map_err(map_err)?;
+            conn.hget(self.keys.config(uuid), &["hmac_key_id", "hmac_secret", "issued_at"]).await.map_err(map_err)?;
         match (kid, secret) {
             (Some(key_id), Some(sealed)) => {
                 Ok(Some(Credential { key_id, secret: self.codec.open(&sealed)?, issued_at: issued.unwrap_or(0) }))
@@ -41,9 +41,9 @@ impl Credentials for RedisStore {
         // One round trip on the hot path of every signed request.
         let mut conn = self.conn().await?;
         let found: Option<(String, String)> = redis::Script::new(RESOLVE_SCRIPT)
-            .key(kid_key(key_id))
-            .key(self.grace_key(key_id))
-            .arg(self.config_key(Uuid::nil()).trim_end_matches(&Uuid::nil().to_string()))
+            .key(self.keys.kid(key_id))
+            .key(self.keys.grace(key_id))
+            .arg(self.keys.config_prefix())
             .arg(key_id)
             .invoke_async(&mut conn)
             .await
@@ -59,11 +59,11 @@ impl Credentials for RedisStore {
         let removed: u64 = redis::cmd("EVAL")
             .arg(REVOKE_SCRIPT)
             .arg(2)
-            .arg(self.config_key(uuid))
-            .arg(self.grace_set_key(uuid))
+            .arg(self.keys.config(uuid))
+            .arg(self.keys.grace_set(uuid))
             .arg(uuid.to_string())
-            .arg(kid_key(""))
-            .arg(self.grace_key(""))
+            .arg(self.keys.kid(""))
+            .arg(self.keys.grace(""))
             .query_async(&mut conn)
             .await
             .map_err(map_err)?;
@@ -74,7 +74,7 @@ impl Credentials for RedisStore {
         let ttl = ttl.max(crate::MIN_NONCE_TTL);
         let mut conn = self.conn().await?;
         let set: Option<String> = redis::cmd("SET")
-            .arg(format!("{}:hmac:nonce:{key_id}:{nonce}", self.ns))
+            .arg(self.keys.nonce(key_id, nonce))
             .arg(1)
             .arg("NX")
             .arg("PX")

@@ -6,12 +6,12 @@ use super::*;
 impl Events for RedisStore {
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        conn.publish::<_, _, ()>(format!("{}:notify:{channel}", self.ns), message).await.map_err(map_err)
+        conn.publish::<_, _, ()>(self.keys.channel(channel), message).await.map_err(map_err)
     }
 
     async fn subscribe(&self, channel: &str) -> StoreResult<tokio::sync::mpsc::Receiver<String>> {
         // Pub/sub needs a connection of its own; it is re-made if Redis goes away.
-        let name = format!("{}:notify:{channel}", self.ns);
+        let name = self.keys.channel(channel);
         let client = self.client.clone();
         let mut pubsub = client.get_async_pubsub().await.map_err(map_err)?;
         pubsub.subscribe(&name).await.map_err(map_err)?;

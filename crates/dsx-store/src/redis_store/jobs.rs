@@ -7,7 +7,7 @@ impl Jobs for RedisStore {
     async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>> {
         let mut conn = self.conn().await?;
         let answer: Vec<String> = redis::Script::new(CLAIM_JOB_SCRIPT)
-            .key(job_key(job_id))
+            .key(self.keys.job(job_id))
             .arg(job_id)
             .arg(owner.to_string())
             .arg(now_secs())
@@ -19,7 +19,8 @@ impl Jobs for RedisStore {
 
     async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {
         let mut conn = self.conn().await?;
-        let fields: std::collections::HashMap<String, String> = conn.hgetall(job_key(job_id)).await.map_err(map_err)?;
+        let fields: std::collections::HashMap<String, String> =
+            conn.hgetall(self.keys.job(job_id)).await.map_err(map_err)?;
         if fields.is_empty() {
             return Ok(None);
         }
@@ -52,7 +53,7 @@ impl Jobs for RedisStore {
         total: Option<u64>,
         enumeration_errors: Option<u64>,
     ) -> StoreResult<Option<Job>> {
-        let key = job_key(job_id);
+        let key = self.keys.job(job_id);
         let mut conn = self.conn().await?;
         let exists: bool = conn.exists(&key).await.map_err(map_err)?;
         if !exists {
@@ -76,8 +77,8 @@ impl Jobs for RedisStore {
 
     async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
         let mut jobs = Vec::new();
-        for key in self.scan_keys("dsxconnect:job:*").await? {
-            if let Some(job) = self.get_job(key.trim_start_matches("dsxconnect:job:")).await? {
+        for key in self.scan_keys(&self.keys.job("*")).await? {
+            if let Some(job) = self.get_job(key.trim_start_matches(&self.keys.job(""))).await? {
                 jobs.push(job);
             }
         }
@@ -86,7 +87,7 @@ impl Jobs for RedisStore {
     }
 
     async fn delete_jobs(&self) -> StoreResult<u64> {
-        let keys = self.scan_keys("dsxconnect:job:*").await?;
+        let keys = self.scan_keys(&self.keys.job("*")).await?;
         if keys.is_empty() {
             return Ok(0);
         }
@@ -94,13 +95,13 @@ impl Jobs for RedisStore {
         let deleted = conn.del(&keys).await.map_err(map_err)?;
         // Nothing will finish these jobs any more: their results expire as a finished job's.
         for key in &keys {
-            self.expire_job_results(key.trim_start_matches("dsxconnect:job:"), false).await?;
+            self.expire_job_results(key.trim_start_matches(&self.keys.job("")), false).await?;
         }
         Ok(deleted)
     }
 
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
-        let key = job_key(job_id);
+        let key = self.keys.job(job_id);
         let mut conn = self.conn().await?;
         if !conn.exists::<_, bool>(&key).await.map_err(map_err)? {
             return Ok(None);
@@ -118,7 +119,7 @@ impl Jobs for RedisStore {
                 .arg(&key)
                 .ignore()
                 .cmd("PERSIST")
-                .arg(format!("dsxconnect:scan_results_by_job:{job_id}"))
+                .arg(self.keys.job_results(job_id))
                 .ignore()
                 .query_async::<()>(&mut conn)
                 .await

@@ -8,7 +8,7 @@ impl Limits for RedisStore {
         let mut conn = self.conn().await?;
         let now = crate::now_millis();
         let taken: i64 = redis::Script::new(SLOT_SCRIPT)
-            .key(format!("{}:scan:inflight", self.ns))
+            .key(self.keys.inflight())
             .arg(now)
             .arg(max)
             .arg(slot)
@@ -21,7 +21,7 @@ impl Limits for RedisStore {
 
     async fn release_slot(&self, slot: &str) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        conn.zrem::<_, _, ()>(format!("{}:scan:inflight", self.ns), slot).await.map_err(map_err)
+        conn.zrem::<_, _, ()>(self.keys.inflight(), slot).await.map_err(map_err)
     }
 
     async fn renew_slots(&self, slots: &[String], ttl: Duration) -> StoreResult<Vec<String>> {
@@ -31,7 +31,7 @@ impl Limits for RedisStore {
         let mut conn = self.conn().await?;
         let now = crate::now_millis();
         let script = redis::Script::new(RENEW_SLOTS_SCRIPT);
-        let mut invocation = script.key(format!("{}:scan:inflight", self.ns));
+        let mut invocation = script.key(self.keys.inflight());
         invocation.arg(now).arg(now + ttl_ms(ttl));
         for slot in slots {
             invocation.arg(slot);
@@ -41,7 +41,7 @@ impl Limits for RedisStore {
 
     async fn slots_in_use(&self) -> StoreResult<u64> {
         let mut conn = self.conn().await?;
-        let key = format!("{}:scan:inflight", self.ns);
+        let key = self.keys.inflight();
         let (_, n): (u64, u64) = redis::pipe()
             .atomic()
             .cmd("ZREMRANGEBYSCORE")
@@ -59,7 +59,7 @@ impl Limits for RedisStore {
         let window_secs = window.as_secs().max(1);
         let now = now_secs();
         let index = now / window_secs;
-        let key = format!("{}:ratelimit:{bucket}:{index}", self.ns);
+        let key = self.keys.rate_window(bucket, index);
         let mut conn = self.conn().await?;
         let (count,): (u64,) = redis::pipe()
             .atomic()

@@ -19,6 +19,7 @@ mod credentials;
 mod events;
 mod health;
 mod jobs;
+mod keys;
 mod limits;
 mod queue;
 mod registry;
@@ -34,17 +35,11 @@ pub struct Namespace {
     pub env: String,
 }
 
-impl Namespace {
-    fn prefix(&self) -> String {
-        format!("{}:dsx-connect", self.env)
-    }
-}
-
 pub struct RedisStore {
     client: redis::Client,
     /// Created on first use and kept; `ConnectionManager` reconnects by itself afterwards.
     conn: tokio::sync::OnceCell<ConnectionManager>,
-    ns: String,
+    keys: keys::Keys,
     codec: SecretCodec,
     /// TTL of a finished job's keys, ms; 0 keeps them forever.
     job_retention_ms: u64,
@@ -403,10 +398,6 @@ fn refusal(answer: &[String]) -> Result<(), JobRefusal> {
     }
 }
 
-fn job_key(job_id: &str) -> String {
-    format!("dsxconnect:job:{job_id}")
-}
-
 /// The index Python components use to find a key's connector.
 /// key id → (owner uuid, sealed secret): the current key from the owner's config hash, else
 /// a key in its grace period. KEYS: kid index, grace key. ARGV: config key prefix, key id.
@@ -420,10 +411,6 @@ if grace then return {owner, grace} end
 return false
 "#;
 
-fn kid_key(key_id: &str) -> String {
-    format!("dsxconnect:hmac:kid:{key_id}")
-}
-
 impl RedisStore {
     /// A store for `url`. Connects lazily: a server started while Redis is down comes up
     /// (not ready) and recovers when Redis returns. Errors only on an invalid URL.
@@ -433,7 +420,7 @@ impl RedisStore {
         Ok(Self {
             client,
             conn: tokio::sync::OnceCell::new(),
-            ns: ns.prefix(),
+            keys: keys::Keys::new(&ns.env),
             codec,
             job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
         })
@@ -453,12 +440,12 @@ impl RedisStore {
         if ttl == 0 {
             return Ok(());
         }
-        let list = format!("dsxconnect:scan_results_by_job:{job_id}");
+        let list = self.keys.job_results(job_id);
         let mut conn = self.conn().await?;
         let mut pipe = redis::pipe();
         pipe.cmd("PEXPIRE").arg(&list).arg(ttl).ignore();
         if with_job {
-            pipe.cmd("PEXPIRE").arg(job_key(job_id)).arg(ttl).ignore();
+            pipe.cmd("PEXPIRE").arg(self.keys.job(job_id)).arg(ttl).ignore();
         }
         pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
         let mut start = 0;
@@ -467,7 +454,7 @@ impl RedisStore {
                 .key(&list)
                 .arg(start)
                 .arg(EXPIRE_CHUNK)
-                .arg("dsxconnect:scan_result_by_task:")
+                .arg(self.keys.result_by_task(""))
                 .arg(ttl)
                 .invoke_async(&mut conn)
                 .await
@@ -502,30 +489,6 @@ impl RedisStore {
             .cloned()
     }
 
-    fn presence_key(&self, uuid: Uuid) -> String {
-        format!("{}:connectors:presence:{uuid}", self.ns)
-    }
-    fn config_key(&self, uuid: Uuid) -> String {
-        format!("{}:connectors:config:{uuid}", self.ns)
-    }
-    fn grace_key(&self, key_id: &str) -> String {
-        format!("{}:connectors:grace:{key_id}", self.ns)
-    }
-    fn grace_set_key(&self, uuid: Uuid) -> String {
-        format!("{}:connectors:grace_kids:{uuid}", self.ns)
-    }
-    fn registration_key(&self, uuid: Uuid) -> String {
-        format!("{}:connectors:registration:{uuid}", self.ns)
-    }
-
-    /// The uuids that have a registration record, so they can be listed without a SCAN.
-    fn registrations_index(&self) -> String {
-        format!("{}:connectors:registrations", self.ns)
-    }
-
-    fn scan_queue_key(&self) -> String {
-        format!("{}:queue:scan_request", self.ns)
-    }
     /// Every key matching `pattern`, via SCAN (never KEYS, which blocks Redis).
     async fn scan_keys(&self, pattern: &str) -> StoreResult<Vec<String>> {
         let mut conn = self.conn().await?;
@@ -549,19 +512,12 @@ impl RedisStore {
         }
     }
 
-    fn delay_key(&self) -> String {
-        format!("{}:queue:scan_request:delayed", self.ns)
-    }
-    fn dlq_key(&self) -> String {
-        format!("{}:dlq:scan_request", self.ns)
-    }
-
     /// Create the consumer group (from the start of the stream, so nothing enqueued before
     /// the first worker is skipped). Idempotent; also re-run after a Redis that lost it.
     async fn ensure_group(&self, conn: &mut ConnectionManager) -> StoreResult<()> {
         let created: Result<(), RedisError> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(self.scan_queue_key())
+            .arg(self.keys.scan_queue())
             .arg(GROUP)
             .arg("0")
             .arg("MKSTREAM")
@@ -588,9 +544,9 @@ impl RedisStore {
     async fn settle(&self, delivery: &Delivery, mode: &str, score: u64, member: String) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         redis::Script::new(SETTLE_SCRIPT)
-            .key(self.scan_queue_key())
-            .key(self.delay_key())
-            .key(self.dlq_key())
+            .key(self.keys.scan_queue())
+            .key(self.keys.delayed())
+            .key(self.keys.dead_letters())
             .arg(GROUP)
             .arg(&delivery.id)
             .arg(mode)

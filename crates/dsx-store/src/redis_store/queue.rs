@@ -19,12 +19,12 @@ impl ScanQueue for RedisStore {
         let enqueue = redis::Script::new(ENQUEUE_SCRIPT);
         let mut script = enqueue.prepare_invoke();
         let intake_ttl = if intake_key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
-        script.key(self.scan_queue_key()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl);
+        script.key(self.keys.scan_queue()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl);
         for (job_id, (owner, count)) in &per_job {
-            script.key(job_key(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
+            script.key(self.keys.job(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
         }
         if let Some(key) = intake_key {
-            script.key(format!("{}:intake:{key}", self.ns));
+            script.key(self.keys.intake(key));
         }
         for task in tasks {
             script.arg(serde_json::to_string(task).map_err(corrupt)?);
@@ -41,9 +41,9 @@ impl ScanQueue for RedisStore {
         let mut conn = self.conn().await?;
         let (live, delayed): (u64, u64) = redis::pipe()
             .cmd("XLEN")
-            .arg(self.scan_queue_key())
+            .arg(self.keys.scan_queue())
             .cmd("ZCARD")
-            .arg(self.delay_key())
+            .arg(self.keys.delayed())
             .query_async(&mut conn)
             .await
             .map_err(map_err)?;
@@ -53,8 +53,8 @@ impl ScanQueue for RedisStore {
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
         let mut conn = self.conn().await?;
         redis::Script::new(PROMOTE_SCRIPT)
-            .key(self.scan_queue_key())
-            .key(self.delay_key())
+            .key(self.keys.scan_queue())
+            .key(self.keys.delayed())
             .arg(crate::now_millis())
             .invoke_async::<i64>(&mut conn)
             .await
@@ -62,7 +62,7 @@ impl ScanQueue for RedisStore {
         self.ensure_group(&mut conn).await?;
         // Entries another worker held longer than the lease: it crashed or hung.
         let reclaimed: redis::Value = redis::cmd("XAUTOCLAIM")
-            .arg(self.scan_queue_key())
+            .arg(self.keys.scan_queue())
             .arg(GROUP)
             .arg(consumer)
             .arg(ttl_ms(lease))
@@ -87,7 +87,7 @@ impl ScanQueue for RedisStore {
                 .arg("COUNT")
                 .arg(max - out.len())
                 .arg("STREAMS")
-                .arg(self.scan_queue_key())
+                .arg(self.keys.scan_queue())
                 .arg(">")
                 .query_async(&mut conn)
                 .await
@@ -125,7 +125,7 @@ impl ScanQueue for RedisStore {
         }
         let mut conn = self.conn().await?;
         let script = redis::Script::new(RENEW_SCANS_SCRIPT);
-        let mut invocation = script.key(self.scan_queue_key());
+        let mut invocation = script.key(self.keys.scan_queue());
         invocation.arg(GROUP).arg(consumer);
         for d in deliveries {
             invocation.arg(&d.id);
@@ -148,13 +148,14 @@ impl ScanQueue for RedisStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let raw: Vec<String> = conn.lrange(self.dlq_key(), start as isize, end as isize - 1).await.map_err(map_err)?;
+        let raw: Vec<String> =
+            conn.lrange(self.keys.dead_letters(), start as isize, end as isize - 1).await.map_err(map_err)?;
         raw.iter().map(|r| serde_json::from_str(r).map_err(corrupt)).collect()
     }
 
     async fn dead_letter_count(&self) -> StoreResult<u64> {
         let mut conn = self.conn().await?;
-        conn.llen(self.dlq_key()).await.map_err(map_err)
+        conn.llen(self.keys.dead_letters()).await.map_err(map_err)
     }
 
     async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
@@ -162,7 +163,7 @@ impl ScanQueue for RedisStore {
         let mut moved = 0;
         while moved < max as u64 {
             let batch = (max as u64 - moved).min(100) as isize;
-            let raws: Vec<String> = conn.lrange(self.dlq_key(), 0, batch - 1).await.map_err(map_err)?;
+            let raws: Vec<String> = conn.lrange(self.keys.dead_letters(), 0, batch - 1).await.map_err(map_err)?;
             if raws.is_empty() {
                 break;
             }
@@ -172,12 +173,12 @@ impl ScanQueue for RedisStore {
                 // One atomic step per letter: taking it off the list (only one requeuer wins),
                 // undoing its failed outcome and queueing it again.
                 let taken: i64 = redis::Script::new(REQUEUE_SCRIPT)
-                    .key(self.dlq_key())
-                    .key(self.scan_queue_key())
-                    .key("dsxconnect:scan_results")
-                    .key(format!("dsxconnect:scan_result_by_task:{}", task.task_id))
-                    .key(format!("dsxconnect:scan_results_by_job:{}", task.job_id))
-                    .key(job_key(&task.job_id))
+                    .key(self.keys.dead_letters())
+                    .key(self.keys.scan_queue())
+                    .key(self.keys.results())
+                    .key(self.keys.result_by_task(&task.task_id))
+                    .key(self.keys.job_results(&task.job_id))
+                    .key(self.keys.job(&task.job_id))
                     .arg(&raw)
                     .arg(serde_json::to_string(task).map_err(corrupt)?)
                     .arg(now_secs())
@@ -197,8 +198,8 @@ impl ScanQueue for RedisStore {
         let mut conn = self.conn().await?;
         let (count, _): (u64, u64) = redis::pipe()
             .atomic()
-            .llen(self.dlq_key())
-            .del(self.dlq_key())
+            .llen(self.keys.dead_letters())
+            .del(self.keys.dead_letters())
             .query_async(&mut conn)
             .await
             .map_err(map_err)?;

@@ -7,18 +7,18 @@ impl Registry for RedisStore {
     async fn put_presence(&self, connector: &Connector, ttl: Duration) -> StoreResult<()> {
         let json = serde_json::to_string(connector).map_err(corrupt)?;
         let mut conn = self.conn().await?;
-        conn.pset_ex::<_, _, ()>(self.presence_key(connector.uuid), json, ttl_ms(ttl)).await.map_err(map_err)
+        conn.pset_ex::<_, _, ()>(self.keys.presence(connector.uuid), json, ttl_ms(ttl)).await.map_err(map_err)
     }
 
     async fn get_presence(&self, uuid: Uuid) -> StoreResult<Option<Connector>> {
         let mut conn = self.conn().await?;
-        let json: Option<String> = conn.get(self.presence_key(uuid)).await.map_err(map_err)?;
+        let json: Option<String> = conn.get(self.keys.presence(uuid)).await.map_err(map_err)?;
         json.map(|j| serde_json::from_str(&j).map_err(corrupt)).transpose()
     }
 
     async fn list_presence(&self) -> StoreResult<Vec<Connector>> {
         let mut conn = self.conn().await?;
-        let pattern = format!("{}:connectors:presence:*", self.ns);
+        let pattern = self.keys.presence_pattern();
         let mut out = Vec::new();
         // A hand-rolled cursor loop: redis-rs' scan iterator ends silently on errors, which
         // would turn a dropped connection into a short list.
@@ -57,7 +57,7 @@ impl Registry for RedisStore {
 
     async fn delete_presence(&self, uuid: Uuid) -> StoreResult<bool> {
         let mut conn = self.conn().await?;
-        let removed: u64 = conn.del(self.presence_key(uuid)).await.map_err(map_err)?;
+        let removed: u64 = conn.del(self.keys.presence(uuid)).await.map_err(map_err)?;
         Ok(removed > 0)
     }
 
@@ -66,9 +66,9 @@ impl Registry for RedisStore {
         let mut conn = self.conn().await?;
         redis::pipe()
             .atomic()
-            .set(self.registration_key(uuid), json)
+            .set(self.keys.registration(uuid), json)
             .ignore()
-            .sadd(self.registrations_index(), uuid.to_string())
+            .sadd(self.keys.registrations(), uuid.to_string())
             .ignore()
             .query_async::<()>(&mut conn)
             .await
@@ -77,11 +77,11 @@ impl Registry for RedisStore {
 
     async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>> {
         let mut conn = self.conn().await?;
-        let ids: Vec<String> = conn.smembers(self.registrations_index()).await.map_err(map_err)?;
+        let ids: Vec<String> = conn.smembers(self.keys.registrations()).await.map_err(map_err)?;
         let mut out = Vec::with_capacity(ids.len());
         for chunk in ids.chunks(256) {
             let keys: Vec<String> =
-                chunk.iter().filter_map(|id| id.parse().ok()).map(|u| self.registration_key(u)).collect();
+                chunk.iter().filter_map(|id| id.parse().ok()).map(|u| self.keys.registration(u)).collect();
             if keys.is_empty() {
                 continue;
             }
@@ -98,7 +98,7 @@ impl Registry for RedisStore {
 
     async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>> {
         let mut conn = self.conn().await?;
-        let json: Option<String> = conn.get(self.registration_key(uuid)).await.map_err(map_err)?;
+        let json: Option<String> = conn.get(self.keys.registration(uuid)).await.map_err(map_err)?;
         json.map(|j| serde_json::from_str(&j).map_err(corrupt)).transpose()
     }
 
@@ -106,9 +106,9 @@ impl Registry for RedisStore {
         let mut conn = self.conn().await?;
         redis::pipe()
             .atomic()
-            .del(self.registration_key(uuid))
+            .del(self.keys.registration(uuid))
             .ignore()
-            .srem(self.registrations_index(), uuid.to_string())
+            .srem(self.keys.registrations(), uuid.to_string())
             .ignore()
             .query_async::<()>(&mut conn)
             .await
@@ -117,11 +117,11 @@ impl Registry for RedisStore {
 
     async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        conn.set::<_, _, ()>(format!("dsxconnect:connector_state:{uuid}:{ns}:{key}"), value).await.map_err(map_err)
+        conn.set::<_, _, ()>(self.keys.state(uuid, ns, key), value).await.map_err(map_err)
     }
 
     async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>> {
         let mut conn = self.conn().await?;
-        conn.get(format!("dsxconnect:connector_state:{uuid}:{ns}:{key}")).await.map_err(map_err)
+        conn.get(self.keys.state(uuid, ns, key)).await.map_err(map_err)
     }
 }

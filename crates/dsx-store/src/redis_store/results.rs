@@ -6,14 +6,14 @@ use super::*;
 impl Results for RedisStore {
     async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
         let mut conn = self.conn().await?;
-        let id: u64 = conn.incr("dsxconnect:scan_results:seq", 1u64).await.map_err(map_err)?;
+        let id: u64 = conn.incr(self.keys.result_seq(), 1u64).await.map_err(map_err)?;
         let json = with_id(&record.json, id)?;
         let stored: i64 = redis::Script::new(RESULT_SCRIPT)
-            .key("dsxconnect:scan_results")
-            .key(format!("dsxconnect:scan_result_by_task:{}", record.task_id))
-            .key(format!("dsxconnect:scan_results_by_job:{}", record.job_id))
-            .key(job_key(&record.job_id))
-            .key("dsxconnect:scan_stats")
+            .key(self.keys.results())
+            .key(self.keys.result_by_task(&record.task_id))
+            .key(self.keys.job_results(&record.job_id))
+            .key(self.keys.job(&record.job_id))
+            .key(self.keys.stats())
             .arg(json)
             .arg(retain.max(1))
             .arg(crate::verdict_counter(&record.verdict))
@@ -36,7 +36,7 @@ impl Results for RedisStore {
 
     async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
         let mut conn = self.conn().await?;
-        conn.get(format!("dsxconnect:scan_result_by_task:{task_id}")).await.map_err(map_err)
+        conn.get(self.keys.result_by_task(task_id)).await.map_err(map_err)
     }
 
     async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
@@ -45,12 +45,10 @@ impl Results for RedisStore {
         }
         let mut conn = self.conn().await?;
         match job_id {
-            None => conn.lrange("dsxconnect:scan_results", 0, limit as isize - 1).await.map_err(map_err),
+            None => conn.lrange(self.keys.results(), 0, limit as isize - 1).await.map_err(map_err),
             Some(job) => {
-                let mut rows: Vec<String> = conn
-                    .lrange(format!("dsxconnect:scan_results_by_job:{job}"), -(limit as isize), -1)
-                    .await
-                    .map_err(map_err)?;
+                let mut rows: Vec<String> =
+                    conn.lrange(self.keys.job_results(job), -(limit as isize), -1).await.map_err(map_err)?;
                 rows.reverse();
                 Ok(rows)
             }
@@ -59,18 +57,17 @@ impl Results for RedisStore {
 
     async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
         let mut conn = self.conn().await?;
-        let raw: std::collections::HashMap<String, u64> =
-            conn.hgetall("dsxconnect:scan_stats").await.map_err(map_err)?;
+        let raw: std::collections::HashMap<String, u64> = conn.hgetall(self.keys.stats()).await.map_err(map_err)?;
         Ok(raw.into_iter().collect())
     }
 
     async fn clear_results(&self) -> StoreResult<u64> {
-        let mut keys = self.scan_keys("dsxconnect:scan_result_by_task:*").await?;
-        keys.extend(self.scan_keys("dsxconnect:scan_results_by_job:*").await?);
-        keys.push("dsxconnect:scan_stats".into());
+        let mut keys = self.scan_keys(&self.keys.result_by_task("*")).await?;
+        keys.extend(self.scan_keys(&self.keys.job_results("*")).await?);
+        keys.push(self.keys.stats());
         let mut conn = self.conn().await?;
-        let listed: u64 = conn.llen("dsxconnect:scan_results").await.map_err(map_err)?;
-        keys.push("dsxconnect:scan_results".into());
+        let listed: u64 = conn.llen(self.keys.results()).await.map_err(map_err)?;
+        keys.push(self.keys.results());
         for chunk in keys.chunks(500) {
             conn.del::<_, ()>(chunk).await.map_err(map_err)?;
         }
@@ -80,9 +77,9 @@ impl Results for RedisStore {
     async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64> {
         let mut conn = self.conn().await?;
         redis::Script::new(CLEAR_JOB_RESULTS_SCRIPT)
-            .key("dsxconnect:scan_results")
-            .key(format!("dsxconnect:scan_results_by_job:{job_id}"))
-            .arg("dsxconnect:scan_result_by_task:")
+            .key(self.keys.results())
+            .key(self.keys.job_results(job_id))
+            .arg(self.keys.result_by_task(""))
             .invoke_async(&mut conn)
             .await
             .map_err(map_err)
