@@ -187,9 +187,11 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         None => None,
     };
     let scanner = build_scanner(&settings)?;
-    let metrics = crate::metrics::Metrics::default();
-    let syslog =
-        settings.syslog.clone().map(|s| crate::syslog::Syslog::new(s).counting_drops(metrics.syslog_dropped.clone()));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let syslog = settings
+        .syslog
+        .clone()
+        .map(|s| Arc::new(crate::syslog::Syslog::new(s).counting_drops(metrics.syslog_dropped.clone())));
     let breaker_threshold = settings.workers.breaker_threshold;
     Ok(Arc::new(AppState {
         settings,
@@ -199,7 +201,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         connectors,
         scanner,
         syslog,
-        breaker: crate::worker::Breaker::new(breaker_threshold),
+        breaker: Arc::new(crate::worker::Breaker::new(breaker_threshold)),
         metrics,
         keys: Default::default(),
         server_tls,
@@ -275,14 +277,9 @@ pub async fn serve_role(
     let workers = if role == Role::Api {
         None
     } else {
-        let scanner = build_scanner(&state.settings)?;
-        Some(tokio::spawn(crate::worker::run(
-            Arc::clone(&state),
-            scanner,
-            state.settings.workers.clone(),
-            consumer_name(),
-            stop_rx,
-        )))
+        // The scanner built with the state serves every task of this process.
+        let worker = Arc::new(crate::worker::Worker::from_state(&state, consumer_name()));
+        Some(tokio::spawn(worker.run(stop_rx)))
     };
     let result = if role == Role::Worker {
         let health = Router::new()

@@ -12,7 +12,7 @@ mod redis_store;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dsx_model::Connector;
+use dsx_model::{Connector, ScanRequest};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -143,29 +143,77 @@ pub struct Job {
 }
 
 /// One accepted scan request waiting in the durable queue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "QueuedTaskStored")]
 pub struct QueuedTask {
     pub task_id: String,
     pub connector_uuid: Uuid,
     pub job_id: String,
-    /// The scan request, as JSON.
-    pub payload: String,
+    /// The request as accepted, without the connector model (the registry holds it).
+    pub request: ScanRequest,
+    /// Unix seconds of intake.
     pub enqueued_at: u64,
+    /// Unix microseconds of intake, for the queue-wait timing (0 in tasks queued by older
+    /// releases).
+    #[serde(default)]
+    pub enqueued_at_us: u64,
+}
+
+/// A queued task as stored: older releases kept the request as a JSON string (`payload`).
+#[derive(Deserialize)]
+struct QueuedTaskStored {
+    task_id: String,
+    connector_uuid: Uuid,
+    job_id: String,
+    #[serde(default)]
+    request: Option<ScanRequest>,
+    #[serde(default)]
+    payload: Option<String>,
+    enqueued_at: u64,
+    #[serde(default)]
+    enqueued_at_us: u64,
+}
+
+impl TryFrom<QueuedTaskStored> for QueuedTask {
+    type Error = String;
+    fn try_from(s: QueuedTaskStored) -> Result<Self, String> {
+        let request = match (s.request, s.payload) {
+            (Some(request), _) => request,
+            (None, Some(payload)) => serde_json::from_str(&payload).map_err(|e| format!("queued request: {e}"))?,
+            (None, None) => return Err("queued task without its request".into()),
+        };
+        Ok(Self {
+            task_id: s.task_id,
+            connector_uuid: s.connector_uuid,
+            job_id: s.job_id,
+            request,
+            enqueued_at: s.enqueued_at,
+            enqueued_at_us: s.enqueued_at_us,
+        })
+    }
 }
 
 /// A task handed to one worker. Until it is acked, retried or dead-lettered it belongs to
 /// that worker; if the worker dies, another claims it once the lease has run out.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     /// Backend handle for ack/retry/dead-letter.
     pub id: String,
     pub task: QueuedTask,
     /// 1 on the first delivery; counts retries and re-deliveries after a crash.
     pub attempt: u32,
+    /// The task's job status when it was claimed (`None`: no job record), read in the same
+    /// step as the claim so the worker needs no extra round trip to honour pause and cancel.
+    pub job_status: Option<JobStatus>,
+    /// The task already had a result when it was claimed (a redelivery after a crash between
+    /// storing the result and the ack): the worker only acks it.
+    pub has_result: bool,
+    /// Unix microseconds of the claim (the queue-wait timing ends here).
+    pub claimed_at_us: u64,
 }
 
 /// A task that exhausted its retries (or cannot be processed), kept with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub task: QueuedTask,
     pub reason: String,
@@ -277,6 +325,16 @@ pub trait ScanQueue: Send + Sync + 'static {
     /// out (a crashed worker), then new ones. Each is leased to `consumer` for `lease`.
     /// Every worker must use the same `lease`: Redis judges a holder dead by the claimer's.
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>>;
+    /// [`Self::claim_scans`], waiting up to `wait` for a task when none is ready instead of
+    /// answering empty at once (Redis blocks on the stream; the embedded store is woken by
+    /// the enqueue). A retry that becomes due during the wait is found by the next claim.
+    async fn claim_scans_waiting(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<Delivery>>;
     /// Done with a task (whatever its outcome): it leaves the queue.
     ///
     /// Claims, results and acks need not be durable on return (the embedded store commits
@@ -381,6 +439,25 @@ pub trait Limits: Send + Sync + 'static {
     /// without releasing loses its slot after `lease`. False when all slots are taken.
     async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool>;
     async fn release_slot(&self, slot: &str) -> StoreResult<()>;
+    /// Take up to `slots.len()` slots at once, in order: returns how many of `slots` (the
+    /// first ones) are now held.
+    async fn acquire_slots(&self, slots: &[String], max: usize, lease: Duration) -> StoreResult<usize> {
+        let mut taken = 0;
+        for slot in slots {
+            if !self.acquire_slot(slot, max, lease).await? {
+                break;
+            }
+            taken += 1;
+        }
+        Ok(taken)
+    }
+    /// Release several slots at once.
+    async fn release_slots(&self, slots: &[String]) -> StoreResult<()> {
+        for slot in slots {
+            self.release_slot(slot).await?;
+        }
+        Ok(())
+    }
     /// Heartbeat of a live holder: each slot it still holds expires `ttl` from now. Returns the
     /// slots it no longer held (expired and dropped).
     async fn renew_slots(&self, slots: &[String], ttl: Duration) -> StoreResult<Vec<String>>;
@@ -433,6 +510,11 @@ pub(crate) fn with_id(json: &str, id: u64) -> StoreResult<String> {
 /// Unix time in seconds.
 pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Unix time in milliseconds.

@@ -84,6 +84,8 @@ const REOPEN_WAIT: Duration = Duration::from_secs(2);
 /// The file is compacted (free pages given back to the disk) once the store has been idle
 /// this long, the file is at least [`COMPACT_MIN_BYTES`] and less than half of it is in use.
 /// Compaction holds the file exclusively, so it waits for a quiet moment.
+/// A waiting claim looks at the queue at least this often (due retries, expired leases).
+const RECHECK_IDLE: Duration = Duration::from_millis(100);
 const COMPACT_IDLE: Duration = Duration::from_secs(30);
 const COMPACT_MIN_BYTES: u64 = 8 << 20;
 
@@ -154,6 +156,8 @@ struct Inner {
     flush_done: std::sync::Condvar,
     /// Scan slots (one process owns the embedded store, so they live in memory): slot → expiry.
     slots: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Wakes workers waiting in a claim when tasks are queued or given back.
+    work: tokio::sync::Notify,
     /// In-process notification channels (one process owns the embedded store).
     channels: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::broadcast::Sender<String>>>,
 }
@@ -289,6 +293,7 @@ impl EmbeddedStore {
             flush_done: Default::default(),
             channels: Default::default(),
             slots: Default::default(),
+            work: tokio::sync::Notify::new(),
         });
         let flusher = spawn_flusher(Arc::clone(&inner))?;
         Ok(Self { inner, flusher: Some(flusher) })
@@ -324,12 +329,16 @@ impl EmbeddedStore {
             inner.write(durable, |txn| {
                 let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
                 if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
-                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
+                    state.insert(seq, (now_millis() + delay.as_millis() as u64, attempt, 0)).map_err(unavailable)?;
                 }
                 Ok(())
             })
         })
-        .await
+        .await?;
+        if delay.is_zero() {
+            self.inner.work.notify_waiters();
+        }
+        Ok(())
     }
 
     /// Run blocking redb work off the async runtime.

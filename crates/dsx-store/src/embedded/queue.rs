@@ -11,49 +11,55 @@ impl ScanQueue for EmbeddedStore {
     ) -> StoreResult<Result<Enqueued, JobRefusal>> {
         let tasks = tasks.to_vec();
         let intake_key = intake_key.map(str::to_owned);
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
-                if let Some(key) = &intake_key {
-                    if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
-                        return Ok(Ok(Enqueued::Repeat));
-                    }
-                }
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                // Check every job first: the batch is queued whole or not at all.
-                for task in &tasks {
-                    let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                    if let Some(bytes) = existing {
-                        let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                        if let Err(refusal) = job_takes(&job, task.connector_uuid) {
-                            return Ok(Err(refusal));
+        let out = self
+            .run(move |inner| {
+                inner.write(true, |txn| {
+                    let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
+                    if let Some(key) = &intake_key {
+                        if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
+                            return Ok(Ok(Enqueued::Repeat));
                         }
                     }
-                }
-                let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                let now = now_secs();
-                for (seq, task) in (first..).zip(&tasks) {
-                    let payload = serde_json::to_vec(task).map_err(corrupt)?;
-                    queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
-                    let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                    let mut job = match existing {
-                        Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
-                        None => new_job(&task.job_id, task.connector_uuid, now),
-                    };
-                    job.enqueued_count += 1;
-                    job.updated_at = now;
-                    let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
-                    jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                }
-                // Remembered only with the tasks: a refused batch may be sent again.
-                if let Some(key) = &intake_key {
-                    seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL)).map_err(unavailable)?;
-                }
-                Ok(Ok(Enqueued::Queued))
+                    let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                    // Check every job first: the batch is queued whole or not at all.
+                    for task in &tasks {
+                        let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                        if let Some(bytes) = existing {
+                            let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                            if let Err(refusal) = job_takes(&job, task.connector_uuid) {
+                                return Ok(Err(refusal));
+                            }
+                        }
+                    }
+                    let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                    let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    let now = now_secs();
+                    for (seq, task) in (first..).zip(&tasks) {
+                        let payload = serde_json::to_vec(task).map_err(corrupt)?;
+                        queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
+                        let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                        let mut job = match existing {
+                            Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
+                            None => new_job(&task.job_id, task.connector_uuid, now),
+                        };
+                        job.enqueued_count += 1;
+                        job.updated_at = now;
+                        let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+                        jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                    }
+                    // Remembered only with the tasks: a refused batch may be sent again.
+                    if let Some(key) = &intake_key {
+                        seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL))
+                            .map_err(unavailable)?;
+                    }
+                    Ok(Ok(Enqueued::Queued))
+                })
             })
-        })
-        .await
+            .await;
+        if matches!(out, Ok(Ok(Enqueued::Queued))) {
+            self.inner.work.notify_waiters();
+        }
+        out
     }
 
     async fn scan_queue_len(&self) -> StoreResult<u64> {
@@ -93,6 +99,10 @@ impl ScanQueue for EmbeddedStore {
                 let now = now_millis();
                 let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
                 let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                let jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let results = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
+                let mut statuses: std::collections::HashMap<String, Option<JobStatus>> = Default::default();
+                let claimed_at_us = crate::now_micros();
                 let mut out = Vec::new();
                 for row in queue.iter().map_err(unavailable)? {
                     if out.len() >= max {
@@ -115,7 +125,26 @@ impl ScanQueue for EmbeddedStore {
                         }
                     };
                     state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
-                    out.push(Delivery { id: seq.to_string(), task, attempt: attempt as u32 });
+                    let job_status = match statuses.get(&task.job_id) {
+                        Some(status) => *status,
+                        None => {
+                            let status = match jobs.get(task.job_id.as_str()).map_err(unavailable)? {
+                                Some(raw) => Some(serde_json::from_slice::<Job>(raw.value()).map_err(corrupt)?.status),
+                                None => None,
+                            };
+                            statuses.insert(task.job_id.clone(), status);
+                            status
+                        }
+                    };
+                    let has_result = results.get(task.task_id.as_str()).map_err(unavailable)?.is_some();
+                    out.push(Delivery {
+                        id: seq.to_string(),
+                        task,
+                        attempt: attempt as u32,
+                        job_status,
+                        has_result,
+                        claimed_at_us,
+                    });
                 }
                 Ok(out)
             })
@@ -213,25 +242,28 @@ impl ScanQueue for EmbeddedStore {
     }
 
     async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-                let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                let mut next = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                let mut moved = 0;
-                while moved < max as u64 {
-                    let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
-                    let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
-                    undo_failed_outcome(txn, &letter.task)?;
-                    let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
-                    queue.insert(next, task.as_slice()).map_err(unavailable)?;
-                    next += 1;
-                    moved += 1;
-                }
-                Ok(moved)
+        let out = self
+            .run(move |inner| {
+                inner.write(true, |txn| {
+                    let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                    let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                    let mut next = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    let mut moved = 0;
+                    while moved < max as u64 {
+                        let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
+                        let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
+                        undo_failed_outcome(txn, &letter.task)?;
+                        let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
+                        queue.insert(next, task.as_slice()).map_err(unavailable)?;
+                        next += 1;
+                        moved += 1;
+                    }
+                    Ok(moved)
+                })
             })
-        })
-        .await
+            .await;
+        self.inner.work.notify_waiters();
+        out
     }
 
     async fn clear_dead_letters(&self) -> StoreResult<u64> {
@@ -244,5 +276,27 @@ impl ScanQueue for EmbeddedStore {
             })
         })
         .await
+    }
+
+    async fn claim_scans_waiting(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the claim, so an enqueue between the claim and the wait wakes it.
+            let woken = self.inner.work.notified();
+            let claimed = self.claim_scans(consumer, max, lease).await?;
+            if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(claimed);
+            }
+            // Retries and expired leases become due by time alone: look again at least every
+            // `RECHECK_IDLE` even without an enqueue.
+            let until = deadline.min(tokio::time::Instant::now() + RECHECK_IDLE);
+            let _ = tokio::time::timeout_at(until, woken).await;
+        }
     }
 }

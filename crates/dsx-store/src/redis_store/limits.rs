@@ -19,6 +19,31 @@ impl Limits for RedisStore {
         Ok(taken == 1)
     }
 
+    async fn acquire_slots(&self, slots: &[String], max: usize, lease: Duration) -> StoreResult<usize> {
+        static SLOTS: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(SLOTS_SCRIPT));
+        if slots.is_empty() {
+            return Ok(0);
+        }
+        let mut conn = self.conn().await?;
+        let now = crate::now_millis();
+        let mut invocation = SLOTS.key(self.keys.inflight());
+        invocation.arg(now).arg(max).arg(now + ttl_ms(lease));
+        for slot in slots {
+            invocation.arg(slot);
+        }
+        let taken: usize = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        Ok(taken)
+    }
+
+    async fn release_slots(&self, slots: &[String]) -> StoreResult<()> {
+        if slots.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        conn.zrem::<_, _, ()>(self.keys.inflight(), slots).await.map_err(map_err)
+    }
+
     async fn release_slot(&self, slot: &str) -> StoreResult<()> {
         let mut conn = self.conn().await?;
         conn.zrem::<_, _, ()>(self.keys.inflight(), slot).await.map_err(map_err)

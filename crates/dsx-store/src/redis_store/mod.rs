@@ -28,6 +28,8 @@ mod results;
 /// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest blocking read of the queue.
+const MAX_BLOCK: Duration = Duration::from_secs(5);
 
 /// Which deployment environment the keys belong to (`DSXCONNECT_APP_ENV`, default `dev`).
 #[derive(Clone, Debug)]
@@ -39,6 +41,9 @@ pub struct RedisStore {
     client: redis::Client,
     /// Created on first use and kept; `ConnectionManager` reconnects by itself afterwards.
     conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// A connection of its own for blocking reads of the queue (a blocked command would hold
+    /// up every other command on the shared one); dropped after an error, made again on use.
+    blocking: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     keys: keys::Keys,
     codec: SecretCodec,
     /// TTL of a finished job's keys, ms; 0 keeps them forever.
@@ -103,16 +108,48 @@ end
 return 0
 ";
 
-/// Due retries move from the delay set back onto the stream. Members are `<attempt>|<task json>`.
-/// KEYS: stream, delay set. ARGV: now ms.
-const PROMOTE_SCRIPT: &str = r"
+/// One claim, in one round trip: due retries move back onto the stream, the consumer group
+/// is created if Redis lost it, entries whose holder's lease ran out are taken over
+/// (XAUTOCLAIM), then new ones are read (XREADGROUP), and each comes with its job's status and
+/// whether its task already has a result. KEYS: stream, delay set. ARGV: now ms, group,
+/// consumer, lease ms, max, job key prefix, by-task key prefix.
+/// Returns a flat list of {entry id, task json, attempt, job status or '', has result 0/1}.
+const CLAIM_SCRIPT: &str = r"
 local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 200)
 for _, m in ipairs(due) do
   local sep = string.find(m, '|', 1, true)
   redis.call('XADD', KEYS[1], '*', 'task', string.sub(m, sep + 1), 'attempt', string.sub(m, 1, sep - 1))
   redis.call('ZREM', KEYS[2], m)
 end
-return #due
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[2], '0', 'MKSTREAM')
+local max = tonumber(ARGV[5])
+local out = {}
+local n = 0
+local function add(entry, bump)
+  if type(entry) ~= 'table' or type(entry[2]) ~= 'table' then return end
+  local fields = entry[2]
+  local task, attempt = '', '1'
+  for i = 1, #fields, 2 do
+    if fields[i] == 'task' then task = fields[i + 1] elseif fields[i] == 'attempt' then attempt = fields[i + 1] end
+  end
+  local status, has = '', 0
+  local ok, doc = pcall(cjson.decode, task)
+  if ok and type(doc) == 'table' then
+    if type(doc['job_id']) == 'string' then status = redis.call('HGET', ARGV[6] .. doc['job_id'], 'status') or '' end
+    if type(doc['task_id']) == 'string' then has = redis.call('EXISTS', ARGV[7] .. doc['task_id']) end
+  end
+  for _, v in ipairs({entry[1], task, tostring((tonumber(attempt) or 1) + bump), status, has}) do
+    table.insert(out, v)
+  end
+  n = n + 1
+end
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], ARGV[4], '0-0', 'COUNT', max)
+for _, e in ipairs(claimed[2]) do add(e, 1) end
+if n < max then
+  local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', max - n, 'STREAMS', KEYS[1], '>')
+  if fresh then for _, e in ipairs(fresh[1][2]) do add(e, 0) end end
+end
+return out
 ";
 
 /// Ack and delete a stream entry, then optionally park it (delay set) or dead-letter it, in one step.
@@ -129,44 +166,23 @@ end
 return 1
 ";
 
-/// The entries of an XAUTOCLAIM reply (`[cursor, [[id, [field, value, …]], …], deleted]`),
-/// parsed by hand: redis-rs 0.27's `StreamAutoClaimReply` did not yield them here.
-fn autoclaim_entries(reply: &redis::Value) -> Vec<redis::streams::StreamId> {
-    let redis::Value::Array(parts) = reply else { return Vec::new() };
-    let Some(redis::Value::Array(entries)) = parts.get(1) else { return Vec::new() };
-    entries
-        .iter()
-        .filter_map(|entry| {
-            let redis::Value::Array(pair) = entry else { return None };
-            let id = match pair.first()? {
-                redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
-                redis::Value::SimpleString(s) => s.clone(),
-                _ => return None,
-            };
-            let redis::Value::Array(fields) = pair.get(1)? else { return None };
-            let map = fields
-                .chunks(2)
-                .filter_map(|kv| match kv {
-                    [redis::Value::BulkString(k), v] => Some((String::from_utf8_lossy(k).into_owned(), v.clone())),
-                    _ => None,
-                })
-                .collect();
-            Some(redis::streams::StreamId { id, map })
-        })
-        .collect()
-}
-
 /// Store a result once per task and count it into its job and the stats, completing the
 /// job when it is done. A finished job's (or a job-less) result expires with the job's
 /// retention. KEYS: results list, by-task key, by-job list, job hash, stats hash.
 /// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now, retention ms
 /// (0 = keep). Returns 0 (already stored), 1, or 2 when this result completed its job.
-const RESULT_SCRIPT: &str = r"
-if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
-redis.call('SET', KEYS[2], ARGV[1])
-redis.call('LPUSH', KEYS[1], ARGV[1])
+/// Store one result (the document in `doc`) once per task and count it into its job and the
+/// stats, completing the job when it is done (the rule of `Job::is_complete`). A finished
+/// job's (or a job-less) result expires with the job's retention. KEYS: results list, by-task
+/// key, by-job list, job hash, stats hash. ARGV (from 2): retain, verdict counter, succeeded
+/// (1/0), scan µs, file size, now, retention ms (0 = keep). Sets `completed_now`.
+macro_rules! store_result_lua {
+    () => {
+        r"
+redis.call('SET', KEYS[2], doc)
+redis.call('LPUSH', KEYS[1], doc)
 redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
-redis.call('RPUSH', KEYS[3], ARGV[1])
+redis.call('RPUSH', KEYS[3], doc)
 redis.call('HINCRBY', KEYS[5], 'files_scanned', 1)
 redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
 redis.call('HINCRBY', KEYS[5], 'total_scan_time_in_microseconds', ARGV[5])
@@ -199,9 +215,34 @@ if finished and ttl > 0 then
   redis.call('PEXPIRE', KEYS[2], ttl)
   redis.call('PEXPIRE', KEYS[3], ttl)
 end
-if completed_now then return 2 end
-return 1
-";
+"
+    };
+}
+
+/// [`store_result_lua`] with the document in ARGV[1]. Returns 0 (already stored), 1, or 2
+/// when this result completed its job.
+const RESULT_SCRIPT: &str = concat!(
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\nlocal doc = ARGV[1]\n",
+    store_result_lua!(),
+    "if completed_now then return 2 end\nreturn 1\n"
+);
+
+/// A task is done, in one step: its result (when it has one, and only the first time) gets
+/// the next sequence id and is stored as [`RESULT_SCRIPT`] does, then the stream entry is acked
+/// and deleted. KEYS: results list, by-task key, by-job list, job hash, stats hash, sequence
+/// key, stream. ARGV: document without its id (a JSON object, or empty for no result), retain,
+/// verdict counter, succeeded, scan µs, file size, now, retention ms, group, entry id.
+/// Returns {result id or 0, 1 when the job completed now}.
+const COMPLETE_SCRIPT: &str = concat!(
+    "local id = 0\nlocal completed = 0\n",
+    "if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then\n",
+    "id = redis.call('INCR', KEYS[6])\n",
+    "local doc = '{\"id\":' .. id .. ',' .. string.sub(ARGV[1], 2)\n",
+    store_result_lua!(),
+    "if completed_now then completed = 1 end\nend\n",
+    "redis.call('XACK', KEYS[7], ARGV[9], ARGV[10])\nredis.call('XDEL', KEYS[7], ARGV[10])\n",
+    "return {id, completed}\n"
+);
 
 /// Retention for a chunk of a finished job's results: the by-task key of every row in
 /// `start..start+count` of the by-job list expires with the job. KEYS: by-job list.
@@ -280,6 +321,21 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
   return 1
 end
 return 0
+";
+
+/// Take several slots in order, stopping at the cap. KEYS: slot set. ARGV: now ms, max,
+/// expiry ms, slots… Returns how many of the slots (the first ones) are held.
+const SLOTS_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local taken = 0
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return taken end
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+  end
+  taken = taken + 1
+end
+return taken
 ";
 
 /// Heartbeat for slots. KEYS: slot set. ARGV: now ms, new expiry ms, slots…
@@ -420,6 +476,7 @@ impl RedisStore {
         Ok(Self {
             client,
             conn: tokio::sync::OnceCell::new(),
+            blocking: tokio::sync::Mutex::new(None),
             keys: keys::Keys::new(&ns.env),
             codec,
             job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
@@ -512,33 +569,114 @@ impl RedisStore {
         }
     }
 
-    /// Create the consumer group (from the start of the stream, so nothing enqueued before
-    /// the first worker is skipped). Idempotent; also re-run after a Redis that lost it.
-    async fn ensure_group(&self, conn: &mut ConnectionManager) -> StoreResult<()> {
-        let created: Result<(), RedisError> = redis::cmd("XGROUP")
-            .arg("CREATE")
-            .arg(self.keys.scan_queue())
+    /// Wait on the queue's own connection for up to `wait` for new entries and claim up to
+    /// `max` of them (XREADGROUP BLOCK), each with its job status and result presence.
+    async fn claim_blocking(&self, consumer: &str, max: usize, wait: Duration) -> StoreResult<Vec<Delivery>> {
+        let wait = wait.min(MAX_BLOCK);
+        let mut slot = self.blocking.lock().await;
+        if slot.is_none() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(MAX_BLOCK + RESPONSE_TIMEOUT);
+            *slot = Some(self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(map_err)?);
+        }
+        let conn = slot.as_mut().expect("connection made above");
+        let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
             .arg(GROUP)
-            .arg("0")
-            .arg("MKSTREAM")
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(wait.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(self.keys.scan_queue())
+            .arg(">")
             .query_async(conn)
             .await;
-        match created {
-            Err(e) if e.code() == Some("BUSYGROUP") => Ok(()),
-            other => other.map_err(map_err),
+        let reply = match read {
+            Ok(reply) => reply,
+            Err(err) => {
+                *slot = None;
+                return Err(map_err(err));
+            }
+        };
+        drop(slot);
+        let entries: Vec<redis::streams::StreamId> =
+            reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(Vec::new());
         }
+        let mut tasks = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let field = |k: &str| match entry.map.get(k) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::SimpleString(s)) => s.clone(),
+                _ => String::new(),
+            };
+            match serde_json::from_str::<QueuedTask>(&field("task")) {
+                Ok(task) => tasks.push((entry.id.clone(), task, field("attempt").parse::<u32>().unwrap_or(1))),
+                Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
+            }
+        }
+        // Idle path only (the queue was empty): one more round trip for what the claim
+        // script reads in place.
+        let mut pipe = redis::pipe();
+        for (_, task, _) in &tasks {
+            pipe.hget(self.keys.job(&task.job_id), "status").exists(self.keys.result_by_task(&task.task_id));
+        }
+        let mut conn = self.conn().await?;
+        let facts: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for ((id, task, attempt), pair) in tasks.into_iter().zip(facts.chunks(2)) {
+            let status = match pair.first() {
+                Some(redis::Value::BulkString(b)) => {
+                    serde_json::from_value(serde_json::Value::String(String::from_utf8_lossy(b).into_owned())).ok()
+                }
+                _ => None,
+            };
+            let has_result = matches!(pair.get(1), Some(redis::Value::Int(1)));
+            out.push(Delivery {
+                id,
+                task,
+                attempt,
+                job_status: status,
+                has_result,
+                claimed_at_us: crate::now_micros(),
+            });
+        }
+        Ok(out)
     }
 
-    fn delivery(entry: &redis::streams::StreamId, bump: u32) -> StoreResult<Delivery> {
-        let text = |k: &str| match entry.map.get(k) {
-            Some(redis::Value::BulkString(b)) => Some(String::from_utf8_lossy(b).into_owned()),
-            Some(redis::Value::SimpleString(s)) => Some(s.clone()),
-            _ => None,
+    /// One claimed entry of [`CLAIM_SCRIPT`]'s reply.
+    fn delivery(fields: &[redis::Value]) -> StoreResult<Delivery> {
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            redis::Value::Int(i) => i.to_string(),
+            _ => String::new(),
         };
-        let task: QueuedTask =
-            serde_json::from_str(&text("task").ok_or_else(|| corrupt("queue entry without task"))?).map_err(corrupt)?;
-        let attempt = text("attempt").and_then(|a| a.parse().ok()).unwrap_or(1u32) + bump;
-        Ok(Delivery { id: entry.id.clone(), task, attempt })
+        let [id, task, attempt, status, has_result] = fields else {
+            return Err(corrupt("claim reply of the wrong shape"));
+        };
+        let id = text(id);
+        let task: QueuedTask = serde_json::from_str(&text(task))
+            .map_err(|e| corrupt(format!("queue entry {id} holds no readable task: {e}")))?;
+        let job_status = match text(status).as_str() {
+            "" => None,
+            other => Some(
+                serde_json::from_value(serde_json::Value::String(other.to_owned()))
+                    .map_err(|_| corrupt(format!("job {} has status {other:?}", task.job_id)))?,
+            ),
+        };
+        Ok(Delivery {
+            id,
+            task,
+            attempt: text(attempt).parse().unwrap_or(1),
+            job_status,
+            has_result: text(has_result) == "1",
+            claimed_at_us: crate::now_micros(),
+        })
     }
 
     async fn settle(&self, delivery: &Delivery, mode: &str, score: u64, member: String) -> StoreResult<()> {

@@ -51,52 +51,28 @@ impl ScanQueue for RedisStore {
     }
 
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
+        static CLAIM: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
         let mut conn = self.conn().await?;
-        redis::Script::new(PROMOTE_SCRIPT)
+        let reply: Vec<redis::Value> = CLAIM
             .key(self.keys.scan_queue())
             .key(self.keys.delayed())
             .arg(crate::now_millis())
-            .invoke_async::<i64>(&mut conn)
-            .await
-            .map_err(map_err)?;
-        self.ensure_group(&mut conn).await?;
-        // Entries another worker held longer than the lease: it crashed or hung.
-        let reclaimed: redis::Value = redis::cmd("XAUTOCLAIM")
-            .arg(self.keys.scan_queue())
             .arg(GROUP)
             .arg(consumer)
             .arg(ttl_ms(lease))
-            .arg("0-0")
-            .arg("COUNT")
             .arg(max)
-            .query_async(&mut conn)
+            .arg(self.keys.job(""))
+            .arg(self.keys.result_by_task(""))
+            .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        let mut out = Vec::new();
-        for entry in &autoclaim_entries(&reclaimed) {
-            match Self::delivery(entry, 1) {
+        let mut out = Vec::with_capacity(reply.len() / 5);
+        for fields in reply.chunks(5) {
+            match Self::delivery(fields) {
                 Ok(d) => out.push(d),
-                Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
-            }
-        }
-        if out.len() < max {
-            let fresh: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
-                .arg("GROUP")
-                .arg(GROUP)
-                .arg(consumer)
-                .arg("COUNT")
-                .arg(max - out.len())
-                .arg("STREAMS")
-                .arg(self.keys.scan_queue())
-                .arg(">")
-                .query_async(&mut conn)
-                .await
-                .map_err(map_err)?;
-            for entry in fresh.keys.iter().flat_map(|k| &k.ids) {
-                match Self::delivery(entry, 0) {
-                    Ok(d) => out.push(d),
-                    Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
-                }
+                // Left pending: it is logged again on each takeover, never handed out.
+                Err(err) => tracing::error!(error = %err, "unreadable queue entry skipped"),
             }
         }
         Ok(out)
@@ -108,13 +84,13 @@ impl ScanQueue for RedisStore {
 
     async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
         let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
-        let due = crate::now_millis() + ttl_ms(delay);
+        let due = crate::now_millis() + delay.as_millis() as u64;
         self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt + 1)).await
     }
 
     async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
         let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
-        let due = crate::now_millis() + ttl_ms(delay);
+        let due = crate::now_millis() + delay.as_millis() as u64;
         self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt)).await
     }
 
@@ -212,11 +188,50 @@ impl ScanQueue for RedisStore {
         record: Option<&ResultRecord>,
         retain: usize,
     ) -> StoreResult<Option<u64>> {
-        let id = match record {
-            Some(record) => self.put_result(record, retain).await?,
-            None => None,
+        static COMPLETE: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(COMPLETE_SCRIPT));
+        let mut conn = self.conn().await?;
+        let task = &delivery.task;
+        let mut invocation = COMPLETE.key(self.keys.results());
+        invocation
+            .key(self.keys.result_by_task(&task.task_id))
+            .key(self.keys.job_results(&task.job_id))
+            .key(self.keys.job(&task.job_id))
+            .key(self.keys.stats())
+            .key(self.keys.result_seq())
+            .key(self.keys.scan_queue());
+        match record {
+            Some(record) => invocation
+                .arg(&record.json)
+                .arg(retain.max(1))
+                .arg(crate::verdict_counter(&record.verdict))
+                .arg(if record.succeeded { "1" } else { "0" })
+                .arg(record.scan_time_us)
+                .arg(record.file_size),
+            None => invocation.arg("").arg(1).arg("").arg("0").arg(0).arg(0),
         };
-        self.ack_scan(delivery).await?;
-        Ok(id)
+        invocation.arg(now_secs()).arg(self.job_retention_ms).arg(GROUP).arg(&delivery.id);
+        let (id, completed): (u64, u8) = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        if completed == 1 {
+            // This result completed its job: the job's earlier results expire with it.
+            if let Err(err) = self.expire_job_results(&task.job_id, true).await {
+                tracing::warn!(job_id = %task.job_id, error = %err, "could not set the finished job's retention");
+            }
+        }
+        Ok((id > 0).then_some(id))
+    }
+
+    async fn claim_scans_waiting(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<Delivery>> {
+        let claimed = self.claim_scans(consumer, max, lease).await?;
+        if !claimed.is_empty() || wait.is_zero() {
+            return Ok(claimed);
+        }
+        self.claim_blocking(consumer, max, wait).await
     }
 }
