@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use dsx_connect::connector_client::ConnectorClient;
 use dsx_hmac::{authorization_header, generate_nonce, unix_now, SigningKey};
-use dsx_store::{Namespace, RedisStore, SecretCodec, Store};
+use dsx_store::prelude::*;
+use dsx_store::{Namespace, RedisStore, SecretCodec};
 use dsx_testkit::{free_port, unique_name, workspace_bin, Service, TestRedis};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -146,8 +147,7 @@ impl Stack {
             .map(|e| {
                 let task: String = e.get("task").unwrap();
                 let task: Value = serde_json::from_str(&task).unwrap();
-                let request: Value = serde_json::from_str(task["payload"].as_str().unwrap()).unwrap();
-                request["location"].as_str().unwrap().to_owned()
+                task["request"]["location"].as_str().unwrap().to_owned()
             })
             .collect()
     }

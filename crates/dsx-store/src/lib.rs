@@ -21,6 +21,11 @@ pub use codec::{SecretCodec, SecretKeyError};
 pub use embedded::EmbeddedStore;
 pub use redis_store::{Namespace, RedisStore};
 
+/// Every capability trait, for code that calls a concrete store's methods directly.
+pub mod prelude {
+    pub use crate::{Credentials, Events, Health, Jobs, Limits, Registry, Results, ScanQueue, Store};
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
 #[derive(Debug, thiserror::Error)]
