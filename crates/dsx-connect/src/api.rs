@@ -1,23 +1,14 @@
-//! The route table: one declaration per route (method, path, access rule, operation id,
-//! summary, request and response models, success status, handler). The router, the access
-//! layer of each route and the OpenAPI document (`openapi.rs`) are all derived from it, so
-//! none of them can list a route the others miss.
-//!
-//! A plain table rather than aide or utoipa: aide's released line builds on schemars 0.9
-//! (schemars 1, which dsx-model derives, only in a pre-release), and utoipa derives its own
-//! schemas, so either would mean a second schema derivation of every wire model or a
-//! pre-release dependency, plus macro compile time, for what is a list and two loops here.
+//! dsx-connect's route table: one declaration per route (`dsx_service::routes`), from which
+//! the router, the access layer of each route and the OpenAPI document (`openapi.rs`) are
+//! all derived, so none of them can list a route the others miss.
 
-use axum::handler::Handler;
 use axum::http::Method;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::Router;
 use dsx_model::{
     AuthCheckResponse, Estimate, RegistrationResponse, ScanRequest, ScanRequestBatch, StatusResponse, TokenResponse,
     API_PREFIX,
 };
-use schemars::{JsonSchema, Schema, SchemaGenerator};
 
 use crate::auth::{guard, Access};
 use crate::routes::{connectors, events, proxy, registration, results, scan, system};
@@ -39,9 +30,6 @@ pub enum Rule {
 }
 
 impl Rule {
-    pub const ALL: [Rule; 5] =
-        [Rule::Connector, Rule::ConnectorOrOperator, Rule::Operator, Rule::Enrollment, Rule::Open];
-
     /// The rule's name in the document (`x-dsx-access`).
     pub fn name(self) -> &'static str {
         match self {
@@ -70,86 +58,16 @@ impl Rule {
     }
 }
 
-/// Adds a model's schema to the document's components and answers its reference.
-pub type SchemaFn = fn(&mut SchemaGenerator) -> Schema;
+/// One route of dsx-connect; its path is below the API prefix, or absolute when it starts
+/// with `/`.
+pub type Route = dsx_service::routes::Route<SharedState, Rule>;
 
-fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
-    generator.subschema_for::<T>()
-}
-
-/// One route.
-pub struct Route {
-    pub method: Method,
-    /// Below the API prefix, or absolute when it starts with `/`.
-    pub path: &'static str,
-    pub rule: Rule,
-    /// camelCase, unique.
-    pub operation_id: &'static str,
-    pub summary: &'static str,
-    /// The JSON request body's model.
-    pub body: Option<SchemaFn>,
-    /// The success answer's model.
-    pub response: Option<SchemaFn>,
-    pub media: &'static str,
-    pub status: u16,
-    pub handler: MethodRouter<SharedState>,
-}
-
-impl Route {
-    fn new<H, T>(
-        method: Method,
-        path: &'static str,
-        rule: Rule,
-        operation_id: &'static str,
-        summary: &'static str,
-        handler: H,
-    ) -> Self
-    where
-        H: Handler<T, SharedState>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
-        Route {
-            method,
-            path,
-            rule,
-            operation_id,
-            summary,
-            body: None,
-            response: None,
-            media: "application/json",
-            status: 200,
-            handler: on(filter, handler),
-        }
-    }
-
-    fn body<T: JsonSchema>(mut self) -> Self {
-        self.body = Some(schema_of::<T>);
-        self
-    }
-
-    fn returns<T: JsonSchema>(mut self) -> Self {
-        self.response = Some(schema_of::<T>);
-        self
-    }
-
-    fn status(mut self, status: u16) -> Self {
-        self.status = status;
-        self
-    }
-
-    fn media(mut self, media: &'static str) -> Self {
-        self.media = media;
-        self
-    }
-
-    /// The absolute path, in axum's `{param}` syntax (which is also OpenAPI's).
-    pub fn full_path(&self) -> String {
-        if self.path.starts_with('/') {
-            self.path.to_owned()
-        } else {
-            format!("{API_PREFIX}/{}", self.path)
-        }
+/// The absolute path of a table path, in axum's `{param}` syntax (which is also OpenAPI's).
+pub fn full_path(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("{API_PREFIX}/{path}")
     }
 }
 
@@ -564,25 +482,16 @@ pub fn routes() -> Vec<Route> {
     ]
 }
 
-/// The API routes with their access layers, one group per rule (a group's layers run only
-/// for its routes; a method a path lacks is still answered 405 after the guard).
+/// The API routes, each behind the layers of its rule.
 pub fn router(state: &SharedState) -> Router<SharedState> {
     let mutual_tls = state.server_tls.as_ref().is_some_and(|t| t.verifies_clients());
-    let mut out = Router::new();
-    for rule in Rule::ALL {
-        let mut group: Option<Router<SharedState>> = None;
-        for route in routes().into_iter().filter(|r| r.rule == rule) {
-            // Two methods of one path are merged into one method router by `route`.
-            group = Some(group.unwrap_or_default().route(&route.full_path(), route.handler));
-        }
-        let Some(mut group) = group else { continue };
+    dsx_service::routes::router(routes(), full_path, |rule, mut group| {
         if let Some(access) = rule.access() {
             group = group.route_layer(from_fn_with_state((state.clone(), access), guard));
         }
         if mutual_tls && rule.mutual_tls() {
             group = group.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert));
         }
-        out = out.merge(group);
-    }
-    out
+        group
+    })
 }

@@ -10,7 +10,7 @@ use schemars::generate::SchemaSettings;
 use schemars::SchemaGenerator;
 use serde_json::{json, Map, Value};
 
-use crate::api::{routes, Route, Rule};
+use crate::api::{full_path, routes, Route, Rule};
 
 fn security(rule: Rule) -> Value {
     match rule {
@@ -39,7 +39,7 @@ fn operation(r: &Route, generator: &mut SchemaGenerator) -> Value {
     let error = json!({ "$ref": "#/components/responses/Error" });
     let mut responses = Map::new();
     responses.insert(r.status.to_string(), ok);
-    if r.rule != Rule::Open {
+    if r.access != Rule::Open {
         responses.insert("401".into(), error.clone());
     }
     if r.body.is_some() {
@@ -57,9 +57,9 @@ fn operation(r: &Route, generator: &mut SchemaGenerator) -> Value {
         "operationId": r.operation_id,
         "tags": [tag],
         "parameters": params,
-        "security": security(r.rule),
-        "x-dsx-access": r.rule.name(),
-        "x-dsx-mutual-tls": r.rule.mutual_tls(),
+        "security": security(r.access),
+        "x-dsx-access": r.access.name(),
+        "x-dsx-mutual-tls": r.access.mutual_tls(),
         "responses": responses,
     });
     if let Some(body) = r.body {
@@ -78,7 +78,7 @@ pub fn document() -> Value {
     generator.subschema_for::<ErrorBody>();
     let mut paths = Map::new();
     for r in routes() {
-        let entry = paths.entry(r.full_path()).or_insert_with(|| json!({}));
+        let entry = paths.entry(full_path(r.path)).or_insert_with(|| json!({}));
         entry[r.method.as_str().to_lowercase()] = operation(&r, &mut generator);
     }
     json!({

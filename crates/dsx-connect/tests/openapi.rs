@@ -10,15 +10,14 @@ use std::net::SocketAddr;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use common::*;
-use dsx_connect::api::{routes, Rule};
+use dsx_connect::api::{full_path, routes, Rule};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 
-fn concrete(full_path: &str) -> String {
+fn concrete(path: &str) -> String {
     let uuid = uuid::Uuid::new_v4().to_string();
-    full_path
-        .replace("{connector_uuid}", &uuid)
+    path.replace("{connector_uuid}", &uuid)
         .replace("{job_id}", "no-such-job")
         .replace("{task_id}", "no-such-task")
         .replace("{queue_type}", "scan_request")
@@ -73,19 +72,18 @@ fn every_route_is_documented_with_its_access_rule() {
     let table = routes();
     let documented: usize = doc["paths"].as_object().unwrap().values().map(|p| p.as_object().unwrap().len()).sum();
     assert_eq!(documented, table.len(), "the document lists exactly the routed operations");
-    let mut ids = std::collections::HashSet::new();
     for r in &table {
-        let op = &doc["paths"][r.full_path()][r.method.as_str().to_lowercase()];
+        let op = &doc["paths"][full_path(r.path)][r.method.as_str().to_lowercase()];
         assert!(op.is_object(), "{} {} is not documented", r.method, r.path);
         assert_eq!(op["operationId"], r.operation_id);
-        assert_eq!(op["x-dsx-access"], r.rule.name(), "{}", r.operation_id);
+        assert_eq!(op["x-dsx-access"], r.access.name(), "{}", r.operation_id);
         let schemes: Vec<&str> = op["security"]
             .as_array()
             .unwrap()
             .iter()
             .flat_map(|req| req.as_object().unwrap().keys().map(String::as_str))
             .collect();
-        let expected: &[&str] = match r.rule {
+        let expected: &[&str] = match r.access {
             Rule::Connector => &["dsxHmac"],
             Rule::ConnectorOrOperator => &["dsxHmac", "operatorToken"],
             Rule::Operator => &["operatorToken"],
@@ -93,16 +91,10 @@ fn every_route_is_documented_with_its_access_rule() {
             Rule::Open => &[],
         };
         assert_eq!(schemes, expected, "{}", r.operation_id);
-        assert_eq!(op["responses"]["401"].is_object(), r.rule != Rule::Open, "{}", r.operation_id);
+        assert_eq!(op["responses"]["401"].is_object(), r.access != Rule::Open, "{}", r.operation_id);
         assert!(op["responses"][r.status.to_string()].is_object(), "{}", r.operation_id);
-        // Readable ids: camelCase words, nothing derived from the path.
-        let id = r.operation_id;
-        assert!(
-            id.chars().next().is_some_and(|c| c.is_ascii_lowercase()) && id.chars().all(|c| c.is_ascii_alphanumeric()),
-            "operation id {id:?} is not camelCase"
-        );
-        assert!(ids.insert(id), "operation id {id} is used twice");
     }
+    dsx_service::routes::check_operation_ids(table.iter().map(|r| r.operation_id)).unwrap();
 }
 
 /// With auth on, each route answers a call without credentials as its rule says: 401 unless
@@ -112,10 +104,10 @@ fn every_route_is_documented_with_its_access_rule() {
 async fn every_route_enforces_its_access_rule() {
     let (router, _dir) = in_process();
     for r in routes() {
-        let path = r.full_path();
+        let path = full_path(r.path);
         let (status, body) = call(&router, &r.method, &path, None).await;
-        let what = format!("{} {path} ({:?}) without credentials: {status} {body}", r.method, r.rule);
-        match r.rule {
+        let what = format!("{} {path} ({:?}) without credentials: {status} {body}", r.method, r.access);
+        match r.access {
             Rule::Open => assert_ne!(status, StatusCode::UNAUTHORIZED, "{what}"),
             _ => assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}"),
         }
@@ -123,8 +115,8 @@ async fn every_route_enforces_its_access_rule() {
         assert_ne!(body["detail"], "not_found", "{what}");
 
         let (status, body) = call(&router, &r.method, &path, Some(OPERATOR)).await;
-        let what = format!("{} {path} ({:?}) with the operator token: {status} {body}", r.method, r.rule);
-        match r.rule {
+        let what = format!("{} {path} ({:?}) with the operator token: {status} {body}", r.method, r.access);
+        match r.access {
             Rule::Operator | Rule::ConnectorOrOperator | Rule::Open => {
                 assert_ne!(status, StatusCode::UNAUTHORIZED, "{what}")
             }
@@ -153,7 +145,7 @@ async fn every_documented_operation_is_routed() {
     );
 
     for r in table {
-        let url = server.url(&concrete(&r.full_path()));
+        let url = server.url(&concrete(&full_path(r.path)));
         let resp = server.http.request(r.method.clone(), &url).bearer_auth(OPERATOR).body("{}").send().await.unwrap();
         let status = resp.status();
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{} {}", r.method, r.path);

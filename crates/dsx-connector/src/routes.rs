@@ -6,12 +6,11 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
-use axum::handler::Handler;
 use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::routing::get;
 use axum::{Json, Router};
 use dsx_filter::Filter;
 use dsx_model::{
@@ -44,8 +43,6 @@ pub enum Access {
 }
 
 impl Access {
-    pub const ALL: [Access; 3] = [Access::Signed, Access::SignedOrHandshake, Access::Open];
-
     /// The rule's name in the document (`x-dsx-access`).
     pub fn name(self) -> &'static str {
         match self {
@@ -62,56 +59,10 @@ impl Access {
     }
 }
 
-type SchemaFn = fn(&mut schemars::SchemaGenerator) -> schemars::Schema;
-
-fn schema_of<T: schemars::JsonSchema>(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
-    generator.subschema_for::<T>()
-}
-
-/// One connector route; the router, its access layer and the OpenAPI document
-/// (`openapi.rs`) all come from [`table`], so they cannot disagree.
-pub struct Route {
-    pub method: Method,
-    /// Below `/<name>`.
-    pub path: &'static str,
-    pub access: Access,
-    /// camelCase, unique.
-    pub operation_id: &'static str,
-    pub summary: &'static str,
-    /// The JSON request body's model.
-    pub body: Option<SchemaFn>,
-    /// The `200` answer's JSON model.
-    pub response: Option<SchemaFn>,
-    pub handler: MethodRouter<Arc<ConnectorContext>>,
-}
-
-impl Route {
-    fn new<H, T>(
-        method: Method,
-        path: &'static str,
-        access: Access,
-        operation_id: &'static str,
-        summary: &'static str,
-        handler: H,
-    ) -> Self
-    where
-        H: Handler<T, Arc<ConnectorContext>>,
-        T: 'static,
-    {
-        let filter = MethodFilter::try_from(method.clone()).expect("a standard method");
-        Route { method, path, access, operation_id, summary, body: None, response: None, handler: on(filter, handler) }
-    }
-
-    fn body<T: schemars::JsonSchema>(mut self) -> Self {
-        self.body = Some(schema_of::<T>);
-        self
-    }
-
-    fn returns<T: schemars::JsonSchema>(mut self) -> Self {
-        self.response = Some(schema_of::<T>);
-        self
-    }
-}
+/// One connector route (`dsx_service::routes`): the router, its access layer and the OpenAPI
+/// document (`openapi.rs`) all come from [`table`], so they cannot disagree. Paths are below
+/// `/<name>`.
+pub type Route = dsx_service::routes::Route<Arc<ConnectorContext>, Access>;
 
 /// Every route a connector serves under `/<name>`.
 pub fn table() -> Vec<Route> {
@@ -216,13 +167,7 @@ pub fn table() -> Vec<Route> {
 /// certificate (probes and the home page do not).
 pub fn router_with(ctx: Arc<ConnectorContext>, mutual_tls: bool) -> Router {
     let base = format!("/{}", ctx.settings.name);
-    let mut inner = Router::new();
-    for access in Access::ALL {
-        let mut group: Option<Router<Arc<ConnectorContext>>> = None;
-        for route in table().into_iter().filter(|r| r.access == access) {
-            group = Some(group.unwrap_or_default().route(route.path, route.handler));
-        }
-        let Some(mut group) = group else { continue };
+    let inner = dsx_service::routes::router(table(), str::to_owned, |access, mut group| {
         group = match access {
             Access::Signed => group.route_layer(from_fn_with_state(Arc::clone(&ctx), inbound::verify)),
             Access::SignedOrHandshake => group.route_layer(from_fn_with_state(Arc::clone(&ctx), webhook_gate)),
@@ -231,8 +176,8 @@ pub fn router_with(ctx: Arc<ConnectorContext>, mutual_tls: bool) -> Router {
         if mutual_tls && access.mutual_tls() {
             group = group.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert));
         }
-        inner = inner.merge(group);
-    }
+        group
+    });
     Router::new()
         .nest(&base, inner)
         // Python connectors serve their home at `/<name>/`; nesting only matches `/<name>`.
