@@ -1,6 +1,7 @@
 //! dsx-connect server: the HTTP API that registers connectors, authenticates every
 //! connector ↔ dsx-connect call with DSX-HMAC, and (with its workers) scans their files.
 
+pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;

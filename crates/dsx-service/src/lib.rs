@@ -1,6 +1,7 @@
 //! Process plumbing shared by every binary of the project.
 
 pub mod http;
+pub mod routes;
 pub mod tls;
 
 pub use http::{serve, ServerLimits};
