@@ -28,7 +28,7 @@ pub mod prelude {
 
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached (connection refused, timeout). Callers map this to 503.
     #[error("store unavailable: {0}")]

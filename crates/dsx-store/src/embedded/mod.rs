@@ -108,6 +108,54 @@ pub struct EmbeddedStore {
     /// The group-commit thread; stopped and joined on drop so the file is closed (and can be
     /// reopened) as soon as the store is gone.
     flusher: Option<std::thread::JoinHandle<()>>,
+    /// Writes that may share a transaction (see [`BatchedWrite`]), and the thread that runs them.
+    batched: Option<std::sync::mpsc::Sender<BatchedWrite>>,
+    batch_writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A write that may share its transaction with others queued at the same time: the hot
+/// path's completions arrive dozens at once, and one redb commit for all of them costs about
+/// what one costs alone. `run` may be called twice: when any write of a shared transaction
+/// fails, the transaction is dropped and each write runs again in its own.
+struct BatchedWrite {
+    run: Box<dyn FnMut(&WriteTransaction) -> StoreResult<()> + Send>,
+    done: Box<dyn FnOnce(StoreResult<()>) + Send>,
+}
+
+/// Most writes in one shared transaction.
+const BATCH_AT_MOST: usize = 64;
+
+/// Runs queued [`BatchedWrite`]s, as many as are waiting, in one transaction each turn.
+fn spawn_batch_writer(
+    inner: Arc<Inner>,
+    queue: std::sync::mpsc::Receiver<BatchedWrite>,
+) -> StoreResult<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("embedded-store-write".into())
+        .spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_AT_MOST {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let shared = inner.write(false, |txn| batch.iter_mut().try_for_each(|w| (w.run)(txn)));
+                match shared {
+                    Ok(()) => batch.into_iter().for_each(|w| (w.done)(Ok(()))),
+                    Err(err) if batch.len() == 1 => batch.into_iter().for_each(|w| (w.done)(Err(err.clone()))),
+                    // One of them failed: none of the shared transaction was committed.
+                    Err(_) => {
+                        for mut w in batch {
+                            let alone = inner.write(false, |txn| (w.run)(txn));
+                            (w.done)(alone);
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| unavailable(format!("cannot start the embedded store's write thread: {e}")))
 }
 
 /// Group commit. Every transaction commits without fsync (`Durability::None`, cheap); a caller
@@ -296,7 +344,9 @@ impl EmbeddedStore {
             work: tokio::sync::Notify::new(),
         });
         let flusher = spawn_flusher(Arc::clone(&inner))?;
-        Ok(Self { inner, flusher: Some(flusher) })
+        let (batched, queue) = std::sync::mpsc::channel();
+        let batch_writer = spawn_batch_writer(Arc::clone(&inner), queue)?;
+        Ok(Self { inner, flusher: Some(flusher), batched: Some(batched), batch_writer: Some(batch_writer) })
     }
 
     /// Keep finished jobs, their results' per-job and per-task entries this long after the
@@ -339,6 +389,32 @@ impl EmbeddedStore {
             self.inner.work.notify_waiters();
         }
         Ok(())
+    }
+
+    /// A non-durable write that may share its transaction with others (see [`BatchedWrite`]).
+    /// `f` must leave nothing behind when it fails, and may run twice.
+    async fn write_batched<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&Inner, &WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let slot: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
+        let out = Arc::clone(&slot);
+        let inner = Arc::clone(&self.inner);
+        let write = BatchedWrite {
+            run: Box::new(move |txn| {
+                let value = f(&inner, txn)?;
+                *out.lock().expect("batched result lock") = Some(value);
+                Ok(())
+            }),
+            done: Box::new(move |result| {
+                let result = result.map(|()| slot.lock().expect("batched result lock").take().expect("set by run"));
+                let _ = answer.send(result);
+            }),
+        };
+        let queue = self.batched.as_ref().ok_or_else(|| unavailable("store closed"))?;
+        queue.send(write).map_err(|_| unavailable("store closed"))?;
+        answered.await.map_err(|_| unavailable("the store's write thread stopped"))?
     }
 
     /// Run blocking redb work off the async runtime.
@@ -685,6 +761,11 @@ impl Drop for Inner {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
+        // Closing the queue ends the write thread after what is queued.
+        drop(self.batched.take());
+        if let Some(thread) = self.batch_writer.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.flusher.take() {
             self.inner.durable.lock().expect("durable lock").stopping = true;
             self.inner.flush_wanted.notify_all();

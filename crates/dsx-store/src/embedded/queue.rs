@@ -79,15 +79,13 @@ impl ScanQueue for EmbeddedStore {
     ) -> StoreResult<Option<u64>> {
         let seq = parse_seq(&delivery.id)?;
         let record = record.cloned();
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let id = match &record {
-                    Some(record) => put_result_in(txn, record, retain, inner.retention_ms())?,
-                    None => None,
-                };
-                ack_in(txn, seq)?;
-                Ok(id)
-            })
+        self.write_batched(move |inner, txn| {
+            let id = match &record {
+                Some(record) => put_result_in(txn, record, retain, inner.retention_ms())?,
+                None => None,
+            };
+            ack_in(txn, seq)?;
+            Ok(id)
         })
         .await
     }
