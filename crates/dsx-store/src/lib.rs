@@ -503,8 +503,13 @@ impl Job {
     }
 }
 
-/// The result document with the store's sequence `id` set.
+/// The result document with the store's sequence `id` set. The worker's documents carry no
+/// `id`, so it is written in front of the object's other fields without parsing them.
 pub(crate) fn with_id(json: &str, id: u64) -> StoreResult<String> {
+    if let Some(fields) = json.strip_prefix('{').filter(|_| !json.contains("\"id\"")) {
+        let separator = if fields.trim_start().starts_with('}') { "" } else { "," };
+        return Ok(format!("{{\"id\":{id}{separator}{fields}"));
+    }
     let mut value: serde_json::Value = serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("id".into(), id.into());
@@ -525,6 +530,22 @@ pub fn now_micros() -> u64 {
 /// Unix time in milliseconds.
 pub(crate) fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn with_id_sets_the_id_with_or_without_parsing() {
+        for (doc, want) in [
+            (r#"{"a":1}"#, r#"{"id":7,"a":1}"#),
+            ("{}", r#"{"id":7}"#),
+            (r#"{"id":3,"a":1}"#, r#"{"a":1,"id":7}"#),
+            (r#"{"a":{"id":3}}"#, r#"{"a":{"id":3},"id":7}"#),
+        ] {
+            let got: serde_json::Value = serde_json::from_str(&super::with_id(doc, 7).unwrap()).unwrap();
+            assert_eq!(got, serde_json::from_str::<serde_json::Value>(want).unwrap(), "{doc}");
+        }
+    }
 }
 
 /// Replay-cache entries live at least this long, whatever the caller asks for: a near-zero
