@@ -178,6 +178,9 @@ impl Worker {
         let settings = &self.settings;
         let limiter = Arc::new(Semaphore::new(settings.max_inflight.max(1)));
         let held: HeldTasks = Arc::default();
+        // Slots of finished tasks, released together before the next take (one round trip
+        // for many instead of one per file).
+        let finished: Arc<Mutex<Vec<String>>> = Arc::default();
         let mut tasks = tokio::task::JoinSet::new();
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat(Arc::clone(&held)));
         let mut next_id = 0u64;
@@ -203,6 +206,10 @@ impl Worker {
                     Ok(permit) => permits.push(permit),
                     Err(_) => break,
                 }
+            }
+            let done: Vec<String> = std::mem::take(&mut *finished.lock().expect("finished lock"));
+            if let Err(err) = self.limits.release_slots(&done).await {
+                tracing::warn!(error = %err, "could not release scan slots; they expire with their lease");
             }
             let wanted: Vec<String> =
                 (0..permits.len()).map(|_| format!("{}:{}", self.consumer, uuid::Uuid::new_v4())).collect();
@@ -247,15 +254,18 @@ impl Worker {
                 let id = next_id;
                 next_id += 1;
                 let settled = Arc::new(AtomicBool::new(false));
-                let (worker, held, settled_flag, task) =
-                    (Arc::clone(&self), Arc::clone(&held), Arc::clone(&settled), delivery.clone());
+                let (worker, held, finished, settled_flag, task) = (
+                    Arc::clone(&self),
+                    Arc::clone(&held),
+                    Arc::clone(&finished),
+                    Arc::clone(&settled),
+                    delivery.clone(),
+                );
                 let abort = tasks.spawn(async move {
                     worker.process(task, &settled_flag).await;
                     let mine = held.lock().expect("held lock").remove(&id);
                     if let Some(h) = mine {
-                        if let Err(err) = worker.limits.release_slots(std::slice::from_ref(&h.slot)).await {
-                            tracing::warn!(error = %err, "could not release a scan slot; it expires with its lease");
-                        }
+                        finished.lock().expect("finished lock").push(h.slot);
                     }
                     drop(permit);
                 });
@@ -284,7 +294,8 @@ impl Worker {
                 }
             }
         }
-        let slots: Vec<String> = left.iter().map(|h| h.slot.clone()).collect();
+        let mut slots: Vec<String> = left.iter().map(|h| h.slot.clone()).collect();
+        slots.append(&mut finished.lock().expect("finished lock"));
         if let Err(err) = self.limits.release_slots(&slots).await {
             tracing::warn!(error = %err, "could not release scan slots; they expire with their lease");
         }

@@ -132,7 +132,7 @@ impl Worker {
                     None => {
                         tracing::error!(task_id, attempt = delivery.attempt, reason = %failure.reason(), "scan failed; dead-lettered");
                         let request = &delivery.task.request;
-                        result_record(&delivery, request, None, None, Value::Null, Value::Null, "not scanned", false)
+                        result_record(&delivery, request, None, None, &Value::Null, "not scanned", false)
                     }
                 };
                 if let Err(err) = self.results.put_result(&record, retain).await {
@@ -160,8 +160,7 @@ impl Worker {
         let request = &task.request;
         match delivery.job_status {
             Some(JobStatus::Cancelled) => {
-                let record =
-                    result_record(delivery, request, None, None, Value::Null, Value::Null, "not scanned", false);
+                let record = result_record(delivery, request, None, None, &Value::Null, "not scanned", false);
                 return Ok(Some(record));
             }
             // Not an attempt: the task waits as long as the job stays paused.
@@ -238,37 +237,22 @@ impl Worker {
     ) -> Result<ResultRecord, Failure> {
         let request = &delivery.task.request;
         let remediation = if verdict.is_malicious() { Some(self.remediate(delivery).await) } else { None };
-        let mut verdict_json = serde_json::to_value(&verdict).unwrap_or(Value::Null);
-        if let Some(fields) = verdict_json.as_object_mut() {
-            let total_us = micros(claimed_at);
-            // Whole milliseconds for Python readers; microseconds for the stage report.
-            fields.insert("dsxconnect_request_elapsed_ms".into(), (total_us / 1000).into());
-            fields.insert("dsxconnect_claim_to_result_us".into(), total_us.into());
-            if let Some(us) = queue_wait_us(delivery) {
-                fields.insert("dsxconnect_queue_wait_us".into(), us.into());
-            }
-            if let Some(us) = read_us {
-                fields.insert("dsxconnect_read_elapsed_ms".into(), (us / 1000).into());
-                fields.insert("dsxconnect_read_scan_us".into(), us.into());
-            }
-        }
-        let record = |action: Value, status: &str, succeeded: bool| {
-            result_record(
-                delivery,
-                request,
-                connector.as_ref(),
-                Some(&verdict),
-                verdict_json.clone(),
-                action,
-                status,
-                succeeded,
-            )
+        let total_us = micros(claimed_at);
+        let timings = Timings {
+            dsxconnect_request_elapsed_ms: total_us / 1000,
+            dsxconnect_claim_to_result_us: total_us,
+            dsxconnect_queue_wait_us: queue_wait_us(delivery),
+            dsxconnect_read_elapsed_ms: read_us.map(|us| us / 1000),
+            dsxconnect_read_scan_us: read_us,
+        };
+        let record = |action: &Value, status: &str, succeeded: bool| {
+            result_record(delivery, request, connector.as_ref(), Some((&verdict, &timings)), action, status, succeeded)
         };
         match remediation {
-            None => Ok(record(Value::Null, "scanned", true)),
-            Some(Ok((status, answer))) => Ok(record(answer, status, true)),
+            None => Ok(record(&Value::Null, "scanned", true)),
+            Some(Ok((status, answer))) => Ok(record(&answer, status, true)),
             Some(Err((mut failure, answer))) => {
-                failure.result = Some(record(answer, "action attempted, but failed", false));
+                failure.result = Some(record(&answer, "action attempted, but failed", false));
                 Err(failure)
             }
         }
@@ -330,37 +314,80 @@ impl Worker {
     }
 }
 
+/// The stored result document, serialized straight from the typed values (field names and
+/// shape are what Python 1.x readers expect).
+#[derive(serde::Serialize)]
+struct ResultDoc<'a> {
+    scan_request_task_id: &'a str,
+    scan_job_id: &'a str,
+    metadata_tag: &'a str,
+    scan_request: &'a ScanRequest,
+    verdict: Option<VerdictDoc<'a>>,
+    item_action: &'a Value,
+    status: &'a str,
+    finished_at: u64,
+}
+
+/// The scanner's verdict and the worker's stage timings beside its fields.
+#[derive(serde::Serialize)]
+pub(super) struct VerdictDoc<'a> {
+    #[serde(flatten)]
+    pub verdict: &'a Verdict,
+    #[serde(flatten)]
+    pub timings: &'a Timings,
+}
+
+/// Where a task's time went (whole milliseconds for Python readers, microseconds for the
+/// stage report).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub(super) struct Timings {
+    pub dsxconnect_request_elapsed_ms: u64,
+    pub dsxconnect_claim_to_result_us: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsxconnect_queue_wait_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsxconnect_read_elapsed_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub dsxconnect_read_scan_us: Option<u64>,
+}
+
 #[allow(clippy::too_many_arguments)]
 fn result_record(
     delivery: &Delivery,
     request: &ScanRequest,
     connector: Option<&Connector>,
-    verdict: Option<&Verdict>,
-    verdict_json: Value,
-    item_action: Value,
+    verdict: Option<(&Verdict, &Timings)>,
+    item_action: &Value,
     status: &str,
     succeeded: bool,
 ) -> ResultRecord {
     let task = &delivery.task;
     // The queued request carries no connector model; the result shows the registered one.
-    let mut scan_request = serde_json::to_value(request).unwrap_or(Value::Null);
-    if let (Some(connector), Some(fields)) = (connector, scan_request.as_object_mut()) {
-        fields.insert("connector".into(), serde_json::to_value(connector).unwrap_or(Value::Null));
-    }
-    let json = json!({
-        "scan_request_task_id": task.task_id,
-        "scan_job_id": task.job_id,
-        "metadata_tag": request.metainfo,
-        "scan_request": scan_request,
-        "verdict": verdict_json,
-        "item_action": item_action,
-        "status": status,
-        "finished_at": unix_now(),
-    });
+    let with_connector;
+    let scan_request = match connector {
+        Some(connector) => {
+            let mut request = request.clone();
+            request.connector = Some(connector.clone());
+            with_connector = request;
+            &with_connector
+        }
+        None => request,
+    };
+    let doc = ResultDoc {
+        scan_request_task_id: &task.task_id,
+        scan_job_id: &task.job_id,
+        metadata_tag: &request.metainfo,
+        scan_request,
+        verdict: verdict.map(|(verdict, timings)| VerdictDoc { verdict, timings }),
+        item_action,
+        status,
+        finished_at: unix_now(),
+    };
+    let verdict = verdict.map(|(v, _)| v);
     ResultRecord {
         task_id: task.task_id.clone(),
         job_id: task.job_id.clone(),
-        json: json.to_string(),
+        json: serde_json::to_string(&doc).unwrap_or_default(),
         verdict: verdict.map(|v| v.verdict.as_str()).unwrap_or("Not Scanned").to_owned(),
         succeeded,
         scan_time_us: verdict.and_then(|v| v.scan_duration_in_microseconds).unwrap_or(0),

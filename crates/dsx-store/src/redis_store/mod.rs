@@ -1,6 +1,7 @@
 //! Redis backend: shared by every API and worker replica. Key names follow the Python 1.x
 //! layout where Python components read them (docs/wire-protocol.md, "Redis layout").
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,6 +29,16 @@ mod results;
 /// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the subscriber count of a notification channel is looked at again.
+const LISTENERS_RECHECK: Duration = Duration::from_millis(500);
+
+/// The last subscriber count of a notification channel.
+struct ListenerCount {
+    checked: Option<std::time::Instant>,
+    any: bool,
+    refreshing: bool,
+}
+
 /// Longest blocking read of the queue.
 const MAX_BLOCK: Duration = Duration::from_secs(5);
 
@@ -44,6 +55,8 @@ pub struct RedisStore {
     /// A connection of its own for blocking reads of the queue (a blocked command would hold
     /// up every other command on the shared one); dropped after an error, made again on use.
     blocking: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    /// Whether each notification channel has subscribers anywhere (see `may_have_listeners`).
+    listeners: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, ListenerCount>>>,
     keys: keys::Keys,
     codec: SecretCodec,
     /// TTL of a finished job's keys, ms; 0 keeps them forever.
@@ -477,6 +490,7 @@ impl RedisStore {
             client,
             conn: tokio::sync::OnceCell::new(),
             blocking: tokio::sync::Mutex::new(None),
+            listeners: Default::default(),
             keys: keys::Keys::new(&ns.env),
             codec,
             job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
