@@ -117,13 +117,169 @@ pub struct EmbeddedStore {
 /// path's completions arrive dozens at once, and one redb commit for all of them costs about
 /// what one costs alone. `run` may be called twice: when any write of a shared transaction
 /// fails, the transaction is dropped and each write runs again in its own.
-struct BatchedWrite {
-    run: Box<dyn FnMut(&WriteTransaction) -> StoreResult<()> + Send>,
-    done: Box<dyn FnOnce(StoreResult<()>) + Send>,
+enum BatchedWrite {
+    Any {
+        run: Box<dyn FnMut(&WriteTransaction) -> StoreResult<()> + Send>,
+        done: Box<dyn FnOnce(StoreResult<()>) + Send>,
+    },
+    /// A finished task (`complete_scan`): those of one turn are stored together, so the
+    /// tables, the stats and each job's counters are written once per turn, not once per task.
+    Complete {
+        seq: u64,
+        record: Option<ResultRecord>,
+        retain: usize,
+        done: tokio::sync::oneshot::Sender<StoreResult<Option<u64>>>,
+    },
 }
 
 /// Most writes in one shared transaction.
 const BATCH_AT_MOST: usize = 64;
+
+/// One turn of the write thread: every queued write in one transaction; if that fails, each
+/// again in its own, so one failing write costs the others nothing.
+fn run_batch(inner: &Inner, mut batch: Vec<BatchedWrite>) {
+    let retention = inner.retention_ms();
+    let shared = inner.write(false, |txn| {
+        let mut completions = Vec::new();
+        for write in batch.iter_mut() {
+            match write {
+                BatchedWrite::Any { run, .. } => run(txn)?,
+                BatchedWrite::Complete { seq, record, retain, .. } => {
+                    completions.push((*seq, record.as_ref(), *retain))
+                }
+            }
+        }
+        complete_many(txn, &completions, retention)
+    });
+    match shared {
+        Ok(ids) => {
+            let mut ids = ids.into_iter();
+            for write in batch {
+                match write {
+                    BatchedWrite::Any { done, .. } => done(Ok(())),
+                    BatchedWrite::Complete { done, .. } => {
+                        let _ = done.send(Ok(ids.next().flatten()));
+                    }
+                }
+            }
+        }
+        Err(err) if batch.len() == 1 => match batch.pop() {
+            Some(BatchedWrite::Any { done, .. }) => done(Err(err)),
+            Some(BatchedWrite::Complete { done, .. }) => {
+                let _ = done.send(Err(err));
+            }
+            None => {}
+        },
+        // Nothing of the shared transaction was committed: each write runs alone.
+        Err(_) => {
+            for write in batch {
+                match write {
+                    BatchedWrite::Any { mut run, done } => done(inner.write(false, |txn| run(txn))),
+                    BatchedWrite::Complete { seq, record, retain, done } => {
+                        let alone =
+                            inner.write(false, |txn| complete_many(txn, &[(seq, record.as_ref(), retain)], retention));
+                        let _ = done.send(alone.map(|ids| ids.into_iter().next().flatten()));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Store the results of finished tasks (each once per task id) and ack them, with the stats
+/// and each job's counters updated once for all of them. The ids of newly stored results, in
+/// order (`None`: no result, or one was stored before).
+fn complete_many(
+    txn: &WriteTransaction,
+    items: &[(u64, Option<&ResultRecord>, usize)],
+    retention_ms: u64,
+) -> StoreResult<Vec<Option<u64>>> {
+    let mut ids = Vec::with_capacity(items.len());
+    let mut jobs: std::collections::HashMap<&str, (u64, u64)> = Default::default();
+    if items.iter().any(|(_, record, _)| record.is_some()) {
+        let mut by_task = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
+        let mut stats = txn.open_table(STATS).map_err(unavailable)?;
+        let mut rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
+        let mut job_results = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
+        let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
+        let mut next = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+        let mut counters: std::collections::BTreeMap<String, u64> = Default::default();
+        let mut retain = usize::MAX;
+        for (_, record, keep) in items {
+            let Some(record) = record else {
+                ids.push(None);
+                continue;
+            };
+            if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
+                ids.push(None);
+                continue;
+            }
+            next += 1;
+            let json = crate::with_id(&record.json, next)?;
+            rows.insert(next, json.as_bytes()).map_err(unavailable)?;
+            by_task.insert(record.task_id.as_str(), next).map_err(unavailable)?;
+            job_results.insert((record.job_id.as_str(), next), record.task_id.as_str()).map_err(unavailable)?;
+            recent.insert(next, record.job_id.as_str()).map_err(unavailable)?;
+            for (name, n) in [
+                ("files_scanned".to_owned(), 1),
+                (crate::verdict_counter(&record.verdict), 1),
+                ("total_scan_time_in_microseconds".to_owned(), record.scan_time_us),
+                ("total_file_size".to_owned(), record.file_size),
+            ] {
+                *counters.entry(name).or_default() += n;
+            }
+            let counts = jobs.entry(record.job_id.as_str()).or_default();
+            if record.succeeded {
+                counts.0 += 1;
+            } else {
+                counts.1 += 1;
+            }
+            retain = retain.min((*keep).max(1));
+            ids.push(Some(next));
+        }
+        if !jobs.is_empty() {
+            stats.insert("results_seq", next).map_err(unavailable)?;
+            while recent.len().map_err(unavailable)? > retain as u64 {
+                let Some((seq, job)) =
+                    recent.pop_first().map_err(unavailable)?.map(|(k, v)| (k.value(), v.value().to_owned()))
+                else {
+                    break;
+                };
+                // Out of the newest list: the row stays only while its job still lists it.
+                if job_results.get((job.as_str(), seq)).map_err(unavailable)?.is_none() {
+                    rows.remove(seq).map_err(unavailable)?;
+                }
+            }
+            for (name, n) in counters {
+                let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
+                stats.insert(name.as_str(), current + n).map_err(unavailable)?;
+            }
+        }
+    } else {
+        ids.resize(items.len(), None);
+    }
+    for (job_id, (succeeded, failed)) in jobs {
+        let job = update_job(txn, job_id, |job| {
+            job.processed_count += succeeded + failed;
+            job.succeeded_count += succeeded;
+            job.failed_count += failed;
+        })?;
+        if job.is_none() && retention_ms > 0 {
+            // Nothing will ever finish this job: its results expire as a finished job's.
+            txn.open_table(JOBLESS_RESULTS)
+                .map_err(unavailable)?
+                .insert(job_id, now_millis() + retention_ms)
+                .map_err(unavailable)?;
+        }
+    }
+    let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+    let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+    for (seq, _, _) in items {
+        queue.remove(*seq).map_err(unavailable)?;
+        state.remove(*seq).map_err(unavailable)?;
+    }
+    Ok(ids)
+}
 
 /// Runs queued [`BatchedWrite`]s, as many as are waiting, in one transaction each turn.
 fn spawn_batch_writer(
@@ -141,18 +297,7 @@ fn spawn_batch_writer(
                         Err(_) => break,
                     }
                 }
-                let shared = inner.write(false, |txn| batch.iter_mut().try_for_each(|w| (w.run)(txn)));
-                match shared {
-                    Ok(()) => batch.into_iter().for_each(|w| (w.done)(Ok(()))),
-                    Err(err) if batch.len() == 1 => batch.into_iter().for_each(|w| (w.done)(Err(err.clone()))),
-                    // One of them failed: none of the shared transaction was committed.
-                    Err(_) => {
-                        for mut w in batch {
-                            let alone = inner.write(false, |txn| (w.run)(txn));
-                            (w.done)(alone);
-                        }
-                    }
-                }
+                run_batch(&inner, batch);
             }
         })
         .map_err(|e| unavailable(format!("cannot start the embedded store's write thread: {e}")))
@@ -401,7 +546,7 @@ impl EmbeddedStore {
         let slot: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
         let out = Arc::clone(&slot);
         let inner = Arc::clone(&self.inner);
-        let write = BatchedWrite {
+        let write = BatchedWrite::Any {
             run: Box::new(move |txn| {
                 let value = f(&inner, txn)?;
                 *out.lock().expect("batched result lock") = Some(value);
@@ -414,6 +559,20 @@ impl EmbeddedStore {
         };
         let queue = self.batched.as_ref().ok_or_else(|| unavailable("store closed"))?;
         queue.send(write).map_err(|_| unavailable("store closed"))?;
+        answered.await.map_err(|_| unavailable("the store's write thread stopped"))?
+    }
+
+    /// A finished task's result (if any) and its ack, in the write thread's next shared
+    /// transaction (see [`complete_many`]).
+    async fn complete_batched(
+        &self,
+        seq: u64,
+        record: Option<ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
+        let (done, answered) = tokio::sync::oneshot::channel();
+        let queue = self.batched.as_ref().ok_or_else(|| unavailable("store closed"))?;
+        queue.send(BatchedWrite::Complete { seq, record, retain, done }).map_err(|_| unavailable("store closed"))?;
         answered.await.map_err(|_| unavailable("the store's write thread stopped"))?
     }
 

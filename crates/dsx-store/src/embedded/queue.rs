@@ -78,22 +78,14 @@ impl ScanQueue for EmbeddedStore {
         retain: usize,
     ) -> StoreResult<Option<u64>> {
         let seq = parse_seq(&delivery.id)?;
-        let record = record.cloned();
-        self.write_batched(move |inner, txn| {
-            let id = match &record {
-                Some(record) => put_result_in(txn, record, retain, inner.retention_ms())?,
-                None => None,
-            };
-            ack_in(txn, seq)?;
-            Ok(id)
-        })
-        .await
+        self.complete_batched(seq, record.cloned(), retain).await
     }
 
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
         let _ = consumer; // one process owns the file: leases need no owner name
-        self.run(move |inner| {
-            inner.write(false, |txn| {
+                          // Shares the write thread's transactions with the completions of the same moment.
+        self.write_batched(move |_, txn| {
+            {
                 let now = now_millis();
                 let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
                 let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
@@ -145,7 +137,7 @@ impl ScanQueue for EmbeddedStore {
                     });
                 }
                 Ok(out)
-            })
+            }
         })
         .await
     }
