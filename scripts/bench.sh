@@ -4,19 +4,26 @@
 # the end-to-end pipeline (embedded store and Redis) and the large-file run, then writes
 # docs/performance.md with every target marked PASS or MISS.
 #
-# Usage: bash scripts/bench.sh [--quick] [--out FILE]
-#   --quick   small sizes and short runs (a fast look; the document says so)
-#   --out     where to write the document (default docs/performance.md)
+# Usage: bash scripts/bench.sh [--quick] [--out FILE] [--baseline REV]
+#   --quick     small sizes and short runs (a fast look; the document says so)
+#   --out       where to write the document (default docs/performance.md)
+#   --baseline  also build REV (a commit) in a temporary worktree and run the pipelines with
+#               its binaries in the same run, for a before/after on one machine
+#   --baseline-bin DIR  the same with binaries already built from REV (with --baseline REV)
 # Everything runs on loopback; every run is bounded in time and stops by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 quick=0
 out=docs/performance.md
+baseline=""
+baseline_bin=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --quick) quick=1 ;;
     --out) out=$2; shift ;;
+    --baseline) baseline=$2; shift ;;
+    --baseline-bin) baseline_bin=$2; shift ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "unknown option $1 (try --help)" >&2; exit 2 ;;
   esac
@@ -144,6 +151,24 @@ step "pipeline $files files, embedded, HTTPS" "$bin/dsx-bench" pipeline --files 
   --tls --json "$results/pipeline-embedded-tls.json"
 step "pipeline $files files, Redis" "$bin/dsx-bench" pipeline --files "$files" --size 4096 --store redis \
   --redis-url "$redis_url" --watch-pid "redis=$redis_pid" --json "$results/pipeline-redis.json"
+run_baseline() {
+  local base_bin=$1
+  step "baseline $baseline pipeline, embedded" "$bin/dsx-bench" pipeline --files "$files" --size 4096 \
+    --store embedded --bin-dir "$base_bin" --json "$results/baseline-pipeline-embedded.json"
+  step "baseline $baseline pipeline, Redis" "$bin/dsx-bench" pipeline --files "$files" --size 4096 --store redis \
+    --redis-url "$redis_url" --watch-pid "redis=$redis_pid" --bin-dir "$base_bin" \
+    --json "$results/baseline-pipeline-redis.json"
+}
+if [ -n "$baseline" ] && [ -n "$baseline_bin" ]; then
+  run_baseline "$baseline_bin"
+elif [ -n "$baseline" ]; then
+  base_tree="$work/baseline"
+  if git worktree add -q --detach "$base_tree" "$baseline" \
+     && (cd "$base_tree" && CARGO_TARGET_DIR="$work/baseline-target" cargo build --release --quiet -p dsx-connect -p filesystem-connector); then
+    run_baseline "$work/baseline-target/release"
+  else failed+=("baseline build of $baseline"); fi
+  git worktree remove --force "$base_tree" 2>/dev/null || true
+fi
 step "large file $large_mib MiB" "$bin/dsx-bench" large-file --size-mib "$large_mib" --json "$results/large-file.json"
 
 # ---- the document ----
@@ -151,6 +176,7 @@ notes=(
   "HTTP runs: concurrency $concurrency, $http_warmup warm-up + $http_duration measured each, Redis $redis_version (private, no persistence), one dsx-bench process as the load generator."
   "Criterion: \`${criterion_args[*]}\`."
   "Pipeline: $files files × 4 KiB; large file: $large_mib MiB; files are written to a temp dir first, so they are read from the page cache."
+  ${baseline:+"Baseline: the pipelines were also run with binaries built from \`$baseline\` (same machine, same run), for the before/after rows."}
 )
 [ "$quick" = 1 ] && quick_flag=(--quick) || quick_flag=()
 for f in "${failed[@]}"; do notes+=("**Failed in this run:** $f (see the script's output)."); done

@@ -109,6 +109,9 @@ pub struct PipelineReport {
     pub store_used_bytes: Option<u64>,
     /// `store_used_bytes` per scanned file.
     pub store_bytes_per_file: Option<f64>,
+    /// Redis requests and commands per file (`None` on the embedded store).
+    #[serde(default)]
+    pub redis_per_file: Option<RedisPerFile>,
 }
 
 /// CPU seconds used during the measured window (user + system), and the machine's CPU count,
@@ -272,12 +275,16 @@ pub fn stage_latencies(results: &[Value]) -> BTreeMap<String, Percentiles> {
     };
     for r in results {
         if let Some(v) = r["verdict"].as_object() {
+            // The worker stores each stage in microseconds (`_us`), and some in whole
+            // milliseconds too (`_ms`, for Python readers); older servers only the latter.
+            let has_micros = v.keys().any(|k| k.starts_with("dsxconnect_") && k.ends_with("_us"));
             for (k, val) in v {
-                let Some(ms) = val.as_f64() else { continue };
-                if let Some(stage) = k.strip_prefix("dsxconnect_").and_then(|s| s.strip_suffix("_ms")) {
-                    if !stage.contains("_at") {
-                        add(stage.to_owned(), ms * 1000.0);
-                    }
+                let Some(n) = val.as_f64() else { continue };
+                let Some(stage) = k.strip_prefix("dsxconnect_") else { continue };
+                if let Some(stage) = stage.strip_suffix("_us") {
+                    add(stage.to_owned(), n);
+                } else if let Some(stage) = stage.strip_suffix("_ms").filter(|s| !has_micros && !s.contains("_at")) {
+                    add(stage.to_owned(), n * 1000.0);
                 }
             }
             if let Some(us) = v.get("scan_duration_in_microseconds").and_then(Value::as_f64) {
@@ -298,8 +305,9 @@ pub fn stage_latencies(results: &[Value]) -> BTreeMap<String, Percentiles> {
 /// A readable name for a stage key.
 fn stage_label(key: &str) -> String {
     match key {
-        "read_elapsed" => "read+scan (read_file streamed into the scanner)".into(),
-        "request_elapsed" => "total in worker (claim → result built)".into(),
+        "read_elapsed" | "read_scan" => "read+scan (read_file streamed into the scanner)".into(),
+        "request_elapsed" | "claim_to_result" => "claim → result built (in the worker)".into(),
+        "queue_wait" => "queue wait (enqueue → claim)".into(),
         "scanner" => "scanner's own scan time".into(),
         other => other.replace('_', " "),
     }
@@ -373,6 +381,54 @@ fn verify(results: &[Value], asset: &Path, expected: &HashMap<String, bool>) -> 
     Ok(verdicts)
 }
 
+/// Redis traffic of a run, per scanned file.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RedisPerFile {
+    /// Requests dsx-connect sent (its `dsxconnect_store_round_trips`; a pipeline or a script
+    /// counts once).
+    pub sent: f64,
+    /// Commands Redis executed (`INFO commandstats`, every process and the commands scripts run).
+    pub commandstats: f64,
+}
+
+/// (requests dsx-connect sent, commands Redis counted) so far, on the Redis store.
+async fn round_trips(stack: &Stack, store: &Store) -> anyhow::Result<Option<(f64, f64)>> {
+    let Store::Redis { url } = store else { return Ok(None) };
+    let sent = stack.metric("dsxconnect_store_round_trips").await?.unwrap_or(0.0);
+    Ok(Some((sent, commandstats_calls(url).await?)))
+}
+
+/// The sum of `calls=` over `INFO commandstats`, over a plain RESP connection.
+async fn commandstats_calls(url: &str) -> anyhow::Result<f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let parsed = reqwest::Url::parse(url).with_context(|| format!("redis URL {url}"))?;
+    let addr = format!("{}:{}", parsed.host_str().unwrap_or("127.0.0.1"), parsed.port().unwrap_or(6379));
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.with_context(|| format!("connect to {addr}"))?;
+    conn.write_all(b"*2\r\n$4\r\nINFO\r\n$12\r\ncommandstats\r\n").await?;
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = conn.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&buf[..n]);
+        // `$<len>\r\n<len bytes>\r\n`
+        if let Some(eol) = reply.iter().position(|&b| b == b'\n') {
+            let len: usize = std::str::from_utf8(&reply[1..eol]).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0);
+            if reply.len() >= eol + 1 + len {
+                break;
+            }
+        }
+    }
+    let text = String::from_utf8_lossy(&reply);
+    Ok(text
+        .lines()
+        .filter_map(|l| l.split("calls=").nth(1))
+        .filter_map(|rest| rest.split(',').next()?.parse::<f64>().ok())
+        .sum())
+}
+
 pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
     let bin_dir = stack::bin_dir(args.bin_dir.as_deref())?;
     let store = match args.store {
@@ -399,6 +455,7 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         if args.tls { ", HTTPS" } else { "" }
     );
     let job_id = format!("bench-{}", uuid::Uuid::new_v4());
+    let trips_before = round_trips(&stack, &store).await?;
     let cpu_before = stack.cpu_seconds();
     let others_before = crate::http::cpu_sample(&args.watch_pid);
     let (elapsed, enqueue_done, job) = run_job(&mut stack, &job_id, args.files, args.timeout).await?;
@@ -409,6 +466,14 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             cpu.others.insert(name.clone(), a - b);
         }
     }
+    let trips_after = round_trips(&stack, &store).await?;
+    let redis_per_file = match (trips_before, trips_after) {
+        (Some((sent0, counted0)), Some((sent1, counted1))) => Some(RedisPerFile {
+            sent: (sent1 - sent0) / args.files.max(1) as f64,
+            commandstats: (counted1 - counted0) / args.files.max(1) as f64,
+        }),
+        _ => None,
+    };
     let results = fetch_results(&stack, &job_id).await?;
     let verdicts = verify(&results, &asset, &expected).with_context(|| format!("job counters: {job}"))?;
     if job["processed_count"].as_u64() != Some(args.files) {
@@ -445,6 +510,7 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
         store_file_bytes,
         store_used_bytes,
         store_bytes_per_file: store_used_bytes.map(|b| b as f64 / args.files.max(1) as f64),
+        redis_per_file,
     };
     let mut table = format!(
         "pipeline: {} files x {} B on the {} store{}: {:.2} s, {:.0} files/s, {:.1} MiB/s{}\n",
@@ -467,6 +533,12 @@ pub async fn pipeline(args: PipelineArgs) -> anyhow::Result<i32> {
             "store: {:.1} MiB in use ({per_file:.0} bytes per scanned file), file {:.1} MiB (free pages are given back by compaction when idle)\n",
             mib(used),
             mib(file)
+        );
+    }
+    if let Some(r) = &report.redis_per_file {
+        table += &format!(
+            "redis per file: {:.2} requests sent by dsx-connect, {:.2} commands counted by INFO commandstats (script-internal ones included)\n",
+            r.sent, r.commandstats
         );
     }
     table += &stages_table(&report.stages_ms);
@@ -561,6 +633,18 @@ mod tests {
         assert_eq!(s.keys().collect::<Vec<_>>(), ["queue_wait", "read_elapsed", "request_elapsed", "scanner"]);
         assert!((s["read_elapsed"].p50 - 50.0).abs() < 0.1);
         assert!((s["scanner"].max - 0.05).abs() < 0.001);
+
+        // This server's rows: microsecond stages win over their millisecond twins.
+        let rows: Vec<Value> = (1..=100)
+            .map(|i| {
+                json!({"verdict": {"dsxconnect_read_scan_us": i * 10, "dsxconnect_read_elapsed_ms": 0,
+                "dsxconnect_claim_to_result_us": i * 20, "dsxconnect_request_elapsed_ms": 0,
+                "dsxconnect_queue_wait_us": 7}})
+            })
+            .collect();
+        let s = stage_latencies(&rows);
+        assert_eq!(s.keys().collect::<Vec<_>>(), ["claim_to_result", "queue_wait", "read_scan"]);
+        assert!((s["read_scan"].p50 - 0.5).abs() < 0.01, "{:?}", s["read_scan"]);
     }
 
     #[test]

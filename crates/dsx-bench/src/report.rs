@@ -232,6 +232,8 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
     let pipe_redis = read_json(dir, "pipeline-redis.json");
     let pipe_tls = read_json(dir, "pipeline-embedded-tls.json");
     let large = read_json(dir, "large-file.json");
+    let base_embedded = read_json(dir, "baseline-pipeline-embedded.json");
+    let base_redis = read_json(dir, "baseline-pipeline-redis.json");
 
     let verify_small = verify.iter().find(|r| r.name == "verify/0");
     let verify_large = verify.iter().find(|r| r.name == "verify/1048576");
@@ -253,6 +255,23 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         _ => None,
     };
     let large_mib = large.as_ref().and_then(|v| v["size_mib"].as_u64());
+    let cpu_per_file = |v: &Option<Value>| {
+        let v = v.as_ref()?;
+        Some(num(v, &["cpu_s", "dsx_connect"])? * 1e6 / num(v, &["files"])?.max(1.0))
+    };
+    let (cpu_embedded, cpu_redis) = (cpu_per_file(&pipe_embedded), cpu_per_file(&pipe_redis));
+    let sent = pipe_redis.as_ref().and_then(|v| num(v, &["redis_per_file", "sent"]));
+    let counted = pipe_redis.as_ref().and_then(|v| num(v, &["redis_per_file", "commandstats"]));
+    let speedup = |now: &Option<Value>, before: &Option<Value>| {
+        let (now, before) = (num(now.as_ref()?, &["files_per_s"])?, num(before.as_ref()?, &["files_per_s"])?);
+        (before > 0.0).then_some((now, before, now / before))
+    };
+    let (speedup_embedded, speedup_redis) =
+        (speedup(&pipe_embedded, &base_embedded), speedup(&pipe_redis, &base_redis));
+    let fmt_speedup = |s: Option<(f64, f64, f64)>| {
+        s.map(|(now, before, r)| format!("{now:.0} vs {before:.0} files/s ({r:.2} ×)")).unwrap_or_default()
+    };
+    let scan_request_cpu = scan.as_ref().and_then(|v| num(v, &["cpu_us_per_request", "dsx-connect"]));
     let targets = [
         Target {
             name: "signed `scan/auth_check` p99 < 5 ms at concurrency 32 (Redis)",
@@ -297,6 +316,44 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
                 })
                 .unwrap_or_default(),
             pass: tls_ratio.map(|r| r >= 0.85),
+            not_judged: None,
+        },
+        Target {
+            name: "dsx-connect CPU per file ≤ 150 µs, 10,000 × 4 KiB pipeline (embedded store)",
+            measured: cpu_embedded.map(|c| format!("{c:.0} µs")).unwrap_or_default(),
+            pass: cpu_embedded.map(|c| c <= 150.0),
+            not_judged: pipe_files.filter(|&n| n != 10_000).map(|n| format!("{n}-file run")),
+        },
+        Target {
+            name: "dsx-connect CPU per file ≤ 120 µs, 10,000 × 4 KiB pipeline (Redis)",
+            measured: cpu_redis.map(|c| format!("{c:.0} µs")).unwrap_or_default(),
+            pass: cpu_redis.map(|c| c <= 120.0),
+            not_judged: None,
+        },
+        Target {
+            name: "Redis requests dsx-connect sends per file ≤ 5 (happy path)",
+            measured: sent
+                .map(|s| format!("{s:.2} sent ({:.1} commands in INFO commandstats)", counted.unwrap_or(0.0)))
+                .unwrap_or_default(),
+            pass: sent.map(|s| s <= 5.0),
+            not_judged: None,
+        },
+        Target {
+            name: "pipeline files/s ≥ 2 × the baseline build, same run (embedded store)",
+            measured: fmt_speedup(speedup_embedded),
+            pass: speedup_embedded.map(|(_, _, r)| r >= 2.0),
+            not_judged: None,
+        },
+        Target {
+            name: "pipeline files/s ≥ 2 × the baseline build, same run (Redis)",
+            measured: fmt_speedup(speedup_redis),
+            pass: speedup_redis.map(|(_, _, r)| r >= 2.0),
+            not_judged: None,
+        },
+        Target {
+            name: "`scan/request` dsx-connect CPU per request ≤ 30 µs (auth on, Redis)",
+            measured: scan_request_cpu.map(|c| format!("{c:.1} µs")).unwrap_or_default(),
+            pass: scan_request_cpu.map(|c| c <= 30.0),
             not_judged: None,
         },
         Target {
@@ -411,7 +468,13 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
           in every row.\n\n";
     s += "| store | files × size | elapsed | files/s | MiB/s | all enqueued after | results verified |\n";
     s += "| --- | --- | --- | --- | --- | --- | --- |\n";
-    let pipelines = [("embedded", &pipe_embedded), ("Redis", &pipe_redis), ("embedded, HTTPS", &pipe_tls)];
+    let pipelines = [
+        ("embedded", &pipe_embedded),
+        ("Redis", &pipe_redis),
+        ("embedded, HTTPS", &pipe_tls),
+        ("baseline build, embedded", &base_embedded),
+        ("baseline build, Redis", &base_redis),
+    ];
     for (label, v) in pipelines {
         match v {
             None => s += &format!("| {label} | not run | | | | | |\n"),
@@ -452,6 +515,15 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
                 s += &format!("; {:.0} µs of dsx-connect CPU per file", c * 1e6 / files);
             }
             s += ".\n";
+            if let (Some(sent), Some(counted)) =
+                (num(v, &["redis_per_file", "sent"]), num(v, &["redis_per_file", "commandstats"]))
+            {
+                s += &format!(
+                    "\nRedis per file: **{sent:.2} requests sent by dsx-connect** (its \
+                     `dsxconnect_store_round_trips`; a pipeline or a script counts once), {counted:.1} commands \
+                     executed by Redis (`INFO commandstats`: every process, commands run inside scripts included).\n"
+                );
+            }
             if let (Some(used), Some(file), Some(per_file)) =
                 (num(v, &["store_used_bytes"]), num(v, &["store_file_bytes"]), num(v, &["store_bytes_per_file"]))
             {
@@ -475,8 +547,8 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
             continue;
         }
         s += &format!(
-            "\nPer-item stage latency, {label} store (ms, from the stored results; the worker stores its \
-             timings in whole milliseconds, the scanner in microseconds):\n\n\
+            "\nPer-item stage latency, {label} store (ms, from the stored results, which keep the \
+             worker's stage timings and the scanner's time in microseconds):\n\n\
              | stage | p50 | p90 | p99 | p99.9 | max |\n| --- | --- | --- | --- | --- | --- |\n"
         );
         for n in names {
@@ -521,8 +593,9 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
 
 fn stage_doc(key: &str) -> String {
     match key {
-        "read_elapsed" => "read+scan: `read_file` from the connector streamed into the scanner".into(),
-        "request_elapsed" => "total in the worker (claim → result built)".into(),
+        "queue_wait" => "queue wait: enqueued (intake commit) → claimed by a worker".into(),
+        "read_elapsed" | "read_scan" => "read+scan: `read_file` from the connector streamed into the scanner".into(),
+        "request_elapsed" | "claim_to_result" => "claim → result built, in the worker".into(),
         "scanner" => "scanner's own time (`scan_duration_in_microseconds`)".into(),
         other => format!("`{other}`"),
     }

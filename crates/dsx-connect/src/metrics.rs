@@ -52,6 +52,7 @@ pub struct Metrics {
     dead_letters: Gauge,
     store_file_bytes: Gauge,
     store_used_bytes: Gauge,
+    store_round_trips: Gauge,
     inflight: Gauge,
 }
 
@@ -74,6 +75,7 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             dead_letters: Gauge::default(),
             store_file_bytes: Gauge::default(),
+            store_round_trips: Gauge::default(),
             store_used_bytes: Gauge::default(),
             inflight: Gauge::default(),
         };
@@ -113,6 +115,11 @@ impl Default for Metrics {
             "store_file_bytes",
             "Size of the embedded store's file (0 on Redis)",
             m.store_file_bytes.clone(),
+        );
+        registry.register(
+            "store_round_trips",
+            "Requests this process sent to a networked store (Redis); a pipeline or script counts once",
+            m.store_round_trips.clone(),
         );
         registry.register(
             "store_used_bytes",
@@ -155,6 +162,9 @@ pub async fn render(State(state): State<SharedState>) -> Result<Response, ApiErr
     if let Some(usage) = state.store.disk_usage().await? {
         m.store_file_bytes.set(usage.file_bytes as i64);
         m.store_used_bytes.set(usage.used_bytes as i64);
+    }
+    if let Some(n) = state.store.round_trips() {
+        m.store_round_trips.set(n as i64);
     }
     let mut body = String::new();
     encode(&mut body, &m.registry.lock().expect("registry lock"))

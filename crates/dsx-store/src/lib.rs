@@ -270,6 +270,11 @@ pub trait Health: Send + Sync + 'static {
     async fn disk_usage(&self) -> StoreResult<Option<DiskUsage>> {
         Ok(None)
     }
+    /// Requests sent to a networked backend so far (a pipeline or a script counts once), for
+    /// the metrics and the benchmark; `None` for the embedded store.
+    fn round_trips(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// The live registry (presence, refreshed by heartbeats), registration audit records and connectors' key/value state.

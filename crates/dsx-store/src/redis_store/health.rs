@@ -12,4 +12,8 @@ impl Health for RedisStore {
         let mut conn = self.conn().await?;
         redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(map_err)
     }
+
+    fn round_trips(&self) -> Option<u64> {
+        Some(self.round_trips.load(std::sync::atomic::Ordering::Relaxed))
+    }
 }

@@ -56,6 +56,8 @@ pub struct RedisStore {
     /// up every other command on the shared one); dropped after an error, made again on use.
     blocking: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
     /// Whether each notification channel has subscribers anywhere (see `may_have_listeners`).
+    /// Requests sent (see `Health::round_trips`).
+    round_trips: std::sync::atomic::AtomicU64,
     listeners: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, ListenerCount>>>,
     keys: keys::Keys,
     codec: SecretCodec,
@@ -491,6 +493,7 @@ impl RedisStore {
             conn: tokio::sync::OnceCell::new(),
             blocking: tokio::sync::Mutex::new(None),
             listeners: Default::default(),
+            round_trips: Default::default(),
             keys: keys::Keys::new(&ns.env),
             codec,
             job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
@@ -540,6 +543,9 @@ impl RedisStore {
     /// The shared connection, created on first use. Waiting for the lock counts against the
     /// connect timeout too, so callers queued behind a slow connect still fail fast.
     async fn conn(&self) -> StoreResult<ConnectionManager> {
+        // Every caller sends one request (a command, a pipeline or a script) per connection
+        // it asks for on the hot path.
+        self.round_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         // Connected once, the manager reconnects by itself: the hot path is a clone.
         if let Some(conn) = self.conn.get() {
             return Ok(conn.clone());
@@ -595,6 +601,7 @@ impl RedisStore {
             *slot = Some(self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(map_err)?);
         }
         let conn = slot.as_mut().expect("connection made above");
+        self.round_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREADGROUP")
             .arg("GROUP")
             .arg(GROUP)
