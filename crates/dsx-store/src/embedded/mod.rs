@@ -117,9 +117,12 @@ pub struct EmbeddedStore {
 /// path's completions arrive dozens at once, and one redb commit for all of them costs about
 /// what one costs alone. `run` may be called twice: when any write of a shared transaction
 /// fails, the transaction is dropped and each write runs again in its own.
+/// The body of a generic batched write (see [`BatchedWrite::Any`]).
+type WriteFn = Box<dyn FnMut(&WriteTransaction) -> StoreResult<()> + Send>;
+
 enum BatchedWrite {
     Any {
-        run: Box<dyn FnMut(&WriteTransaction) -> StoreResult<()> + Send>,
+        run: WriteFn,
         done: Box<dyn FnOnce(StoreResult<()>) + Send>,
     },
     /// A finished task (`complete_scan`): those of one turn are stored together, so the
