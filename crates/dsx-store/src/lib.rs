@@ -537,6 +537,10 @@ pub(crate) fn now_millis() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Replay-cache entries live at least this long, whatever the caller asks for: a near-zero
+/// TTL would make the replay check meaningless.
+pub(crate) const MIN_NONCE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -552,7 +556,3 @@ mod tests {
         }
     }
 }
-
-/// Replay-cache entries live at least this long, whatever the caller asks for: a near-zero
-/// TTL would make the replay check meaningless.
-pub(crate) const MIN_NONCE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
