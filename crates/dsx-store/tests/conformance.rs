@@ -432,6 +432,30 @@ async fn claims_carry_job_status_and_result_presence(h: &Harness) {
     assert!(enqueued.elapsed() < Duration::from_secs(2), "woken {:?} after the enqueue", enqueued.elapsed());
 }
 
+/// One completion rule on every path that changes what it reads: the last result, a late
+/// `enqueue_done`, and an operator resuming a job whose items all finished while it was paused.
+async fn every_path_applies_the_one_completion_rule(h: &Harness) {
+    use dsx_store::JobStatus::*;
+    let s = &*h.store;
+    let lease = Duration::from_secs(30);
+    let job = unique_name("job-");
+    let mut task = queued(9);
+    task.job_id = job.clone();
+    s.enqueue_scans(&[task.clone()]).await.unwrap().unwrap();
+    let d = s.claim_scans("w", 1, lease).await.unwrap().remove(0);
+    s.set_job_status(&job, Paused).await.unwrap().unwrap();
+    // The item finishes while the job is paused, and enqueue_done arrives: still paused.
+    s.complete_scan(&d, Some(&result(&task.task_id, &job, "Benign")), 100).await.unwrap();
+    assert_eq!(s.mark_enqueue_done(&job, Some(1), None).await.unwrap().unwrap().status, Paused);
+    // Resumed with nothing left to do: completed at once.
+    assert_eq!(s.set_job_status(&job, Running).await.unwrap().unwrap().status, Completed);
+    assert_eq!(s.get_job(&job).await.unwrap().unwrap().status, Completed);
+    // Unknown jobs stay unknown on every path.
+    assert!(s.mark_enqueue_done("no-such-job", Some(1), None).await.unwrap().is_none());
+    assert!(s.set_job_status("no-such-job", Paused).await.unwrap().is_none());
+    assert!(s.get_job("no-such-job").await.unwrap().is_none());
+}
+
 async fn queue_delivers_each_task_once_until_acked(h: &Harness) {
     let s = &*h.store;
     s.enqueue_scans(&[queued(1), queued(2), queued(3)]).await.unwrap().unwrap();
@@ -960,6 +984,7 @@ conformance!(
         scan_queue_and_job_counters,
         jobs_belong_to_their_connector_and_batches_are_all_or_nothing,
         completion_follows_the_accepted_count_not_the_claim,
+        every_path_applies_the_one_completion_rule,
     ],
     results: [results_count_once_and_complete_jobs_in_either_order, clearing_one_jobs_results_keeps_the_others],
     events: [notifications_reach_subscribers_of_their_channel],

@@ -53,26 +53,21 @@ impl Jobs for RedisStore {
         total: Option<u64>,
         enumeration_errors: Option<u64>,
     ) -> StoreResult<Option<Job>> {
-        let key = self.keys.job(job_id);
         let mut conn = self.conn().await?;
-        let exists: bool = conn.exists(&key).await.map_err(map_err)?;
-        if !exists {
-            return Ok(None);
+        let outcome: u8 = redis::Script::new(ENQUEUE_DONE_SCRIPT)
+            .key(self.keys.job(job_id))
+            .arg(now_secs())
+            .arg(total.map(|t| t.to_string()).unwrap_or_default())
+            .arg(enumeration_errors.map(|e| e.to_string()).unwrap_or_default())
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        match outcome {
+            0 => return Ok(None),
+            2 => self.expire_job_results(job_id, true).await?,
+            _ => {}
         }
-        let mut pipe = redis::pipe();
-        pipe.atomic().hset(&key, "enqueue_done", "1").ignore().hset(&key, "updated_at", now_secs()).ignore();
-        if let Some(total) = total {
-            pipe.hset(&key, "expected_total", total).ignore();
-        }
-        if let Some(errors) = enumeration_errors {
-            pipe.hset(&key, "enumeration_errors", errors).ignore();
-        }
-        pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
-        let job = self.get_job(job_id).await?;
-        if let Some(job) = job.as_ref().filter(|j| j.is_complete() && j.status == JobStatus::Running) {
-            return self.set_job_status(&job.job_id, JobStatus::Completed).await;
-        }
-        Ok(job)
+        self.get_job(job_id).await
     }
 
     async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
@@ -103,18 +98,19 @@ impl Jobs for RedisStore {
     async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
         let key = self.keys.job(job_id);
         let mut conn = self.conn().await?;
-        if !conn.exists::<_, bool>(&key).await.map_err(map_err)? {
-            return Ok(None);
-        }
         let word = serde_json::to_value(status).map_err(corrupt)?.as_str().unwrap_or("running").to_owned();
-        let _: () = conn
-            .hset_multiple(&key, &[("status", word), ("updated_at", now_secs().to_string())])
+        let now: String = redis::Script::new(JOB_STATUS_SCRIPT)
+            .key(&key)
+            .arg(word)
+            .arg(now_secs())
+            .invoke_async(&mut conn)
             .await
             .map_err(map_err)?;
-        match status {
-            JobStatus::Completed | JobStatus::Cancelled => self.expire_job_results(job_id, true).await?,
+        match now.as_str() {
+            "" => return Ok(None),
+            "completed" | "cancelled" => self.expire_job_results(job_id, true).await?,
             // Running or paused again: kept until it finishes.
-            JobStatus::Running | JobStatus::Paused => redis::pipe()
+            _ => redis::pipe()
                 .cmd("PERSIST")
                 .arg(&key)
                 .ignore()

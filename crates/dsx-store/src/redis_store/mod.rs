@@ -186,6 +186,52 @@ return 1
 /// retention. KEYS: results list, by-task key, by-job list, job hash, stats hash.
 /// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now, retention ms
 /// (0 = keep). Returns 0 (already stored), 1, or 2 when this result completed its job.
+/// The job completion rule (`Job::is_complete`), the one place Redis applies it: a running
+/// job whose `enqueue_done` arrived and whose every accepted item is done becomes completed.
+/// Every script that changes what the rule reads ends by calling it.
+macro_rules! completion_rule_lua {
+    () => {
+        r"
+local function complete_if_done(job, now)
+  local h = redis.call('HMGET', job, 'enqueue_done', 'processed_count', 'enqueued_count', 'status')
+  if h[1] == '1' and tonumber(h[2] or '0') >= tonumber(h[3] or '0') and h[4] == 'running' then
+    redis.call('HSET', job, 'status', 'completed', 'completed_at', now)
+    return true
+  end
+  return false
+end
+"
+    };
+}
+
+/// `enqueue_done` in one step: flags and counts set, then the completion rule.
+/// KEYS: job hash. ARGV: now, expected total or '', enumeration errors or ''.
+/// Returns 0 (no such job), 1, or 2 when the job completed now.
+const ENQUEUE_DONE_SCRIPT: &str = concat!(
+    completion_rule_lua!(),
+    r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'enqueue_done', '1', 'updated_at', ARGV[1])
+if ARGV[2] ~= '' then redis.call('HSET', KEYS[1], 'expected_total', ARGV[2]) end
+if ARGV[3] ~= '' then redis.call('HSET', KEYS[1], 'enumeration_errors', ARGV[3]) end
+if complete_if_done(KEYS[1], ARGV[1]) then return 2 end
+return 1
+"
+);
+
+/// A job's status in one step (an operator's pause, resume or cancel), then the completion
+/// rule: a job resumed after its last item finished completes. KEYS: job hash. ARGV: status,
+/// now. Returns '' when there is no such job, else the status it has now.
+const JOB_STATUS_SCRIPT: &str = concat!(
+    completion_rule_lua!(),
+    r"
+if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated_at', ARGV[2])
+complete_if_done(KEYS[1], ARGV[2])
+return redis.call('HGET', KEYS[1], 'status')
+"
+);
+
 /// Store one result (the document in `doc`) once per task and count it into its job and the
 /// stats, completing the job when it is done (the rule of `Job::is_complete`). A finished
 /// job's (or a job-less) result expires with the job's retention. KEYS: results list, by-task
@@ -216,12 +262,7 @@ if redis.call('EXISTS', KEYS[4]) == 1 then
   end
   redis.call('HSET', KEYS[4], 'updated_at', ARGV[7])
   -- The server's accepted count decides, never the connector's expected_total (Job::is_complete).
-  local enqueued = tonumber(redis.call('HGET', KEYS[4], 'enqueued_count') or '0')
-  if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= enqueued
-     and redis.call('HGET', KEYS[4], 'status') == 'running' then
-    redis.call('HSET', KEYS[4], 'status', 'completed', 'completed_at', ARGV[7])
-    completed_now = true
-  end
+  completed_now = complete_if_done(KEYS[4], ARGV[7])
   local status = redis.call('HGET', KEYS[4], 'status')
   finished = status == 'completed' or status == 'cancelled'
   if finished and ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
@@ -237,6 +278,7 @@ end
 /// [`store_result_lua`] with the document in ARGV[1]. Returns 0 (already stored), 1, or 2
 /// when this result completed its job.
 const RESULT_SCRIPT: &str = concat!(
+    completion_rule_lua!(),
     "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\nlocal doc = ARGV[1]\n",
     store_result_lua!(),
     "if completed_now then return 2 end\nreturn 1\n"
@@ -249,6 +291,7 @@ const RESULT_SCRIPT: &str = concat!(
 /// verdict counter, succeeded, scan µs, file size, now, retention ms, group, entry id.
 /// Returns {result id or 0, 1 when the job completed now}.
 const COMPLETE_SCRIPT: &str = concat!(
+    completion_rule_lua!(),
     "local id = 0\nlocal completed = 0\n",
     "if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then\n",
     "id = redis.call('INCR', KEYS[6])\n",
