@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use dsx_connect::connector_client::ConnectorClient;
 use dsx_hmac::{authorization_header, generate_nonce, unix_now, SigningKey};
-use dsx_store::{Namespace, RedisStore, SecretCodec, Store};
+use dsx_store::prelude::*;
+use dsx_store::{Namespace, RedisStore, SecretCodec};
 use dsx_testkit::{free_port, unique_name, workspace_bin, Service, TestRedis};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
@@ -146,8 +147,7 @@ impl Stack {
             .map(|e| {
                 let task: String = e.get("task").unwrap();
                 let task: Value = serde_json::from_str(&task).unwrap();
-                let request: Value = serde_json::from_str(task["payload"].as_str().unwrap()).unwrap();
-                request["location"].as_str().unwrap().to_owned()
+                task["request"]["location"].as_str().unwrap().to_owned()
             })
             .collect()
     }
@@ -409,12 +409,12 @@ async fn a_revoked_connector_stays_out_until_readmitted_then_re_enrolls_by_itsel
     assert_eq!(stack.read_file(a.to_str().unwrap()).await.status(), StatusCode::OK);
 }
 
-/// Set a job's status the way any component sharing the Redis does (`dsxconnect:job:<id>`).
+/// Set a job's status the way any component sharing the Redis does (`<env>:dsx-connect:job:<id>`).
 async fn set_job_status(stack: &Stack, job_id: &str, status: &str) {
     let mut conn =
         redis::Client::open(stack.redis.url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
     let _: () = redis::cmd("HSET")
-        .arg(format!("dsxconnect:job:{job_id}"))
+        .arg(format!("{}:dsx-connect:job:{job_id}", stack.env))
         .arg("job_id")
         .arg(job_id)
         .arg("connector_uuid")
@@ -461,12 +461,13 @@ async fn openapi_document_is_hidden_when_auth_is_on() {
     assert_eq!(resp.status(), StatusCode::OK);
     let doc: Value = resp.json().await.unwrap();
     let paths = doc["paths"].as_object().unwrap();
-    for (method, path, ..) in dsx_connector::openapi::ROUTES {
+    for route in dsx_connector::routes::table() {
+        let (method, path) = (route.method.as_str(), route.path);
         let full = format!("/filesystem-connector{}", path.trim_end_matches('/'));
         assert!(paths[&full][method.to_lowercase()].is_object(), "{method} {full} documented");
         let m = Method::from_bytes(method.as_bytes()).unwrap();
         // POST full_scan would start a scan; everything else is harmless with an empty body.
-        if *path == "/full_scan" {
+        if path == "/full_scan" {
             continue;
         }
         let resp = open.http.request(m, open.connector_url(&full)).body("{}").send().await.unwrap();

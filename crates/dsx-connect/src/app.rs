@@ -5,17 +5,16 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::middleware::from_fn_with_state;
-use axum::routing::{delete, get, post};
+use axum::routing::get;
 use axum::Router;
 use dsx_model::API_PREFIX;
 use dsx_store::{EmbeddedStore, Namespace, RedisStore, SecretCodec, Store};
 use secrecy::ExposeSecret;
 use tower_http::trace::TraceLayer;
 
-use crate::auth::{guard, Access};
 use crate::config::{ScannerKind, Settings, StoreSettings};
 use crate::connector_client::ConnectorClient;
-use crate::routes::{connectors, events, proxy, registration, results, scan, system};
+use crate::routes::system;
 use crate::state::{AppState, SharedState};
 use crate::tokens::LiveTokens;
 
@@ -27,91 +26,8 @@ fn api(path: &str) -> String {
 }
 
 pub fn router(state: SharedState) -> Router {
-    let guarded = |access: Access| from_fn_with_state((state.clone(), access), guard);
-    // Mutual TLS, when a client CA is configured, is asked of the connector-facing routes
-    // only: probes, the UI and the operator API keep working without a client certificate.
-    let mutual_tls = state.server_tls.as_ref().is_some_and(|t| t.verifies_clients());
-    let client_cert = |router: Router<SharedState>| {
-        if mutual_tls {
-            router.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert))
-        } else {
-            router
-        }
-    };
-
-    let connector_routes = Router::new()
-        .route(&api("scan/auth_check"), post(system::auth_check))
-        .route(&api("scan/request"), post(scan::request))
-        .route(&api("scan/request_batch"), post(scan::request_batch))
-        .route(&api("scan/jobs/{job_id}/enqueue_done"), post(scan::enqueue_done))
-        .route(
-            &api("connectors/state/{connector_uuid}/{ns}/{key}"),
-            get(connectors::get_state).put(connectors::put_state),
-        )
-        .route_layer(guarded(Access::Connector));
-    let connector_routes = client_cert(connector_routes);
-    let registration_routes = client_cert(
-        Router::new()
-            .route(&api("connectors/register"), post(registration::register))
-            .route(&api("connectors/token"), post(registration::token)),
-    );
-    let connector_or_operator = Router::new()
-        .route(&api("connectors/unregister/{connector_uuid}"), delete(connectors::unregister))
-        .route_layer(guarded(Access::ConnectorOrOperator));
-    let operator_routes = Router::new()
-        .route(&api("connectors/list"), get(connectors::list))
-        .route(&api("connectors/full_scan/{connector_uuid}"), post(proxy::full_scan))
-        .route(&api("connectors/config/{connector_uuid}"), get(proxy::get_config).put(proxy::put_config))
-        .route(&api("connectors/repo_check/{connector_uuid}"), get(proxy::repo_check))
-        .route(&api("connectors/estimate/{connector_uuid}"), get(proxy::estimate))
-        .route(&api("connectors/healthz/{connector_uuid}"), get(proxy::healthz))
-        .route(&api("connectors/readyz/{connector_uuid}"), get(proxy::readyz))
-        .route(&api("connectors/auth_check/{connector_uuid}"), get(proxy::auth_check))
-        .route(&api("connectors/rotate/{connector_uuid}"), post(connectors::rotate))
-        .route(&api("connectors/readmit/{connector_uuid}"), post(connectors::readmit))
-        .route(&api("connectors/release/{connector_uuid}"), post(proxy::release))
-        .route(&api("scan/results"), get(results::list).delete(results::delete_results))
-        .route(&api("scan/jobs"), get(results::jobs).delete(results::delete_jobs))
-        .route(&api("scan/results/job/{job_id}"), get(results::for_job))
-        .route(&api("scan/results/{task_id}"), get(results::one))
-        .route(&api("scan/request/{task_id}"), get(results::task_status))
-        .route(&api("scan/stats"), get(results::stats))
-        .route(&api("scan/jobs/{job_id}"), get(results::job))
-        .route(&api("scan/jobs/{job_id}/pause"), post(results::pause))
-        .route(&api("scan/jobs/{job_id}/resume"), post(results::resume))
-        .route(&api("scan/jobs/{job_id}/cancel"), post(results::cancel))
-        .route(&api("admin/dead-letter/stats"), get(results::dlq_stats))
-        .route(&api("admin/dead-letter/stats/{queue_type}"), get(results::dlq_stats_one))
-        .route(&api("admin/dead-letter/items/{queue_type}"), get(results::dlq_items))
-        .route(&api("admin/dead-letter/requeue"), post(results::dlq_requeue))
-        .route(&api("admin/dead-letter/requeue/{queue_type}"), post(results::dlq_requeue_one))
-        .route(&api("admin/dead-letter/clear"), delete(results::dlq_clear))
-        .route(&api("admin/dead-letter/clear/{queue_type}"), delete(results::dlq_clear_one))
-        .route(&api("admin/dead-letter/health"), get(results::dlq_health))
-        .route(&api("test/dsxa-connection"), get(system::test_scanner))
-        .route("/metrics", get(crate::metrics::render))
-        .route(&api("openapi.json"), get(crate::openapi::serve))
-        .route(&api("subscribe/scan-result"), get(events::scan_results))
-        .route(&api("subscribe/connector-registered"), get(events::connectors))
-        .route(&api("subscribe/job-summary/{job_id}"), get(events::job_summary))
-        .route_layer(guarded(Access::Operator));
-    let open_routes = Router::new()
-        .route(&api("healthz"), get(system::healthz))
-        .route(&api("readyz"), get(system::readyz))
-        .route(&api("version"), get(system::version))
-        .route(&api("meta"), get(system::meta))
-        .route(&api("test/connection"), get(system::test_connection))
-        .route(&api("connection/test"), get(system::test_connection))
-        .route(&api("config"), get(system::config))
-        .route(&api("scan/jobs/{job_id}/raw"), get(scan::job_raw));
-
-    Router::new()
-        .merge(connector_routes)
-        .merge(registration_routes)
-        .merge(connector_or_operator)
-        .merge(operator_routes)
-        .merge(open_routes)
-        .merge(crate::ui::routes())
+    // Every route, with its access layer, comes from the table in `api.rs`.
+    crate::api::router(&state)
         .fallback(|| async { crate::error::ApiError::RouteNotFound })
         // One body limit: the guard reads connector bodies up to DSXCONNECT_MAX_BODY_BYTES and
         // answers 413 body_too_large beyond it; extractors must not cut in earlier (axum's
@@ -187,9 +103,11 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         None => None,
     };
     let scanner = build_scanner(&settings)?;
-    let metrics = crate::metrics::Metrics::default();
-    let syslog =
-        settings.syslog.clone().map(|s| crate::syslog::Syslog::new(s).counting_drops(metrics.syslog_dropped.clone()));
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let syslog = settings
+        .syslog
+        .clone()
+        .map(|s| Arc::new(crate::syslog::Syslog::new(s).counting_drops(metrics.syslog_dropped.clone())));
     let breaker_threshold = settings.workers.breaker_threshold;
     Ok(Arc::new(AppState {
         settings,
@@ -199,7 +117,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
         connectors,
         scanner,
         syslog,
-        breaker: crate::worker::Breaker::new(breaker_threshold),
+        breaker: Arc::new(crate::worker::Breaker::new(breaker_threshold)),
         metrics,
         keys: Default::default(),
         server_tls,
@@ -275,14 +193,9 @@ pub async fn serve_role(
     let workers = if role == Role::Api {
         None
     } else {
-        let scanner = build_scanner(&state.settings)?;
-        Some(tokio::spawn(crate::worker::run(
-            Arc::clone(&state),
-            scanner,
-            state.settings.workers.clone(),
-            consumer_name(),
-            stop_rx,
-        )))
+        // The scanner built with the state serves every task of this process.
+        let worker = Arc::new(crate::worker::Worker::from_state(&state, consumer_name()));
+        Some(tokio::spawn(worker.run(stop_rx)))
     };
     let result = if role == Role::Worker {
         let health = Router::new()

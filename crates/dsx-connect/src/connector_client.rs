@@ -104,6 +104,19 @@ impl ConnectorClient {
         self.send(&connector.url, credential.as_ref(), method, path_and_query, body, None).await
     }
 
+    /// A signed request to `base_url` with a credential the caller already holds (the
+    /// workers' registry cache).
+    pub async fn send_to(
+        &self,
+        base_url: &str,
+        credential: Option<&Credential>,
+        method: Method,
+        path_and_query: &str,
+        body: Vec<u8>,
+    ) -> Result<reqwest::Response, OutboundError> {
+        self.send(base_url, credential, method, path_and_query, body, None).await
+    }
+
     async fn send(
         &self,
         base_url: &str,

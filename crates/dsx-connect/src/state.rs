@@ -19,10 +19,10 @@ pub struct AppState {
     pub connectors: ConnectorClient,
     /// The scanner the workers of this process use.
     pub scanner: Arc<dyn dsx_scanner::Scanner>,
-    pub syslog: Option<crate::syslog::Syslog>,
+    pub syslog: Option<Arc<crate::syslog::Syslog>>,
     /// The scanner circuit breaker of this process's workers (`readyz` reports it).
-    pub breaker: crate::worker::Breaker,
-    pub metrics: crate::metrics::Metrics,
+    pub breaker: Arc<crate::worker::Breaker>,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Recently resolved DSX-HMAC keys (see `key_cache`).
     pub keys: crate::key_cache::KeyCache,
     /// The HTTPS listener's certificate (re-read while serving), when `DSXCONNECT_USE_TLS`.

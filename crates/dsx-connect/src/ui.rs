@@ -7,10 +7,6 @@
 
 use axum::http::{header, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
-
-use crate::state::SharedState;
 
 const INDEX_HTML: &str = include_str!("../ui/index.html");
 const APP_JS: &str = include_str!("../ui/app.js");
@@ -21,12 +17,19 @@ const STYLE_CSS: &str = include_str!("../ui/style.css");
 pub const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; style-src 'self'; \
      connect-src 'self'; img-src 'self' data:; object-src 'none'; frame-ancestors 'none'; base-uri 'none'";
 
-/// `GET /`, `GET /ui/app.js`, `GET /ui/style.css`.
-pub fn routes() -> Router<SharedState> {
-    Router::new()
-        .route("/", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML, true) }))
-        .route("/ui/app.js", get(|| async { asset("text/javascript; charset=utf-8", APP_JS, false) }))
-        .route("/ui/style.css", get(|| async { asset("text/css; charset=utf-8", STYLE_CSS, false) }))
+/// `GET /` (routed from the table in `api.rs`).
+pub async fn index() -> Response {
+    asset("text/html; charset=utf-8", INDEX_HTML, true)
+}
+
+/// `GET /ui/app.js`.
+pub async fn app_js() -> Response {
+    asset("text/javascript; charset=utf-8", APP_JS, false)
+}
+
+/// `GET /ui/style.css`.
+pub async fn style_css() -> Response {
+    asset("text/css; charset=utf-8", STYLE_CSS, false)
 }
 
 fn asset(content_type: &'static str, body: &'static str, document: bool) -> Response {

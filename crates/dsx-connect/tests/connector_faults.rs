@@ -41,8 +41,7 @@ async fn dead_letter_reasons(server: &Server, want: usize) -> Vec<(String, Strin
             return items
                 .iter()
                 .map(|i| {
-                    let payload: Value = serde_json::from_str(i["task"]["payload"].as_str().unwrap()).unwrap();
-                    let location = payload["location"].as_str().unwrap().to_owned();
+                    let location = i["task"]["request"]["location"].as_str().unwrap().to_owned();
                     (location, i["reason"].as_str().unwrap().to_owned(), i["retry_count"].as_u64().unwrap())
                 })
                 .collect();

@@ -262,6 +262,8 @@ impl ConnectorContext {
             enqueued: Arc::new(AtomicU64::new(0)),
             not_queued: Arc::new(AtomicU64::new(0)),
             stop: Arc::new(AtomicBool::new(false)),
+            batches_confirmed: false,
+            batches_refused: Arc::new(AtomicBool::new(false)),
         };
         let mut pending: Vec<ScanRequest> = Vec::new();
         let mut seen = 0u64;
@@ -397,7 +399,40 @@ struct Enqueuer {
     /// job with the enumeration errors so the operator sees them.
     not_queued: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    /// The server took a batch: the next ones go out concurrently.
+    batches_confirmed: bool,
+    /// A concurrent batch was refused as a batch (its items went out one by one): the rest
+    /// of the scan sends singles.
+    batches_refused: Arc<AtomicBool>,
 }
+
+/// One `scan/request`, counted into what was enqueued or never taken.
+async fn send_single(
+    ctx: &ConnectorContext,
+    request: ScanRequest,
+    job_id: &str,
+    enqueued: &AtomicU64,
+    not_queued: &AtomicU64,
+    stop: &AtomicBool,
+) {
+    let body = serde_json::to_value(&request).expect("scan request serialises");
+    match ctx.enqueue_with_retry("scan/request", &body, job_id).await {
+        Ok(Some(json)) if !EnqueueAnswer::read(&json).is_error() => {
+            enqueued.fetch_add(1, Ordering::Relaxed);
+            ctx.count_enqueued(1);
+        }
+        Ok(Some(json)) => tracing::error!(location = %request.location, %json, "scan request refused"),
+        Ok(None) => stop.store(true, Ordering::Relaxed),
+        Err(err) => {
+            not_queued.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(location = %request.location, error = %err, "could not enqueue");
+        }
+    }
+}
+
+/// Batches in flight at once once the server has taken one. Each waits for a durable commit
+/// on the server; several in flight share one (group commit) instead of queueing behind it.
+const BATCHES_IN_FLIGHT: usize = 4;
 
 impl Enqueuer {
     /// Send one `scan/request` in the background (bounded concurrency).
@@ -407,19 +442,7 @@ impl Enqueuer {
             (Arc::clone(&self.ctx), Arc::clone(&self.enqueued), Arc::clone(&self.stop), self.job_id.clone());
         let not_queued = Arc::clone(&self.not_queued);
         self.tasks.spawn(async move {
-            let body = serde_json::to_value(&request).expect("scan request serialises");
-            match ctx.enqueue_with_retry("scan/request", &body, &job_id).await {
-                Ok(Some(json)) if !EnqueueAnswer::read(&json).is_error() => {
-                    enqueued.fetch_add(1, Ordering::Relaxed);
-                    ctx.count_enqueued(1);
-                }
-                Ok(Some(json)) => tracing::error!(location = %request.location, %json, "scan request refused"),
-                Ok(None) => stop.store(true, Ordering::Relaxed),
-                Err(err) => {
-                    not_queued.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(location = %request.location, error = %err, "could not enqueue");
-                }
-            }
+            send_single(&ctx, request, &job_id, &enqueued, &not_queued, &stop).await;
             drop(permit);
         });
         while self.tasks.try_join_next().is_some() {}
@@ -428,27 +451,73 @@ impl Enqueuer {
     /// Send one batch; `false` when the server would not take batches (its items then went
     /// out one by one, and the caller should stop batching).
     async fn batch(&mut self, requests: Vec<ScanRequest>, size: usize) -> bool {
-        match self.ctx.send_batch(requests, size, &self.job_id).await {
-            BatchOutcome::Queued(n) => {
-                self.enqueued.fetch_add(n, Ordering::Relaxed);
-                self.ctx.count_enqueued(n);
-                true
+        if self.batches_refused.load(Ordering::Relaxed) {
+            for request in requests {
+                self.single(request).await;
             }
-            BatchOutcome::Refused(requests) => {
-                for request in requests {
-                    self.single(request).await;
-                }
-                false
-            }
-            BatchOutcome::Stopped => {
-                self.stop.store(true, Ordering::Relaxed);
-                true
-            }
-            BatchOutcome::Failed(n) => {
-                self.not_queued.fetch_add(n, Ordering::Relaxed);
-                true
-            }
+            return false;
         }
+        if !self.batches_confirmed {
+            // The first batch is sent alone: its answer says whether batching works at all.
+            return match self.ctx.send_batch(requests, size, &self.job_id).await {
+                BatchOutcome::Queued(n) => {
+                    self.batches_confirmed = true;
+                    self.enqueued.fetch_add(n, Ordering::Relaxed);
+                    self.ctx.count_enqueued(n);
+                    true
+                }
+                BatchOutcome::Refused(requests) => {
+                    for request in requests {
+                        self.single(request).await;
+                    }
+                    false
+                }
+                BatchOutcome::Stopped => {
+                    self.stop.store(true, Ordering::Relaxed);
+                    true
+                }
+                BatchOutcome::Failed(n) => {
+                    self.not_queued.fetch_add(n, Ordering::Relaxed);
+                    true
+                }
+            };
+        }
+        // Shares the singles' limiter: at most BATCHES_IN_FLIGHT of its permits at a time.
+        let permits = Arc::clone(&self.limiter)
+            .acquire_many_owned(
+                self.ctx.settings.full_scan_enqueue_concurrency.div_ceil(BATCHES_IN_FLIGHT).max(1) as u32
+            )
+            .await
+            .expect("semaphore open");
+        let (ctx, enqueued, stop, not_queued, refused, job_id) = (
+            Arc::clone(&self.ctx),
+            Arc::clone(&self.enqueued),
+            Arc::clone(&self.stop),
+            Arc::clone(&self.not_queued),
+            Arc::clone(&self.batches_refused),
+            self.job_id.clone(),
+        );
+        self.tasks.spawn(async move {
+            match ctx.send_batch(requests, size, &job_id).await {
+                BatchOutcome::Queued(n) => {
+                    enqueued.fetch_add(n, Ordering::Relaxed);
+                    ctx.count_enqueued(n);
+                }
+                BatchOutcome::Refused(requests) => {
+                    refused.store(true, Ordering::Relaxed);
+                    for request in requests {
+                        send_single(&ctx, request, &job_id, &enqueued, &not_queued, &stop).await;
+                    }
+                }
+                BatchOutcome::Stopped => stop.store(true, Ordering::Relaxed),
+                BatchOutcome::Failed(n) => {
+                    not_queued.fetch_add(n, Ordering::Relaxed);
+                }
+            }
+            drop(permits);
+        });
+        while self.tasks.try_join_next().is_some() {}
+        !self.batches_refused.load(Ordering::Relaxed)
     }
 
     /// Wait for the requests in flight; the numbers dsx-connect accepted and never took.

@@ -6,10 +6,11 @@ use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{Query, Request, State};
+use axum::http::Method;
 use axum::http::{header, StatusCode};
 use axum::middleware::{from_fn_with_state, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::get;
 use axum::{Json, Router};
 use dsx_filter::Filter;
 use dsx_model::{
@@ -29,35 +30,156 @@ pub fn router(ctx: Arc<ConnectorContext>) -> Router {
     router_with(ctx, false)
 }
 
+/// Who may call a connector route when inbound auth is on (docs/wire-protocol.md, "Connector
+/// routes").
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Access {
+    /// Signed by dsx-connect (DSX-HMAC).
+    Signed,
+    /// Signed, except the Microsoft Graph validation handshake (`?validationToken=X`).
+    SignedOrHandshake,
+    /// No credentials.
+    Open,
+}
+
+impl Access {
+    /// The rule's name in the document (`x-dsx-access`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Access::Signed => "dsx-hmac",
+            Access::SignedOrHandshake => "dsx-hmac-or-validation-token",
+            Access::Open => "open",
+        }
+    }
+
+    /// With mutual TLS on, the routes only dsx-connect calls also need its client
+    /// certificate; probes, the home page and the webhook (called by others) do not.
+    pub fn mutual_tls(self) -> bool {
+        self == Access::Signed
+    }
+}
+
+/// One connector route (`dsx_service::routes`): the router, its access layer and the OpenAPI
+/// document (`openapi.rs`) all come from [`table`], so they cannot disagree. Paths are below
+/// `/<name>`.
+pub type Route = dsx_service::routes::Route<Arc<ConnectorContext>, Access>;
+
+/// Every route a connector serves under `/<name>`.
+pub fn table() -> Vec<Route> {
+    use Access::*;
+    vec![
+        Route::new(
+            Method::POST,
+            "/read_file",
+            Signed,
+            "readFile",
+            "The item's bytes, streamed (application/octet-stream)",
+            read_file,
+        )
+        .body::<ScanRequest>(),
+        Route::new(
+            Method::PUT,
+            "/item_action",
+            Signed,
+            "applyItemAction",
+            "Apply the configured (or requested) action to an item; a failure is a 200 with `status:\"error\"` and `error_code`",
+            item_action,
+        )
+        .body::<ScanRequest>()
+        .returns::<ItemActionAnswer>(),
+        Route::new(
+            Method::POST,
+            "/full_scan",
+            Signed,
+            "startFullScan",
+            "Enumerate the asset and enqueue every matching item; `?limit&batch&batch_size&job_id`",
+            full_scan,
+        )
+        .returns::<StatusResponse>(),
+        Route::new(
+            Method::GET,
+            "/repo_check",
+            Signed,
+            "checkRepository",
+            "Can the connector reach its repository? `?preview=N`; unreachable is a 200 with `status:\"error\"`",
+            repo_check,
+        )
+        .returns::<StatusResponse>(),
+        Route::new(
+            Method::POST,
+            "/release",
+            Signed,
+            "releaseItem",
+            "Operator action (relayed by dsx-connect): restore a quarantined item, body `{\"location\": …}`",
+            release,
+        )
+        .returns::<StatusResponse>(),
+        Route::new(Method::GET, "/estimate", Signed, "estimateFullScan", "How many items a full scan would enqueue", estimate)
+            .returns::<dsx_model::Estimate>(),
+        Route::new(Method::GET, "/config", Signed, "getConfig", "The connector's configuration (secrets masked)", get_config),
+        Route::new(
+            Method::PUT,
+            "/config",
+            Signed,
+            "updateConfig",
+            "Change `filter`, `item_action`, `item_action_move_metainfo` or `requested_action.type`/`.destination`; \
+             answers the GET view, or `{\"error\":\"no_supported_fields\",\"supported\":[…]}`",
+            put_config,
+        ),
+        Route::new(
+            Method::GET,
+            "/assets",
+            Signed,
+            "listAssets",
+            "The asset this connector scans; `?type&source&limit&cursor`",
+            assets,
+        )
+        .returns::<AssetsPage>(),
+        Route::new(Method::GET, "/objects", Signed, "listObjects", "A page of the asset's items; `?scope&limit&cursor`", objects)
+            .returns::<ObjectsPage>(),
+        Route::new(
+            Method::POST,
+            "/webhook/event",
+            SignedOrHandshake,
+            "handleWebhookEvent",
+            "Scan one item named by `location` (or `path`, `file_path`); `?validationToken=X` is answered \
+             `X` (text/plain) without a signature, the Microsoft Graph handshake",
+            webhook_event,
+        )
+        .returns::<StatusResponse>(),
+        Route::new(Method::GET, "/healthz", Open, "getHealth", "Liveness", || async { Json(json!({ "ok": true })) }),
+        Route::new(Method::GET, "/readyz", Open, "getReadiness", "Readiness: the connector model, 503 until registered", readyz),
+        Route::new(Method::GET, "/version", Open, "getVersion", "Name, id, instance id and version", version)
+            .returns::<VersionInfo>(),
+        Route::new(Method::GET, "/", Open, "getHome", "Name, version and asset (also at `/<name>/`)", root),
+        Route::new(
+            Method::GET,
+            "/openapi.json",
+            Open,
+            "getOpenApiDocument",
+            "This document (404 when DSX-HMAC verification is on)",
+            openapi,
+        ),
+    ]
+}
+
 /// [`router`]; with `mutual_tls` the routes dsx-connect calls also need its TLS client
 /// certificate (probes and the home page do not).
 pub fn router_with(ctx: Arc<ConnectorContext>, mutual_tls: bool) -> Router {
     let base = format!("/{}", ctx.settings.name);
-    let mut protected = Router::new()
-        .route("/read_file", post(read_file))
-        .route("/item_action", put(item_action))
-        .route("/full_scan", post(full_scan))
-        .route("/repo_check", get(repo_check))
-        .route("/estimate", get(estimate))
-        .route("/config", get(get_config).put(put_config))
-        .route("/assets", get(assets))
-        .route("/objects", get(objects))
-        .route("/release", post(release))
-        .route_layer(from_fn_with_state(Arc::clone(&ctx), inbound::verify));
-    if mutual_tls {
-        protected = protected.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert));
-    }
-    let webhook = Router::new()
-        .route("/webhook/event", post(webhook_event))
-        .route_layer(from_fn_with_state(Arc::clone(&ctx), webhook_gate));
-    let open = Router::new()
-        .route("/healthz", get(|| async { Json(json!({ "ok": true })) }))
-        .route("/readyz", get(readyz))
-        .route("/version", get(version))
-        .route("/openapi.json", get(openapi))
-        .route("/", get(root));
+    let inner = dsx_service::routes::router(table(), str::to_owned, |access, mut group| {
+        group = match access {
+            Access::Signed => group.route_layer(from_fn_with_state(Arc::clone(&ctx), inbound::verify)),
+            Access::SignedOrHandshake => group.route_layer(from_fn_with_state(Arc::clone(&ctx), webhook_gate)),
+            Access::Open => group,
+        };
+        if mutual_tls && access.mutual_tls() {
+            group = group.route_layer(axum::middleware::from_fn(dsx_service::tls::require_client_cert));
+        }
+        group
+    });
     Router::new()
-        .nest(&base, protected.merge(webhook).merge(open))
+        .nest(&base, inner)
         // Python connectors serve their home at `/<name>/`; nesting only matches `/<name>`.
         .route(&format!("{base}/"), get(root))
         .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({ "detail": "not_found" }))) })

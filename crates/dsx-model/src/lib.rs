@@ -3,11 +3,13 @@
 
 mod connector;
 mod nulls;
+mod pipeline;
 mod responses;
 mod scan;
 mod validate;
 
 pub use connector::{Connector, ConnectorStatus, ItemAction};
+pub use pipeline::FailureClass;
 pub use responses::{AuthCheckResponse, ErrorBody, RegistrationResponse, StatusKind, StatusResponse, TokenResponse};
 pub use scan::{
     Destination, Estimate, ItemActionStatusResponse, ItemVersion, RequestedAction, ScanRequest, ScanRequestBatch,

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod http;
+pub mod routes;
 pub mod tls;
 
 pub use http::{serve, ServerLimits};

@@ -12,7 +12,7 @@ mod redis_store;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dsx_model::Connector;
+use dsx_model::{Connector, ScanRequest};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -21,9 +21,14 @@ pub use codec::{SecretCodec, SecretKeyError};
 pub use embedded::EmbeddedStore;
 pub use redis_store::{Namespace, RedisStore};
 
+/// Every capability trait, for code that calls a concrete store's methods directly.
+pub mod prelude {
+    pub use crate::{Credentials, Events, Health, Jobs, Limits, Registry, Results, ScanQueue, Store};
+}
+
 pub type StoreResult<T> = Result<T, StoreError>;
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum StoreError {
     /// The backend cannot be reached (connection refused, timeout). Callers map this to 503.
     #[error("store unavailable: {0}")]
@@ -143,29 +148,77 @@ pub struct Job {
 }
 
 /// One accepted scan request waiting in the durable queue.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "QueuedTaskStored")]
 pub struct QueuedTask {
     pub task_id: String,
     pub connector_uuid: Uuid,
     pub job_id: String,
-    /// The scan request, as JSON.
-    pub payload: String,
+    /// The request as accepted, without the connector model (the registry holds it).
+    pub request: ScanRequest,
+    /// Unix seconds of intake.
     pub enqueued_at: u64,
+    /// Unix microseconds of intake, for the queue-wait timing (0 in tasks queued by older
+    /// releases).
+    #[serde(default)]
+    pub enqueued_at_us: u64,
+}
+
+/// A queued task as stored: older releases kept the request as a JSON string (`payload`).
+#[derive(Deserialize)]
+struct QueuedTaskStored {
+    task_id: String,
+    connector_uuid: Uuid,
+    job_id: String,
+    #[serde(default)]
+    request: Option<ScanRequest>,
+    #[serde(default)]
+    payload: Option<String>,
+    enqueued_at: u64,
+    #[serde(default)]
+    enqueued_at_us: u64,
+}
+
+impl TryFrom<QueuedTaskStored> for QueuedTask {
+    type Error = String;
+    fn try_from(s: QueuedTaskStored) -> Result<Self, String> {
+        let request = match (s.request, s.payload) {
+            (Some(request), _) => request,
+            (None, Some(payload)) => serde_json::from_str(&payload).map_err(|e| format!("queued request: {e}"))?,
+            (None, None) => return Err("queued task without its request".into()),
+        };
+        Ok(Self {
+            task_id: s.task_id,
+            connector_uuid: s.connector_uuid,
+            job_id: s.job_id,
+            request,
+            enqueued_at: s.enqueued_at,
+            enqueued_at_us: s.enqueued_at_us,
+        })
+    }
 }
 
 /// A task handed to one worker. Until it is acked, retried or dead-lettered it belongs to
 /// that worker; if the worker dies, another claims it once the lease has run out.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Delivery {
     /// Backend handle for ack/retry/dead-letter.
     pub id: String,
     pub task: QueuedTask,
     /// 1 on the first delivery; counts retries and re-deliveries after a crash.
     pub attempt: u32,
+    /// The task's job status when it was claimed (`None`: no job record), read in the same
+    /// step as the claim so the worker needs no extra round trip to honour pause and cancel.
+    pub job_status: Option<JobStatus>,
+    /// The task already had a result when it was claimed (a redelivery after a crash between
+    /// storing the result and the ack): the worker only acks it.
+    pub has_result: bool,
+    /// Unix microseconds of the claim (the queue-wait timing ends here).
+    pub claimed_at_us: u64,
 }
 
 /// A task that exhausted its retries (or cannot be processed), kept with the reason.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     pub task: QueuedTask,
     pub reason: String,
@@ -205,22 +258,40 @@ pub struct RateWindow {
     pub reset_in_secs: u64,
 }
 
+/// Reachability and size of the backend.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Health: Send + Sync + 'static {
     /// Which backend this is, for logs and `meta` ("redis" / "embedded").
     fn backend(&self) -> &'static str;
-
     /// Round-trip to the backend; `Unavailable` when it cannot answer.
     async fn ping(&self) -> StoreResult<()>;
+    /// The store's file on local disk, for backends that have one (embedded); `None` for Redis,
+    /// whose memory Redis itself reports.
+    async fn disk_usage(&self) -> StoreResult<Option<DiskUsage>> {
+        Ok(None)
+    }
+}
 
-    // ---- presence: the live registry, refreshed by heartbeats ----
+/// The live registry (presence, refreshed by heartbeats), registration audit records and connectors' key/value state.
+#[async_trait]
+pub trait Registry: Send + Sync + 'static {
     async fn put_presence(&self, connector: &Connector, ttl: Duration) -> StoreResult<()>;
     async fn get_presence(&self, uuid: Uuid) -> StoreResult<Option<Connector>>;
     async fn list_presence(&self) -> StoreResult<Vec<Connector>>;
     /// True when a presence entry was removed.
     async fn delete_presence(&self, uuid: Uuid) -> StoreResult<bool>;
+    async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()>;
+    async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>>;
+    async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()>;
+    /// Every registration record (connectors known to the registry, revoked ones included).
+    async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>>;
+    async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()>;
+    async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>>;
+}
 
-    // ---- credentials: no TTL, never evicted; only revocation and grace expiry remove them ----
+/// Connectors' DSX-HMAC keys and the replay cache. No TTL on keys: only revocation and grace expiry remove them.
+#[async_trait]
+pub trait Credentials: Send + Sync + 'static {
     /// Make `new` the current credential of `uuid`. The previous current key (if any) keeps
     /// resolving for `grace`, then stops (a zero grace revokes it at once).
     async fn install_credential(&self, uuid: Uuid, new: &Credential, grace: Duration) -> StoreResult<()>;
@@ -230,23 +301,13 @@ pub trait Store: Send + Sync + 'static {
     /// Revoke every key of `uuid` (current and grace) and drop its credential record.
     /// True when anything existed.
     async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool>;
-
-    // ---- registration audit record ----
-    async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()>;
-    async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>>;
-    async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()>;
-    /// Every registration record (connectors known to the registry, revoked ones included).
-    async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>>;
-
-    // ---- replay cache ----
     /// Record `(key_id, nonce)` for `ttl`. True on first use, false when already seen.
     async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool>;
+}
 
-    // ---- connector state key/value ----
-    async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()>;
-    async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>>;
-
-    // ---- scan queue and jobs ----
+/// The durable scan queue: intake, leased deliveries, settlement, dead letters.
+#[async_trait]
+pub trait ScanQueue: Send + Sync + 'static {
     /// Durably append tasks to the scan queue and count them into their jobs, in one step:
     /// once this returns, the tasks survive any crash.
     /// Queue every task, or none: a batch is refused whole (`Ok(Err(_))`) when any of its jobs
@@ -263,28 +324,22 @@ pub trait Store: Send + Sync + 'static {
         tasks: &[QueuedTask],
         intake_key: Option<&str>,
     ) -> StoreResult<Result<Enqueued, JobRefusal>>;
-    /// Create `job_id` for `owner` (an operator starting a full scan for that connector), or
-    /// confirm `owner` already holds it; refused when another connector does.
-    async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>>;
     /// Tasks waiting in the scan queue (consumed by the workers).
     async fn scan_queue_len(&self) -> StoreResult<u64>;
-    /// The store's file on local disk, for backends that have one (embedded); `None` for Redis,
-    /// whose memory Redis itself reports.
-    async fn disk_usage(&self) -> StoreResult<Option<DiskUsage>> {
-        Ok(None)
-    }
-    async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;
-    /// Record `enqueue_done` (with the connector's total, when sent).
-    async fn mark_enqueue_done(
-        &self,
-        job_id: &str,
-        total: Option<u64>,
-        enumeration_errors: Option<u64>,
-    ) -> StoreResult<Option<Job>>;
     /// Up to `max` tasks for `consumer`: due retries, tasks whose previous holder's lease ran
     /// out (a crashed worker), then new ones. Each is leased to `consumer` for `lease`.
     /// Every worker must use the same `lease`: Redis judges a holder dead by the claimer's.
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>>;
+    /// [`Self::claim_scans`], waiting up to `wait` for a task when none is ready instead of
+    /// answering empty at once (Redis blocks on the stream; the embedded store is woken by
+    /// the enqueue). A retry that becomes due during the wait is found by the next claim.
+    async fn claim_scans_waiting(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<Delivery>>;
     /// Done with a task (whatever its outcome): it leaves the queue.
     ///
     /// Claims, results and acks need not be durable on return (the embedded store commits
@@ -301,6 +356,14 @@ pub trait Store: Send + Sync + 'static {
     /// `lease` from now. Returns the ids of those it no longer holds (settled meanwhile, or taken
     /// over by another worker after the lease ran out): their holder must stop working on them.
     async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>>;
+    /// A task is done: store its result (when it has one, as `put_result`) and ack it. One
+    /// transaction where the backend allows, so a crash never separates the two.
+    async fn complete_scan(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>>;
     /// Move a task to the dead-letter queue with the reason, atomically.
     async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()>;
     /// Dead letters of the scan queue, oldest first, `start..end` (end exclusive).
@@ -315,56 +378,52 @@ pub trait Store: Send + Sync + 'static {
     /// redelivery would. The stats are event counters and keep the failed attempt.
     async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64>;
     async fn clear_dead_letters(&self) -> StoreResult<u64>;
+}
 
-    // ---- results, stats, job completion ----
+/// Scan jobs: ownership, counters, status.
+#[async_trait]
+pub trait Jobs: Send + Sync + 'static {
+    /// Create `job_id` for `owner` (an operator starting a full scan for that connector), or
+    /// confirm `owner` already holds it; refused when another connector does.
+    async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>>;
+    async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>>;
+    /// Record `enqueue_done` (with the connector's total, when sent).
+    async fn mark_enqueue_done(
+        &self,
+        job_id: &str,
+        total: Option<u64>,
+        enumeration_errors: Option<u64>,
+    ) -> StoreResult<Option<Job>>;
+    /// Every job, most recently updated first.
+    async fn list_jobs(&self) -> StoreResult<Vec<Job>>;
+    /// Forget every job record (not their queued tasks). Returns how many.
+    async fn delete_jobs(&self) -> StoreResult<u64>;
+    /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
+    async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
+}
+
+/// Stored results and the stats counters.
+#[async_trait]
+pub trait Results: Send + Sync + 'static {
     /// Store a result once per task id: a redelivered task never double-counts. Counts it into
     /// its job and the stats and completes the job when `enqueue_done` has arrived and every
     /// enqueued item is done. `None` when the task already had a result.
     async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>>;
-    /// A task is done: store its result (when it has one, as `put_result`) and ack it. One
-    /// transaction where the backend allows, so a crash never separates the two.
-    async fn complete_scan(
-        &self,
-        delivery: &Delivery,
-        record: Option<&ResultRecord>,
-        retain: usize,
-    ) -> StoreResult<Option<u64>> {
-        let id = match record {
-            Some(record) => self.put_result(record, retain).await?,
-            None => None,
-        };
-        self.ack_scan(delivery).await?;
-        Ok(id)
-    }
     async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>>;
     /// Newest first; at most `limit`; only `job_id`'s when given.
     async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>>;
     /// Counters: `files_scanned`, `<verdict>_count`, `total_scan_time_in_microseconds`, `total_file_size`.
     async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
-    /// Every job, most recently updated first.
-    async fn list_jobs(&self) -> StoreResult<Vec<Job>>;
-    /// Forget every job record (not their queued tasks). Returns how many.
-    async fn delete_jobs(&self) -> StoreResult<u64>;
     /// Forget every stored result and reset the stats. Returns how many results were listed.
     async fn clear_results(&self) -> StoreResult<u64>;
     /// Forget `job_id`'s results only (the rows, their task and job indexes); other jobs'
     /// results and the stats stay. Returns how many were removed.
     async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64>;
-    /// Set a job's status (pause/resume/cancel). `None` when the job does not exist.
-    async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>>;
+}
 
-    // ---- global in-flight cap ----
-    /// Take one of `max` scan slots shared by every worker replica. A holder that dies
-    /// without releasing loses its slot after `lease`. False when all slots are taken.
-    async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool>;
-    async fn release_slot(&self, slot: &str) -> StoreResult<()>;
-    /// Heartbeat of a live holder: each slot it still holds expires `ttl` from now. Returns the
-    /// slots it no longer held (expired and dropped).
-    async fn renew_slots(&self, slots: &[String], ttl: Duration) -> StoreResult<Vec<String>>;
-    /// Slots currently held.
-    async fn slots_in_use(&self) -> StoreResult<u64>;
-
-    // ---- live notifications (SSE) ----
+/// Live notifications (SSE) across replicas.
+#[async_trait]
+pub trait Events: Send + Sync + 'static {
     /// Publish `message` on `channel` to every subscriber of every replica (best effort: a
     /// subscriber that is not listening misses it; the stored data stays the truth).
     async fn publish(&self, channel: &str, message: &str) -> StoreResult<()>;
@@ -376,11 +435,46 @@ pub trait Store: Send + Sync + 'static {
     }
     /// Messages published on `channel` from now on. The receiver ends when the store does.
     async fn subscribe(&self, channel: &str) -> StoreResult<tokio::sync::mpsc::Receiver<String>>;
+}
 
-    // ---- rate limiting ----
+/// Limits shared by every replica: the global in-flight cap and rate-limit windows.
+#[async_trait]
+pub trait Limits: Send + Sync + 'static {
+    /// Take one of `max` scan slots shared by every worker replica. A holder that dies
+    /// without releasing loses its slot after `lease`. False when all slots are taken.
+    async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool>;
+    async fn release_slot(&self, slot: &str) -> StoreResult<()>;
+    /// Take up to `slots.len()` slots at once, in order: returns how many of `slots` (the
+    /// first ones) are now held.
+    async fn acquire_slots(&self, slots: &[String], max: usize, lease: Duration) -> StoreResult<usize> {
+        let mut taken = 0;
+        for slot in slots {
+            if !self.acquire_slot(slot, max, lease).await? {
+                break;
+            }
+            taken += 1;
+        }
+        Ok(taken)
+    }
+    /// Release several slots at once.
+    async fn release_slots(&self, slots: &[String]) -> StoreResult<()> {
+        for slot in slots {
+            self.release_slot(slot).await?;
+        }
+        Ok(())
+    }
+    /// Heartbeat of a live holder: each slot it still holds expires `ttl` from now. Returns the
+    /// slots it no longer held (expired and dropped).
+    async fn renew_slots(&self, slots: &[String], ttl: Duration) -> StoreResult<Vec<String>>;
+    /// Slots currently held.
+    async fn slots_in_use(&self) -> StoreResult<u64>;
     /// Count one hit against `bucket` in a fixed window of `window`.
     async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow>;
 }
+
+/// Every capability: what a backend implements and what the server holds.
+pub trait Store: Health + Registry + Credentials + ScanQueue + Jobs + Results + Events + Limits {}
+impl<T: Health + Registry + Credentials + ScanQueue + Jobs + Results + Events + Limits> Store for T {}
 
 /// How long a finished (completed or cancelled) job, its result list and its results' by-task
 /// entries are kept after the job's last change, unless a store is given another retention
@@ -421,6 +515,11 @@ pub(crate) fn with_id(json: &str, id: u64) -> StoreResult<String> {
 /// Unix time in seconds.
 pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// Unix time in microseconds.
+pub fn now_micros() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_micros() as u64).unwrap_or(0)
 }
 
 /// Unix time in milliseconds.

@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use dsx_model::Connector;
-use dsx_store::{Credential, EmbeddedStore, Namespace, RedisStore, RegistrationRecord, SecretCodec, Store, StoreError};
+use dsx_store::{
+    Credential, Credentials, EmbeddedStore, Health, Namespace, RedisStore, RegistrationRecord, Registry, SecretCodec,
+    Store, StoreError,
+};
 use dsx_testkit::{unique_name, RedisServer, TestRedis};
 use secrecy::{ExposeSecret, SecretString};
 use uuid::Uuid;
@@ -175,11 +178,11 @@ async fn concurrent_rotations_lose_no_key(h: &Harness) {
     for c in creds.iter().chain([&first]) {
         assert_eq!(resolves_to(&*h.store, &c.key_id).await, None);
     }
-    if let Backing::Redis { url, .. } = &h.backing {
+    if let Backing::Redis { url, env, .. } = &h.backing {
         let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
         for c in creds.iter().chain([&first]) {
             let exists: bool = redis::cmd("EXISTS")
-                .arg(format!("dsxconnect:hmac:kid:{}", c.key_id))
+                .arg(format!("{env}:dsx-connect:hmac:kid:{}", c.key_id))
                 .query_async(&mut conn)
                 .await
                 .unwrap();
@@ -312,7 +315,8 @@ async fn scan_queue_and_job_counters(h: &Harness) {
         task_id: format!("{job_id}-{n}"),
         connector_uuid: owner,
         job_id: job_id.clone(),
-        payload: format!("{{\"location\":\"/f{n}\"}}"),
+        request: dsx_model::ScanRequest::new(format!("/f{n}"), format!("f{n}")),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     assert_eq!(s.get_job(&job_id).await.unwrap(), None);
@@ -340,7 +344,8 @@ async fn jobs_belong_to_their_connector_and_batches_are_all_or_nothing(h: &Harne
         task_id: format!("{job}-{n}"),
         connector_uuid: owner,
         job_id: job.to_owned(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     s.enqueue_scans(&[task(&job_a, a, 1)]).await.unwrap().unwrap();
@@ -383,9 +388,48 @@ fn queued(n: u32) -> dsx_store::QueuedTask {
         task_id: format!("task-{n}"),
         connector_uuid: Uuid::nil(),
         job_id: "job-q".into(),
-        payload: format!("{{\"location\":\"/f{n}\"}}"),
+        request: dsx_model::ScanRequest::new(format!("/f{n}"), format!("f{n}")),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     }
+}
+
+/// A claim says, in the same step, whether the task's job is paused or cancelled and whether
+/// the task already has a result; a waiting claim returns when work arrives.
+async fn claims_carry_job_status_and_result_presence(h: &Harness) {
+    let s = &*h.store;
+    let lease = Duration::from_secs(30);
+    let job = unique_name("job-");
+    let mut task = queued(7);
+    task.job_id = job.clone();
+    task.connector_uuid = Uuid::new_v4();
+    s.enqueue_scans(&[task.clone()]).await.unwrap().unwrap();
+    s.set_job_status(&job, dsx_store::JobStatus::Paused).await.unwrap().unwrap();
+    let d = s.claim_scans("w", 5, lease).await.unwrap();
+    assert_eq!(d.len(), 1);
+    assert_eq!((d[0].job_status, d[0].has_result), (Some(dsx_store::JobStatus::Paused), false));
+    assert!(d[0].claimed_at_us > 0);
+    s.put_result(&result(&task.task_id, &job, "Benign"), 100).await.unwrap();
+    s.defer_scan(&d[0], Duration::ZERO).await.unwrap();
+    let again = s.claim_scans("w", 5, lease).await.unwrap();
+    assert_eq!(again.len(), 1, "{again:?} {:?}", s.scan_queue_len().await);
+    assert_eq!((again[0].job_status, again[0].has_result), (Some(dsx_store::JobStatus::Paused), true));
+    assert_eq!(s.complete_scan(&again[0], None, 100).await.unwrap(), None);
+
+    // Nothing queued: the claim waits about as long as asked, then answers empty.
+    let started = Instant::now();
+    assert!(s.claim_scans_waiting("w", 5, lease, Duration::from_millis(300)).await.unwrap().is_empty());
+    assert!(started.elapsed() >= Duration::from_millis(250), "returned after {:?}", started.elapsed());
+    // An enqueue during the wait ends it with the new task.
+    let store = Arc::clone(&h.store);
+    let waiter = tokio::spawn(async move { store.claim_scans_waiting("w", 5, lease, Duration::from_secs(4)).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let enqueued = Instant::now();
+    s.enqueue_scans(&[queued(8)]).await.unwrap().unwrap();
+    let woken = waiter.await.unwrap().unwrap();
+    assert_eq!(woken.iter().map(|d| d.task.task_id.as_str()).collect::<Vec<_>>(), ["task-8"]);
+    assert_eq!(woken[0].job_status, Some(dsx_store::JobStatus::Running));
+    assert!(enqueued.elapsed() < Duration::from_secs(2), "woken {:?} after the enqueue", enqueued.elapsed());
 }
 
 async fn queue_delivers_each_task_once_until_acked(h: &Harness) {
@@ -450,7 +494,7 @@ async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
     assert_eq!(s.requeue_dead_letters(1).await.unwrap(), 1);
     let d = s.claim_scans("w1", 5, Duration::from_secs(30)).await.unwrap();
     assert_eq!(d.len(), 1);
-    assert_eq!((d[0].task.payload.as_str(), d[0].attempt), (queued(1).payload.as_str(), 1));
+    assert_eq!((&d[0].task.request, d[0].attempt), (&queued(1).request, 1));
     assert_eq!(d[0].task.task_id, "task-1", "a requeued task keeps its id");
     assert_eq!(s.clear_dead_letters().await.unwrap(), 1);
     assert_eq!(s.dead_letter_count().await.unwrap(), 0);
@@ -493,7 +537,8 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
         task_id: format!("{job}-{n}"),
         connector_uuid: owner,
         job_id: job.clone(),
-        payload: format!("{{\"location\":\"/f{n}\"}}"),
+        request: dsx_model::ScanRequest::new(format!("/f{n}"), format!("f{n}")),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     let (t1, t2) = (format!("{job}-1"), format!("{job}-2"));
@@ -563,7 +608,8 @@ async fn complete_scan_stores_the_result_and_acks_together(h: &Harness) {
         task_id: format!("{job}-{n}"),
         connector_uuid: Uuid::new_v4(),
         job_id: job.clone(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
@@ -594,7 +640,8 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
         task_id: format!("{job}-{n}"),
         connector_uuid: owner,
         job_id: job.to_owned(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     s.enqueue_scans(&[task(&job_a, 1), task(&job_a, 2), task(&job_b, 1), task(&job_b, 2)]).await.unwrap().unwrap();
@@ -652,7 +699,8 @@ async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
         task_id: format!("{job}-{n}"),
         connector_uuid: Uuid::new_v4(),
         job_id: job.to_owned(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     // Claim larger than accepted, enqueue_done before the results.
@@ -688,7 +736,8 @@ async fn clearing_one_jobs_results_keeps_the_others(h: &Harness) {
         task_id: format!("{job}-{n}"),
         connector_uuid: Uuid::nil(),
         job_id: job.to_owned(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     s.enqueue_scans(&[task(&gone, 1), task(&gone, 2), task(&kept, 1)]).await.unwrap().unwrap();
@@ -738,7 +787,8 @@ async fn clearing_results_and_jobs(h: &Harness) {
         task_id: format!("{job}-1"),
         connector_uuid: Uuid::nil(),
         job_id: job.clone(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     }])
     .await
@@ -844,7 +894,8 @@ async fn an_intake_key_enqueues_once(h: &Harness) {
         task_id: format!("{job}-{n}"),
         connector_uuid: owner,
         job_id: job.clone(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     s.claim_job(&job, owner).await.unwrap().unwrap();
@@ -865,47 +916,54 @@ async fn an_intake_key_enqueues_once(h: &Harness) {
     assert_eq!(s.scan_queue_len().await.unwrap(), before + 5);
 }
 
+/// Runs each case on both backends, grouped by the capability it checks:
+/// `<capability>::<backend>::<case>` (e.g. `cargo test -p dsx-store queue::redis`).
 macro_rules! conformance {
-    ($($case:ident),* $(,)?) => {
-        mod redis_backend {
-            use super::*;
-            $( #[tokio::test] async fn $case() { super::$case(&Harness::redis(SecretCodec::plain())).await; } )*
-        }
-        mod embedded_backend {
-            use super::*;
-            $( #[tokio::test] async fn $case() { super::$case(&Harness::embedded(SecretCodec::plain())).await; } )*
-        }
+    ($($capability:ident: [$($case:ident),* $(,)?]),* $(,)?) => {
+        $(
+            mod $capability {
+                mod redis {
+                    use crate::*;
+                    $( #[tokio::test] async fn $case() { crate::$case(&Harness::redis(SecretCodec::plain())).await; } )*
+                }
+                mod embedded {
+                    use crate::*;
+                    $( #[tokio::test] async fn $case() { crate::$case(&Harness::embedded(SecretCodec::plain())).await; } )*
+                }
+            }
+        )*
     };
 }
 
 conformance!(
-    presence_round_trip,
-    presence_expires,
-    credentials_install_and_resolve,
-    rotation_keeps_old_key_for_grace_only,
-    rotation_without_grace_revokes_at_once,
-    revoke_removes_current_and_grace_keys,
-    registration_record_round_trip,
-    nonces_are_remembered_for_their_ttl,
-    state_key_values,
-    rate_limit_counts_in_fixed_windows,
-    scan_queue_and_job_counters,
-    jobs_belong_to_their_connector_and_batches_are_all_or_nothing,
-    concurrent_rotations_lose_no_key,
-    queue_delivers_each_task_once_until_acked,
-    expired_lease_is_redelivered_to_another_worker,
-    retry_waits_for_its_delay,
-    dead_letters_keep_the_reason_and_can_be_requeued,
-    results_count_once_and_complete_jobs_in_either_order,
-    complete_scan_stores_the_result_and_acks_together,
-    notifications_reach_subscribers_of_their_channel,
-    scan_slots_cap_concurrency_and_expire,
-    heartbeats_keep_leases_and_slots_alive,
-    deferring_spends_no_attempt,
-    completion_follows_the_accepted_count_not_the_claim,
-    clearing_one_jobs_results_keeps_the_others,
-    requeued_dead_letters_replace_their_failed_outcome,
-    an_intake_key_enqueues_once,
+    registry: [presence_round_trip, presence_expires, registration_record_round_trip, state_key_values],
+    credentials: [
+        credentials_install_and_resolve,
+        rotation_keeps_old_key_for_grace_only,
+        rotation_without_grace_revokes_at_once,
+        revoke_removes_current_and_grace_keys,
+        concurrent_rotations_lose_no_key,
+        nonces_are_remembered_for_their_ttl,
+    ],
+    queue: [
+        queue_delivers_each_task_once_until_acked,
+        expired_lease_is_redelivered_to_another_worker,
+        retry_waits_for_its_delay,
+        deferring_spends_no_attempt,
+        dead_letters_keep_the_reason_and_can_be_requeued,
+        requeued_dead_letters_replace_their_failed_outcome,
+        complete_scan_stores_the_result_and_acks_together,
+        an_intake_key_enqueues_once,
+        claims_carry_job_status_and_result_presence,
+    ],
+    jobs: [
+        scan_queue_and_job_counters,
+        jobs_belong_to_their_connector_and_batches_are_all_or_nothing,
+        completion_follows_the_accepted_count_not_the_claim,
+    ],
+    results: [results_count_once_and_complete_jobs_in_either_order, clearing_one_jobs_results_keeps_the_others],
+    events: [notifications_reach_subscribers_of_their_channel],
+    limits: [rate_limit_counts_in_fixed_windows, scan_slots_cap_concurrency_and_expire, heartbeats_keep_leases_and_slots_alive],
 );
 
 /// Finished jobs (completed, cancelled) go after their retention with their result lists and
@@ -920,7 +978,8 @@ async fn finished_jobs_expire_after_their_retention(store: Arc<dyn Store>) {
         task_id: format!("{job}-{n}"),
         connector_uuid: owner,
         job_id: job.to_owned(),
-        payload: "{}".into(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
         enqueued_at: 1,
     };
     let stored = |job: &str, n: u32| result(&format!("{job}-{n}"), job, "Benign");
@@ -1017,10 +1076,10 @@ async fn redis_plain_layout_is_python_compatible() {
         .unwrap();
     assert_eq!((kid.as_str(), secret.as_str()), (c.key_id.as_str(), "python-readable"));
     let owner: String =
-        redis::cmd("GET").arg(format!("dsxconnect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
+        redis::cmd("GET").arg(format!("{env}:dsx-connect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
     assert_eq!(owner, uuid.to_string());
     let ttl: i64 =
-        redis::cmd("TTL").arg(format!("dsxconnect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
+        redis::cmd("TTL").arg(format!("{env}:dsx-connect:hmac:kid:{}", c.key_id)).query_async(&mut conn).await.unwrap();
     assert_eq!(ttl, -1, "credentials have no TTL");
     let presence_key = format!("{env}:dsx-connect:connectors:presence:{}", conn_presence.uuid);
     let json: String = redis::cmd("GET").arg(&presence_key).query_async(&mut conn).await.unwrap();

@@ -8,7 +8,6 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use dsx_hmac::unix_now;
 use dsx_model::{parse_json, Connector, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
 use dsx_store::{Job, JobRefusal, JobStatus, QueuedTask};
 use serde::Serialize;
@@ -55,10 +54,7 @@ impl AppState {
             _ => named.ok_or_else(|| missing_connector(index))?,
         };
         match self.registered(uuid, registry).await? {
-            Some(connector) => {
-                request.connector_url = Some(connector.url.clone());
-                request.connector = Some(connector.clone());
-            }
+            Some(connector) => request.connector_url = Some(connector.url.clone()),
             None => request.connector_url = None,
         }
         let job_id =
@@ -71,13 +67,16 @@ impl AppState {
         loc.push("scan_job_id");
         check_id(&job_id, &loc)?;
         request.scan_job_id = Some(job_id.clone());
-        let payload = serde_json::to_string(&request).map_err(|_| ApiError::BadRequest("serialize"))?;
+        // The registry keeps the connector's model; the task needs only its uuid.
+        request.connector = None;
+        let now_us = dsx_store::now_micros();
         Ok(QueuedTask {
             task_id: Uuid::new_v4().to_string(),
             connector_uuid: uuid,
             job_id,
-            payload,
-            enqueued_at: unix_now(),
+            request,
+            enqueued_at: now_us / 1_000_000,
+            enqueued_at_us: now_us,
         })
     }
 

@@ -16,9 +16,19 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, DeadLetter, Delivery, DiskUsage, Enqueued, Job, JobRefusal, JobStatus,
-    QueuedTask, RateWindow, RegistrationRecord, ResolvedKey, ResultRecord, SecretCodec, Store, StoreError, StoreResult,
+    now_millis, now_secs, Credential, Credentials, DeadLetter, Delivery, DiskUsage, Enqueued, Events, Health, Job,
+    JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
+    ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
 };
+
+mod credentials;
+mod events;
+mod health;
+mod jobs;
+mod limits;
+mod queue;
+mod registry;
+mod results;
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
 const PRESENCE: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("presence");
@@ -74,6 +84,8 @@ const REOPEN_WAIT: Duration = Duration::from_secs(2);
 /// The file is compacted (free pages given back to the disk) once the store has been idle
 /// this long, the file is at least [`COMPACT_MIN_BYTES`] and less than half of it is in use.
 /// Compaction holds the file exclusively, so it waits for a quiet moment.
+/// A waiting claim looks at the queue at least this often (due retries, expired leases).
+const RECHECK_IDLE: Duration = Duration::from_millis(100);
 const COMPACT_IDLE: Duration = Duration::from_secs(30);
 const COMPACT_MIN_BYTES: u64 = 8 << 20;
 
@@ -96,6 +108,54 @@ pub struct EmbeddedStore {
     /// The group-commit thread; stopped and joined on drop so the file is closed (and can be
     /// reopened) as soon as the store is gone.
     flusher: Option<std::thread::JoinHandle<()>>,
+    /// Writes that may share a transaction (see [`BatchedWrite`]), and the thread that runs them.
+    batched: Option<std::sync::mpsc::Sender<BatchedWrite>>,
+    batch_writer: Option<std::thread::JoinHandle<()>>,
+}
+
+/// A write that may share its transaction with others queued at the same time: the hot
+/// path's completions arrive dozens at once, and one redb commit for all of them costs about
+/// what one costs alone. `run` may be called twice: when any write of a shared transaction
+/// fails, the transaction is dropped and each write runs again in its own.
+struct BatchedWrite {
+    run: Box<dyn FnMut(&WriteTransaction) -> StoreResult<()> + Send>,
+    done: Box<dyn FnOnce(StoreResult<()>) + Send>,
+}
+
+/// Most writes in one shared transaction.
+const BATCH_AT_MOST: usize = 64;
+
+/// Runs queued [`BatchedWrite`]s, as many as are waiting, in one transaction each turn.
+fn spawn_batch_writer(
+    inner: Arc<Inner>,
+    queue: std::sync::mpsc::Receiver<BatchedWrite>,
+) -> StoreResult<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("embedded-store-write".into())
+        .spawn(move || {
+            while let Ok(first) = queue.recv() {
+                let mut batch = vec![first];
+                while batch.len() < BATCH_AT_MOST {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let shared = inner.write(false, |txn| batch.iter_mut().try_for_each(|w| (w.run)(txn)));
+                match shared {
+                    Ok(()) => batch.into_iter().for_each(|w| (w.done)(Ok(()))),
+                    Err(err) if batch.len() == 1 => batch.into_iter().for_each(|w| (w.done)(Err(err.clone()))),
+                    // One of them failed: none of the shared transaction was committed.
+                    Err(_) => {
+                        for mut w in batch {
+                            let alone = inner.write(false, |txn| (w.run)(txn));
+                            (w.done)(alone);
+                        }
+                    }
+                }
+            }
+        })
+        .map_err(|e| unavailable(format!("cannot start the embedded store's write thread: {e}")))
 }
 
 /// Group commit. Every transaction commits without fsync (`Durability::None`, cheap); a caller
@@ -144,6 +204,8 @@ struct Inner {
     flush_done: std::sync::Condvar,
     /// Scan slots (one process owns the embedded store, so they live in memory): slot → expiry.
     slots: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
+    /// Wakes workers waiting in a claim when tasks are queued or given back.
+    work: tokio::sync::Notify,
     /// In-process notification channels (one process owns the embedded store).
     channels: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::broadcast::Sender<String>>>,
 }
@@ -279,9 +341,12 @@ impl EmbeddedStore {
             flush_done: Default::default(),
             channels: Default::default(),
             slots: Default::default(),
+            work: tokio::sync::Notify::new(),
         });
         let flusher = spawn_flusher(Arc::clone(&inner))?;
-        Ok(Self { inner, flusher: Some(flusher) })
+        let (batched, queue) = std::sync::mpsc::channel();
+        let batch_writer = spawn_batch_writer(Arc::clone(&inner), queue)?;
+        Ok(Self { inner, flusher: Some(flusher), batched: Some(batched), batch_writer: Some(batch_writer) })
     }
 
     /// Keep finished jobs, their results' per-job and per-task entries this long after the
@@ -314,12 +379,42 @@ impl EmbeddedStore {
             inner.write(durable, |txn| {
                 let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
                 if txn.open_table(SCAN_QUEUE).map_err(unavailable)?.get(seq).map_err(unavailable)?.is_some() {
-                    state.insert(seq, (now_millis() + ttl_ms_u64(delay), attempt, 0)).map_err(unavailable)?;
+                    state.insert(seq, (now_millis() + delay.as_millis() as u64, attempt, 0)).map_err(unavailable)?;
                 }
                 Ok(())
             })
         })
-        .await
+        .await?;
+        if delay.is_zero() {
+            self.inner.work.notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// A non-durable write that may share its transaction with others (see [`BatchedWrite`]).
+    /// `f` must leave nothing behind when it fails, and may run twice.
+    async fn write_batched<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&Inner, &WriteTransaction) -> StoreResult<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let (answer, answered) = tokio::sync::oneshot::channel();
+        let slot: Arc<std::sync::Mutex<Option<T>>> = Arc::default();
+        let out = Arc::clone(&slot);
+        let inner = Arc::clone(&self.inner);
+        let write = BatchedWrite {
+            run: Box::new(move |txn| {
+                let value = f(&inner, txn)?;
+                *out.lock().expect("batched result lock") = Some(value);
+                Ok(())
+            }),
+            done: Box::new(move |result| {
+                let result = result.map(|()| slot.lock().expect("batched result lock").take().expect("set by run"));
+                let _ = answer.send(result);
+            }),
+        };
+        let queue = self.batched.as_ref().ok_or_else(|| unavailable("store closed"))?;
+        queue.send(write).map_err(|_| unavailable("store closed"))?;
+        answered.await.map_err(|_| unavailable("the store's write thread stopped"))?
     }
 
     /// Run blocking redb work off the async runtime.
@@ -666,6 +761,11 @@ impl Drop for Inner {
 
 impl Drop for EmbeddedStore {
     fn drop(&mut self) {
+        // Closing the queue ends the write thread after what is queued.
+        drop(self.batched.take());
+        if let Some(thread) = self.batch_writer.take() {
+            let _ = thread.join();
+        }
         if let Some(thread) = self.flusher.take() {
             self.inner.durable.lock().expect("durable lock").stopping = true;
             self.inner.flush_wanted.notify_all();
@@ -990,776 +1090,6 @@ fn put_json<V: Serialize>(table: &mut Table<&str, &[u8]>, key: &str, value: &V) 
     let bytes = serde_json::to_vec(value).map_err(corrupt)?;
     table.insert(key, bytes.as_slice()).map_err(unavailable)?;
     Ok(())
-}
-
-#[async_trait]
-impl Store for EmbeddedStore {
-    fn backend(&self) -> &'static str {
-        "embedded"
-    }
-
-    async fn ping(&self) -> StoreResult<()> {
-        self.run(|inner| {
-            if let Some(fault) = inner.fault() {
-                return Err(unavailable(fault));
-            }
-            inner.db()?.begin_read().map(|_| ()).map_err(unavailable)
-        })
-        .await
-    }
-
-    async fn put_presence(&self, connector: &Connector, ttl: Duration) -> StoreResult<()> {
-        let json = serde_json::to_vec(connector).map_err(corrupt)?;
-        let key = connector.uuid.to_string();
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut table = txn.open_table(PRESENCE).map_err(unavailable)?;
-                table.insert(key.as_str(), (expiry_ms(ttl), json.as_slice())).map_err(unavailable)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn get_presence(&self, uuid: Uuid) -> StoreResult<Option<Connector>> {
-        self.read_now(move |inner| inner.read_presence(&uuid.to_string()))
-    }
-
-    async fn list_presence(&self) -> StoreResult<Vec<Connector>> {
-        self.run(|inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(PRESENCE).map_err(unavailable)?;
-            let now = now_millis();
-            let mut out = Vec::new();
-            for row in table.iter().map_err(unavailable)? {
-                let (_, value) = row.map_err(unavailable)?;
-                let (exp, json) = value.value();
-                if live(exp, now) {
-                    match serde_json::from_slice(json) {
-                        Ok(connector) => out.push(connector),
-                        // One unreadable entry (e.g. written by another version) must not hide the rest.
-                        Err(err) => tracing::warn!(error = %err, "skipping unreadable presence entry"),
-                    }
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn delete_presence(&self, uuid: Uuid) -> StoreResult<bool> {
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut table = txn.open_table(PRESENCE).map_err(unavailable)?;
-                let removed = table.remove(uuid.to_string().as_str()).map_err(unavailable)?;
-                Ok(removed.is_some_and(|g| live(g.value().0, now_millis())))
-            })
-        })
-        .await
-    }
-
-    async fn install_credential(&self, uuid: Uuid, new: &Credential, grace: Duration) -> StoreResult<()> {
-        let stored = StoredCredential {
-            key_id: new.key_id.clone(),
-            secret: self.inner.codec.seal(&new.secret),
-            issued_at: new.issued_at,
-        };
-        self.run(move |inner| {
-            let key = uuid.to_string();
-            inner.write(true, |txn| {
-                // Read the previous key inside the write transaction: concurrent installs serialize.
-                let mut credentials = txn.open_table(CREDENTIALS).map_err(unavailable)?;
-                let previous = credential_in(&credentials, &key)?;
-                let mut kids = txn.open_table(KEY_IDS).map_err(unavailable)?;
-                if let Some(old) = previous.filter(|old| old.key_id != stored.key_id) {
-                    if grace.is_zero() {
-                        kids.remove(old.key_id.as_str()).map_err(unavailable)?;
-                    } else {
-                        let entry =
-                            serde_json::to_vec(&KidEntry { uuid, grace_secret: Some(old.secret) }).map_err(corrupt)?;
-                        kids.insert(old.key_id.as_str(), (expiry_ms(grace), entry.as_slice())).map_err(unavailable)?;
-                    }
-                }
-                let entry = serde_json::to_vec(&KidEntry { uuid, grace_secret: None }).map_err(corrupt)?;
-                kids.insert(stored.key_id.as_str(), (0, entry.as_slice())).map_err(unavailable)?;
-                put_json(&mut credentials, &key, &stored)
-            })
-        })
-        .await
-    }
-
-    async fn current_credential(&self, uuid: Uuid) -> StoreResult<Option<Credential>> {
-        self.read_now(move |inner| {
-            let Some(stored) = inner.read_credential(&uuid.to_string())? else { return Ok(None) };
-            Ok(Some(Credential {
-                key_id: stored.key_id,
-                secret: inner.codec.open(&stored.secret)?,
-                issued_at: stored.issued_at,
-            }))
-        })
-    }
-
-    async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>> {
-        let key_id = key_id.to_owned();
-        self.read_now(move |inner| {
-            // One read transaction: the index and the credential are seen at the same instant.
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let entry: KidEntry = {
-                let table = txn.open_table(KEY_IDS).map_err(unavailable)?;
-                let Some(guard) = table.get(key_id.as_str()).map_err(unavailable)? else { return Ok(None) };
-                let (exp, json) = guard.value();
-                if !live(exp, now_millis()) {
-                    return Ok(None);
-                }
-                serde_json::from_slice(json).map_err(corrupt)?
-            };
-            let sealed = match entry.grace_secret {
-                Some(sealed) => sealed,
-                None => {
-                    match credential_in(&txn.open_table(CREDENTIALS).map_err(unavailable)?, &entry.uuid.to_string())? {
-                        Some(current) if current.key_id == key_id => current.secret,
-                        _ => return Ok(None),
-                    }
-                }
-            };
-            Ok(Some(ResolvedKey { connector_uuid: entry.uuid, secret: inner.codec.open(&sealed)? }))
-        })
-    }
-
-    async fn revoke_credentials(&self, uuid: Uuid) -> StoreResult<bool> {
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let key = uuid.to_string();
-                let had_current = txn
-                    .open_table(CREDENTIALS)
-                    .map_err(unavailable)?
-                    .remove(key.as_str())
-                    .map_err(unavailable)?
-                    .is_some();
-                let mut kids = txn.open_table(KEY_IDS).map_err(unavailable)?;
-                let mut had_keys = false;
-                kids.retain(|_, (_, json)| {
-                    let mine = serde_json::from_slice::<KidEntry>(json).is_ok_and(|e| e.uuid == uuid);
-                    had_keys |= mine;
-                    !mine
-                })
-                .map_err(unavailable)?;
-                Ok(had_current || had_keys)
-            })
-        })
-        .await
-    }
-
-    async fn put_registration(&self, uuid: Uuid, record: &RegistrationRecord) -> StoreResult<()> {
-        let record = record.clone();
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                put_json(&mut txn.open_table(REGISTRATIONS).map_err(unavailable)?, &uuid.to_string(), &record)
-            })
-        })
-        .await
-    }
-
-    async fn get_registration(&self, uuid: Uuid) -> StoreResult<Option<RegistrationRecord>> {
-        self.run(move |inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(REGISTRATIONS).map_err(unavailable)?;
-            let value = table.get(uuid.to_string().as_str()).map_err(unavailable)?;
-            value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
-        })
-        .await
-    }
-
-    async fn list_registrations(&self) -> StoreResult<Vec<(Uuid, RegistrationRecord)>> {
-        self.run(|inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(REGISTRATIONS).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(unavailable)? {
-                let (key, value) = row.map_err(unavailable)?;
-                let Ok(uuid) = key.value().parse::<Uuid>() else { continue };
-                out.push((uuid, serde_json::from_slice(value.value()).map_err(corrupt)?));
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn delete_registration(&self, uuid: Uuid) -> StoreResult<()> {
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                txn.open_table(REGISTRATIONS)
-                    .map_err(unavailable)?
-                    .remove(uuid.to_string().as_str())
-                    .map_err(unavailable)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn remember_nonce(&self, key_id: &str, nonce: &str, ttl: Duration) -> StoreResult<bool> {
-        let (key_id, nonce) = (key_id.to_owned(), nonce.to_owned());
-        let ttl = ttl.max(crate::MIN_NONCE_TTL);
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let mut table = txn.open_table(NONCES).map_err(unavailable)?;
-                let now = now_millis();
-                let seen =
-                    table.get((key_id.as_str(), nonce.as_str())).map_err(unavailable)?.is_some_and(|g| g.value() > now);
-                if !seen {
-                    table.insert((key_id.as_str(), nonce.as_str()), expiry_ms(ttl)).map_err(unavailable)?;
-                }
-                Ok(!seen)
-            })
-        })
-        .await
-    }
-
-    async fn put_state(&self, uuid: Uuid, ns: &str, key: &str, value: &str) -> StoreResult<()> {
-        let (ns, key, value) = (ns.to_owned(), key.to_owned(), value.to_owned());
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut table = txn.open_table(STATE).map_err(unavailable)?;
-                table
-                    .insert((uuid.to_string().as_str(), ns.as_str(), key.as_str()), value.as_str())
-                    .map_err(unavailable)?;
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn get_state(&self, uuid: Uuid, ns: &str, key: &str) -> StoreResult<Option<String>> {
-        let (ns, key) = (ns.to_owned(), key.to_owned());
-        self.run(move |inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(STATE).map_err(unavailable)?;
-            let value = table.get((uuid.to_string().as_str(), ns.as_str(), key.as_str())).map_err(unavailable)?;
-            Ok(value.map(|g| g.value().to_owned()))
-        })
-        .await
-    }
-
-    async fn enqueue_scans_once(
-        &self,
-        tasks: &[QueuedTask],
-        intake_key: Option<&str>,
-    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
-        let tasks = tasks.to_vec();
-        let intake_key = intake_key.map(str::to_owned);
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
-                if let Some(key) = &intake_key {
-                    if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
-                        return Ok(Ok(Enqueued::Repeat));
-                    }
-                }
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                // Check every job first: the batch is queued whole or not at all.
-                for task in &tasks {
-                    let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                    if let Some(bytes) = existing {
-                        let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                        if let Err(refusal) = job_takes(&job, task.connector_uuid) {
-                            return Ok(Err(refusal));
-                        }
-                    }
-                }
-                let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                let now = now_secs();
-                for (seq, task) in (first..).zip(&tasks) {
-                    let payload = serde_json::to_vec(task).map_err(corrupt)?;
-                    queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
-                    let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                    let mut job = match existing {
-                        Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
-                        None => new_job(&task.job_id, task.connector_uuid, now),
-                    };
-                    job.enqueued_count += 1;
-                    job.updated_at = now;
-                    let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
-                    jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                }
-                // Remembered only with the tasks: a refused batch may be sent again.
-                if let Some(key) = &intake_key {
-                    seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL)).map_err(unavailable)?;
-                }
-                Ok(Ok(Enqueued::Queued))
-            })
-        })
-        .await
-    }
-
-    async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>> {
-        let job_id = job_id.to_owned();
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                let existing = jobs.get(job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                match existing {
-                    Some(bytes) => {
-                        let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                        if job.connector_uuid.is_some_and(|o| o != owner) {
-                            return Ok(Err(JobRefusal::OtherOwner { job_id }));
-                        }
-                    }
-                    None => put_json(&mut jobs, &job_id, &new_job(&job_id, owner, now_secs()))?,
-                }
-                Ok(Ok(()))
-            })
-        })
-        .await
-    }
-
-    async fn disk_usage(&self) -> StoreResult<Option<DiskUsage>> {
-        self.run(|inner| inner.disk_usage().map(Some)).await
-    }
-
-    async fn scan_queue_len(&self) -> StoreResult<u64> {
-        self.run(|inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-            table.len().map_err(unavailable)
-        })
-        .await
-    }
-
-    async fn get_job(&self, job_id: &str) -> StoreResult<Option<Job>> {
-        let job_id = job_id.to_owned();
-        self.read_now(move |inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(JOBS).map_err(unavailable)?;
-            let value = table.get(job_id.as_str()).map_err(unavailable)?;
-            value.map(|g| serde_json::from_slice(g.value()).map_err(corrupt)).transpose()
-        })
-    }
-
-    async fn mark_enqueue_done(
-        &self,
-        job_id: &str,
-        total: Option<u64>,
-        enumeration_errors: Option<u64>,
-    ) -> StoreResult<Option<Job>> {
-        let job_id = job_id.to_owned();
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                update_job(txn, &job_id, |job| {
-                    job.enqueue_done = true;
-                    job.expected_total = total.or(job.expected_total);
-                    job.enumeration_errors = enumeration_errors.unwrap_or(job.enumeration_errors);
-                })
-            })
-        })
-        .await
-    }
-
-    async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>> {
-        let record = record.clone();
-        self.run(move |inner| inner.write(false, |txn| put_result_in(txn, &record, retain, inner.retention_ms()))).await
-    }
-
-    async fn complete_scan(
-        &self,
-        delivery: &Delivery,
-        record: Option<&ResultRecord>,
-        retain: usize,
-    ) -> StoreResult<Option<u64>> {
-        let seq = parse_seq(&delivery.id)?;
-        let record = record.cloned();
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let id = match &record {
-                    Some(record) => put_result_in(txn, record, retain, inner.retention_ms())?,
-                    None => None,
-                };
-                ack_in(txn, seq)?;
-                Ok(id)
-            })
-        })
-        .await
-    }
-
-    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
-        let task_id = task_id.to_owned();
-        self.read_now(move |inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let Some(seq) = txn
-                .open_table(RESULT_SEQ_BY_TASK)
-                .map_err(unavailable)?
-                .get(task_id.as_str())
-                .map_err(unavailable)?
-                .map(|g| g.value())
-            else {
-                return Ok(None);
-            };
-            let rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
-            let value = rows.get(seq).map_err(unavailable)?;
-            Ok(value.map(|g| String::from_utf8_lossy(g.value()).into_owned()))
-        })
-    }
-
-    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
-        let job_id = job_id.map(str::to_owned);
-        self.run(move |inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
-            let mut seqs = Vec::new();
-            match job_id {
-                None => {
-                    let table = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
-                    for row in table.iter().map_err(unavailable)?.rev().take(limit) {
-                        seqs.push(row.map_err(unavailable)?.0.value());
-                    }
-                }
-                Some(job) => {
-                    let table = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
-                    let range = table.range((job.as_str(), 0)..=(job.as_str(), u64::MAX)).map_err(unavailable)?;
-                    for row in range.rev().take(limit) {
-                        seqs.push(row.map_err(unavailable)?.0.value().1);
-                    }
-                }
-            }
-            let mut out = Vec::with_capacity(seqs.len());
-            for seq in seqs {
-                if let Some(row) = rows.get(seq).map_err(unavailable)? {
-                    out.push(String::from_utf8_lossy(row.value()).into_owned());
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
-        self.run(|inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(STATS).map_err(unavailable)?;
-            let mut out = std::collections::BTreeMap::new();
-            for row in table.iter().map_err(unavailable)? {
-                let (k, v) = row.map_err(unavailable)?;
-                if k.value() != "results_seq" {
-                    out.insert(k.value().to_owned(), v.value());
-                }
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn list_jobs(&self) -> StoreResult<Vec<Job>> {
-        self.run(|inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(JOBS).map_err(unavailable)?;
-            let mut jobs = Vec::new();
-            for row in table.iter().map_err(unavailable)? {
-                jobs.push(serde_json::from_slice::<Job>(row.map_err(unavailable)?.1.value()).map_err(corrupt)?);
-            }
-            jobs.sort_by_key(|j| std::cmp::Reverse(j.updated_at));
-            Ok(jobs)
-        })
-        .await
-    }
-
-    async fn delete_jobs(&self) -> StoreResult<u64> {
-        self.run(|inner| {
-            let retention = inner.retention_ms();
-            inner.write(true, |txn| {
-                let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                let n = jobs.len().map_err(unavailable)?;
-                if retention > 0 {
-                    // Nothing will finish these jobs any more: their results expire as a
-                    // finished job's.
-                    let mut jobless = txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?;
-                    let until = now_millis() + retention;
-                    for row in jobs.iter().map_err(unavailable)? {
-                        jobless.insert(row.map_err(unavailable)?.0.value(), until).map_err(unavailable)?;
-                    }
-                }
-                jobs.retain(|_, _| false).map_err(unavailable)?;
-                Ok(n)
-            })
-        })
-        .await
-    }
-
-    async fn clear_results(&self) -> StoreResult<u64> {
-        self.run(|inner| {
-            inner.write(true, |txn| {
-                let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
-                let n = recent.len().map_err(unavailable)?;
-                recent.retain(|_, _| false).map_err(unavailable)?;
-                txn.open_table(RESULT_ROWS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
-                txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
-                txn.open_table(JOB_RESULTS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
-                txn.open_table(JOBLESS_RESULTS).map_err(unavailable)?.retain(|_, _| false).map_err(unavailable)?;
-                // Keep the sequence so ids never repeat; reset the counters.
-                txn.open_table(STATS).map_err(unavailable)?.retain(|k, _| k == "results_seq").map_err(unavailable)?;
-                Ok(n)
-            })
-        })
-        .await
-    }
-
-    async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64> {
-        let job_id = job_id.to_owned();
-        self.run(move |inner| inner.write(true, |txn| remove_job_results(txn, &job_id, true))).await
-    }
-
-    async fn set_job_status(&self, job_id: &str, status: JobStatus) -> StoreResult<Option<Job>> {
-        let job_id = job_id.to_owned();
-        self.run(move |inner| inner.write(true, |txn| update_job(txn, &job_id, |job| job.status = status))).await
-    }
-
-    async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool> {
-        let now = std::time::Instant::now();
-        let mut slots = self.inner.slots.lock().expect("slots lock");
-        slots.retain(|_, until| *until > now);
-        if slots.contains_key(slot) || slots.len() < max {
-            slots.insert(slot.to_owned(), now + lease);
-            return Ok(true);
-        }
-        Ok(false)
-    }
-
-    async fn release_slot(&self, slot: &str) -> StoreResult<()> {
-        self.inner.slots.lock().expect("slots lock").remove(slot);
-        Ok(())
-    }
-
-    async fn renew_slots(&self, held: &[String], ttl: Duration) -> StoreResult<Vec<String>> {
-        let now = std::time::Instant::now();
-        let mut slots = self.inner.slots.lock().expect("slots lock");
-        let mut lost = Vec::new();
-        for slot in held {
-            match slots.get_mut(slot) {
-                Some(until) if *until > now => *until = now + ttl,
-                _ => {
-                    slots.remove(slot);
-                    lost.push(slot.clone());
-                }
-            }
-        }
-        Ok(lost)
-    }
-
-    async fn slots_in_use(&self) -> StoreResult<u64> {
-        let now = std::time::Instant::now();
-        let mut slots = self.inner.slots.lock().expect("slots lock");
-        slots.retain(|_, until| *until > now);
-        Ok(slots.len() as u64)
-    }
-
-    fn may_have_listeners(&self, channel: &str) -> bool {
-        self.inner.channel(channel).receiver_count() > 0
-    }
-
-    async fn publish(&self, channel: &str, message: &str) -> StoreResult<()> {
-        // No subscriber is not an error.
-        let _ = self.inner.channel(channel).send(message.to_owned());
-        Ok(())
-    }
-
-    async fn subscribe(&self, channel: &str) -> StoreResult<tokio::sync::mpsc::Receiver<String>> {
-        let mut source = self.inner.channel(channel).subscribe();
-        let (tx, rx) = tokio::sync::mpsc::channel(256);
-        tokio::spawn(async move {
-            loop {
-                match source.recv().await {
-                    Ok(msg) => {
-                        if tx.send(msg).await.is_err() {
-                            return;
-                        }
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        tracing::warn!(missed = n, "slow subscriber missed notifications");
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        Ok(rx)
-    }
-
-    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
-        let _ = consumer; // one process owns the file: leases need no owner name
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let now = now_millis();
-                let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
-                let mut out = Vec::new();
-                for row in queue.iter().map_err(unavailable)? {
-                    if out.len() >= max {
-                        break;
-                    }
-                    let (seq, payload) = row.map_err(unavailable)?;
-                    let seq = seq.value();
-                    let (visible_at, attempt, leased) =
-                        state.get(seq).map_err(unavailable)?.map(|g| g.value()).unwrap_or((0, 1, 0));
-                    if visible_at > now {
-                        continue;
-                    }
-                    // A lease that ran out means the holder died: this is another attempt.
-                    let attempt = if leased == 1 { attempt + 1 } else { attempt };
-                    let task: QueuedTask = match serde_json::from_slice(payload.value()) {
-                        Ok(t) => t,
-                        Err(err) => {
-                            tracing::error!(seq, error = %err, "unreadable queue entry skipped");
-                            continue;
-                        }
-                    };
-                    state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
-                    out.push(Delivery { id: seq.to_string(), task, attempt: attempt as u32 });
-                }
-                Ok(out)
-            })
-        })
-        .await
-    }
-
-    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
-        let seq = parse_seq(&delivery.id)?;
-        self.run(move |inner| inner.write(false, |txn| ack_in(txn, seq))).await
-    }
-
-    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
-        self.requeue_later(delivery, delay, u64::from(delivery.attempt) + 1, true).await
-    }
-
-    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
-        // Not waited for: a crash that loses it only redelivers the task once its lease runs out.
-        self.requeue_later(delivery, delay, u64::from(delivery.attempt), false).await
-    }
-
-    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {
-        let _ = consumer; // one process owns the file: the attempt number tells whose lease it is
-        if deliveries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let held: Vec<(String, u64)> = deliveries.iter().map(|d| (d.id.clone(), u64::from(d.attempt))).collect();
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
-                let now = now_millis();
-                let mut lost = Vec::new();
-                for (id, attempt) in held {
-                    let seq = parse_seq(&id)?;
-                    let current = state.get(seq).map_err(unavailable)?.map(|g| g.value());
-                    let mine = matches!(current, Some((_, a, 1)) if a == attempt);
-                    if mine && queue.get(seq).map_err(unavailable)?.is_some() {
-                        state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
-                    } else {
-                        lost.push(id);
-                    }
-                }
-                Ok(lost)
-            })
-        })
-        .await
-    }
-
-    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
-        let seq = parse_seq(&delivery.id)?;
-        let letter = DeadLetter {
-            task: delivery.task.clone(),
-            reason: reason.to_owned(),
-            retry_count: delivery.attempt.saturating_sub(1),
-            failed_at: now_secs(),
-        };
-        let json = serde_json::to_vec(&letter).map_err(corrupt)?;
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let removed =
-                    txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?.is_some();
-                txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
-                if removed {
-                    let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-                    let next = dlq.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                    dlq.insert(next, json.as_slice()).map_err(unavailable)?;
-                }
-                Ok(())
-            })
-        })
-        .await
-    }
-
-    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
-        self.run(move |inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            let table = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-            let mut out = Vec::new();
-            for row in table.iter().map_err(unavailable)?.skip(start).take(end.saturating_sub(start)) {
-                let (_, json) = row.map_err(unavailable)?;
-                out.push(serde_json::from_slice(json.value()).map_err(corrupt)?);
-            }
-            Ok(out)
-        })
-        .await
-    }
-
-    async fn dead_letter_count(&self) -> StoreResult<u64> {
-        self.run(|inner| {
-            let txn = inner.db()?.begin_read().map_err(unavailable)?;
-            txn.open_table(DEAD_LETTERS).map_err(unavailable)?.len().map_err(unavailable)
-        })
-        .await
-    }
-
-    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
-        self.run(move |inner| {
-            inner.write(true, |txn| {
-                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-                let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                let mut next = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                let mut moved = 0;
-                while moved < max as u64 {
-                    let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
-                    let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
-                    undo_failed_outcome(txn, &letter.task)?;
-                    let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
-                    queue.insert(next, task.as_slice()).map_err(unavailable)?;
-                    next += 1;
-                    moved += 1;
-                }
-                Ok(moved)
-            })
-        })
-        .await
-    }
-
-    async fn clear_dead_letters(&self) -> StoreResult<u64> {
-        self.run(|inner| {
-            inner.write(true, |txn| {
-                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-                let count = dlq.len().map_err(unavailable)?;
-                dlq.retain(|_, _| false).map_err(unavailable)?;
-                Ok(count)
-            })
-        })
-        .await
-    }
-
-    async fn hit_rate_limit(&self, bucket: &str, window: Duration) -> StoreResult<RateWindow> {
-        let bucket = bucket.to_owned();
-        let window_secs = window.as_secs().max(1);
-        self.run(move |inner| {
-            inner.write(false, |txn| {
-                let now = now_secs();
-                let mut table = txn.open_table(RATE).map_err(unavailable)?;
-                let (end, count) = match table.get(bucket.as_str()).map_err(unavailable)?.map(|g| g.value()) {
-                    Some((end, count)) if end > now => (end, count + 1),
-                    _ => ((now / window_secs + 1) * window_secs, 1),
-                };
-                table.insert(bucket.as_str(), (end, count)).map_err(unavailable)?;
-                Ok(RateWindow { count, reset_in_secs: (end - now).max(1) })
-            })
-        })
-        .await
-    }
 }
 
 #[cfg(test)]

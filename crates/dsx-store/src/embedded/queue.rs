@@ -1,0 +1,300 @@
+//! The embedded store's side of one capability (see the trait for the contract).
+
+use super::*;
+
+#[async_trait]
+impl ScanQueue for EmbeddedStore {
+    async fn enqueue_scans_once(
+        &self,
+        tasks: &[QueuedTask],
+        intake_key: Option<&str>,
+    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
+        let tasks = tasks.to_vec();
+        let intake_key = intake_key.map(str::to_owned);
+        let out = self
+            .run(move |inner| {
+                inner.write(true, |txn| {
+                    let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
+                    if let Some(key) = &intake_key {
+                        if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
+                            return Ok(Ok(Enqueued::Repeat));
+                        }
+                    }
+                    let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                    // Check every job first: the batch is queued whole or not at all.
+                    for task in &tasks {
+                        let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                        if let Some(bytes) = existing {
+                            let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
+                            if let Err(refusal) = job_takes(&job, task.connector_uuid) {
+                                return Ok(Err(refusal));
+                            }
+                        }
+                    }
+                    let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                    let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    let now = now_secs();
+                    for (seq, task) in (first..).zip(&tasks) {
+                        let payload = serde_json::to_vec(task).map_err(corrupt)?;
+                        queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
+                        let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
+                        let mut job = match existing {
+                            Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
+                            None => new_job(&task.job_id, task.connector_uuid, now),
+                        };
+                        job.enqueued_count += 1;
+                        job.updated_at = now;
+                        let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
+                        jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                    }
+                    // Remembered only with the tasks: a refused batch may be sent again.
+                    if let Some(key) = &intake_key {
+                        seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL))
+                            .map_err(unavailable)?;
+                    }
+                    Ok(Ok(Enqueued::Queued))
+                })
+            })
+            .await;
+        if matches!(out, Ok(Ok(Enqueued::Queued))) {
+            self.inner.work.notify_waiters();
+        }
+        out
+    }
+
+    async fn scan_queue_len(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+            table.len().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn complete_scan(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
+        let seq = parse_seq(&delivery.id)?;
+        let record = record.cloned();
+        self.write_batched(move |inner, txn| {
+            let id = match &record {
+                Some(record) => put_result_in(txn, record, retain, inner.retention_ms())?,
+                None => None,
+            };
+            ack_in(txn, seq)?;
+            Ok(id)
+        })
+        .await
+    }
+
+    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
+        let _ = consumer; // one process owns the file: leases need no owner name
+        self.run(move |inner| {
+            inner.write(false, |txn| {
+                let now = now_millis();
+                let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                let jobs = txn.open_table(JOBS).map_err(unavailable)?;
+                let results = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
+                let mut statuses: std::collections::HashMap<String, Option<JobStatus>> = Default::default();
+                let claimed_at_us = crate::now_micros();
+                let mut out = Vec::new();
+                for row in queue.iter().map_err(unavailable)? {
+                    if out.len() >= max {
+                        break;
+                    }
+                    let (seq, payload) = row.map_err(unavailable)?;
+                    let seq = seq.value();
+                    let (visible_at, attempt, leased) =
+                        state.get(seq).map_err(unavailable)?.map(|g| g.value()).unwrap_or((0, 1, 0));
+                    if visible_at > now {
+                        continue;
+                    }
+                    // A lease that ran out means the holder died: this is another attempt.
+                    let attempt = if leased == 1 { attempt + 1 } else { attempt };
+                    let task: QueuedTask = match serde_json::from_slice(payload.value()) {
+                        Ok(t) => t,
+                        Err(err) => {
+                            tracing::error!(seq, error = %err, "unreadable queue entry skipped");
+                            continue;
+                        }
+                    };
+                    state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
+                    let job_status = match statuses.get(&task.job_id) {
+                        Some(status) => *status,
+                        None => {
+                            let status = match jobs.get(task.job_id.as_str()).map_err(unavailable)? {
+                                Some(raw) => Some(serde_json::from_slice::<Job>(raw.value()).map_err(corrupt)?.status),
+                                None => None,
+                            };
+                            statuses.insert(task.job_id.clone(), status);
+                            status
+                        }
+                    };
+                    let has_result = results.get(task.task_id.as_str()).map_err(unavailable)?.is_some();
+                    out.push(Delivery {
+                        id: seq.to_string(),
+                        task,
+                        attempt: attempt as u32,
+                        job_status,
+                        has_result,
+                        claimed_at_us,
+                    });
+                }
+                Ok(out)
+            })
+        })
+        .await
+    }
+
+    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        self.run(move |inner| inner.write(false, |txn| ack_in(txn, seq))).await
+    }
+
+    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        self.requeue_later(delivery, delay, u64::from(delivery.attempt) + 1, true).await
+    }
+
+    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        // Not waited for: a crash that loses it only redelivers the task once its lease runs out.
+        self.requeue_later(delivery, delay, u64::from(delivery.attempt), false).await
+    }
+
+    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {
+        let _ = consumer; // one process owns the file: the attempt number tells whose lease it is
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let held: Vec<(String, u64)> = deliveries.iter().map(|d| (d.id.clone(), u64::from(d.attempt))).collect();
+        self.run(move |inner| {
+            inner.write(false, |txn| {
+                let queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
+                let now = now_millis();
+                let mut lost = Vec::new();
+                for (id, attempt) in held {
+                    let seq = parse_seq(&id)?;
+                    let current = state.get(seq).map_err(unavailable)?.map(|g| g.value());
+                    let mine = matches!(current, Some((_, a, 1)) if a == attempt);
+                    if mine && queue.get(seq).map_err(unavailable)?.is_some() {
+                        state.insert(seq, (now + ttl_ms_u64(lease), attempt, 1)).map_err(unavailable)?;
+                    } else {
+                        lost.push(id);
+                    }
+                }
+                Ok(lost)
+            })
+        })
+        .await
+    }
+
+    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+        let seq = parse_seq(&delivery.id)?;
+        let letter = DeadLetter {
+            task: delivery.task.clone(),
+            reason: reason.to_owned(),
+            retry_count: delivery.attempt.saturating_sub(1),
+            failed_at: now_secs(),
+        };
+        let json = serde_json::to_vec(&letter).map_err(corrupt)?;
+        self.run(move |inner| {
+            inner.write(true, |txn| {
+                let removed =
+                    txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?.is_some();
+                txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
+                if removed {
+                    let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                    let next = dlq.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    dlq.insert(next, json.as_slice()).map_err(unavailable)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
+        self.run(move |inner| {
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
+            let table = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+            let mut out = Vec::new();
+            for row in table.iter().map_err(unavailable)?.skip(start).take(end.saturating_sub(start)) {
+                let (_, json) = row.map_err(unavailable)?;
+                out.push(serde_json::from_slice(json.value()).map_err(corrupt)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            let txn = inner.db()?.begin_read().map_err(unavailable)?;
+            txn.open_table(DEAD_LETTERS).map_err(unavailable)?.len().map_err(unavailable)
+        })
+        .await
+    }
+
+    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
+        let out = self
+            .run(move |inner| {
+                inner.write(true, |txn| {
+                    let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                    let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+                    let mut next = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                    let mut moved = 0;
+                    while moved < max as u64 {
+                        let Some((_, json)) = dlq.pop_first().map_err(unavailable)? else { break };
+                        let letter: DeadLetter = serde_json::from_slice(json.value()).map_err(corrupt)?;
+                        undo_failed_outcome(txn, &letter.task)?;
+                        let task = serde_json::to_vec(&letter.task).map_err(corrupt)?;
+                        queue.insert(next, task.as_slice()).map_err(unavailable)?;
+                        next += 1;
+                        moved += 1;
+                    }
+                    Ok(moved)
+                })
+            })
+            .await;
+        self.inner.work.notify_waiters();
+        out
+    }
+
+    async fn clear_dead_letters(&self) -> StoreResult<u64> {
+        self.run(|inner| {
+            inner.write(true, |txn| {
+                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                let count = dlq.len().map_err(unavailable)?;
+                dlq.retain(|_, _| false).map_err(unavailable)?;
+                Ok(count)
+            })
+        })
+        .await
+    }
+
+    async fn claim_scans_waiting(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<Delivery>> {
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Registered before the claim, so an enqueue between the claim and the wait wakes it.
+            let woken = self.inner.work.notified();
+            let claimed = self.claim_scans(consumer, max, lease).await?;
+            if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+                return Ok(claimed);
+            }
+            // Retries and expired leases become due by time alone: look again at least every
+            // `RECHECK_IDLE` even without an enqueue.
+            let until = deadline.min(tokio::time::Instant::now() + RECHECK_IDLE);
+            let _ = tokio::time::timeout_at(until, woken).await;
+        }
+    }
+}

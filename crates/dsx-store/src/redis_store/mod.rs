@@ -1,0 +1,698 @@
+//! Redis backend: shared by every API and worker replica. Key names follow the Python 1.x
+//! layout where Python components read them (docs/wire-protocol.md, "Redis layout").
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use dsx_model::Connector;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{AsyncCommands, ErrorKind, RedisError};
+use uuid::Uuid;
+
+use crate::{
+    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, Job, JobRefusal,
+    JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey, ResultRecord, Results,
+    ScanQueue, SecretCodec, StoreError, StoreResult,
+};
+
+mod credentials;
+mod events;
+mod health;
+mod jobs;
+mod keys;
+mod limits;
+mod queue;
+mod registry;
+mod results;
+
+/// Connect and response timeouts: a store that is away answers `Unavailable` quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Longest blocking read of the queue.
+const MAX_BLOCK: Duration = Duration::from_secs(5);
+
+/// Which deployment environment the keys belong to (`DSXCONNECT_APP_ENV`, default `dev`).
+#[derive(Clone, Debug)]
+pub struct Namespace {
+    pub env: String,
+}
+
+pub struct RedisStore {
+    client: redis::Client,
+    /// Created on first use and kept; `ConnectionManager` reconnects by itself afterwards.
+    conn: tokio::sync::OnceCell<ConnectionManager>,
+    /// A connection of its own for blocking reads of the queue (a blocked command would hold
+    /// up every other command on the shared one); dropped after an error, made again on use.
+    blocking: tokio::sync::Mutex<Option<redis::aio::MultiplexedConnection>>,
+    keys: keys::Keys,
+    codec: SecretCodec,
+    /// TTL of a finished job's keys, ms; 0 keeps them forever.
+    job_retention_ms: u64,
+}
+
+/// IO, timeouts and server-side refusals are `Unavailable`; replies we cannot decode are `Corrupt`.
+fn map_err(err: RedisError) -> StoreError {
+    let wrong_type = err.code() == Some("WRONGTYPE");
+    match err.kind() {
+        // redis-rs type errors quote the reply, which may be a secret: never pass the text on.
+        ErrorKind::TypeError | ErrorKind::ParseError => {
+            StoreError::Corrupt(format!("unexpected reply from Redis ({})", err.category()))
+        }
+        _ if wrong_type => StoreError::Corrupt("a Redis key holds the wrong type".into()),
+        _ => StoreError::Unavailable(err.to_string()),
+    }
+}
+
+fn corrupt(err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt(err.to_string())
+}
+
+/// Milliseconds, rounded up so a sub-millisecond TTL is not zero (which Redis rejects).
+fn ttl_ms(ttl: Duration) -> u64 {
+    (ttl.as_nanos().div_ceil(1_000_000) as u64).max(1)
+}
+
+/// Rotation as one atomic step: reading the old key id and writing the new one in separate
+/// round trips would let two concurrent installs orphan a key index entry forever.
+/// KEYS: config hash, new kid index, grace-kid set.
+/// ARGV: new kid, sealed secret, issued_at, uuid, grace ms (0 = revoke old), kid index prefix,
+/// grace record prefix.
+const INSTALL_SCRIPT: &str = r"
+local old = redis.call('HMGET', KEYS[1], 'hmac_key_id', 'hmac_secret')
+local grace = tonumber(ARGV[5])
+redis.call('HSET', KEYS[1], 'hmac_key_id', ARGV[1], 'hmac_secret', ARGV[2], 'issued_at', ARGV[3])
+redis.call('SET', KEYS[2], ARGV[4])
+redis.call('DEL', ARGV[7] .. ARGV[1])
+redis.call('SREM', KEYS[3], ARGV[1])
+if old[1] and old[1] ~= ARGV[1] then
+  if grace > 0 and old[2] then
+    redis.call('SET', ARGV[7] .. old[1], old[2], 'PX', ARGV[5])
+    redis.call('PEXPIRE', ARGV[6] .. old[1], ARGV[5])
+    redis.call('SADD', KEYS[3], old[1])
+  else
+    redis.call('DEL', ARGV[6] .. old[1])
+  end
+end
+local longest = 0
+for _, kid in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  local left = redis.call('PTTL', ARGV[7] .. kid)
+  if left == -2 then
+    redis.call('SREM', KEYS[3], kid)
+  elseif left > longest then
+    longest = left
+  end
+end
+if longest > 0 then
+  redis.call('PEXPIRE', KEYS[3], longest)
+end
+return 0
+";
+
+/// One claim, in one round trip: due retries move back onto the stream, the consumer group
+/// is created if Redis lost it, entries whose holder's lease ran out are taken over
+/// (XAUTOCLAIM), then new ones are read (XREADGROUP), and each comes with its job's status and
+/// whether its task already has a result. KEYS: stream, delay set. ARGV: now ms, group,
+/// consumer, lease ms, max, job key prefix, by-task key prefix.
+/// Returns a flat list of {entry id, task json, attempt, job status or '', has result 0/1}.
+const CLAIM_SCRIPT: &str = r"
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, 200)
+for _, m in ipairs(due) do
+  local sep = string.find(m, '|', 1, true)
+  redis.call('XADD', KEYS[1], '*', 'task', string.sub(m, sep + 1), 'attempt', string.sub(m, 1, sep - 1))
+  redis.call('ZREM', KEYS[2], m)
+end
+redis.pcall('XGROUP', 'CREATE', KEYS[1], ARGV[2], '0', 'MKSTREAM')
+local max = tonumber(ARGV[5])
+local out = {}
+local n = 0
+local function add(entry, bump)
+  if type(entry) ~= 'table' or type(entry[2]) ~= 'table' then return end
+  local fields = entry[2]
+  local task, attempt = '', '1'
+  for i = 1, #fields, 2 do
+    if fields[i] == 'task' then task = fields[i + 1] elseif fields[i] == 'attempt' then attempt = fields[i + 1] end
+  end
+  local status, has = '', 0
+  local ok, doc = pcall(cjson.decode, task)
+  if ok and type(doc) == 'table' then
+    if type(doc['job_id']) == 'string' then status = redis.call('HGET', ARGV[6] .. doc['job_id'], 'status') or '' end
+    if type(doc['task_id']) == 'string' then has = redis.call('EXISTS', ARGV[7] .. doc['task_id']) end
+  end
+  for _, v in ipairs({entry[1], task, tostring((tonumber(attempt) or 1) + bump), status, has}) do
+    table.insert(out, v)
+  end
+  n = n + 1
+end
+local claimed = redis.call('XAUTOCLAIM', KEYS[1], ARGV[2], ARGV[3], ARGV[4], '0-0', 'COUNT', max)
+for _, e in ipairs(claimed[2]) do add(e, 1) end
+if n < max then
+  local fresh = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', max - n, 'STREAMS', KEYS[1], '>')
+  if fresh then for _, e in ipairs(fresh[1][2]) do add(e, 0) end end
+end
+return out
+";
+
+/// Ack and delete a stream entry, then optionally park it (delay set) or dead-letter it, in one step.
+/// KEYS: stream, delay set, dead-letter list. ARGV: group, entry id, mode (ack|retry|dead), score, member.
+const SETTLE_SCRIPT: &str = r"
+local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+redis.call('XDEL', KEYS[1], ARGV[2])
+if acked == 0 then return 0 end
+if ARGV[3] == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
+elseif ARGV[3] == 'dead' then
+  redis.call('RPUSH', KEYS[3], ARGV[5])
+end
+return 1
+";
+
+/// Store a result once per task and count it into its job and the stats, completing the
+/// job when it is done. A finished job's (or a job-less) result expires with the job's
+/// retention. KEYS: results list, by-task key, by-job list, job hash, stats hash.
+/// ARGV: json, retain, verdict counter, succeeded (1/0), scan µs, file size, now, retention ms
+/// (0 = keep). Returns 0 (already stored), 1, or 2 when this result completed its job.
+/// Store one result (the document in `doc`) once per task and count it into its job and the
+/// stats, completing the job when it is done (the rule of `Job::is_complete`). A finished
+/// job's (or a job-less) result expires with the job's retention. KEYS: results list, by-task
+/// key, by-job list, job hash, stats hash. ARGV (from 2): retain, verdict counter, succeeded
+/// (1/0), scan µs, file size, now, retention ms (0 = keep). Sets `completed_now`.
+macro_rules! store_result_lua {
+    () => {
+        r"
+redis.call('SET', KEYS[2], doc)
+redis.call('LPUSH', KEYS[1], doc)
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('RPUSH', KEYS[3], doc)
+redis.call('HINCRBY', KEYS[5], 'files_scanned', 1)
+redis.call('HINCRBY', KEYS[5], ARGV[3], 1)
+redis.call('HINCRBY', KEYS[5], 'total_scan_time_in_microseconds', ARGV[5])
+redis.call('HINCRBY', KEYS[5], 'total_file_size', ARGV[6])
+local ttl = tonumber(ARGV[8])
+-- A result without a job record (deleted) belongs to nothing that will ever finish: it
+-- expires like a finished job's.
+local finished = true
+local completed_now = false
+if redis.call('EXISTS', KEYS[4]) == 1 then
+  local processed = redis.call('HINCRBY', KEYS[4], 'processed_count', 1)
+  if ARGV[4] == '1' then
+    redis.call('HINCRBY', KEYS[4], 'succeeded_count', 1)
+  else
+    redis.call('HINCRBY', KEYS[4], 'failed_count', 1)
+  end
+  redis.call('HSET', KEYS[4], 'updated_at', ARGV[7])
+  -- The server's accepted count decides, never the connector's expected_total (Job::is_complete).
+  local enqueued = tonumber(redis.call('HGET', KEYS[4], 'enqueued_count') or '0')
+  if redis.call('HGET', KEYS[4], 'enqueue_done') == '1' and processed >= enqueued
+     and redis.call('HGET', KEYS[4], 'status') == 'running' then
+    redis.call('HSET', KEYS[4], 'status', 'completed', 'completed_at', ARGV[7])
+    completed_now = true
+  end
+  local status = redis.call('HGET', KEYS[4], 'status')
+  finished = status == 'completed' or status == 'cancelled'
+  if finished and ttl > 0 then redis.call('PEXPIRE', KEYS[4], ttl) end
+end
+if finished and ttl > 0 then
+  redis.call('PEXPIRE', KEYS[2], ttl)
+  redis.call('PEXPIRE', KEYS[3], ttl)
+end
+"
+    };
+}
+
+/// [`store_result_lua`] with the document in ARGV[1]. Returns 0 (already stored), 1, or 2
+/// when this result completed its job.
+const RESULT_SCRIPT: &str = concat!(
+    "if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end\nlocal doc = ARGV[1]\n",
+    store_result_lua!(),
+    "if completed_now then return 2 end\nreturn 1\n"
+);
+
+/// A task is done, in one step: its result (when it has one, and only the first time) gets
+/// the next sequence id and is stored as [`RESULT_SCRIPT`] does, then the stream entry is acked
+/// and deleted. KEYS: results list, by-task key, by-job list, job hash, stats hash, sequence
+/// key, stream. ARGV: document without its id (a JSON object, or empty for no result), retain,
+/// verdict counter, succeeded, scan µs, file size, now, retention ms, group, entry id.
+/// Returns {result id or 0, 1 when the job completed now}.
+const COMPLETE_SCRIPT: &str = concat!(
+    "local id = 0\nlocal completed = 0\n",
+    "if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then\n",
+    "id = redis.call('INCR', KEYS[6])\n",
+    "local doc = '{\"id\":' .. id .. ',' .. string.sub(ARGV[1], 2)\n",
+    store_result_lua!(),
+    "if completed_now then completed = 1 end\nend\n",
+    "redis.call('XACK', KEYS[7], ARGV[9], ARGV[10])\nredis.call('XDEL', KEYS[7], ARGV[10])\n",
+    "return {id, completed}\n"
+);
+
+/// Retention for a chunk of a finished job's results: the by-task key of every row in
+/// `start..start+count` of the by-job list expires with the job. KEYS: by-job list.
+/// ARGV: start, count, by-task key prefix, ttl ms. Returns how many rows it saw.
+const EXPIRE_TASKS_SCRIPT: &str = r"
+local rows = redis.call('LRANGE', KEYS[1], ARGV[1], tonumber(ARGV[1]) + tonumber(ARGV[2]) - 1)
+for _, row in ipairs(rows) do
+  local ok, doc = pcall(cjson.decode, row)
+  if ok and type(doc) == 'table' and type(doc['scan_request_task_id']) == 'string' then
+    redis.call('PEXPIRE', ARGV[3] .. doc['scan_request_task_id'], ARGV[4])
+  end
+end
+return #rows
+";
+
+/// Rows per [`EXPIRE_TASKS_SCRIPT`] call: a large job's retention is applied in short steps,
+/// never one long script that blocks Redis.
+const EXPIRE_CHUNK: usize = 500;
+
+/// Requeue one dead letter (same task id), replacing its failed outcome: its stored result
+/// leaves the by-task key, the by-job list and the newest-results list, and its job counts it
+/// as open again (a job completed because of it runs again and loses its retention TTL).
+/// KEYS: dead-letter list, stream, results list, by-task key, by-job list, job hash.
+/// ARGV: the letter as stored, the task json, now. Returns 1 when this call took the letter.
+const REQUEUE_SCRIPT: &str = r"
+if redis.call('LREM', KEYS[1], 1, ARGV[1]) == 0 then return 0 end
+local row = redis.call('GET', KEYS[4])
+if row then
+  redis.call('DEL', KEYS[4])
+  redis.call('LREM', KEYS[5], 1, row)
+  redis.call('LREM', KEYS[3], 1, row)
+  if redis.call('EXISTS', KEYS[6]) == 1 then
+    local processed = redis.call('HINCRBY', KEYS[6], 'processed_count', -1)
+    if processed < 0 then
+      processed = 0
+      redis.call('HSET', KEYS[6], 'processed_count', 0)
+    end
+    if redis.call('HINCRBY', KEYS[6], 'failed_count', -1) < 0 then
+      redis.call('HSET', KEYS[6], 'failed_count', 0)
+    end
+    redis.call('HSET', KEYS[6], 'updated_at', ARGV[3])
+    local enqueued = tonumber(redis.call('HGET', KEYS[6], 'enqueued_count') or '0')
+    if redis.call('HGET', KEYS[6], 'status') == 'completed' and processed < enqueued then
+      redis.call('HSET', KEYS[6], 'status', 'running')
+      redis.call('HDEL', KEYS[6], 'completed_at')
+      redis.call('PERSIST', KEYS[6])
+      redis.call('PERSIST', KEYS[5])
+    end
+  end
+end
+redis.call('XADD', KEYS[2], '*', 'task', ARGV[2], 'attempt', 1)
+return 1
+";
+
+/// One job's results out of the newest-results list, the by-task index and the by-job list,
+/// atomically. KEYS: results list, by-job list. ARGV: by-task key prefix. Returns how many.
+const CLEAR_JOB_RESULTS_SCRIPT: &str = r"
+local rows = redis.call('LRANGE', KEYS[2], 0, -1)
+for _, row in ipairs(rows) do
+  redis.call('LREM', KEYS[1], 0, row)
+  local ok, doc = pcall(cjson.decode, row)
+  if ok and type(doc) == 'table' and type(doc['scan_request_task_id']) == 'string' then
+    redis.call('DEL', ARGV[1] .. doc['scan_request_task_id'])
+  end
+end
+redis.call('DEL', KEYS[2])
+return #rows
+";
+
+/// A counting semaphore with expiring holders. KEYS: slot set. ARGV: now ms, max, slot, expiry ms.
+const SLOT_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZSCORE', KEYS[1], ARGV[3]) then return 1 end
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  return 1
+end
+return 0
+";
+
+/// Take several slots in order, stopping at the cap. KEYS: slot set. ARGV: now ms, max,
+/// expiry ms, slots… Returns how many of the slots (the first ones) are held.
+const SLOTS_SCRIPT: &str = r"
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+local taken = 0
+for i = 4, #ARGV do
+  if not redis.call('ZSCORE', KEYS[1], ARGV[i]) then
+    if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return taken end
+    redis.call('ZADD', KEYS[1], ARGV[3], ARGV[i])
+  end
+  taken = taken + 1
+end
+return taken
+";
+
+/// Heartbeat for slots. KEYS: slot set. ARGV: now ms, new expiry ms, slots…
+/// Returns the slots that were no longer held (expired and removed, or released).
+const RENEW_SLOTS_SCRIPT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local until_ms = redis.call('ZSCORE', KEYS[1], ARGV[i])
+  if until_ms and tonumber(until_ms) > tonumber(ARGV[1]) then
+    redis.call('ZADD', KEYS[1], 'XX', ARGV[2], ARGV[i])
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
+/// Heartbeat for leased tasks: reset the idle time of every entry still pending for this
+/// consumer (`XCLAIM … JUSTID` does not count a delivery). KEYS: stream. ARGV: group, consumer,
+/// entry ids…. Returns the ids no longer pending for this consumer.
+const RENEW_SCANS_SCRIPT: &str = r"
+local lost = {}
+for i = 3, #ARGV do
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+  if p[1] and p[1][2] == ARGV[2] then
+    redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i], 'JUSTID')
+  else
+    table.insert(lost, ARGV[i])
+  end
+end
+return lost
+";
+
+/// Consumer group shared by every worker replica.
+const GROUP: &str = "dsx-connect-workers";
+
+/// Revocation as one atomic step. KEYS: config hash, grace-kid set.
+/// ARGV: uuid, kid index prefix, grace record prefix. Returns how many keys it removed.
+const REVOKE_SCRIPT: &str = r"
+local removed = 0
+local function drop_kid(kid)
+  if redis.call('GET', ARGV[2] .. kid) == ARGV[1] then
+    removed = removed + redis.call('DEL', ARGV[2] .. kid)
+  end
+end
+local current = redis.call('HGET', KEYS[1], 'hmac_key_id')
+if current then
+  drop_kid(current)
+end
+for _, kid in ipairs(redis.call('SMEMBERS', KEYS[2])) do
+  drop_kid(kid)
+  redis.call('DEL', ARGV[3] .. kid)
+end
+redis.call('DEL', KEYS[2])
+removed = removed + redis.call('DEL', KEYS[1])
+return removed
+";
+
+/// Job counters, in the layout Python components read.
+/// Queue a batch of scan tasks all-or-nothing. KEYS[1] the stream, KEYS[2..] one job hash per
+/// job; ARGV: now, job count, then (job id, owner, item count) per job, then the task payloads.
+/// Answers `{"ok"}` or `{reason, job_id}` with nothing written.
+const ENQUEUE_SCRIPT: &str = r#"
+local now = ARGV[1]
+local jobs = tonumber(ARGV[2])
+local intake_ttl = tonumber(ARGV[3])
+local intake = nil
+if intake_ttl > 0 then intake = KEYS[jobs + 2] end
+if intake and redis.call('EXISTS', intake) == 1 then return {'repeat'} end
+for j = 1, jobs do
+  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2]
+  local current = redis.call('HGET', key, 'connector_uuid')
+  if current and current ~= owner then return {'other_owner', job_id} end
+  local status = redis.call('HGET', key, 'status')
+  if status == 'paused' or redis.call('HGET', key, 'paused') == '1' then return {'paused', job_id} end
+  if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
+end
+for j = 1, jobs do
+  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3]
+  redis.call('HSETNX', key, 'job_id', job_id)
+  redis.call('HSETNX', key, 'connector_uuid', owner)
+  redis.call('HSETNX', key, 'status', 'running')
+  redis.call('HSETNX', key, 'created_at', now)
+  redis.call('HINCRBY', key, 'enqueued_count', count)
+  redis.call('HSET', key, 'updated_at', now)
+end
+for i = 3 * jobs + 4, #ARGV do
+  redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
+end
+if intake then redis.call('SET', intake, '1', 'PX', intake_ttl) end
+return {'ok'}
+"#;
+
+/// Create a job for its connector, or confirm the owner. KEYS[1] the job hash; ARGV job id,
+/// owner, now.
+const CLAIM_JOB_SCRIPT: &str = r#"
+local current = redis.call('HGET', KEYS[1], 'connector_uuid')
+if current and current ~= ARGV[2] then return {'other_owner', ARGV[1]} end
+redis.call('HSETNX', KEYS[1], 'job_id', ARGV[1])
+redis.call('HSETNX', KEYS[1], 'connector_uuid', ARGV[2])
+redis.call('HSETNX', KEYS[1], 'status', 'running')
+redis.call('HSETNX', KEYS[1], 'created_at', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'enqueued_count', 0)
+redis.call('HSET', KEYS[1], 'updated_at', ARGV[3])
+return {'ok'}
+"#;
+
+/// A script's `{"ok"}` or `{reason, job_id}`.
+fn refusal(answer: &[String]) -> Result<(), JobRefusal> {
+    let job_id = answer.get(1).cloned().unwrap_or_default();
+    match answer.first().map(String::as_str) {
+        Some("other_owner") => Err(JobRefusal::OtherOwner { job_id }),
+        Some("paused") => Err(JobRefusal::Paused { job_id }),
+        Some("cancelled") => Err(JobRefusal::Cancelled { job_id }),
+        _ => Ok(()),
+    }
+}
+
+/// The index Python components use to find a key's connector.
+/// key id → (owner uuid, sealed secret): the current key from the owner's config hash, else
+/// a key in its grace period. KEYS: kid index, grace key. ARGV: config key prefix, key id.
+const RESOLVE_SCRIPT: &str = r#"
+local owner = redis.call('GET', KEYS[1])
+if not owner then return false end
+local fields = redis.call('HMGET', ARGV[1] .. owner, 'hmac_key_id', 'hmac_secret')
+if fields[1] == ARGV[2] and fields[2] then return {owner, fields[2]} end
+local grace = redis.call('GET', KEYS[2])
+if grace then return {owner, grace} end
+return false
+"#;
+
+impl RedisStore {
+    /// A store for `url`. Connects lazily: a server started while Redis is down comes up
+    /// (not ready) and recovers when Redis returns. Errors only on an invalid URL.
+    pub fn new(url: &str, ns: Namespace, codec: SecretCodec) -> StoreResult<Self> {
+        let client =
+            redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("invalid Redis URL: {e}")))?;
+        Ok(Self {
+            client,
+            conn: tokio::sync::OnceCell::new(),
+            blocking: tokio::sync::Mutex::new(None),
+            keys: keys::Keys::new(&ns.env),
+            codec,
+            job_retention_ms: ttl_ms(crate::DEFAULT_JOB_RETENTION),
+        })
+    }
+
+    /// Keep finished jobs, their result lists and their results' by-task keys this long after
+    /// the job's last change (a key TTL set when the job finishes); `None` keeps them forever.
+    pub fn with_job_retention(mut self, retention: Option<Duration>) -> Self {
+        self.job_retention_ms = retention.filter(|r| !r.is_zero()).map(ttl_ms).unwrap_or(0);
+        self
+    }
+
+    /// A job finished (or lost its record): its hash (when `with_job` and it still exists),
+    /// its result list and every by-task key of its results expire after the retention.
+    async fn expire_job_results(&self, job_id: &str, with_job: bool) -> StoreResult<()> {
+        let ttl = self.job_retention_ms;
+        if ttl == 0 {
+            return Ok(());
+        }
+        let list = self.keys.job_results(job_id);
+        let mut conn = self.conn().await?;
+        let mut pipe = redis::pipe();
+        pipe.cmd("PEXPIRE").arg(&list).arg(ttl).ignore();
+        if with_job {
+            pipe.cmd("PEXPIRE").arg(self.keys.job(job_id)).arg(ttl).ignore();
+        }
+        pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
+        let mut start = 0;
+        loop {
+            let seen: usize = redis::Script::new(EXPIRE_TASKS_SCRIPT)
+                .key(&list)
+                .arg(start)
+                .arg(EXPIRE_CHUNK)
+                .arg(self.keys.result_by_task(""))
+                .arg(ttl)
+                .invoke_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            if seen < EXPIRE_CHUNK {
+                return Ok(());
+            }
+            start += EXPIRE_CHUNK;
+        }
+    }
+
+    /// The shared connection, created on first use. Waiting for the lock counts against the
+    /// connect timeout too, so callers queued behind a slow connect still fail fast.
+    async fn conn(&self) -> StoreResult<ConnectionManager> {
+        // Connected once, the manager reconnects by itself: the hot path is a clone.
+        if let Some(conn) = self.conn.get() {
+            return Ok(conn.clone());
+        }
+        let connect = self.conn.get_or_try_init(|| async {
+            // No retries inside the manager: one attempt per request keeps failures quick, and
+            // the manager starts a fresh attempt after every IO error.
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(RESPONSE_TIMEOUT)
+                .set_number_of_retries(0);
+            ConnectionManager::new_with_config(self.client.clone(), config).await.map_err(map_err)
+        });
+        // Waiting behind another caller's connect counts against the timeout too.
+        tokio::time::timeout(CONNECT_TIMEOUT + Duration::from_millis(500), connect)
+            .await
+            .map_err(|_| StoreError::Unavailable("timed out connecting to Redis".into()))?
+            .cloned()
+    }
+
+    /// Every key matching `pattern`, via SCAN (never KEYS, which blocks Redis).
+    async fn scan_keys(&self, pattern: &str) -> StoreResult<Vec<String>> {
+        let mut conn = self.conn().await?;
+        let mut cursor = 0u64;
+        let mut keys = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(500)
+                .query_async(&mut conn)
+                .await
+                .map_err(map_err)?;
+            keys.extend(batch);
+            if next == 0 {
+                return Ok(keys);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Wait on the queue's own connection for up to `wait` for new entries and claim up to
+    /// `max` of them (XREADGROUP BLOCK), each with its job status and result presence.
+    async fn claim_blocking(&self, consumer: &str, max: usize, wait: Duration) -> StoreResult<Vec<Delivery>> {
+        let wait = wait.min(MAX_BLOCK);
+        let mut slot = self.blocking.lock().await;
+        if slot.is_none() {
+            let config = redis::AsyncConnectionConfig::new()
+                .set_connection_timeout(CONNECT_TIMEOUT)
+                .set_response_timeout(MAX_BLOCK + RESPONSE_TIMEOUT);
+            *slot = Some(self.client.get_multiplexed_async_connection_with_config(&config).await.map_err(map_err)?);
+        }
+        let conn = slot.as_mut().expect("connection made above");
+        let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREADGROUP")
+            .arg("GROUP")
+            .arg(GROUP)
+            .arg(consumer)
+            .arg("COUNT")
+            .arg(max)
+            .arg("BLOCK")
+            .arg(wait.as_millis().max(1) as u64)
+            .arg("STREAMS")
+            .arg(self.keys.scan_queue())
+            .arg(">")
+            .query_async(conn)
+            .await;
+        let reply = match read {
+            Ok(reply) => reply,
+            Err(err) => {
+                *slot = None;
+                return Err(map_err(err));
+            }
+        };
+        drop(slot);
+        let entries: Vec<redis::streams::StreamId> =
+            reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tasks = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let field = |k: &str| match entry.map.get(k) {
+                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
+                Some(redis::Value::SimpleString(s)) => s.clone(),
+                _ => String::new(),
+            };
+            match serde_json::from_str::<QueuedTask>(&field("task")) {
+                Ok(task) => tasks.push((entry.id.clone(), task, field("attempt").parse::<u32>().unwrap_or(1))),
+                Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
+            }
+        }
+        // Idle path only (the queue was empty): one more round trip for what the claim
+        // script reads in place.
+        let mut pipe = redis::pipe();
+        for (_, task, _) in &tasks {
+            pipe.hget(self.keys.job(&task.job_id), "status").exists(self.keys.result_by_task(&task.task_id));
+        }
+        let mut conn = self.conn().await?;
+        let facts: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(map_err)?;
+        let mut out = Vec::with_capacity(tasks.len());
+        for ((id, task, attempt), pair) in tasks.into_iter().zip(facts.chunks(2)) {
+            let status = match pair.first() {
+                Some(redis::Value::BulkString(b)) => {
+                    serde_json::from_value(serde_json::Value::String(String::from_utf8_lossy(b).into_owned())).ok()
+                }
+                _ => None,
+            };
+            let has_result = matches!(pair.get(1), Some(redis::Value::Int(1)));
+            out.push(Delivery {
+                id,
+                task,
+                attempt,
+                job_status: status,
+                has_result,
+                claimed_at_us: crate::now_micros(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// One claimed entry of [`CLAIM_SCRIPT`]'s reply.
+    fn delivery(fields: &[redis::Value]) -> StoreResult<Delivery> {
+        let text = |v: &redis::Value| match v {
+            redis::Value::BulkString(b) => String::from_utf8_lossy(b).into_owned(),
+            redis::Value::SimpleString(s) => s.clone(),
+            redis::Value::Int(i) => i.to_string(),
+            _ => String::new(),
+        };
+        let [id, task, attempt, status, has_result] = fields else {
+            return Err(corrupt("claim reply of the wrong shape"));
+        };
+        let id = text(id);
+        let task: QueuedTask = serde_json::from_str(&text(task))
+            .map_err(|e| corrupt(format!("queue entry {id} holds no readable task: {e}")))?;
+        let job_status = match text(status).as_str() {
+            "" => None,
+            other => Some(
+                serde_json::from_value(serde_json::Value::String(other.to_owned()))
+                    .map_err(|_| corrupt(format!("job {} has status {other:?}", task.job_id)))?,
+            ),
+        };
+        Ok(Delivery {
+            id,
+            task,
+            attempt: text(attempt).parse().unwrap_or(1),
+            job_status,
+            has_result: text(has_result) == "1",
+            claimed_at_us: crate::now_micros(),
+        })
+    }
+
+    async fn settle(&self, delivery: &Delivery, mode: &str, score: u64, member: String) -> StoreResult<()> {
+        let mut conn = self.conn().await?;
+        redis::Script::new(SETTLE_SCRIPT)
+            .key(self.keys.scan_queue())
+            .key(self.keys.delayed())
+            .key(self.keys.dead_letters())
+            .arg(GROUP)
+            .arg(&delivery.id)
+            .arg(mode)
+            .arg(score)
+            .arg(member)
+            .invoke_async::<i64>(&mut conn)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+}

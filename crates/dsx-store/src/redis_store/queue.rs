@@ -1,0 +1,237 @@
+//! The Redis store's side of one capability (see the trait for the contract).
+
+use super::*;
+
+#[async_trait]
+impl ScanQueue for RedisStore {
+    async fn enqueue_scans_once(
+        &self,
+        tasks: &[QueuedTask],
+        intake_key: Option<&str>,
+    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
+        if tasks.is_empty() {
+            return Ok(Ok(Enqueued::Queued));
+        }
+        let mut per_job: std::collections::BTreeMap<&str, (Uuid, u64)> = Default::default();
+        for task in tasks {
+            per_job.entry(&task.job_id).or_insert((task.connector_uuid, 0)).1 += 1;
+        }
+        let enqueue = redis::Script::new(ENQUEUE_SCRIPT);
+        let mut script = enqueue.prepare_invoke();
+        let intake_ttl = if intake_key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
+        script.key(self.keys.scan_queue()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl);
+        for (job_id, (owner, count)) in &per_job {
+            script.key(self.keys.job(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
+        }
+        if let Some(key) = intake_key {
+            script.key(self.keys.intake(key));
+        }
+        for task in tasks {
+            script.arg(serde_json::to_string(task).map_err(corrupt)?);
+        }
+        let mut conn = self.conn().await?;
+        let answer: Vec<String> = script.invoke_async(&mut conn).await.map_err(map_err)?;
+        if answer.first().map(String::as_str) == Some("repeat") {
+            return Ok(Ok(Enqueued::Repeat));
+        }
+        Ok(refusal(&answer).map(|()| Enqueued::Queued))
+    }
+
+    async fn scan_queue_len(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let (live, delayed): (u64, u64) = redis::pipe()
+            .cmd("XLEN")
+            .arg(self.keys.scan_queue())
+            .cmd("ZCARD")
+            .arg(self.keys.delayed())
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(live + delayed)
+    }
+
+    async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
+        static CLAIM: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
+        let mut conn = self.conn().await?;
+        let reply: Vec<redis::Value> = CLAIM
+            .key(self.keys.scan_queue())
+            .key(self.keys.delayed())
+            .arg(crate::now_millis())
+            .arg(GROUP)
+            .arg(consumer)
+            .arg(ttl_ms(lease))
+            .arg(max)
+            .arg(self.keys.job(""))
+            .arg(self.keys.result_by_task(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::with_capacity(reply.len() / 5);
+        for fields in reply.chunks(5) {
+            match Self::delivery(fields) {
+                Ok(d) => out.push(d),
+                // Left pending: it is logged again on each takeover, never handed out.
+                Err(err) => tracing::error!(error = %err, "unreadable queue entry skipped"),
+            }
+        }
+        Ok(out)
+    }
+
+    async fn ack_scan(&self, delivery: &Delivery) -> StoreResult<()> {
+        self.settle(delivery, "ack", 0, String::new()).await
+    }
+
+    async fn retry_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
+        let due = crate::now_millis() + delay.as_millis() as u64;
+        self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt + 1)).await
+    }
+
+    async fn defer_scan(&self, delivery: &Delivery, delay: Duration) -> StoreResult<()> {
+        let task = serde_json::to_string(&delivery.task).map_err(corrupt)?;
+        let due = crate::now_millis() + delay.as_millis() as u64;
+        self.settle(delivery, "retry", due, format!("{}|{task}", delivery.attempt)).await
+    }
+
+    async fn renew_scans(&self, consumer: &str, deliveries: &[Delivery], lease: Duration) -> StoreResult<Vec<String>> {
+        let _ = lease; // Redis judges a holder by its entries' idle time against the claimer's lease
+        if deliveries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let script = redis::Script::new(RENEW_SCANS_SCRIPT);
+        let mut invocation = script.key(self.keys.scan_queue());
+        invocation.arg(GROUP).arg(consumer);
+        for d in deliveries {
+            invocation.arg(&d.id);
+        }
+        invocation.invoke_async(&mut conn).await.map_err(map_err)
+    }
+
+    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+        let letter = DeadLetter {
+            task: delivery.task.clone(),
+            reason: reason.to_owned(),
+            retry_count: delivery.attempt.saturating_sub(1),
+            failed_at: now_secs(),
+        };
+        self.settle(delivery, "dead", 0, serde_json::to_string(&letter).map_err(corrupt)?).await
+    }
+
+    async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
+        if end <= start {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        let raw: Vec<String> =
+            conn.lrange(self.keys.dead_letters(), start as isize, end as isize - 1).await.map_err(map_err)?;
+        raw.iter().map(|r| serde_json::from_str(r).map_err(corrupt)).collect()
+    }
+
+    async fn dead_letter_count(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        conn.llen(self.keys.dead_letters()).await.map_err(map_err)
+    }
+
+    async fn requeue_dead_letters(&self, max: usize) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let mut moved = 0;
+        while moved < max as u64 {
+            let batch = (max as u64 - moved).min(100) as isize;
+            let raws: Vec<String> = conn.lrange(self.keys.dead_letters(), 0, batch - 1).await.map_err(map_err)?;
+            if raws.is_empty() {
+                break;
+            }
+            for raw in raws {
+                let letter: DeadLetter = serde_json::from_str(&raw).map_err(corrupt)?;
+                let task = &letter.task;
+                // One atomic step per letter: taking it off the list (only one requeuer wins),
+                // undoing its failed outcome and queueing it again.
+                let taken: i64 = redis::Script::new(REQUEUE_SCRIPT)
+                    .key(self.keys.dead_letters())
+                    .key(self.keys.scan_queue())
+                    .key(self.keys.results())
+                    .key(self.keys.result_by_task(&task.task_id))
+                    .key(self.keys.job_results(&task.job_id))
+                    .key(self.keys.job(&task.job_id))
+                    .arg(&raw)
+                    .arg(serde_json::to_string(task).map_err(corrupt)?)
+                    .arg(now_secs())
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(map_err)?;
+                moved += taken as u64;
+                if moved >= max as u64 {
+                    break;
+                }
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn clear_dead_letters(&self) -> StoreResult<u64> {
+        let mut conn = self.conn().await?;
+        let (count, _): (u64, u64) = redis::pipe()
+            .atomic()
+            .llen(self.keys.dead_letters())
+            .del(self.keys.dead_letters())
+            .query_async(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(count)
+    }
+
+    async fn complete_scan(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
+        static COMPLETE: std::sync::LazyLock<redis::Script> =
+            std::sync::LazyLock::new(|| redis::Script::new(COMPLETE_SCRIPT));
+        let mut conn = self.conn().await?;
+        let task = &delivery.task;
+        let mut invocation = COMPLETE.key(self.keys.results());
+        invocation
+            .key(self.keys.result_by_task(&task.task_id))
+            .key(self.keys.job_results(&task.job_id))
+            .key(self.keys.job(&task.job_id))
+            .key(self.keys.stats())
+            .key(self.keys.result_seq())
+            .key(self.keys.scan_queue());
+        match record {
+            Some(record) => invocation
+                .arg(&record.json)
+                .arg(retain.max(1))
+                .arg(crate::verdict_counter(&record.verdict))
+                .arg(if record.succeeded { "1" } else { "0" })
+                .arg(record.scan_time_us)
+                .arg(record.file_size),
+            None => invocation.arg("").arg(1).arg("").arg("0").arg(0).arg(0),
+        };
+        invocation.arg(now_secs()).arg(self.job_retention_ms).arg(GROUP).arg(&delivery.id);
+        let (id, completed): (u64, u8) = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        if completed == 1 {
+            // This result completed its job: the job's earlier results expire with it.
+            if let Err(err) = self.expire_job_results(&task.job_id, true).await {
+                tracing::warn!(job_id = %task.job_id, error = %err, "could not set the finished job's retention");
+            }
+        }
+        Ok((id > 0).then_some(id))
+    }
+
+    async fn claim_scans_waiting(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+        wait: Duration,
+    ) -> StoreResult<Vec<Delivery>> {
+        let claimed = self.claim_scans(consumer, max, lease).await?;
+        if !claimed.is_empty() || wait.is_zero() {
+            return Ok(claimed);
+        }
+        self.claim_blocking(consumer, max, wait).await
+    }
+}
