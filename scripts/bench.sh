@@ -50,7 +50,7 @@ if [ -n "$missing" ]; then
 fi
 
 echo "==> cargo build --release"
-cargo build --release --quiet -p dsx-bench -p dsx-connect -p filesystem-connector
+cargo build --release --quiet -p dsx-bench -p dsx-connect-cli -p filesystem-connector
 bin=target/release
 
 work=$(mktemp -d)

@@ -5,5 +5,5 @@
 # Usage: scripts/measure-large-file.sh [size-in-MiB, default 1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo build --release --quiet -p dsx-bench -p dsx-connect -p filesystem-connector
+cargo build --release --quiet -p dsx-bench -p dsx-connect-cli -p filesystem-connector
 exec target/release/dsx-bench large-file --size-mib "${1:-1024}"

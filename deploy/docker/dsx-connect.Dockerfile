@@ -3,7 +3,7 @@
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked -p dsx-connect --bin dsx-connect
+RUN cargo build --release --locked -p dsx-connect-cli --bin dsx-connect
 
 FROM debian:bookworm-slim
 RUN apt-get update \

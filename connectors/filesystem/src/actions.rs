@@ -188,7 +188,7 @@ fn write_sidecar(dir: BorrowedFd<'_>, item: &OsStr, shown: &Path, request: &Scan
     let body = json!({
         "Verdict": "Malicious",
         "tagged_by": "dsx-connect",
-        "tagged_at": unix_now(),
+        "tagged_at": dsx_util::unix_now(),
         "scan_job_id": request.scan_job_id,
         "tags": tags,
     });
@@ -197,10 +197,6 @@ fn write_sidecar(dir: BorrowedFd<'_>, item: &OsStr, shown: &Path, request: &Scan
     file.write_all(&serde_json::to_vec_pretty(&body).expect("json"))
         .and_then(|()| file.sync_data())
         .map_err(|source| FsError::Io { op: "write tag", path: shown_sidecar, source })
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -2,6 +2,8 @@
 //! through directory handles opened at start, without following any symlink (see `confine`):
 //! `..`, absolute paths elsewhere and symlinks are refused before anything is read or changed.
 
+#![forbid(unsafe_code)]
+
 mod actions;
 mod confine;
 mod monitor;

@@ -9,6 +9,7 @@ use aws_sdk_s3::operation::head_object::HeadObjectOutput;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, MetadataDirective, Tag, Tagging, TaggingDirective};
 use dsx_connector::{ActionOutcome, ActionPlan, RepoError};
 use dsx_model::{ItemAction, ScanRequest};
+use dsx_util::unix_now;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 
 use crate::read::Pin;
@@ -389,10 +390,6 @@ fn quarantined_location(inner: &Inner, location: &str) -> Result<(String, String
         return Err(RepoError::Forbidden(format!("{location} is not an object in the quarantine {q}")));
     }
     Ok((bucket.to_owned(), key.to_owned()))
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// Put a quarantined object back where it was found (never over an object that is there

@@ -2,6 +2,8 @@
 //! is the key, `metainfo` is `bucket/key`, and every item carries the listed ETag (and
 //! version id on versioned buckets) so reads and actions are pinned to what was listed.
 
+#![forbid(unsafe_code)]
+
 mod actions;
 mod client;
 pub mod events;

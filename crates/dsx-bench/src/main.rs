@@ -1,5 +1,7 @@
 //! dsx-bench: the performance harness of dsx-connect (see docs/performance.md).
 
+#![forbid(unsafe_code)]
+
 mod http;
 mod pipeline;
 mod report;

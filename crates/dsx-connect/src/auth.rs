@@ -9,7 +9,7 @@ use axum::http::{header, HeaderMap, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use dsx_hmac::{check_freshness, parse_authorization, unix_now, verify_signature, AuthError, SigningKey};
+use dsx_hmac::{parse_authorization, replay_ttl, unix_now, verify_parsed, AuthError, RequestParts, SigningKey};
 use http_body_util::BodyExt;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -150,22 +150,26 @@ impl crate::state::AppState {
         let parsed = parse_authorization(value)?;
         let key_id = parsed.key_id()?;
         let resolved = match self.keys.get(key_id) {
-            Some(key) => key,
+            Some(key) => Some(key),
             None => {
-                let key = self.store.resolve_key(key_id).await?.ok_or(AuthError::UnknownKeyId)?;
-                self.keys.put(key_id, &key);
+                let key = self.store.resolve_key(key_id).await?;
+                if let Some(key) = &key {
+                    self.keys.put(key_id, key);
+                }
                 key
             }
         };
+        let key = resolved.as_ref().map(|r| SigningKey::new(r.secret.expose_secret()));
         let skew = self.settings.auth.max_skew;
-        check_freshness(parsed.ts, unix_now(), skew)?;
-        let key = SigningKey::new(resolved.secret.expose_secret());
-        verify_signature(&parsed, &key, method.as_str(), raw_paq, body)?;
-        let ttl = std::time::Duration::from_secs(2 * skew.max(1));
-        if !self.store.remember_nonce(key_id, parsed.nonce, ttl).await? {
+        let request = RequestParts { method: method.as_str(), path_and_query: raw_paq, body };
+        let verified = verify_parsed(&parsed, key.as_ref(), unix_now(), skew, &request)?;
+        // Recorded only now that the signature verified, so forgeries cannot burn nonces.
+        if !self.store.remember_nonce(verified.key_id, verified.nonce, replay_ttl(skew)).await? {
             return Err(AuthError::ReplayedRequest.into());
         }
-        Ok(Caller::Connector { uuid: resolved.connector_uuid, key_id: key_id.to_owned() })
+        // Verified implies the key was found; the fallback never fires.
+        let uuid = resolved.map(|r| r.connector_uuid).ok_or(AuthError::UnknownKeyId)?;
+        Ok(Caller::Connector { uuid, key_id: verified.key_id.to_owned() })
     }
 
     /// The enrollment token of a request (`X-Enrollment-Token`, or `Authorization: Bearer`),

@@ -380,21 +380,13 @@ fn identity(
 }
 
 fn parse_bool(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: bool) -> Result<bool, ConfigError> {
-    match get(var).map(|v| v.to_ascii_lowercase()) {
-        None => Ok(default),
-        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
-        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
-        Some(v) => Err(ConfigError::Invalid { var, reason: format!("expected true or false, got {v:?}") }),
-    }
+    dsx_util::env::parse_bool(var, get(var).as_deref(), default)
+        .map_err(|e| ConfigError::Invalid { var, reason: e.reason })
 }
 
 fn parse_num(get: &impl Fn(&str) -> Option<String>, var: &'static str, default: u64) -> Result<u64, ConfigError> {
-    match get(var) {
-        None => Ok(default),
-        Some(v) => {
-            v.parse().map_err(|_| ConfigError::Invalid { var, reason: format!("expected a whole number, got {v:?}") })
-        }
-    }
+    dsx_util::env::parse_num(var, get(var).as_deref(), default)
+        .map_err(|e| ConfigError::Invalid { var, reason: e.reason })
 }
 
 fn read_secret_key(get: &impl Fn(&str) -> Option<String>) -> Result<Option<SecretString>, ConfigError> {

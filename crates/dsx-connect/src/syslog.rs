@@ -3,10 +3,10 @@
 //! - [`Format::Python`]: what Python dsx-connect 1.x sends, so its log pipelines keep parsing:
 //!   `<134>dsx-connect {"timestamp","source","scan_request","verdict","item_action"}\n\0`.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use std::sync::Arc;
+use std::time::Duration;
 
+use dsx_util::unix_now;
 use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, Mutex};
@@ -188,10 +188,6 @@ impl Sink {
             .map_err(|e| std::io::Error::other(format!("TLS to syslog {host}: {}", dsx_service::error_chain(&e))))?;
         Ok(Box::new(tls))
     }
-}
-
-fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 /// `<PRI>1 TIMESTAMP HOSTNAME dsx-connect PROCID scan_result - MSG`.

@@ -11,7 +11,7 @@ use dsx_testkit::{free_port, workspace_bin, Service};
 use reqwest::{Method, StatusCode};
 
 fn dsx_connect(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_dsx-connect"));
+    let mut cmd = Command::new(workspace_bin("dsx-connect"));
     cmd.args(args).env_remove("DSXCONNECT_OPERATOR_TOKEN").env_remove("DSXCONNECT_URL");
     for (k, v) in env {
         cmd.env(k, v);

@@ -65,13 +65,13 @@ fn compose_files_only_set_variables_the_code_reads() {
 
 #[test]
 fn dockerfiles_build_workspace_binaries_on_their_default_ports() {
-    for (file, package, port) in [
-        ("dsx-connect.Dockerfile", "dsx-connect", "8586"),
-        ("filesystem-connector.Dockerfile", "filesystem-connector", "8620"),
-        ("aws-s3-connector.Dockerfile", "s3-connector", "8600"),
+    for (file, package, bin, port) in [
+        ("dsx-connect.Dockerfile", "dsx-connect-cli", "dsx-connect", "8586"),
+        ("filesystem-connector.Dockerfile", "filesystem-connector", "filesystem-connector", "8620"),
+        ("aws-s3-connector.Dockerfile", "s3-connector", "s3-connector", "8600"),
     ] {
         let text = std::fs::read_to_string(repo().join("deploy/docker").join(file)).unwrap();
-        assert!(text.contains(&format!("-p {package} --bin {package}")), "{file}");
+        assert!(text.contains(&format!("-p {package} --bin {bin}")), "{file}");
         assert!(text.contains(&format!("EXPOSE {port}")), "{file}");
         assert!(text.contains("USER 10001"), "{file} runs as non-root");
     }

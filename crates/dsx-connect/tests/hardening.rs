@@ -25,7 +25,7 @@ async fn h2_auth_enabled_without_token_refuses_to_start_and_has_no_default_token
     let dir = tempfile::tempdir().unwrap();
     let port = dsx_testkit::free_port();
     let mut worker = dsx_testkit::Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
+        dsx_testkit::workspace_bin("dsx-connect").to_str().unwrap(),
         &["serve", "--role", "worker", "--listen", &format!("127.0.0.1:{port}")],
         &[("DSXCONNECT_AUTH__ENABLED", "true".into()), ("DSXCONNECT_DATA_DIR", dir.path().display().to_string())],
         port,

@@ -93,7 +93,7 @@ async fn dsx_connect_closes_slow_connections_caps_them_and_stops_in_time() {
 async fn the_built_in_scanner_server_closes_slow_connections() {
     let port = free_port();
     let mut svc = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
+        workspace_bin("dsx-connect").to_str().unwrap(),
         &["scanner", "serve", "--listen", &format!("127.0.0.1:{port}")],
         &limits_env("DSXCONNECT", 1, 16),
         port,

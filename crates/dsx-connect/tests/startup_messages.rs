@@ -11,7 +11,7 @@ async fn the_redis_url_is_logged_with_its_password_redacted() {
     let redis_port = free_port();
     let port = free_port();
     let mut server = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
+        dsx_testkit::workspace_bin("dsx-connect").to_str().unwrap(),
         &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", "api"],
         &[
             ("DSXCONNECT_REDIS_URL", format!("redis://:hunter2-secret@127.0.0.1:{redis_port}/0")),

@@ -178,7 +178,7 @@ struct Deployment {
 
 fn spawn_server(data: &Path, port: u16) -> Service {
     let mut server = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
+        workspace_bin("dsx-connect").to_str().unwrap(),
         &["serve", "--listen", &format!("127.0.0.1:{port}"), "--role", "all"],
         &[
             ("DSXCONNECT_DATA_DIR", data.display().to_string()),

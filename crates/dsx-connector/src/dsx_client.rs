@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use dsx_hmac::{sign_request, SigningKey};
 use dsx_model::{Connector, RegistrationResponse, API_PREFIX};
+use dsx_util::{Backoff, Jitter};
 use reqwest::{Method, StatusCode};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
@@ -317,12 +318,13 @@ async fn check(resp: reqwest::Response) -> Result<(StatusCode, Value), ClientErr
     }
 }
 
-/// Registration retry delay: 2 s base doubling to a 60 s cap, ±10 % jitter.
+/// Registration retry schedule: 2 s base doubling to a 60 s cap, ±10 % jitter.
+pub const REGISTER_BACKOFF: Backoff =
+    Backoff::new(Duration::from_secs(2), Duration::from_secs(60), Jitter::Spread(0.1));
+
+/// Registration retry delay before retry `attempt` (0, 1, …).
 pub fn backoff(attempt: u32) -> Duration {
-    let base = 2f64 * 2f64.powi(attempt.min(10) as i32);
-    let capped = base.min(60.0);
-    let jitter = 0.9 + rand::random::<f64>() * 0.2;
-    Duration::from_secs_f64(capped * jitter)
+    REGISTER_BACKOFF.delay(attempt)
 }
 
 #[cfg(test)]

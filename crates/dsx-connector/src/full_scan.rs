@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use dsx_model::{ScanRequest, ScanRequestBatch};
+use dsx_util::{Backoff, Jitter};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -149,8 +150,8 @@ enum Control {
 /// [`ENQUEUE_RETRY_CAP`], ±10 % jitter so connectors that lost the server together do not
 /// come back in step.
 fn retry_delay(attempt: u32) -> Duration {
-    let base = Duration::from_millis(250).saturating_mul(1 << attempt.min(10)).min(ENQUEUE_RETRY_CAP);
-    base.mul_f64(rand::random::<f64>() * 0.2 + 0.9)
+    const SCHEDULE: Backoff = Backoff::new(Duration::from_millis(250), ENQUEUE_RETRY_CAP, Jitter::Spread(0.1));
+    SCHEDULE.delay(attempt)
 }
 
 /// What became of one batch.

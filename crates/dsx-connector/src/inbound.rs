@@ -11,7 +11,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use dsx_hmac::{check_freshness, parse_authorization, unix_now, verify_signature, AuthError};
+use dsx_hmac::{replay_ttl, unix_now, verify_authorization, AuthError, RequestParts};
 use http_body_util::BodyExt;
 use serde_json::json;
 
@@ -54,7 +54,8 @@ pub struct InboundRequest<'a> {
     pub body: &'a [u8],
 }
 
-/// The contract's verification order: parse, key id, key, freshness, signature, replay.
+/// The contract's verification order: parse, key id, key, freshness, signature (the shared
+/// core in `dsx_hmac`), then replay against this connector's cache.
 pub fn check(
     req: &InboundRequest<'_>,
     now: u64,
@@ -62,12 +63,9 @@ pub fn check(
     key_for: impl Fn(&str) -> Option<dsx_hmac::SigningKey>,
     replay: &ReplayCache,
 ) -> Result<(), AuthError> {
-    let parsed = parse_authorization(req.authorization)?;
-    let key_id = parsed.key_id()?;
-    let key = key_for(key_id).ok_or(AuthError::UnknownKeyId)?;
-    check_freshness(parsed.ts, now, skew)?;
-    verify_signature(&parsed, &key, req.method, req.path_and_query, req.body)?;
-    if !replay.first_use(key_id, parsed.nonce, Duration::from_secs(2 * skew.max(1))) {
+    let parts = RequestParts { method: req.method, path_and_query: req.path_and_query, body: req.body };
+    let verified = verify_authorization(req.authorization, key_for, now, skew, &parts)?;
+    if !replay.first_use(verified.key_id, verified.nonce, replay_ttl(skew)) {
         return Err(AuthError::ReplayedRequest);
     }
     Ok(())

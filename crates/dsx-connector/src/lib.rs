@@ -3,6 +3,8 @@
 //! heartbeats, DSX-HMAC on every inbound and outbound call, the routes, full scans, monitoring,
 //! and a signed unregister on shutdown.
 
+#![forbid(unsafe_code)]
+
 pub mod dsx_client;
 pub mod full_scan;
 pub mod inbound;

@@ -53,6 +53,12 @@ pub struct SettingsError {
     pub reason: String,
 }
 
+impl From<dsx_util::EnvError> for SettingsError {
+    fn from(e: dsx_util::EnvError) -> Self {
+        Self { var: e.var, reason: e.reason }
+    }
+}
+
 impl ConnectorSettings {
     pub fn from_env(defaults: &ConnectorDefaults) -> Result<Self, SettingsError> {
         Self::from_lookup(defaults, |k| std::env::var(k).ok())
@@ -65,23 +71,10 @@ impl ConnectorSettings {
         let get = |k: &str| get(k).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty());
         let var = |name: &str| get(&format!("DSXCONNECTOR_{name}"));
         let bool_var = |name: &str, default: bool| -> Result<bool, SettingsError> {
-            match var(name).map(|v| v.to_ascii_lowercase()) {
-                None => Ok(default),
-                Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
-                Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
-                Some(v) => Err(SettingsError {
-                    var: format!("DSXCONNECTOR_{name}"),
-                    reason: format!("expected true or false, got {v:?}"),
-                }),
-            }
+            Ok(dsx_util::env::parse_bool(&format!("DSXCONNECTOR_{name}"), var(name).as_deref(), default)?)
         };
         let num_var = |name: &str, default: u64| -> Result<u64, SettingsError> {
-            var(name).map_or(Ok(default), |v| {
-                v.parse().map_err(|_| SettingsError {
-                    var: format!("DSXCONNECTOR_{name}"),
-                    reason: format!("expected a whole number, got {v:?}"),
-                })
-            })
+            Ok(dsx_util::env::parse_num(&format!("DSXCONNECTOR_{name}"), var(name).as_deref(), default)?)
         };
         let item_action = match var("ITEM_ACTION") {
             None => defaults.item_action,

@@ -80,6 +80,8 @@
 //! assert!(Filter::parse("").unwrap().matches("any/depth/at/all"));
 //! ```
 
+#![forbid(unsafe_code)]
+
 use std::fmt;
 use std::str::FromStr;
 

@@ -3,18 +3,25 @@
 //! Signed bytes: `UPPER(method) "|" path_and_query "|" ts "|" nonce "|" body`.
 //! Header: `Authorization: DSX-HMAC key_id=<kid>, ts=<unix s>, nonce=<nonce>, sig=<b64>`.
 //!
-//! This crate is pure: no clock, no store. Callers pass `now` and keep the replay cache.
+//! This crate is pure: no clock, no store. Callers pass `now` and keep the replay cache;
+//! [`verify_parsed`] is the one verifier both dsx-connect and the connectors adapt.
+
+#![forbid(unsafe_code)]
 
 mod header;
 mod sign;
 mod verify;
 
+/// Seconds since the Unix epoch: the one clock (`dsx_util::unix_now`), re-exported for signers.
+pub use dsx_util::unix_now;
 pub use header::{parse_authorization, HmacHeader};
 pub use sign::{
-    authorization_header, compute_signature, generate_key_id, generate_nonce, generate_secret, sign_request, unix_now,
-    SigningKey,
+    authorization_header, compute_signature, generate_key_id, generate_nonce, generate_secret, sign_request, SigningKey,
 };
-pub use verify::{check_freshness, path_candidates, verify_signature};
+pub use verify::{
+    check_freshness, path_candidates, replay_ttl, verify_authorization, verify_parsed, verify_signature, RequestParts,
+    Verified,
+};
 
 /// The scheme word that starts the `Authorization` header.
 pub const SCHEME: &str = "DSX-HMAC";

@@ -1,5 +1,6 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
+use dsx_util::unix_now;
 use hmac::{Hmac, Mac};
 use rand::RngCore;
 use sha2::Sha256;
@@ -101,11 +102,6 @@ pub fn generate_key_id() -> String {
 /// `hmac_secret`: 32 random bytes, standard base64 with padding (44 characters).
 pub fn generate_secret() -> String {
     random_b64::<32>()
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before 1970).
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
 #[cfg(test)]

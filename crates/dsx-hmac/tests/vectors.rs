@@ -4,7 +4,10 @@ use std::collections::HashSet;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use dsx_hmac::{authorization_header, check_freshness, parse_authorization, verify_signature, AuthError, SigningKey};
+use dsx_hmac::{
+    authorization_header, parse_authorization, verify_authorization, verify_signature, AuthError, RequestParts,
+    SigningKey,
+};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
@@ -58,14 +61,11 @@ struct Verifier {
 
 impl Verifier {
     fn verify(&mut self, auth: Option<&str>, method: &str, paq: &str, body: &[u8], now: u64) -> Result<(), AuthError> {
-        let header = parse_authorization(auth)?;
-        let kid = header.key_id()?;
-        if kid != self.key_id {
-            return Err(AuthError::UnknownKeyId);
-        }
-        check_freshness(header.ts, now, 60)?;
-        verify_signature(&header, &SigningKey::new(&self.secret), method, paq, body)?;
-        if !self.seen.insert((kid.to_owned(), header.nonce.to_owned())) {
+        // The shared core both dsx-connect and the connectors adapt; replay stays with the caller.
+        let req = RequestParts { method, path_and_query: paq, body };
+        let key_for = |kid: &str| (kid == self.key_id).then(|| SigningKey::new(&self.secret));
+        let verified = verify_authorization(auth, key_for, now, 60, &req)?;
+        if !self.seen.insert((verified.key_id.to_owned(), verified.nonce.to_owned())) {
             return Err(AuthError::ReplayedRequest);
         }
         Ok(())

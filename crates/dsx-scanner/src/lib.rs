@@ -6,6 +6,8 @@
 //!
 //! File bodies are always [`ByteStream`]s and are never collected into memory.
 
+#![forbid(unsafe_code)]
+
 mod builtin;
 mod client;
 mod error;

@@ -76,12 +76,13 @@ impl ServerLimits {
     pub fn from_lookup(vars: LimitVars, get: impl Fn(&str) -> Option<String>) -> Result<Self, String> {
         let default = Self::default();
         let num = |name: &str, fallback: u64| -> Result<u64, String> {
-            match get(name).map(|v| v.trim().to_owned()).filter(|v| !v.is_empty()) {
-                None => Ok(fallback),
-                Some(v) => match v.parse::<u64>() {
-                    Ok(n) if n > 0 => Ok(n),
-                    _ => Err(format!("{name}: expected a positive whole number, got {v:?}")),
-                },
+            let raw = get(name);
+            match dsx_util::env::parse_num(name, raw.as_deref(), fallback) {
+                Ok(n) if n > 0 => Ok(n),
+                _ => Err(format!(
+                    "{name}: expected a positive whole number, got {:?}",
+                    dsx_util::env::non_blank(raw.as_deref()).unwrap_or_default()
+                )),
             }
         };
         Ok(Self {

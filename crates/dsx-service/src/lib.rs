@@ -1,5 +1,7 @@
 //! Process plumbing shared by every binary of the project.
 
+#![forbid(unsafe_code)]
+
 pub mod http;
 pub mod routes;
 pub mod tls;

@@ -60,14 +60,9 @@ pub struct ServerTlsFiles {
     pub client_ca: Option<PathBuf>,
 }
 
-/// Parse a boolean setting the way every binary does.
+/// Parse a boolean setting the way every binary does (`dsx_util::env::parse_bool`).
 pub fn parse_bool(var: &str, value: Option<String>, default: bool) -> Result<bool, String> {
-    match value.map(|v| v.trim().to_ascii_lowercase()).filter(|v| !v.is_empty()) {
-        None => Ok(default),
-        Some(v) if ["1", "true", "yes", "on"].contains(&v.as_str()) => Ok(true),
-        Some(v) if ["0", "false", "no", "off"].contains(&v.as_str()) => Ok(false),
-        Some(v) => Err(format!("{var}: expected true or false, got {v:?}")),
-    }
+    dsx_util::env::parse_bool(var, value.as_deref(), default).map_err(|e| e.to_string())
 }
 
 impl ServerTlsFiles {

@@ -1,6 +1,8 @@
 //! Helpers for tests that talk to real things: a private `redis-server` process per test
 //! (or the one CI shares through `DSX_TEST_REDIS_URL`), free loopback ports, unique namespaces.
 
+#![forbid(unsafe_code)]
+
 mod moto;
 mod process;
 pub mod python_fixtures;
@@ -25,23 +27,30 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
 }
 
-/// Path of a binary of this workspace, built on demand. Tests of one package use it to
-/// start another package's binary (cargo only provides `CARGO_BIN_EXE_*` for their own).
+/// Path of a binary of this workspace, built once per test process so it is never stale.
+/// Tests of one package use it to start another package's binary (cargo only provides
+/// `CARGO_BIN_EXE_*` for their own); the server's own tests start `dsx-connect` this way
+/// since that binary lives in the `dsx-connect-cli` package.
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
-    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    static BUILT: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/<test> → target/<profile>/<name>
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
     let path = dir.join(name);
-    let _guard = BUILD.lock().unwrap_or_else(|p| p.into_inner());
-    if !path.exists() {
+    let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
+    if !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        // `--workspace`: the binary may belong to another package than the test's.
-        let status = std::process::Command::new(cargo)
-            .args(["build", "--workspace", "--bin", name])
-            .status()
-            .expect("run cargo build");
-        assert!(status.success(), "cargo build --bin {name} failed");
+        let mut args = vec!["build", "--quiet", "--workspace", "--bin", name];
+        if dir.file_name().is_some_and(|p| p == "release") {
+            args.push("--release");
+        }
+        // `--workspace`: the binary may belong to another package than the test's. Without
+        // cargo (a copied test executable), an existing binary is used as it is.
+        match std::process::Command::new(cargo).args(&args).status() {
+            Ok(status) => assert!(status.success(), "cargo build --bin {name} failed"),
+            Err(err) => assert!(path.exists(), "cannot run cargo to build {name}: {err}"),
+        }
+        built.push(name.to_owned());
     }
     assert!(path.exists(), "{} was not built", path.display());
     path

@@ -150,7 +150,7 @@ pub fn start_expecting_refusal(env: &[(&str, String)]) -> (Option<i32>, String) 
     let mut env = env.to_vec();
     env.push(("DSXCONNECT_DATA_DIR", dir.path().display().to_string()));
     let mut svc = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
+        dsx_testkit::workspace_bin("dsx-connect").to_str().unwrap(),
         &["serve", "--listen", &format!("127.0.0.1:{port}")],
         &env,
         port,
@@ -162,7 +162,7 @@ pub fn start_expecting_refusal(env: &[(&str, String)]) -> (Option<i32>, String) 
 fn spawn_server(env: &[(&'static str, String)]) -> Service {
     let port = free_port();
     let mut svc = Service::spawn(
-        env!("CARGO_BIN_EXE_dsx-connect"),
+        dsx_testkit::workspace_bin("dsx-connect").to_str().unwrap(),
         &["serve", "--listen", &format!("127.0.0.1:{port}")],
         env,
         port,

@@ -13,8 +13,8 @@ use dsx_connector::{ConnectorDefaults, ConnectorSettings};
 use dsx_model::ItemAction;
 use serde_json::Value;
 
-use crate::app::Role;
-use crate::config::Settings;
+use dsx_connect::app::Role;
+use dsx_connect::config::Settings;
 
 pub struct QuickstartOptions {
     pub listen: SocketAddr,
@@ -82,7 +82,7 @@ pub async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
             _ => std::env::var(k).ok(),
         })
     })?;
-    let state = crate::build_state(settings)?;
+    let state = dsx_connect::build_state(settings)?;
     let listener =
         tokio::net::TcpListener::bind(opts.listen).await.with_context(|| format!("listen on {}", opts.listen))?;
     let api = format!("http://{}", listener.local_addr()?);
@@ -92,7 +92,7 @@ pub async fn run(opts: QuickstartOptions) -> anyhow::Result<()> {
     let stop_server = async move {
         let _ = connector_stopped.await;
     };
-    let server = tokio::spawn(crate::app::serve_role(state, listener, Role::All, stop_server));
+    let server = tokio::spawn(dsx_connect::app::serve_role(state, listener, Role::All, stop_server));
 
     let connector_port = free_loopback_port()?;
     let connector_data = opts.data_dir.join("connector");

@@ -1,3 +1,11 @@
+//! The `dsx-connect` binary: `serve`, `scanner serve`, the operator CLI (`admin`, `sign`) and
+//! `quickstart`, which runs a filesystem connector in the same process.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod quickstart;
+
 use std::net::SocketAddr;
 
 use anyhow::Context;
@@ -48,7 +56,7 @@ enum Command {
         #[arg(long, env = "DSXCONNECT_CLIENT_KEY", global = true, requires = "client_cert")]
         client_key: Option<std::path::PathBuf>,
         #[command(subcommand)]
-        command: dsx_connect::cli::AdminCommand,
+        command: cli::AdminCommand,
     },
     /// Print a curl command signed with DSX-HMAC (the secret is read from a file).
     Sign {
@@ -159,23 +167,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 eprintln!("warning: --insecure: the server's certificate is not checked");
             }
             let tls = dsx_service::ClientTls { verify: !insecure, ca_bundle, identity: client_cert.zip(client_key) };
-            dsx_connect::cli::admin(dsx_connect::cli::Operator { url, token, json, tls }, command).await
+            cli::admin(cli::Operator { url, token, json, tls }, command).await
         }
         Command::Sign { key_id, secret_file, method, url, body } => {
             let secret =
                 std::fs::read_to_string(&secret_file).with_context(|| format!("read {}", secret_file.display()))?;
             let secret = secret.lines().next().unwrap_or_default().trim();
             anyhow::ensure!(!secret.is_empty(), "{} is empty", secret_file.display());
-            println!("{}", dsx_connect::cli::signed_curl(&key_id, secret, &method, &url, body.as_deref())?);
+            println!("{}", cli::signed_curl(&key_id, secret, &method, &url, body.as_deref())?);
             Ok(())
         }
         Command::Quickstart { listen, data_dir, exit_after_scan } => {
-            dsx_connect::quickstart::run(dsx_connect::quickstart::QuickstartOptions {
-                listen,
-                data_dir,
-                exit_after_scan,
-            })
-            .await
+            quickstart::run(quickstart::QuickstartOptions { listen, data_dir, exit_after_scan }).await
         }
     }
 }
