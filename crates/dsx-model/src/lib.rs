@@ -1,6 +1,8 @@
 //! Wire models shared by dsx-connect and its connectors (field names and enum spellings
 //! match the Python 1.x models; unknown fields are ignored on input).
 
+#![forbid(unsafe_code)]
+
 mod connector;
 mod nulls;
 mod pipeline;

@@ -5,6 +5,8 @@
 //!
 //! The conformance suite in `tests/conformance.rs` runs the same cases against both.
 
+#![forbid(unsafe_code)]
+
 mod codec;
 mod embedded;
 mod redis_store;
@@ -524,7 +526,7 @@ pub(crate) fn with_id(json: &str, id: u64) -> StoreResult<String> {
 
 /// Unix time in seconds.
 pub(crate) fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    dsx_util::unix_now()
 }
 
 /// Unix time in microseconds.
@@ -534,7 +536,7 @@ pub fn now_micros() -> u64 {
 
 /// Unix time in milliseconds.
 pub(crate) fn now_millis() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    dsx_util::unix_now_millis()
 }
 
 /// Replay-cache entries live at least this long, whatever the caller asks for: a near-zero

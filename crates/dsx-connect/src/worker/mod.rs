@@ -45,10 +45,14 @@ pub struct WorkerSettings {
     pub results_retain: usize,
 }
 
-/// Backoff before attempt `n + 1`: `min(base · 2^(n-1), 300 s)`.
+/// Backoff before attempt `n + 1`: `min(base · 2^(n-1), 300 s)`, ±10 % so tasks that failed
+/// together (a connector restart) do not all come back in the same instant.
 pub fn retry_delay(base: Duration, attempt: u32) -> Duration {
-    let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
-    (base * factor).min(Duration::from_secs(300))
+    retry_schedule(base).delay(attempt.saturating_sub(1))
+}
+
+fn retry_schedule(base: Duration) -> dsx_util::Backoff {
+    dsx_util::Backoff::new(base, Duration::from_secs(300), dsx_util::Jitter::Spread(0.1))
 }
 
 /// Circuit breaker on the scanner, one per process: after `threshold` consecutive outages the

@@ -293,3 +293,14 @@ fn clone_worker(w: &Worker) -> Worker {
         consumer: w.consumer.clone(),
     }
 }
+
+#[test]
+fn retry_delay_doubles_to_the_cap_within_its_spread() {
+    let base = Duration::from_secs(2);
+    for (attempt, nominal) in [(1, 2.0), (2, 4.0), (4, 16.0), (20, 300.0)] {
+        for _ in 0..50 {
+            let d = retry_delay(base, attempt).as_secs_f64();
+            assert!((nominal * 0.9..=nominal * 1.1).contains(&d), "attempt {attempt}: {d} s");
+        }
+    }
+}
