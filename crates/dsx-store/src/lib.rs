@@ -337,16 +337,12 @@ pub trait ScanQueue: Send + Sync + 'static {
     /// out (a crashed worker), then new ones. Each is leased to `consumer` for `lease`.
     /// Every worker must use the same `lease`: Redis judges a holder dead by the claimer's.
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>>;
-    /// [`Self::claim_scans`], waiting up to `wait` for a task when none is ready instead of
-    /// answering empty at once (Redis blocks on the stream; the embedded store is woken by
-    /// the enqueue). A retry that becomes due during the wait is found by the next claim.
-    async fn claim_scans_waiting(
-        &self,
-        consumer: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> StoreResult<Vec<Delivery>>;
+    /// Wait until new tasks may be ready (an enqueue or a give-back since the call), or for
+    /// `wait` at most, instead of polling an empty queue (Redis blocks on the stream; the
+    /// embedded store is woken by the enqueue). Claims nothing, so an idle worker holds no
+    /// in-flight slot while it waits; a retry that becomes due meanwhile is found by the next
+    /// claim.
+    async fn wait_for_tasks(&self, wait: Duration) -> StoreResult<()>;
     /// Done with a task (whatever its outcome): it leaves the queue.
     ///
     /// Claims, results and acks need not be durable on return (the embedded store commits

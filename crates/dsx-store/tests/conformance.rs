@@ -416,17 +416,25 @@ async fn claims_carry_job_status_and_result_presence(h: &Harness) {
     assert_eq!((again[0].job_status, again[0].has_result), (Some(dsx_store::JobStatus::Paused), true));
     assert_eq!(s.complete_scan(&again[0], None, 100).await.unwrap(), None);
 
-    // Nothing queued: the claim waits about as long as asked, then answers empty.
+    // Nothing queued: waiting for work returns within its bound (the embedded store looks again
+    // every 100 ms for retries coming due) and claims nothing.
     let started = Instant::now();
-    assert!(s.claim_scans_waiting("w", 5, lease, Duration::from_millis(300)).await.unwrap().is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(250), "returned after {:?}", started.elapsed());
-    // An enqueue during the wait ends it with the new task.
+    s.wait_for_tasks(Duration::from_millis(300)).await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(2), "returned after {:?}", started.elapsed());
+    assert!(s.claim_scans("w", 5, lease).await.unwrap().is_empty());
+    // An enqueue during a long wait ends it.
     let store = Arc::clone(&h.store);
-    let waiter = tokio::spawn(async move { store.claim_scans_waiting("w", 5, lease, Duration::from_secs(4)).await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let waiter = tokio::spawn(async move {
+        let started = Instant::now();
+        store.wait_for_tasks(Duration::from_secs(4)).await.unwrap();
+        started.elapsed()
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
     let enqueued = Instant::now();
     s.enqueue_scans(&[queued(8)]).await.unwrap().unwrap();
-    let woken = waiter.await.unwrap().unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(waited < Duration::from_secs(2), "waited {waited:?}");
+    let woken = s.claim_scans("w", 5, lease).await.unwrap();
     assert_eq!(woken.iter().map(|d| d.task.task_id.as_str()).collect::<Vec<_>>(), ["task-8"]);
     assert_eq!(woken[0].job_status, Some(dsx_store::JobStatus::Running));
     assert!(enqueued.elapsed() < Duration::from_secs(2), "woken {:?} after the enqueue", enqueued.elapsed());

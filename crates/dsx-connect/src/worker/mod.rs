@@ -129,8 +129,8 @@ const PROBE_MIN: Duration = Duration::from_millis(500);
 const PROBE_MAX: Duration = Duration::from_secs(10);
 /// Most tasks claimed in one store round trip.
 const CLAIM_AT_MOST: usize = 32;
-/// Longest wait for new work in one blocking claim; delayed retries become due meanwhile and
-/// are picked up by the next claim.
+/// Longest wait for new work while the queue is empty; delayed retries become due meanwhile
+/// and are picked up by the next claim.
 const CLAIM_WAIT: Duration = Duration::from_millis(500);
 /// All slots busy: look again after this.
 const SLOTS_BUSY_WAIT: Duration = Duration::from_millis(20);
@@ -188,6 +188,8 @@ impl Worker {
         let mut tasks = tokio::task::JoinSet::new();
         let heartbeat = tokio::spawn(Arc::clone(&self).heartbeat(Arc::clone(&held)));
         let mut next_id = 0u64;
+        // The last claim found nothing: wait for work before taking slots again.
+        let mut idle = false;
         tracing::info!(consumer = %self.consumer, scanner = self.scanner.kind(), inflight = settings.max_inflight, lease = ?settings.lease, "scan workers started");
         loop {
             while tasks.try_join_next().is_some() {}
@@ -197,6 +199,16 @@ impl Worker {
             if self.breaker.is_open() {
                 self.probe_until_closed(&mut stop).await;
                 continue;
+            }
+            if idle {
+                let waited = tokio::select! {
+                    waited = self.queue.wait_for_tasks(CLAIM_WAIT) => waited,
+                    _ = stop.changed() => continue,
+                };
+                if let Err(err) = waited {
+                    tracing::warn!(error = %err, "cannot watch the scan queue; retrying");
+                    pause(&mut stop, Duration::from_secs(1)).await;
+                }
             }
             // Take as many free in-flight places as there are (at least one, waiting for it),
             // then claim that many tasks in one store round trip.
@@ -232,10 +244,7 @@ impl Worker {
                 continue;
             }
             permits.truncate(slots.len());
-            let claimed = tokio::select! {
-                claimed = self.queue.claim_scans_waiting(&self.consumer, slots.len(), settings.lease, CLAIM_WAIT) => claimed,
-                _ = stop.changed() => Ok(Vec::new()),
-            };
+            let claimed = self.queue.claim_scans(&self.consumer, slots.len(), settings.lease).await;
             let deliveries = claimed.unwrap_or_else(|err| {
                 tracing::warn!(error = %err, "cannot claim scan tasks; retrying");
                 Vec::new()
@@ -246,11 +255,8 @@ impl Worker {
                 let _ = self.limits.release_slots(&spare).await;
             }
             permits.truncate(deliveries.len());
-            if deliveries.is_empty() {
-                // The claim already waited for work; a store that failed is not hammered.
-                if stopping(&stop) {
-                    break;
-                }
+            idle = deliveries.is_empty();
+            if idle {
                 continue;
             }
             let mut holding = held.lock().expect("held lock");

@@ -268,25 +268,10 @@ impl ScanQueue for EmbeddedStore {
         .await
     }
 
-    async fn claim_scans_waiting(
-        &self,
-        consumer: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> StoreResult<Vec<Delivery>> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            // Registered before the claim, so an enqueue between the claim and the wait wakes it.
-            let woken = self.inner.work.notified();
-            let claimed = self.claim_scans(consumer, max, lease).await?;
-            if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
-                return Ok(claimed);
-            }
-            // Retries and expired leases become due by time alone: look again at least every
-            // `RECHECK_IDLE` even without an enqueue.
-            let until = deadline.min(tokio::time::Instant::now() + RECHECK_IDLE);
-            let _ = tokio::time::timeout_at(until, woken).await;
-        }
+    async fn wait_for_tasks(&self, wait: Duration) -> StoreResult<()> {
+        // Retries and expired leases become due by time alone: wake at least every
+        // `RECHECK_IDLE` even without an enqueue.
+        let _ = tokio::time::timeout(wait.min(RECHECK_IDLE), self.inner.work.notified()).await;
+        Ok(())
     }
 }

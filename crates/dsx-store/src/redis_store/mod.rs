@@ -632,9 +632,10 @@ impl RedisStore {
         }
     }
 
-    /// Wait on the queue's own connection for up to `wait` for new entries and claim up to
-    /// `max` of them (XREADGROUP BLOCK), each with its job status and result presence.
-    async fn claim_blocking(&self, consumer: &str, max: usize, wait: Duration) -> StoreResult<Vec<Delivery>> {
+    /// Block on the queue's own connection until an entry is added to the stream, or for
+    /// `wait` at most (`XREAD BLOCK … $`: it reads nothing the group has not seen, it only
+    /// wakes the caller).
+    async fn wait_on_stream(&self, wait: Duration) -> StoreResult<()> {
         let wait = wait.min(MAX_BLOCK);
         let mut slot = self.blocking.lock().await;
         if slot.is_none() {
@@ -645,71 +646,21 @@ impl RedisStore {
         }
         let conn = slot.as_mut().expect("connection made above");
         self.round_trips.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREADGROUP")
-            .arg("GROUP")
-            .arg(GROUP)
-            .arg(consumer)
+        let read: redis::RedisResult<redis::Value> = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(max)
+            .arg(1)
             .arg("BLOCK")
             .arg(wait.as_millis().max(1) as u64)
             .arg("STREAMS")
             .arg(self.keys.scan_queue())
-            .arg(">")
+            .arg("$")
             .query_async(conn)
             .await;
-        let reply = match read {
-            Ok(reply) => reply,
-            Err(err) => {
-                *slot = None;
-                return Err(map_err(err));
-            }
-        };
-        drop(slot);
-        let entries: Vec<redis::streams::StreamId> =
-            reply.map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect()).unwrap_or_default();
-        if entries.is_empty() {
-            return Ok(Vec::new());
+        if let Err(err) = read {
+            *slot = None;
+            return Err(map_err(err));
         }
-        let mut tasks = Vec::with_capacity(entries.len());
-        for entry in entries {
-            let field = |k: &str| match entry.map.get(k) {
-                Some(redis::Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-                Some(redis::Value::SimpleString(s)) => s.clone(),
-                _ => String::new(),
-            };
-            match serde_json::from_str::<QueuedTask>(&field("task")) {
-                Ok(task) => tasks.push((entry.id.clone(), task, field("attempt").parse::<u32>().unwrap_or(1))),
-                Err(err) => tracing::error!(id = %entry.id, error = %err, "unreadable queue entry skipped"),
-            }
-        }
-        // Idle path only (the queue was empty): one more round trip for what the claim
-        // script reads in place.
-        let mut pipe = redis::pipe();
-        for (_, task, _) in &tasks {
-            pipe.hget(self.keys.job(&task.job_id), "status").exists(self.keys.result_by_task(&task.task_id));
-        }
-        let mut conn = self.conn().await?;
-        let facts: Vec<redis::Value> = pipe.query_async(&mut conn).await.map_err(map_err)?;
-        let mut out = Vec::with_capacity(tasks.len());
-        for ((id, task, attempt), pair) in tasks.into_iter().zip(facts.chunks(2)) {
-            let status = match pair.first() {
-                Some(redis::Value::BulkString(b)) => {
-                    serde_json::from_value(serde_json::Value::String(String::from_utf8_lossy(b).into_owned())).ok()
-                }
-                _ => None,
-            };
-            let has_result = matches!(pair.get(1), Some(redis::Value::Int(1)));
-            out.push(Delivery {
-                id,
-                task,
-                attempt,
-                job_status: status,
-                has_result,
-                claimed_at_us: crate::now_micros(),
-            });
-        }
-        Ok(out)
+        Ok(())
     }
 
     /// One claimed entry of [`CLAIM_SCRIPT`]'s reply.

@@ -221,17 +221,7 @@ impl ScanQueue for RedisStore {
         Ok((id > 0).then_some(id))
     }
 
-    async fn claim_scans_waiting(
-        &self,
-        consumer: &str,
-        max: usize,
-        lease: Duration,
-        wait: Duration,
-    ) -> StoreResult<Vec<Delivery>> {
-        let claimed = self.claim_scans(consumer, max, lease).await?;
-        if !claimed.is_empty() || wait.is_zero() {
-            return Ok(claimed);
-        }
-        self.claim_blocking(consumer, max, wait).await
+    async fn wait_for_tasks(&self, wait: Duration) -> StoreResult<()> {
+        self.wait_on_stream(wait).await
     }
 }
