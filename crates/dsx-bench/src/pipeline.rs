@@ -394,7 +394,8 @@ pub struct RedisPerFile {
 /// (requests dsx-connect sent, commands Redis counted) so far, on the Redis store.
 async fn round_trips(stack: &Stack, store: &Store) -> anyhow::Result<Option<(f64, f64)>> {
     let Store::Redis { url } = store else { return Ok(None) };
-    let sent = stack.metric("dsxconnect_store_round_trips").await?.unwrap_or(0.0);
+    // A server without the metric (an older build) reports no figure rather than zero.
+    let Some(sent) = stack.metric("dsxconnect_store_round_trips").await? else { return Ok(None) };
     Ok(Some((sent, commandstats_calls(url).await?)))
 }
 
