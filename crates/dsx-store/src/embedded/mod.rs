@@ -189,17 +189,17 @@ fn run_batch(inner: &Inner, mut batch: Vec<BatchedWrite>) {
     }
 }
 
-/// Store the results of finished tasks (each once per task id) and ack them, with the stats
-/// and each job's counters updated once for all of them. The ids of newly stored results, in
-/// order (`None`: no result, or one was stored before).
-fn complete_many(
+/// Store results once per task id (a record whose task already has one is skipped), count
+/// them into the stats and their jobs (the completion rule of `update_job`) once per call.
+/// The ids of newly stored results, in order. `retain` caps the newest-results list.
+fn store_results(
     txn: &WriteTransaction,
-    items: &[(u64, Option<&ResultRecord>, usize)],
+    items: &[(Option<&ResultRecord>, usize)],
     retention_ms: u64,
 ) -> StoreResult<Vec<Option<u64>>> {
     let mut ids = Vec::with_capacity(items.len());
     let mut jobs: std::collections::HashMap<&str, (u64, u64)> = Default::default();
-    if items.iter().any(|(_, record, _)| record.is_some()) {
+    if items.iter().any(|(record, _)| record.is_some()) {
         let mut by_task = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
         let mut stats = txn.open_table(STATS).map_err(unavailable)?;
         let mut rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
@@ -208,7 +208,7 @@ fn complete_many(
         let mut next = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
         let mut counters: std::collections::BTreeMap<String, u64> = Default::default();
         let mut retain = usize::MAX;
-        for (_, record, keep) in items {
+        for (record, keep) in items {
             let Some(record) = record else {
                 ids.push(None);
                 continue;
@@ -275,6 +275,19 @@ fn complete_many(
                 .map_err(unavailable)?;
         }
     }
+    Ok(ids)
+}
+
+/// Store the results of finished tasks (each once per task id) and ack them, with the stats
+/// and each job's counters updated once for all of them. The ids of newly stored results, in
+/// order (`None`: no result, or one was stored before).
+fn complete_many(
+    txn: &WriteTransaction,
+    items: &[(u64, Option<&ResultRecord>, usize)],
+    retention_ms: u64,
+) -> StoreResult<Vec<Option<u64>>> {
+    let records: Vec<_> = items.iter().map(|(_, record, retain)| (*record, *retain)).collect();
+    let ids = store_results(txn, &records, retention_ms)?;
     let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
     let mut state = txn.open_table(QUEUE_STATE).map_err(unavailable)?;
     for (seq, _, _) in items {
@@ -966,64 +979,14 @@ fn spawn_flusher(inner: Arc<Inner>) -> StoreResult<std::thread::JoinHandle<()>> 
         .map_err(|e| unavailable(format!("cannot start the embedded store's flush thread: {e}")))
 }
 
-/// Store a result once per task id, count it into the stats and its job.
-/// `retention_ms` (0 = keep) decides when a result whose job record is gone expires.
+/// Store one result once per task id and count it into the stats and its job.
 fn put_result_in(
     txn: &WriteTransaction,
     record: &ResultRecord,
     retain: usize,
     retention_ms: u64,
 ) -> StoreResult<Option<u64>> {
-    let mut by_task = txn.open_table(RESULT_SEQ_BY_TASK).map_err(unavailable)?;
-    if by_task.get(record.task_id.as_str()).map_err(unavailable)?.is_some() {
-        return Ok(None);
-    }
-    let mut stats = txn.open_table(STATS).map_err(unavailable)?;
-    let id = stats.get("results_seq").map_err(unavailable)?.map(|g| g.value()).unwrap_or(0) + 1;
-    stats.insert("results_seq", id).map_err(unavailable)?;
-    let json = crate::with_id(&record.json, id)?;
-    let mut rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
-    let mut job_results = txn.open_table(JOB_RESULTS).map_err(unavailable)?;
-    let mut recent = txn.open_table(RECENT_RESULTS).map_err(unavailable)?;
-    rows.insert(id, json.as_bytes()).map_err(unavailable)?;
-    by_task.insert(record.task_id.as_str(), id).map_err(unavailable)?;
-    job_results.insert((record.job_id.as_str(), id), record.task_id.as_str()).map_err(unavailable)?;
-    recent.insert(id, record.job_id.as_str()).map_err(unavailable)?;
-    while recent.len().map_err(unavailable)? > retain.max(1) as u64 {
-        let Some((seq, job)) = recent.pop_first().map_err(unavailable)?.map(|(k, v)| (k.value(), v.value().to_owned()))
-        else {
-            break;
-        };
-        // Out of the newest list: the row stays only while its job still lists it.
-        if job_results.get((job.as_str(), seq)).map_err(unavailable)?.is_none() {
-            rows.remove(seq).map_err(unavailable)?;
-        }
-    }
-    for (name, n) in [
-        ("files_scanned".to_owned(), 1),
-        (crate::verdict_counter(&record.verdict), 1),
-        ("total_scan_time_in_microseconds".to_owned(), record.scan_time_us),
-        ("total_file_size".to_owned(), record.file_size),
-    ] {
-        let current = stats.get(name.as_str()).map_err(unavailable)?.map(|g| g.value()).unwrap_or(0);
-        stats.insert(name.as_str(), current + n).map_err(unavailable)?;
-    }
-    let job = update_job(txn, &record.job_id, |job| {
-        job.processed_count += 1;
-        if record.succeeded {
-            job.succeeded_count += 1;
-        } else {
-            job.failed_count += 1;
-        }
-    })?;
-    if job.is_none() && retention_ms > 0 {
-        // Nothing will ever finish this job: its results expire as a finished job's.
-        txn.open_table(JOBLESS_RESULTS)
-            .map_err(unavailable)?
-            .insert(record.job_id.as_str(), now_millis() + retention_ms)
-            .map_err(unavailable)?;
-    }
-    Ok(Some(id))
+    Ok(store_results(txn, &[(Some(record), retain)], retention_ms)?.pop().flatten())
 }
 
 /// Remove a job's result list and its results' by-task entries. Each row goes too, unless it
