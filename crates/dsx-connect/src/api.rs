@@ -19,6 +19,9 @@ use crate::state::SharedState;
 pub enum Rule {
     /// DSX-HMAC signed by an enrolled connector.
     Connector,
+    /// As `Connector`, for the scan intake: the handler records the request's nonce with
+    /// its enqueue (`Access::ConnectorIntake`).
+    ConnectorIntake,
     /// An enrolled connector (its own uuid) or an operator.
     ConnectorOrOperator,
     /// `Authorization: Bearer <operator token>` (open when auth is disabled).
@@ -33,7 +36,7 @@ impl Rule {
     /// The rule's name in the document (`x-dsx-access`).
     pub fn name(self) -> &'static str {
         match self {
-            Rule::Connector => "connector",
+            Rule::Connector | Rule::ConnectorIntake => "connector",
             Rule::ConnectorOrOperator => "connector-or-operator",
             Rule::Operator => "operator",
             Rule::Enrollment => "enrollment",
@@ -45,6 +48,7 @@ impl Rule {
     fn access(self) -> Option<Access> {
         match self {
             Rule::Connector => Some(Access::Connector),
+            Rule::ConnectorIntake => Some(Access::ConnectorIntake),
             Rule::ConnectorOrOperator => Some(Access::ConnectorOrOperator),
             Rule::Operator => Some(Access::Operator),
             Rule::Enrollment | Rule::Open => None,
@@ -54,7 +58,7 @@ impl Rule {
     /// With a client CA configured, connector-facing routes also need a client certificate;
     /// probes, the UI and the operator API keep working without one.
     pub fn mutual_tls(self) -> bool {
-        matches!(self, Rule::Connector | Rule::Enrollment)
+        matches!(self, Rule::Connector | Rule::ConnectorIntake | Rule::Enrollment)
     }
 }
 
@@ -233,7 +237,7 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             Method::POST,
             "scan/request",
-            Connector,
+            ConnectorIntake,
             "requestScan",
             "Queue one item for scanning",
             scan::request,
@@ -244,7 +248,7 @@ pub fn routes() -> Vec<Route> {
         Route::new(
             Method::POST,
             "scan/request_batch",
-            Connector,
+            ConnectorIntake,
             "requestScanBatch",
             "Queue many items for scanning",
             scan::request_batch,

@@ -22,8 +22,10 @@ use crate::state::SharedState;
 pub enum Caller {
     /// Auth is disabled: every caller is trusted.
     Open,
-    /// Verified with this connector's DSX-HMAC key.
-    Connector { uuid: Uuid, key_id: String },
+    /// Verified with this connector's DSX-HMAC key. `nonce` is set only on
+    /// [`Access::ConnectorIntake`] routes: the nonce is not recorded yet, and the handler
+    /// records it with its write.
+    Connector { uuid: Uuid, key_id: String, nonce: Option<UnrecordedNonce> },
     /// Enrollment token accepted in place of DSX-HMAC (`DSXCONNECT_AUTH__BREAK_GLASS`).
     BreakGlass { slot: String },
     /// Operator bearer token.
@@ -49,6 +51,76 @@ pub enum Access {
     ConnectorOrOperator,
     /// Operator bearer token only.
     Operator,
+    /// As `Connector`, but the replay cache is written by the handler in the same store step
+    /// as the enqueue (one round trip instead of two, on the busiest route). The handler must
+    /// pass [`Caller::Connector`]'s `nonce` to the store (`IntakeOnce::nonce`); the replay
+    /// tests in `tests/hardening.rs` cover every route declared with this access.
+    ConnectorIntake,
+}
+
+/// A verified request's nonce whose replay-cache entry the handler writes (see
+/// [`Access::ConnectorIntake`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnrecordedNonce {
+    pub key_id: String,
+    pub nonce: String,
+    pub ttl: std::time::Duration,
+}
+
+impl UnrecordedNonce {
+    pub fn as_store(&self) -> dsx_store::Nonce<'_> {
+        dsx_store::Nonce { key_id: &self.key_id, nonce: &self.nonce, ttl: self.ttl }
+    }
+}
+
+/// An intake handler's unrecorded nonce (see [`Access::ConnectorIntake`]). The enqueue takes
+/// it and the store records it in the same step; on any other way out [`Self::settle`]
+/// records it, so a replay is 401 `replayed_request` whatever the request asked for.
+pub struct PendingNonce(Option<UnrecordedNonce>);
+
+impl PendingNonce {
+    pub fn of(caller: &Caller) -> Self {
+        match caller {
+            Caller::Connector { nonce, .. } => Self(nonce.clone()),
+            _ => Self(None),
+        }
+    }
+
+    /// For the store step that records it.
+    pub fn take(&mut self) -> Option<UnrecordedNonce> {
+        self.0.take()
+    }
+
+    /// The handler's answer, once the nonce is recorded (a replay turns it into a 401).
+    pub async fn settle<T>(
+        self,
+        state: &crate::state::AppState,
+        route: &str,
+        outcome: Result<T, ApiError>,
+    ) -> Result<T, ApiError> {
+        let outcome = match self.0 {
+            None => outcome,
+            Some(n) => match state.store.remember_nonce(&n.key_id, &n.nonce, n.ttl).await {
+                Ok(true) => outcome,
+                Ok(false) => Err(AuthError::ReplayedRequest.into()),
+                Err(err) => Err(err.into()),
+            },
+        };
+        if let Err(ApiError::Hmac(code)) = &outcome {
+            state.metrics.auth_failure(code.code());
+            tracing::warn!(code = code.code(), route, "DSX-HMAC verification failed");
+        }
+        outcome
+    }
+}
+
+/// Whether verification records the nonce itself or leaves it to the handler.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum NonceRecording {
+    /// Recorded as soon as the signature verified (every route but the intake ones).
+    Now,
+    /// Handed to the handler in `Caller::Connector::nonce`.
+    ByHandler,
 }
 
 /// The request's path and query exactly as sent on the wire (nesting does not strip it).
@@ -120,8 +192,9 @@ impl crate::state::AppState {
         raw_paq: &str,
         headers: &HeaderMap,
         body: &[u8],
+        recording: NonceRecording,
     ) -> Result<Caller, ApiError> {
-        let outcome = self.verify_hmac_inner(method, raw_paq, headers, body).await;
+        let outcome = self.verify_hmac_inner(method, raw_paq, headers, body, recording).await;
         if let Err(ApiError::Hmac(code)) = &outcome {
             self.metrics.auth_failure(code.code());
             tracing::warn!(code = code.code(), %method, path = raw_paq, "DSX-HMAC verification failed");
@@ -135,6 +208,7 @@ impl crate::state::AppState {
         raw_paq: &str,
         headers: &HeaderMap,
         body: &[u8],
+        recording: NonceRecording,
     ) -> Result<Caller, ApiError> {
         let value = match single(headers, header::AUTHORIZATION).map_err(|()| AuthError::MalformedHmac)? {
             None => None,
@@ -164,12 +238,22 @@ impl crate::state::AppState {
         let request = RequestParts { method: method.as_str(), path_and_query: raw_paq, body };
         let verified = verify_parsed(&parsed, key.as_ref(), unix_now(), skew, &request)?;
         // Recorded only now that the signature verified, so forgeries cannot burn nonces.
-        if !self.store.remember_nonce(verified.key_id, verified.nonce, replay_ttl(skew)).await? {
-            return Err(AuthError::ReplayedRequest.into());
-        }
+        let nonce = match recording {
+            NonceRecording::Now => {
+                if !self.store.remember_nonce(verified.key_id, verified.nonce, replay_ttl(skew)).await? {
+                    return Err(AuthError::ReplayedRequest.into());
+                }
+                None
+            }
+            NonceRecording::ByHandler => Some(UnrecordedNonce {
+                key_id: verified.key_id.to_owned(),
+                nonce: verified.nonce.to_owned(),
+                ttl: replay_ttl(skew),
+            }),
+        };
         // Verified implies the key was found; the fallback never fires.
         let uuid = resolved.map(|r| r.connector_uuid).ok_or(AuthError::UnknownKeyId)?;
-        Ok(Caller::Connector { uuid, key_id: verified.key_id.to_owned() })
+        Ok(Caller::Connector { uuid, key_id: verified.key_id.to_owned(), nonce })
     }
 
     /// The enrollment token of a request (`X-Enrollment-Token`, or `Authorization: Bearer`),
@@ -208,6 +292,7 @@ impl crate::state::AppState {
         headers: &HeaderMap,
         body: &[u8],
         peer: Option<SocketAddr>,
+        recording: NonceRecording,
     ) -> Result<Caller, ApiError> {
         if !self.settings.auth.enabled {
             return Ok(Caller::Open);
@@ -221,7 +306,7 @@ impl crate::state::AppState {
             tracing::warn!(%method, path = raw_paq, peer = ?peer, token_slot = %slot, "break-glass: enrollment token accepted in place of DSX-HMAC");
             return Ok(Caller::BreakGlass { slot });
         }
-        self.verify_hmac(method, raw_paq, headers, body).await
+        self.verify_hmac(method, raw_paq, headers, body, recording).await
     }
 }
 
@@ -243,7 +328,9 @@ async fn authenticate(state: &SharedState, access: Access, req: Request) -> Resu
         let bytes = read_body(&parts.headers, body, state.settings.max_body_bytes).await?;
         let paq = raw_path_and_query(&parts.uri, parts.extensions.get::<OriginalUri>());
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
-        let caller = state.authenticate_connector(&parts.method, &paq, &parts.headers, &bytes, peer).await?;
+        let recording =
+            if matches!(access, Access::ConnectorIntake) { NonceRecording::ByHandler } else { NonceRecording::Now };
+        let caller = state.authenticate_connector(&parts.method, &paq, &parts.headers, &bytes, peer, recording).await?;
         (caller, Body::from(bytes))
     };
     parts.extensions.insert(caller);

@@ -14,7 +14,7 @@ use crate::api::{full_path, routes, Route, Rule};
 
 fn security(rule: Rule) -> Value {
     match rule {
-        Rule::Connector => json!([{ "dsxHmac": [] }]),
+        Rule::Connector | Rule::ConnectorIntake => json!([{ "dsxHmac": [] }]),
         Rule::ConnectorOrOperator => json!([{ "dsxHmac": [] }, { "operatorToken": [] }]),
         Rule::Operator => json!([{ "operatorToken": [] }]),
         Rule::Enrollment => json!([{ "enrollmentToken": [] }, { "dsxHmac": [] }]),

@@ -79,6 +79,67 @@ async fn h3_replay_is_rejected_even_across_paths_sharing_a_nonce() {
     assert_eq!(server.send(Method::POST, &path, Some(good), b"").await.status(), StatusCode::OK);
 }
 
+/// The intake routes record their nonce with the enqueue (one store step); every way through
+/// them must still refuse a replay: a queued request, a refused one, an empty batch, a bad
+/// body, and a nonce first used on another route. Nothing is queued twice.
+#[tokio::test]
+async fn intake_routes_refuse_replays_on_every_path() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let server = Server::start(backend, &[]);
+        let keys = server.enroll().await;
+        let single = format!("{PREFIX}/scan/request");
+        let batch = format!("{PREFIX}/scan/request_batch");
+        let job = Uuid::new_v4().to_string();
+        let one = serde_json::to_vec(&json!({"location": "/r1", "metainfo": "m", "scan_job_id": job})).unwrap();
+        let two = serde_json::to_vec(&json!({"requests": [
+            {"location": "/r2", "metainfo": "m", "scan_job_id": job},
+            {"location": "/r3", "metainfo": "m", "scan_job_id": job},
+        ]}))
+        .unwrap();
+        let cases: [(&str, &[u8], StatusCode); 5] = [
+            (&single, &one, StatusCode::ACCEPTED),
+            (&batch, &two, StatusCode::ACCEPTED),
+            (&batch, br#"{"requests": []}"#, StatusCode::ACCEPTED),
+            (&single, br#"{"metainfo": "no location"}"#, StatusCode::UNPROCESSABLE_ENTITY),
+            (&batch, b"not json", StatusCode::UNPROCESSABLE_ENTITY),
+        ];
+        for (path, body, first) in cases {
+            let auth = keys.sign("POST", path, unix_now(), &generate_nonce(), body);
+            let resp = server.send(Method::POST, path, Some(auth.clone()), body).await;
+            assert_eq!(resp.status(), first, "{backend:?} {path}");
+            let resp = server.send(Method::POST, path, Some(auth), body).await;
+            assert_eq!(resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap()), Some("DSX-HMAC"));
+            assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "replayed_request", "{backend:?} {path}");
+        }
+        // A nonce used on another route is spent here too, and the other way round.
+        let nonce = generate_nonce();
+        let check = auth_check_path();
+        let auth = keys.sign("POST", &check, unix_now(), &nonce, b"");
+        assert_eq!(server.send(Method::POST, &check, Some(auth), b"").await.status(), StatusCode::OK);
+        let auth = keys.sign("POST", &single, unix_now(), &nonce, &one);
+        let resp = server.send(Method::POST, &single, Some(auth), &one).await;
+        assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "replayed_request", "{backend:?}");
+        let nonce = generate_nonce();
+        let auth = keys.sign("POST", &single, unix_now(), &nonce, &one);
+        assert_eq!(server.send(Method::POST, &single, Some(auth), &one).await.status(), StatusCode::ACCEPTED);
+        let auth = keys.sign("POST", &check, unix_now(), &nonce, b"");
+        let resp = server.send(Method::POST, &check, Some(auth), b"").await;
+        assert_eq!(detail(resp, StatusCode::UNAUTHORIZED).await, "replayed_request", "{backend:?}");
+        // Exactly the accepted requests' items were queued: 1 + 2 + 1.
+        let job_now: Value = server.operator_get(&format!("scan/jobs/{job}")).await.json().await.unwrap();
+        assert_eq!(job_now["enqueued_count"], 4, "{backend:?}");
+        // Refused replays are counted as authentication failures.
+        let metrics =
+            server.http.get(server.url("/metrics")).bearer_auth(OPERATOR).send().await.unwrap().text().await.unwrap();
+        let replays: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("dsxconnect_auth_failures") && l.contains("replayed_request"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("{backend:?}: no replay count in {metrics}"));
+        assert_eq!(replays, 7.0, "{backend:?}: 5 replays + 2 across routes");
+    }
+}
+
 #[tokio::test]
 async fn replay_cache_survives_restart_on_embedded_store() {
     let mut server = embedded(&[]);

@@ -84,7 +84,7 @@ fn every_route_is_documented_with_its_access_rule() {
             .flat_map(|req| req.as_object().unwrap().keys().map(String::as_str))
             .collect();
         let expected: &[&str] = match r.access {
-            Rule::Connector => &["dsxHmac"],
+            Rule::Connector | Rule::ConnectorIntake => &["dsxHmac"],
             Rule::ConnectorOrOperator => &["dsxHmac", "operatorToken"],
             Rule::Operator => &["operatorToken"],
             Rule::Enrollment => &["enrollmentToken", "dsxHmac"],
@@ -120,7 +120,9 @@ async fn every_route_enforces_its_access_rule() {
             Rule::Operator | Rule::ConnectorOrOperator | Rule::Open => {
                 assert_ne!(status, StatusCode::UNAUTHORIZED, "{what}")
             }
-            Rule::Connector | Rule::Enrollment => assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}"),
+            Rule::Connector | Rule::ConnectorIntake | Rule::Enrollment => {
+                assert_eq!(status, StatusCode::UNAUTHORIZED, "{what}")
+            }
         }
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{what}");
         assert_ne!(body["detail"], "not_found", "{what}");

@@ -100,6 +100,31 @@ pub enum JobRefusal {
     Paused { job_id: String },
     #[error("job {job_id} is cancelled")]
     Cancelled { job_id: String },
+    /// Not about a job: the request's nonce ([`IntakeOnce::nonce`]) was used before, so the
+    /// request is a replay and nothing was queued.
+    #[error("the request's nonce was used before")]
+    NonceReused,
+}
+
+/// What keeps one intake request from queuing anything twice.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IntakeOnce<'a> {
+    /// The sender's name for this submission (`Idempotency-Key`, scoped to its connector):
+    /// remembered for [`INTAKE_KEY_TTL`]; a repeat queues nothing and answers
+    /// [`Enqueued::Repeat`].
+    pub key: Option<&'a str>,
+    /// The verified request's DSX-HMAC nonce, recorded in the same atomic step as the enqueue
+    /// (one store round trip instead of two); a nonce seen before refuses the whole request
+    /// with [`JobRefusal::NonceReused`].
+    pub nonce: Option<Nonce<'a>>,
+}
+
+/// A verified request's nonce and how long the replay cache must remember it.
+#[derive(Clone, Copy, Debug)]
+pub struct Nonce<'a> {
+    pub key_id: &'a str,
+    pub nonce: &'a str,
+    pub ttl: Duration,
 }
 
 /// What an enqueue did.
@@ -321,15 +346,16 @@ pub trait ScanQueue: Send + Sync + 'static {
     /// belongs to another connector or no longer takes items. The check and the write are one
     /// atomic step, so two connectors racing for a new job id cannot both join it.
     async fn enqueue_scans(&self, tasks: &[QueuedTask]) -> StoreResult<Result<(), JobRefusal>> {
-        self.enqueue_scans_once(tasks, None).await.map(|r| r.map(|_| ()))
+        self.enqueue_scans_once(tasks, IntakeOnce::default()).await.map(|r| r.map(|_| ()))
     }
-    /// [`Self::enqueue_scans`], at most once per `intake_key` (remembered for
-    /// [`INTAKE_KEY_TTL`], in the same atomic step as the enqueue): a request retried after
-    /// its answer was lost (a crash between commit and reply) queues nothing twice.
+    /// [`Self::enqueue_scans`], at most once per intake key and per request nonce (both
+    /// checked and recorded in the same atomic step as the enqueue): a request retried after
+    /// its answer was lost (a crash between commit and reply) queues nothing twice, and a
+    /// replayed one is refused.
     async fn enqueue_scans_once(
         &self,
         tasks: &[QueuedTask],
-        intake_key: Option<&str>,
+        once: IntakeOnce<'_>,
     ) -> StoreResult<Result<Enqueued, JobRefusal>>;
     /// Tasks waiting in the scan queue (consumed by the workers).
     async fn scan_queue_len(&self) -> StoreResult<u64>;

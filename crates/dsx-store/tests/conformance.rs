@@ -917,7 +917,8 @@ async fn deferring_spends_no_attempt(h: &Harness) {
 /// An enqueue with an intake key happens once: the same key again (a retry whose first answer
 /// was lost) queues nothing and says so; a refused attempt does not use the key up.
 async fn an_intake_key_enqueues_once(h: &Harness) {
-    use dsx_store::Enqueued;
+    use dsx_store::{Enqueued, IntakeOnce};
+    let keyed = |key| IntakeOnce { key: Some(key), nonce: None };
     let s = &*h.store;
     let owner = Uuid::new_v4();
     let job = unique_name("jk-");
@@ -933,19 +934,56 @@ async fn an_intake_key_enqueues_once(h: &Harness) {
     s.claim_job(&job, owner).await.unwrap().unwrap();
     s.set_job_status(&job, dsx_store::JobStatus::Paused).await.unwrap();
     let before = s.scan_queue_len().await.unwrap();
-    assert!(s.enqueue_scans_once(&[task(1), task(2)], Some(&key)).await.unwrap().is_err(), "paused");
+    assert!(s.enqueue_scans_once(&[task(1), task(2)], keyed(&key)).await.unwrap().is_err(), "paused");
     s.set_job_status(&job, dsx_store::JobStatus::Running).await.unwrap();
-    assert_eq!(s.enqueue_scans_once(&[task(1), task(2)], Some(&key)).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(1), task(2)], keyed(&key)).await.unwrap(), Ok(Enqueued::Queued));
     assert_eq!(s.scan_queue_len().await.unwrap(), before + 2);
-    assert_eq!(s.enqueue_scans_once(&[task(1), task(2)], Some(&key)).await.unwrap(), Ok(Enqueued::Repeat));
+    assert_eq!(s.enqueue_scans_once(&[task(1), task(2)], keyed(&key)).await.unwrap(), Ok(Enqueued::Repeat));
     assert_eq!(s.scan_queue_len().await.unwrap(), before + 2, "a repeat queues nothing");
     assert_eq!(s.get_job(&job).await.unwrap().unwrap().enqueued_count, 2);
     // Another key, or none, queues again.
     let other = unique_name("intake-");
-    assert_eq!(s.enqueue_scans_once(&[task(3)], Some(&other)).await.unwrap(), Ok(Enqueued::Queued));
-    assert_eq!(s.enqueue_scans_once(&[task(4)], None).await.unwrap(), Ok(Enqueued::Queued));
-    assert_eq!(s.enqueue_scans_once(&[task(4)], None).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(3)], keyed(&other)).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(4)], IntakeOnce::default()).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(4)], IntakeOnce::default()).await.unwrap(), Ok(Enqueued::Queued));
     assert_eq!(s.scan_queue_len().await.unwrap(), before + 5);
+}
+
+/// An enqueue given its request's nonce records it in the same step: the nonce again (a
+/// replay) is refused with nothing queued, even after the first was refused for its job, and
+/// a nonce the replay cache already holds (seen on another route) refuses the enqueue.
+async fn an_enqueue_with_a_nonce_refuses_replays(h: &Harness) {
+    use dsx_store::{Enqueued, IntakeOnce, JobRefusal, Nonce};
+    let s = &*h.store;
+    let owner = Uuid::new_v4();
+    let job = unique_name("jn-");
+    let kid = unique_name("kid-");
+    let task = |n: u32| dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.clone(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
+        enqueued_at: 1,
+    };
+    let signed =
+        |nonce| IntakeOnce { key: None, nonce: Some(Nonce { key_id: &kid, nonce, ttl: Duration::from_secs(60) }) };
+    let before = s.scan_queue_len().await.unwrap();
+    assert_eq!(s.enqueue_scans_once(&[task(1)], signed("n1")).await.unwrap(), Ok(Enqueued::Queued));
+    assert_eq!(s.enqueue_scans_once(&[task(1)], signed("n1")).await.unwrap(), Err(JobRefusal::NonceReused));
+    assert_eq!(s.scan_queue_len().await.unwrap(), before + 1, "a replay queues nothing");
+    // A refused request still uses its nonce up (as a verified signature does).
+    s.set_job_status(&job, dsx_store::JobStatus::Paused).await.unwrap();
+    assert!(matches!(s.enqueue_scans_once(&[task(2)], signed("n2")).await.unwrap(), Err(JobRefusal::Paused { .. })));
+    s.set_job_status(&job, dsx_store::JobStatus::Running).await.unwrap();
+    assert_eq!(s.enqueue_scans_once(&[task(2)], signed("n2")).await.unwrap(), Err(JobRefusal::NonceReused));
+    // The same replay cache as `remember_nonce`: a nonce used on another route is refused here,
+    // and one recorded here is refused there.
+    assert!(s.remember_nonce(&kid, "n3", Duration::from_secs(60)).await.unwrap());
+    assert_eq!(s.enqueue_scans_once(&[task(3)], signed("n3")).await.unwrap(), Err(JobRefusal::NonceReused));
+    assert!(!s.remember_nonce(&kid, "n1", Duration::from_secs(60)).await.unwrap());
+    assert_eq!(s.scan_queue_len().await.unwrap(), before + 1);
+    assert_eq!(s.get_job(&job).await.unwrap().unwrap().enqueued_count, 1);
 }
 
 /// Runs each case on both backends, grouped by the capability it checks:
@@ -986,6 +1024,7 @@ conformance!(
         requeued_dead_letters_replace_their_failed_outcome,
         complete_scan_stores_the_result_and_acks_together,
         an_intake_key_enqueues_once,
+        an_enqueue_with_a_nonce_refuses_replays,
         claims_carry_job_status_and_result_presence,
     ],
     jobs: [

@@ -1,21 +1,21 @@
 //! Scan intake: `scan/request`, `scan/request_batch`, `scan/jobs/{id}/enqueue_done` and the
 //! job control flags connectors read (`scan/jobs/{id}/raw`).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashSet};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use dsx_model::{parse_json, Connector, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
-use dsx_store::{Job, JobRefusal, JobStatus, QueuedTask};
+use dsx_model::{parse_json, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
+use dsx_store::{IntakeOnce, Job, JobRefusal, JobStatus, QueuedTask};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, PendingNonce, UnrecordedNonce};
 use crate::error::ApiError;
 use crate::state::{AppState, SharedState};
 
@@ -41,22 +41,26 @@ impl AppState {
         caller: &Caller,
         mut request: ScanRequest,
         index: Option<usize>,
-        registry: &mut HashMap<Uuid, Option<Connector>>,
+        known: &mut HashSet<Uuid>,
     ) -> Result<QueuedTask, ApiError> {
         let named = request.connector.as_ref().map(|c| c.uuid);
         let uuid = match caller {
+            // A verified signature means the connector's credentials exist: no lookup.
             Caller::Connector { uuid, .. } => {
                 if named.is_some_and(|n| n != *uuid) {
                     return Err(ApiError::ConnectorMismatch);
                 }
                 *uuid
             }
-            _ => named.ok_or_else(|| missing_connector(index))?,
+            _ => {
+                let uuid = named.ok_or_else(|| missing_connector(index))?;
+                self.ensure_known(uuid, known).await?;
+                uuid
+            }
         };
-        match self.registered(uuid, registry).await? {
-            Some(connector) => request.connector_url = Some(connector.url.clone()),
-            None => request.connector_url = None,
-        }
+        // Whatever the body says, the task goes to the registered connector; the worker
+        // puts the registered URL and model into the result.
+        request.connector_url = None;
         let job_id =
             request.scan_job_id.clone().filter(|j| !j.is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
         let mut loc = vec!["body"];
@@ -80,28 +84,30 @@ impl AppState {
         })
     }
 
-    /// The registered model of a connector (`None`: known by its credentials but not live),
-    /// looked up once per request however many items name it. Unknown → 404.
-    async fn registered<'a>(
-        &self,
-        uuid: Uuid,
-        registry: &'a mut HashMap<Uuid, Option<Connector>>,
-    ) -> Result<&'a Option<Connector>, ApiError> {
-        if let std::collections::hash_map::Entry::Vacant(slot) = registry.entry(uuid) {
-            let presence = self.store.get_presence(uuid).await?;
-            if presence.is_none() && self.store.current_credential(uuid).await?.is_none() {
-                return Err(ApiError::ConnectorNotFound);
-            }
-            slot.insert(presence);
+    /// An unverified caller (auth disabled, break-glass) names its connector; one it does
+    /// not know by presence or credentials is 404. Checked once per uuid per request.
+    async fn ensure_known(&self, uuid: Uuid, known: &mut HashSet<Uuid>) -> Result<(), ApiError> {
+        if known.contains(&uuid) {
+            return Ok(());
         }
-        Ok(&registry[&uuid])
+        if self.store.get_presence(uuid).await?.is_none() && self.store.current_credential(uuid).await?.is_none() {
+            return Err(ApiError::ConnectorNotFound);
+        }
+        known.insert(uuid);
+        Ok(())
     }
 
     /// Queue the tasks, all or none. The store checks in the same atomic step that every job
     /// belongs to the tasks' connector (403) and still takes items (409). With an intake key
     /// the task ids come from the key, so a retry whose first answer was lost gets the same
     /// answer and queues nothing twice (see [`IntakeKey`]).
-    async fn enqueue(&self, tasks: &mut [QueuedTask], intake: Option<&IntakeKey>) -> Result<(), ApiError> {
+    /// A verified request's nonce is recorded in the same step (a replay is 401).
+    async fn enqueue(
+        &self,
+        tasks: &mut [QueuedTask],
+        intake: Option<&IntakeKey>,
+        nonce: &mut PendingNonce,
+    ) -> Result<(), ApiError> {
         let scoped = intake.and_then(|key| {
             let owner = tasks.first()?.connector_uuid;
             for (i, task) in tasks.iter_mut().enumerate() {
@@ -109,7 +115,9 @@ impl AppState {
             }
             Some(format!("{owner}:{}", key.0))
         });
-        match self.store.enqueue_scans_once(tasks, scoped.as_deref()).await? {
+        let nonce = nonce.take();
+        let once = IntakeOnce { key: scoped.as_deref(), nonce: nonce.as_ref().map(UnrecordedNonce::as_store) };
+        match self.store.enqueue_scans_once(tasks, once).await? {
             Ok(dsx_store::Enqueued::Queued) => Ok(()),
             Ok(dsx_store::Enqueued::Repeat) => {
                 tracing::info!(tasks = tasks.len(), "repeated intake key: already queued, nothing queued again");
@@ -126,6 +134,7 @@ impl From<JobRefusal> for ApiError {
             JobRefusal::OtherOwner { .. } => ApiError::JobOwnedElsewhere,
             JobRefusal::Paused { job_id } => ApiError::JobClosed { code: "job_paused", job_id },
             JobRefusal::Cancelled { job_id } => ApiError::JobClosed { code: "job_cancelled", job_id },
+            JobRefusal::NonceReused => ApiError::Hmac(dsx_hmac::AuthError::ReplayedRequest),
         }
     }
 }
@@ -194,10 +203,22 @@ pub async fn request(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let intake = IntakeKey::from_headers(&headers)?;
-    let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
-    let mut task = state.attribute(&caller, request, None, &mut HashMap::new()).await?;
-    state.enqueue(std::slice::from_mut(&mut task), intake.as_ref()).await?;
+    let mut nonce = PendingNonce::of(&caller);
+    let outcome = request_one(&state, &caller, &headers, &body, &mut nonce).await;
+    nonce.settle(&state, "scan/request", outcome).await
+}
+
+async fn request_one(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    nonce: &mut PendingNonce,
+) -> Result<Response, ApiError> {
+    let intake = IntakeKey::from_headers(headers)?;
+    let request: ScanRequest = parse_json(body).map_err(ApiError::Validation)?;
+    let mut task = state.attribute(caller, request, None, &mut HashSet::new()).await?;
+    state.enqueue(std::slice::from_mut(&mut task), intake.as_ref(), nonce).await?;
     let mut response =
         StatusResponse::success(format!("Scan task ID: {}", task.task_id), format!("job {}", task.job_id));
     response.id = Some(task.task_id.clone());
@@ -239,8 +260,20 @@ pub async fn request_batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let intake = IntakeKey::from_headers(&headers)?;
-    let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
+    let mut nonce = PendingNonce::of(&caller);
+    let outcome = request_many(&state, &caller, &headers, &body, &mut nonce).await;
+    nonce.settle(&state, "scan/request_batch", outcome).await
+}
+
+async fn request_many(
+    state: &AppState,
+    caller: &Caller,
+    headers: &HeaderMap,
+    body: &[u8],
+    nonce: &mut PendingNonce,
+) -> Result<Response, ApiError> {
+    let intake = IntakeKey::from_headers(headers)?;
+    let batch: ScanRequestBatch = parse_json(body).map_err(ApiError::Validation)?;
     let limits = &state.settings.batch;
     let batch_size = batch.batch_size.unwrap_or(limits.default_size).clamp(1, limits.max_size);
     if !limits.enabled {
@@ -270,11 +303,11 @@ pub async fn request_batch(
         ));
     }
     let mut tasks = Vec::with_capacity(batch.requests.len());
-    let mut registry = HashMap::new();
+    let mut known = HashSet::new();
     for (i, request) in batch.requests.into_iter().enumerate() {
-        tasks.push(state.attribute(&caller, request, Some(i), &mut registry).await?);
+        tasks.push(state.attribute(caller, request, Some(i), &mut known).await?);
     }
-    state.enqueue(&mut tasks, intake.as_ref()).await?;
+    state.enqueue(&mut tasks, intake.as_ref(), nonce).await?;
     let task_ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
     let body = BatchResponse {
         status: "success",

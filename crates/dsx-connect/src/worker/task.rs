@@ -368,6 +368,7 @@ fn result_record(
         Some(connector) => {
             let mut request = request.clone();
             request.connector = Some(connector.clone());
+            request.connector_url = Some(connector.url.clone());
             with_connector = request;
             &with_connector
         }

@@ -7,13 +7,23 @@ impl ScanQueue for EmbeddedStore {
     async fn enqueue_scans_once(
         &self,
         tasks: &[QueuedTask],
-        intake_key: Option<&str>,
+        once: IntakeOnce<'_>,
     ) -> StoreResult<Result<Enqueued, JobRefusal>> {
         let tasks = tasks.to_vec();
-        let intake_key = intake_key.map(str::to_owned);
+        let intake_key = once.key.map(str::to_owned);
+        let nonce = once.nonce.map(|n| (n.key_id.to_owned(), n.nonce.to_owned(), n.ttl.max(crate::MIN_NONCE_TTL)));
         let out = self
             .run(move |inner| {
                 inner.write(true, |txn| {
+                    // The nonce first, as the signature check would: a replay queues nothing.
+                    if let Some((key_id, nonce, ttl)) = &nonce {
+                        let mut nonces = txn.open_table(NONCES).map_err(unavailable)?;
+                        let key = (key_id.as_str(), nonce.as_str());
+                        if nonces.get(key).map_err(unavailable)?.is_some_and(|g| g.value() > now_millis()) {
+                            return Ok(Err(JobRefusal::NonceReused));
+                        }
+                        nonces.insert(key, expiry_ms(*ttl)).map_err(unavailable)?;
+                    }
                     let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
                     if let Some(key) = &intake_key {
                         if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {

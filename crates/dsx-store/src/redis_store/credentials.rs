@@ -40,7 +40,7 @@ impl Credentials for RedisStore {
     async fn resolve_key(&self, key_id: &str) -> StoreResult<Option<ResolvedKey>> {
         // One round trip on the hot path of every signed request.
         let mut conn = self.conn().await?;
-        let found: Option<(String, String)> = redis::Script::new(RESOLVE_SCRIPT)
+        let found: Option<(String, String)> = scripts::RESOLVE
             .key(self.keys.kid(key_id))
             .key(self.keys.grace(key_id))
             .arg(self.keys.config_prefix())

@@ -6,7 +6,7 @@ use super::*;
 impl Jobs for RedisStore {
     async fn claim_job(&self, job_id: &str, owner: Uuid) -> StoreResult<Result<(), JobRefusal>> {
         let mut conn = self.conn().await?;
-        let answer: Vec<String> = redis::Script::new(CLAIM_JOB_SCRIPT)
+        let answer: Vec<String> = scripts::CLAIM_JOB
             .key(self.keys.job(job_id))
             .arg(job_id)
             .arg(owner.to_string())
@@ -54,7 +54,7 @@ impl Jobs for RedisStore {
         enumeration_errors: Option<u64>,
     ) -> StoreResult<Option<Job>> {
         let mut conn = self.conn().await?;
-        let outcome: u8 = redis::Script::new(ENQUEUE_DONE_SCRIPT)
+        let outcome: u8 = scripts::ENQUEUE_DONE
             .key(self.keys.job(job_id))
             .arg(now_secs())
             .arg(total.map(|t| t.to_string()).unwrap_or_default())
@@ -99,13 +99,8 @@ impl Jobs for RedisStore {
         let key = self.keys.job(job_id);
         let mut conn = self.conn().await?;
         let word = serde_json::to_value(status).map_err(corrupt)?.as_str().unwrap_or("running").to_owned();
-        let now: String = redis::Script::new(JOB_STATUS_SCRIPT)
-            .key(&key)
-            .arg(word)
-            .arg(now_secs())
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+        let now: String =
+            scripts::JOB_STATUS.key(&key).arg(word).arg(now_secs()).invoke_async(&mut conn).await.map_err(map_err)?;
         match now.as_str() {
             "" => return Ok(None),
             "completed" | "cancelled" => self.expire_job_results(job_id, true).await?,

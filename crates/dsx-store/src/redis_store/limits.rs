@@ -7,7 +7,7 @@ impl Limits for RedisStore {
     async fn acquire_slot(&self, slot: &str, max: usize, lease: Duration) -> StoreResult<bool> {
         let mut conn = self.conn().await?;
         let now = crate::now_millis();
-        let taken: i64 = redis::Script::new(SLOT_SCRIPT)
+        let taken: i64 = scripts::SLOT
             .key(self.keys.inflight())
             .arg(now)
             .arg(max)
@@ -20,14 +20,12 @@ impl Limits for RedisStore {
     }
 
     async fn acquire_slots(&self, slots: &[String], max: usize, lease: Duration) -> StoreResult<usize> {
-        static SLOTS: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(SLOTS_SCRIPT));
         if slots.is_empty() {
             return Ok(0);
         }
         let mut conn = self.conn().await?;
         let now = crate::now_millis();
-        let mut invocation = SLOTS.key(self.keys.inflight());
+        let mut invocation = scripts::SLOTS.key(self.keys.inflight());
         invocation.arg(now).arg(max).arg(now + ttl_ms(lease));
         for slot in slots {
             invocation.arg(slot);
@@ -55,7 +53,7 @@ impl Limits for RedisStore {
         }
         let mut conn = self.conn().await?;
         let now = crate::now_millis();
-        let script = redis::Script::new(RENEW_SLOTS_SCRIPT);
+        let script = &*scripts::RENEW_SLOTS;
         let mut invocation = script.key(self.keys.inflight());
         invocation.arg(now).arg(now + ttl_ms(ttl));
         for slot in slots {

@@ -11,9 +11,9 @@ use redis::{AsyncCommands, ErrorKind, RedisError};
 use uuid::Uuid;
 
 use crate::{
-    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, Job, JobRefusal,
-    JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey, ResultRecord, Results,
-    ScanQueue, SecretCodec, StoreError, StoreResult,
+    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, IntakeOnce, Job,
+    JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
+    ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
 };
 
 mod credentials;
@@ -453,18 +453,24 @@ return removed
 ";
 
 /// Job counters, in the layout Python components read.
-/// Queue a batch of scan tasks all-or-nothing. KEYS[1] the stream, KEYS[2..] one job hash per
-/// job; ARGV: now, job count, then (job id, owner, item count) per job, then the task payloads.
-/// Answers `{"ok"}` or `{reason, job_id}` with nothing written.
+/// Queue a batch of scan tasks all-or-nothing. KEYS: the stream, one job hash per job, then
+/// the intake key (when its TTL is set) and the nonce key (when its TTL is set). ARGV: now,
+/// job count, intake TTL ms, nonce TTL ms, (job id, owner, item count) per job, then the task
+/// payloads. Answers `{"ok"}`, `{"repeat"}`, `{"replayed"}` (the nonce is kept: replays stay
+/// refused) or `{reason, job_id}` with nothing queued.
 const ENQUEUE_SCRIPT: &str = r#"
 local now = ARGV[1]
 local jobs = tonumber(ARGV[2])
 local intake_ttl = tonumber(ARGV[3])
+local nonce_ttl = tonumber(ARGV[4])
+if nonce_ttl > 0 and not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', nonce_ttl) then
+  return {'replayed'}
+end
 local intake = nil
 if intake_ttl > 0 then intake = KEYS[jobs + 2] end
 if intake and redis.call('EXISTS', intake) == 1 then return {'repeat'} end
 for j = 1, jobs do
-  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2]
+  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3]
   local current = redis.call('HGET', key, 'connector_uuid')
   if current and current ~= owner then return {'other_owner', job_id} end
   local status = redis.call('HGET', key, 'status')
@@ -472,7 +478,7 @@ for j = 1, jobs do
   if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
 end
 for j = 1, jobs do
-  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3]
+  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3], ARGV[3 * j + 4]
   redis.call('HSETNX', key, 'job_id', job_id)
   redis.call('HSETNX', key, 'connector_uuid', owner)
   redis.call('HSETNX', key, 'status', 'running')
@@ -480,7 +486,7 @@ for j = 1, jobs do
   redis.call('HINCRBY', key, 'enqueued_count', count)
   redis.call('HSET', key, 'updated_at', now)
 end
-for i = 3 * jobs + 4, #ARGV do
+for i = 3 * jobs + 5, #ARGV do
   redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
 end
 if intake then redis.call('SET', intake, '1', 'PX', intake_ttl) end
@@ -567,7 +573,7 @@ impl RedisStore {
         pipe.query_async::<()>(&mut conn).await.map_err(map_err)?;
         let mut start = 0;
         loop {
-            let seen: usize = redis::Script::new(EXPIRE_TASKS_SCRIPT)
+            let seen: usize = scripts::EXPIRE_TASKS
                 .key(&list)
                 .arg(start)
                 .arg(EXPIRE_CHUNK)
@@ -696,7 +702,7 @@ impl RedisStore {
 
     async fn settle(&self, delivery: &Delivery, mode: &str, score: u64, member: String) -> StoreResult<()> {
         let mut conn = self.conn().await?;
-        redis::Script::new(SETTLE_SCRIPT)
+        scripts::SETTLE
             .key(self.keys.scan_queue())
             .key(self.keys.delayed())
             .key(self.keys.dead_letters())
@@ -709,5 +715,38 @@ impl RedisStore {
             .await
             .map(|_| ())
             .map_err(map_err)
+    }
+}
+
+/// Every script, its SHA-1 computed once: `Script::new` hashes the source, and doing that
+/// on each call showed in the intake profile.
+mod scripts {
+    use std::sync::LazyLock;
+
+    use redis::Script;
+
+    macro_rules! lua {
+        ($($name:ident = $source:ident),* $(,)?) => {
+            $(pub(super) static $name: LazyLock<Script> = LazyLock::new(|| Script::new(super::$source));)*
+        };
+    }
+
+    lua! {
+        RESOLVE = RESOLVE_SCRIPT,
+        CLAIM_JOB = CLAIM_JOB_SCRIPT,
+        ENQUEUE_DONE = ENQUEUE_DONE_SCRIPT,
+        JOB_STATUS = JOB_STATUS_SCRIPT,
+        SLOT = SLOT_SCRIPT,
+        SLOTS = SLOTS_SCRIPT,
+        RENEW_SLOTS = RENEW_SLOTS_SCRIPT,
+        EXPIRE_TASKS = EXPIRE_TASKS_SCRIPT,
+        SETTLE = SETTLE_SCRIPT,
+        ENQUEUE = ENQUEUE_SCRIPT,
+        CLAIM = CLAIM_SCRIPT,
+        RENEW_SCANS = RENEW_SCANS_SCRIPT,
+        REQUEUE = REQUEUE_SCRIPT,
+        COMPLETE = COMPLETE_SCRIPT,
+        RESULT = RESULT_SCRIPT,
+        CLEAR_JOB_RESULTS = CLEAR_JOB_RESULTS_SCRIPT,
     }
 }

@@ -7,7 +7,7 @@ impl ScanQueue for RedisStore {
     async fn enqueue_scans_once(
         &self,
         tasks: &[QueuedTask],
-        intake_key: Option<&str>,
+        once: IntakeOnce<'_>,
     ) -> StoreResult<Result<Enqueued, JobRefusal>> {
         if tasks.is_empty() {
             return Ok(Ok(Enqueued::Queued));
@@ -16,23 +16,28 @@ impl ScanQueue for RedisStore {
         for task in tasks {
             per_job.entry(&task.job_id).or_insert((task.connector_uuid, 0)).1 += 1;
         }
-        let enqueue = redis::Script::new(ENQUEUE_SCRIPT);
-        let mut script = enqueue.prepare_invoke();
-        let intake_ttl = if intake_key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
-        script.key(self.keys.scan_queue()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl);
+        let mut script = scripts::ENQUEUE.prepare_invoke();
+        let intake_ttl = if once.key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
+        let nonce_ttl = once.nonce.map_or(0, |n| ttl_ms(n.ttl.max(crate::MIN_NONCE_TTL)));
+        script.key(self.keys.scan_queue()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl).arg(nonce_ttl);
         for (job_id, (owner, count)) in &per_job {
             script.key(self.keys.job(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
         }
-        if let Some(key) = intake_key {
+        if let Some(key) = once.key {
             script.key(self.keys.intake(key));
+        }
+        if let Some(nonce) = once.nonce {
+            script.key(self.keys.nonce(nonce.key_id, nonce.nonce));
         }
         for task in tasks {
             script.arg(serde_json::to_string(task).map_err(corrupt)?);
         }
         let mut conn = self.conn().await?;
         let answer: Vec<String> = script.invoke_async(&mut conn).await.map_err(map_err)?;
-        if answer.first().map(String::as_str) == Some("repeat") {
-            return Ok(Ok(Enqueued::Repeat));
+        match answer.first().map(String::as_str) {
+            Some("repeat") => return Ok(Ok(Enqueued::Repeat)),
+            Some("replayed") => return Ok(Err(JobRefusal::NonceReused)),
+            _ => {}
         }
         Ok(refusal(&answer).map(|()| Enqueued::Queued))
     }
@@ -51,10 +56,8 @@ impl ScanQueue for RedisStore {
     }
 
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
-        static CLAIM: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(CLAIM_SCRIPT));
         let mut conn = self.conn().await?;
-        let reply: Vec<redis::Value> = CLAIM
+        let reply: Vec<redis::Value> = scripts::CLAIM
             .key(self.keys.scan_queue())
             .key(self.keys.delayed())
             .arg(crate::now_millis())
@@ -100,7 +103,7 @@ impl ScanQueue for RedisStore {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        let script = redis::Script::new(RENEW_SCANS_SCRIPT);
+        let script = &*scripts::RENEW_SCANS;
         let mut invocation = script.key(self.keys.scan_queue());
         invocation.arg(GROUP).arg(consumer);
         for d in deliveries {
@@ -148,7 +151,7 @@ impl ScanQueue for RedisStore {
                 let task = &letter.task;
                 // One atomic step per letter: taking it off the list (only one requeuer wins),
                 // undoing its failed outcome and queueing it again.
-                let taken: i64 = redis::Script::new(REQUEUE_SCRIPT)
+                let taken: i64 = scripts::REQUEUE
                     .key(self.keys.dead_letters())
                     .key(self.keys.scan_queue())
                     .key(self.keys.results())
@@ -188,11 +191,9 @@ impl ScanQueue for RedisStore {
         record: Option<&ResultRecord>,
         retain: usize,
     ) -> StoreResult<Option<u64>> {
-        static COMPLETE: std::sync::LazyLock<redis::Script> =
-            std::sync::LazyLock::new(|| redis::Script::new(COMPLETE_SCRIPT));
         let mut conn = self.conn().await?;
         let task = &delivery.task;
-        let mut invocation = COMPLETE.key(self.keys.results());
+        let mut invocation = scripts::COMPLETE.key(self.keys.results());
         invocation
             .key(self.keys.result_by_task(&task.task_id))
             .key(self.keys.job_results(&task.job_id))

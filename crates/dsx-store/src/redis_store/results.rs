@@ -8,7 +8,7 @@ impl Results for RedisStore {
         let mut conn = self.conn().await?;
         let id: u64 = conn.incr(self.keys.result_seq(), 1u64).await.map_err(map_err)?;
         let json = with_id(&record.json, id)?;
-        let stored: i64 = redis::Script::new(RESULT_SCRIPT)
+        let stored: i64 = scripts::RESULT
             .key(self.keys.results())
             .key(self.keys.result_by_task(&record.task_id))
             .key(self.keys.job_results(&record.job_id))
@@ -76,7 +76,7 @@ impl Results for RedisStore {
 
     async fn clear_job_results(&self, job_id: &str) -> StoreResult<u64> {
         let mut conn = self.conn().await?;
-        redis::Script::new(CLEAR_JOB_RESULTS_SCRIPT)
+        scripts::CLEAR_JOB_RESULTS
             .key(self.keys.results())
             .key(self.keys.job_results(job_id))
             .arg(self.keys.result_by_task(""))
