@@ -8,6 +8,11 @@ use dsx_connector::{ConnectorDefaults, ConnectorSettings};
 use dsx_model::ItemAction;
 use filesystem_connector::FilesystemRepo;
 
+/// mimalloc, as dsx-connect uses: every request allocates, and the system allocator cost
+/// about a tenth of the CPU on the request path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const DEFAULTS: ConnectorDefaults = ConnectorDefaults {
     name: "filesystem-connector",
     display_name: "Filesystem",
