@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dsx_hmac::unix_now;
-use dsx_model::{Connector, FailureClass, ScanRequest};
-use dsx_scanner::{ScanError, ScanInput, Verdict, VerdictKind};
+use dsx_model::{Connector, FailureClass, ScanRequest, Verdict, VerdictKind};
+use dsx_scanner::{ScanError, ScanInput};
 use dsx_store::{Delivery, JobStatus, ResultRecord};
 use serde_json::{json, Value};
 
