@@ -1,5 +1,6 @@
 //! Wire models shared by dsx-connect and its connectors (field names and enum spellings
-//! match the Python 1.x models; unknown fields are ignored on input).
+//! match the Python 1.x models; unknown fields are ignored on input, except in stored
+//! results, which keep them so they are served as stored).
 
 #![forbid(unsafe_code)]
 
