@@ -50,8 +50,12 @@ pub enum ApiError {
     BodyTimeout,
     #[error("validation error: {0}")]
     Validation(FieldError),
+    /// The client's request is wrong.
     #[error("{0}")]
     BadRequest(&'static str),
+    /// The server failed (not the client's fault): 500 with the code, logged as an error.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
     #[error("store: {0}")]
     Store(#[from] StoreError),
 }
@@ -75,6 +79,7 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Validation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Corrupt(_)) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -101,6 +106,7 @@ impl ApiError {
             ApiError::BodyTimeout => "body_timeout",
             ApiError::Validation(_) => "validation_error",
             ApiError::BadRequest(code) => code,
+            ApiError::Internal(code) => code,
             ApiError::Store(StoreError::Unavailable(_)) => "registry_unavailable",
             ApiError::Store(StoreError::Corrupt(_)) => "store_corrupt",
         }
@@ -115,6 +121,7 @@ impl IntoResponse for ApiError {
                 tracing::error!(error = %err, store, "store error")
             }
             ApiError::ConnectorUnreachable(err) => tracing::warn!(error = %err, "connector unreachable"),
+            ApiError::Internal(code) => tracing::error!(code, "internal error"),
             _ => {}
         }
         let status = self.status();
@@ -151,5 +158,19 @@ impl IntoResponse for ApiError {
             _ => {}
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn internal_is_a_500_with_its_code() {
+        let response = ApiError::Internal("serialize").into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1024).await.unwrap();
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).unwrap(), json!({ "detail": "serialize" }));
+        assert_eq!(ApiError::BadRequest("unknown_queue_type").status(), StatusCode::BAD_REQUEST);
     }
 }

@@ -168,6 +168,6 @@ pub async fn render(State(state): State<SharedState>) -> Result<Response, ApiErr
     }
     let mut body = String::new();
     encode(&mut body, &m.registry.lock().expect("registry lock"))
-        .map_err(|_| ApiError::BadRequest("metrics_encoding"))?;
+        .map_err(|_| ApiError::Internal("metrics_encoding"))?;
     Ok(([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response())
 }

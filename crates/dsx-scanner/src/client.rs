@@ -136,7 +136,7 @@ impl DsxaClient {
         if !status.is_success() {
             return Err(status_error(status, &buf));
         }
-        Verdict::parse(&buf)?.reject_initializing()
+        crate::verdict::reject_initializing(crate::verdict::parse(&buf)?)
     }
 }
 

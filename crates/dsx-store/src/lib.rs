@@ -14,7 +14,7 @@ mod redis_store;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use dsx_model::{Connector, ScanRequest};
+use dsx_model::{Connector, ScanRequest, StoredResult};
 use secrecy::SecretString;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -438,9 +438,11 @@ pub trait Results: Send + Sync + 'static {
     /// its job and the stats and completes the job when `enqueue_done` has arrived and every
     /// enqueued item is done. `None` when the task already had a result.
     async fn put_result(&self, record: &ResultRecord, retain: usize) -> StoreResult<Option<u64>>;
-    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>>;
-    /// Newest first; at most `limit`; only `job_id`'s when given.
-    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>>;
+    /// The task's stored result. A row that does not decode is `Corrupt` (naming the task).
+    async fn get_result(&self, task_id: &str) -> StoreResult<Option<StoredResult>>;
+    /// Newest first; at most `limit`; only `job_id`'s when given. A row that does not decode
+    /// is left out with a warning, so one bad row does not hide the others.
+    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<StoredResult>>;
     /// Counters: `files_scanned`, `<verdict>_count`, `total_scan_time_in_microseconds`, `total_file_size`.
     async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>>;
     /// Forget every stored result and reset the stats. Returns how many results were listed.
@@ -544,6 +546,30 @@ pub(crate) fn with_id(json: &str, id: u64) -> StoreResult<String> {
         obj.insert("id".into(), id.into());
     }
     Ok(value.to_string())
+}
+
+/// A stored result row, decoded (the one place rows are read back).
+pub(crate) fn decode_result(row: &[u8]) -> StoreResult<StoredResult> {
+    StoredResult::from_json(row).map_err(|e| StoreError::Corrupt(format!("stored result does not decode: {e}")))
+}
+
+/// A `Corrupt` error naming the task whose result it is.
+pub(crate) fn in_task(err: StoreError, task_id: &str) -> StoreError {
+    match err {
+        StoreError::Corrupt(msg) => StoreError::Corrupt(format!("task {task_id}: {msg}")),
+        other => other,
+    }
+}
+
+/// Rows of a result list, decoded; one that does not decode is logged and left out.
+pub(crate) fn decode_results<R: AsRef<[u8]>>(rows: impl IntoIterator<Item = R>) -> Vec<StoredResult> {
+    rows.into_iter()
+        .filter_map(|row| {
+            decode_result(row.as_ref())
+                .map_err(|err| tracing::warn!(error = %err, "skipping a stored result that does not decode"))
+                .ok()
+        })
+        .collect()
 }
 
 /// Unix time in seconds.

@@ -532,11 +532,28 @@ async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
     assert_eq!(s.dead_letter_count().await.unwrap(), 0);
 }
 
+/// A result document as the worker writes it (the store adds `id`).
+fn result_doc(task: &str, job: &str, verdict: Option<&str>, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "scan_request_task_id": task,
+        "scan_job_id": job,
+        "metadata_tag": "item",
+        "scan_request": dsx_model::ScanRequest::new("/item", "item"),
+        "verdict": verdict.map(|v| serde_json::json!({
+            "scan_guid": "", "verdict": v, "verdict_details": {}, "file_info": {},
+            "dsxconnect_request_elapsed_ms": 1, "dsxconnect_claim_to_result_us": 1500
+        })),
+        "item_action": null,
+        "status": status,
+        "finished_at": 1_700_000_000u64,
+    })
+}
+
 fn result(task: &str, job: &str, verdict: &str) -> dsx_store::ResultRecord {
     dsx_store::ResultRecord {
         task_id: task.into(),
         job_id: job.into(),
-        json: format!("{{\"scan_request_task_id\":\"{task}\",\"verdict\":\"{verdict}\"}}"),
+        json: result_doc(task, job, Some(verdict), "scanned").to_string(),
         verdict: verdict.into(),
         succeeded: true,
         scan_time_us: 10,
@@ -549,12 +566,17 @@ fn not_scanned(task: &str, job: &str) -> dsx_store::ResultRecord {
     dsx_store::ResultRecord {
         task_id: task.into(),
         job_id: job.into(),
-        json: format!("{{\"scan_request_task_id\":\"{task}\",\"status\":\"not scanned\"}}"),
+        json: result_doc(task, job, None, "not scanned").to_string(),
         verdict: "Not Scanned".into(),
         succeeded: false,
         scan_time_us: 0,
         file_size: 0,
     }
+}
+
+/// The verdict spelling of a stored result, or its status when it has no verdict.
+fn outcome(r: &dsx_model::StoredResult) -> String {
+    r.verdict.as_ref().map(|v| v.verdict.verdict.as_str().to_owned()).unwrap_or_else(|| r.status.clone())
 }
 
 /// A requeued dead letter replaces its failed outcome: the job counts each item once, the
@@ -575,15 +597,9 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
     };
     let (t1, t2) = (format!("{job}-1"), format!("{job}-2"));
     let counts = |j: dsx_store::Job| (j.status, j.processed_count, j.succeeded_count, j.failed_count);
-    let rows = |rows: Vec<String>| -> Vec<(String, String)> {
-        let mut out: Vec<(String, String)> = rows
-            .iter()
-            .map(|r| serde_json::from_str::<serde_json::Value>(r).unwrap())
-            .map(|r| {
-                let status = r["status"].as_str().or(r["verdict"].as_str()).unwrap_or_default().to_owned();
-                (r["scan_request_task_id"].as_str().unwrap().to_owned(), status)
-            })
-            .collect();
+    let rows = |rows: Vec<dsx_model::StoredResult>| -> Vec<(String, String)> {
+        let mut out: Vec<(String, String)> =
+            rows.iter().map(|r| (r.scan_request_task_id.clone(), outcome(r))).collect();
         out.sort();
         out
     };
@@ -605,7 +621,7 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
     assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Running, 1, 1, 0), "open again");
     assert_eq!(s.get_result(&t2).await.unwrap(), None, "its failed result is gone");
     assert_eq!(rows(s.list_results(100, Some(&job)).await.unwrap()), [(t1.clone(), "Benign".to_owned())]);
-    assert!(!s.list_results(1000, None).await.unwrap().iter().any(|r| r.contains(&t2)));
+    assert!(!s.list_results(1000, None).await.unwrap().iter().any(|r| r.scan_request_task_id == t2));
     let again = s.claim_scans("w", 10, lease).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].task.task_id.as_str(), again[0].attempt), (t2.as_str(), 1), "same task id, attempts reset");
@@ -628,9 +644,13 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
         rows(s.list_results(100, Some(&job)).await.unwrap()),
         [(t1.clone(), "Benign".to_owned()), (t2.clone(), "Benign".to_owned())]
     );
-    assert!(s.get_result(&t2).await.unwrap().unwrap().contains("Benign"));
+    assert_eq!(outcome(&s.get_result(&t2).await.unwrap().unwrap()), "Benign");
     let newest = s.list_results(1000, None).await.unwrap();
-    assert_eq!(newest.iter().filter(|r| r.contains(&t2)).count(), 1, "one row per item in the newest list too");
+    assert_eq!(
+        newest.iter().filter(|r| r.scan_request_task_id == t2).count(),
+        1,
+        "one row per item in the newest list too"
+    );
 }
 
 async fn complete_scan_stores_the_result_and_acks_together(h: &Harness) {
@@ -706,14 +726,14 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
         (delta("files_scanned"), delta("benign_count"), delta("malicious_count"), delta("non_compliant_count")),
         (4, 2, 1, 1)
     );
-    let stored: serde_json::Value =
-        serde_json::from_str(&s.get_result(&format!("{job_a}-2")).await.unwrap().unwrap()).unwrap();
-    assert_eq!(stored["verdict"], "Malicious");
-    assert!(stored["id"].as_u64().is_some(), "the store numbers results");
+    let stored = s.get_result(&format!("{job_a}-2")).await.unwrap().unwrap();
+    assert_eq!(outcome(&stored), "Malicious");
+    assert!(stored.id > 0, "the store numbers results");
     let per_job = s.list_results(10, Some(&job_b)).await.unwrap();
     assert_eq!(per_job.len(), 2);
-    assert!(per_job[0].contains(&format!("{job_b}-2")), "newest first");
-    assert!(s.list_results(2, None).await.unwrap()[0].contains(&format!("{job_b}-2")));
+    assert_eq!(per_job[0].scan_request_task_id, format!("{job_b}-2"), "newest first");
+    assert!(per_job[0].id > per_job[1].id, "newer results have larger ids");
+    assert_eq!(s.list_results(2, None).await.unwrap()[0].scan_request_task_id, format!("{job_b}-2"));
     let jobs = s.list_jobs().await.unwrap();
     assert!(jobs.iter().any(|j| j.job_id == job_a) && jobs.iter().any(|j| j.job_id == job_b));
     assert_eq!(s.set_job_status("no-such-job", dsx_store::JobStatus::Paused).await.unwrap(), None);
@@ -783,15 +803,71 @@ async fn clearing_one_jobs_results_keeps_the_others(h: &Harness) {
     assert_eq!(s.get_result(&format!("{gone}-2")).await.unwrap(), None);
     assert!(s.list_results(10, Some(&gone)).await.unwrap().is_empty());
     assert!(
-        !s.list_results(1000, None).await.unwrap().iter().any(|r| r.contains(&gone)),
+        !s.list_results(1000, None).await.unwrap().iter().any(|r| r.scan_job_id == gone),
         "gone from the newest-results list too"
     );
     assert!(s.get_result(&format!("{kept}-1")).await.unwrap().is_some());
     assert_eq!(s.list_results(10, Some(&kept)).await.unwrap().len(), 1);
-    assert!(s.list_results(1000, None).await.unwrap().iter().any(|r| r.contains(&kept)));
+    assert!(s.list_results(1000, None).await.unwrap().iter().any(|r| r.scan_job_id == kept));
     // Other cases share this Redis and may add results meanwhile: stats never go down.
     assert!(s.stats().await.unwrap()["files_scanned"] >= files_before, "stats stay");
     assert_eq!(s.clear_job_results(&gone).await.unwrap(), 0);
+}
+
+/// Results read back typed, with the store's `id` as a field, and serialize to the document
+/// that was stored: fields this release does not know (an earlier release's, a dead-letter
+/// row's) are kept.
+async fn stored_results_read_back_typed_and_unchanged(h: &Harness) {
+    let s = &*h.store;
+    let job = unique_name("jt");
+    let (scanned, dead) = (format!("{job}-1"), format!("{job}-2"));
+    let mut doc = result_doc(&scanned, &job, Some("Malicious"), "action succeeded");
+    doc["verdict"]["verdict_details"] = serde_json::json!({"threat_type": "VIRUS", "reason": "EICAR"});
+    doc["verdict"]["dsxa_future_field"] = serde_json::json!([1, 2]);
+    doc["item_action"] = serde_json::json!({"status": "success", "item_action": "delete"});
+    doc["legacy_field"] = serde_json::json!({"kept": true});
+    let record = dsx_store::ResultRecord { json: doc.to_string(), ..result(&scanned, &job, "Malicious") };
+    let id = s.put_result(&record, 1000).await.unwrap().unwrap();
+    let dead_doc = result_doc(&dead, &job, None, "not scanned");
+    let dead_id = s.put_result(&not_scanned(&dead, &job), 1000).await.unwrap().unwrap();
+
+    let got = s.get_result(&scanned).await.unwrap().unwrap();
+    assert_eq!(got.id, id);
+    assert_eq!(got.status, "action succeeded");
+    assert_eq!(got.scan_request.location, "/item");
+    let verdict = got.verdict.as_ref().unwrap();
+    assert_eq!(verdict.verdict.verdict, dsx_model::VerdictKind::Malicious);
+    assert_eq!(verdict.timings.dsxconnect_claim_to_result_us, Some(1500));
+    let mut want = doc.clone();
+    want["id"] = id.into();
+    assert_eq!(serde_json::to_value(&got).unwrap(), want, "the stored document, unchanged");
+
+    let listed = s.list_results(10, Some(&job)).await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.id).collect::<Vec<_>>(), [dead_id, id], "newest first");
+    assert_eq!(listed[1], got);
+    let mut want_dead = dead_doc;
+    want_dead["id"] = dead_id.into();
+    assert_eq!(serde_json::to_value(&listed[0]).unwrap(), want_dead);
+    assert!(listed[0].verdict.is_none());
+}
+
+/// A stored row that does not decode is `Corrupt` when asked for alone and left out of lists
+/// (never hiding the other rows).
+async fn an_undecodable_result_is_corrupt_alone_and_skipped_in_lists(h: &Harness) {
+    let s = &*h.store;
+    let job = unique_name("ju");
+    let (bad, good) = (format!("{job}-bad"), format!("{job}-good"));
+    let broken =
+        dsx_store::ResultRecord { json: r#"{"scan_request_task_id":"x"}"#.into(), ..result(&bad, &job, "Benign") };
+    s.put_result(&broken, 1000).await.unwrap().unwrap();
+    s.put_result(&result(&good, &job, "Benign"), 1000).await.unwrap().unwrap();
+    match s.get_result(&bad).await {
+        Err(StoreError::Corrupt(msg)) => assert!(msg.contains(&bad), "names the task: {msg}"),
+        other => panic!("expected Corrupt, got {other:?}"),
+    }
+    let listed = s.list_results(10, Some(&job)).await.unwrap();
+    assert_eq!(listed.iter().map(|r| r.scan_request_task_id.as_str()).collect::<Vec<_>>(), [good.as_str()]);
+    assert!(s.list_results(1000, None).await.unwrap().iter().any(|r| r.scan_request_task_id == good));
 }
 
 async fn next_message(rx: &mut tokio::sync::mpsc::Receiver<String>) -> Option<String> {
@@ -1033,7 +1109,12 @@ conformance!(
         completion_follows_the_accepted_count_not_the_claim,
         every_path_applies_the_one_completion_rule,
     ],
-    results: [results_count_once_and_complete_jobs_in_either_order, clearing_one_jobs_results_keeps_the_others],
+    results: [
+        results_count_once_and_complete_jobs_in_either_order,
+        clearing_one_jobs_results_keeps_the_others,
+        stored_results_read_back_typed_and_unchanged,
+        an_undecodable_result_is_corrupt_alone_and_skipped_in_lists,
+    ],
     events: [notifications_reach_subscribers_of_their_channel],
     limits: [rate_limit_counts_in_fixed_windows, scan_slots_cap_concurrency_and_expire, heartbeats_keep_leases_and_slots_alive],
 );

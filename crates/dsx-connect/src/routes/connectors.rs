@@ -98,7 +98,7 @@ pub async fn list(State(state): State<SharedState>) -> Result<Json<Vec<Value>>, 
             "peer": record.and_then(|r| r.peer),
         });
         rows.push(
-            serde_json::to_value(ListedConnector { connector, auth }).map_err(|_| ApiError::BadRequest("serialize"))?,
+            serde_json::to_value(ListedConnector { connector, auth }).map_err(|_| ApiError::Internal("serialize"))?,
         );
     }
     Ok(Json(rows))

@@ -2,6 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use dsx_model::StoredResult;
 use dsx_store::JobStatus;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -15,30 +16,29 @@ pub struct ResultsQuery {
     job_id: Option<String>,
 }
 
-fn parse_rows(rows: Vec<String>) -> Vec<Value> {
-    rows.iter().filter_map(|r| serde_json::from_str(r).ok()).collect()
-}
-
 /// `GET scan/results?limit&job_id`, newest first.
 pub async fn list(
     State(state): State<SharedState>,
     Query(q): Query<ResultsQuery>,
-) -> Result<Json<Vec<Value>>, ApiError> {
+) -> Result<Json<Vec<StoredResult>>, ApiError> {
     let limit = q.limit.unwrap_or(100).min(10_000);
-    Ok(Json(parse_rows(state.store.list_results(limit, q.job_id.as_deref()).await?)))
+    Ok(Json(state.store.list_results(limit, q.job_id.as_deref()).await?))
 }
 
 /// `GET scan/results/job/{job_id}`.
 pub async fn for_job(
     State(state): State<SharedState>,
     Path(job_id): Path<String>,
-) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(parse_rows(state.store.list_results(10_000, Some(&job_id)).await?)))
+) -> Result<Json<Vec<StoredResult>>, ApiError> {
+    Ok(Json(state.store.list_results(10_000, Some(&job_id)).await?))
 }
 
 /// `GET scan/results/{task_id}`: a list, as Python answers (`[]` when unknown, never 404).
-pub async fn one(State(state): State<SharedState>, Path(task_id): Path<String>) -> Result<Json<Vec<Value>>, ApiError> {
-    Ok(Json(parse_rows(state.store.get_result(&task_id).await?.into_iter().collect())))
+pub async fn one(
+    State(state): State<SharedState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<Vec<StoredResult>>, ApiError> {
+    Ok(Json(state.store.get_result(&task_id).await?.into_iter().collect()))
 }
 
 /// `GET scan/request/{task_id}` → `{task_id, state, status, result, error}`.
@@ -46,9 +46,9 @@ pub async fn task_status(
     State(state): State<SharedState>,
     Path(task_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let result = state.store.get_result(&task_id).await?.and_then(|r| serde_json::from_str::<Value>(&r).ok());
+    let result = state.store.get_result(&task_id).await?;
     let (task_state, status) = match &result {
-        Some(r) => ("SUCCESS", r.get("status").cloned().unwrap_or(Value::Null)),
+        Some(r) => ("SUCCESS", Value::from(r.status.as_str())),
         None => ("PENDING", Value::Null),
     };
     Ok(Json(json!({ "task_id": task_id, "state": task_state, "status": status, "result": result, "error": null })))

@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dsx_hmac::unix_now;
-use dsx_model::{Connector, FailureClass, ScanRequest};
-use dsx_scanner::{ScanError, ScanInput, Verdict, VerdictKind};
+use dsx_model::{Connector, FailureClass, ScanRequest, Timings, Verdict, VerdictKind};
+use dsx_scanner::{ScanError, ScanInput};
 use dsx_store::{Delivery, JobStatus, ResultRecord};
 use serde_json::{json, Value};
 
@@ -239,8 +239,8 @@ impl Worker {
         let remediation = if verdict.is_malicious() { Some(self.remediate(delivery).await) } else { None };
         let total_us = micros(claimed_at);
         let timings = Timings {
-            dsxconnect_request_elapsed_ms: total_us / 1000,
-            dsxconnect_claim_to_result_us: total_us,
+            dsxconnect_request_elapsed_ms: Some(total_us / 1000),
+            dsxconnect_claim_to_result_us: Some(total_us),
             dsxconnect_queue_wait_us: queue_wait_us(delivery),
             dsxconnect_read_elapsed_ms: read_us.map(|us| us / 1000),
             dsxconnect_read_scan_us: read_us,
@@ -315,7 +315,8 @@ impl Worker {
 }
 
 /// The stored result document, serialized straight from the typed values (field names and
-/// shape are what Python 1.x readers expect).
+/// shape are what Python 1.x readers expect). Borrows, so a result is serialized without
+/// copying; the store reads it back as `dsx_model::StoredResult`.
 #[derive(serde::Serialize)]
 struct ResultDoc<'a> {
     scan_request_task_id: &'a str,
@@ -328,27 +329,14 @@ struct ResultDoc<'a> {
     finished_at: u64,
 }
 
-/// The scanner's verdict and the worker's stage timings beside its fields.
+/// The scanner's verdict and the worker's stage timings beside its fields (read back as
+/// `dsx_model::ResultVerdict`).
 #[derive(serde::Serialize)]
 pub(super) struct VerdictDoc<'a> {
     #[serde(flatten)]
     pub verdict: &'a Verdict,
     #[serde(flatten)]
     pub timings: &'a Timings,
-}
-
-/// Where a task's time went (whole milliseconds for Python readers, microseconds for the
-/// stage report).
-#[derive(Clone, Debug, Default, serde::Serialize)]
-pub(super) struct Timings {
-    pub dsxconnect_request_elapsed_ms: u64,
-    pub dsxconnect_claim_to_result_us: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dsxconnect_queue_wait_us: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dsxconnect_read_elapsed_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub dsxconnect_read_scan_us: Option<u64>,
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -146,8 +146,8 @@ impl Setup {
     }
 
     async fn result(&self, delivery: &Delivery) -> Value {
-        let raw = self.store.get_result(&delivery.task.task_id).await.unwrap().expect("a stored result");
-        serde_json::from_str(&raw).unwrap()
+        let stored = self.store.get_result(&delivery.task.task_id).await.unwrap().expect("a stored result");
+        serde_json::to_value(stored).unwrap()
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use dsx_model::Connector;
+use dsx_model::{Connector, StoredResult};
 use redb::{
     Database, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table, TableDefinition, TableHandle,
     TransactionError, WriteTransaction,
@@ -1305,7 +1305,15 @@ mod tests {
             let db = Database::create(&path).unwrap();
             let txn = db.begin_write().unwrap();
             let row = |task: &str, seq: u64| {
-                format!(r#"{{"scan_request_task_id":"{task}","scan_job_id":"job-1","id":{seq}}}"#)
+                format!(
+                    concat!(
+                        r#"{{"scan_request_task_id":"{task}","scan_job_id":"job-1","id":{seq},"metadata_tag":"a","#,
+                        r#""scan_request":{{"location":"/a","metainfo":"a"}},"verdict":null,"status":"not scanned","#,
+                        r#""finished_at":1}}"#
+                    ),
+                    task = task,
+                    seq = seq
+                )
             };
             {
                 let mut recent = txn.open_table(OLD_RESULTS).unwrap();
@@ -1321,7 +1329,7 @@ mod tests {
             txn.commit().unwrap();
         }
         let store = EmbeddedStore::open(&path, SecretCodec::plain()).unwrap();
-        assert!(store.get_result("t1").await.unwrap().unwrap().contains(r#""id":1"#));
+        assert_eq!(store.get_result("t1").await.unwrap().unwrap().id, 1);
         assert_eq!(store.list_results(10, Some("job-1")).await.unwrap().len(), 2);
         assert_eq!(store.list_results(10, None).await.unwrap().len(), 1);
         let names: Vec<String> = {

@@ -9,7 +9,7 @@ impl Results for EmbeddedStore {
         self.run(move |inner| inner.write(false, |txn| put_result_in(txn, &record, retain, inner.retention_ms()))).await
     }
 
-    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
+    async fn get_result(&self, task_id: &str) -> StoreResult<Option<StoredResult>> {
         let task_id = task_id.to_owned();
         self.read_now(move |inner| {
             let txn = inner.db()?.begin_read().map_err(unavailable)?;
@@ -24,11 +24,11 @@ impl Results for EmbeddedStore {
             };
             let rows = txn.open_table(RESULT_ROWS).map_err(unavailable)?;
             let value = rows.get(seq).map_err(unavailable)?;
-            Ok(value.map(|g| String::from_utf8_lossy(g.value()).into_owned()))
+            value.map(|g| crate::decode_result(g.value())).transpose().map_err(|e| crate::in_task(e, &task_id))
         })
     }
 
-    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
+    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<StoredResult>> {
         let job_id = job_id.map(str::to_owned);
         self.run(move |inner| {
             let txn = inner.db()?.begin_read().map_err(unavailable)?;
@@ -49,13 +49,13 @@ impl Results for EmbeddedStore {
                     }
                 }
             }
-            let mut out = Vec::with_capacity(seqs.len());
+            let mut found = Vec::with_capacity(seqs.len());
             for seq in seqs {
                 if let Some(row) = rows.get(seq).map_err(unavailable)? {
-                    out.push(String::from_utf8_lossy(row.value()).into_owned());
+                    found.push(row);
                 }
             }
-            Ok(out)
+            Ok(crate::decode_results(found.iter().map(|row| row.value())))
         })
         .await
     }

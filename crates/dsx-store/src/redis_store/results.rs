@@ -34,25 +34,27 @@ impl Results for RedisStore {
         Ok((stored >= 1).then_some(id))
     }
 
-    async fn get_result(&self, task_id: &str) -> StoreResult<Option<String>> {
+    async fn get_result(&self, task_id: &str) -> StoreResult<Option<StoredResult>> {
         let mut conn = self.conn().await?;
-        conn.get(self.keys.result_by_task(task_id)).await.map_err(map_err)
+        let row: Option<Vec<u8>> = conn.get(self.keys.result_by_task(task_id)).await.map_err(map_err)?;
+        row.map(|row| crate::decode_result(&row)).transpose().map_err(|e| crate::in_task(e, task_id))
     }
 
-    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<String>> {
+    async fn list_results(&self, limit: usize, job_id: Option<&str>) -> StoreResult<Vec<StoredResult>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
         let mut conn = self.conn().await?;
-        match job_id {
-            None => conn.lrange(self.keys.results(), 0, limit as isize - 1).await.map_err(map_err),
+        let rows: Vec<Vec<u8>> = match job_id {
+            None => conn.lrange(self.keys.results(), 0, limit as isize - 1).await.map_err(map_err)?,
             Some(job) => {
-                let mut rows: Vec<String> =
+                let mut rows: Vec<Vec<u8>> =
                     conn.lrange(self.keys.job_results(job), -(limit as isize), -1).await.map_err(map_err)?;
                 rows.reverse();
-                Ok(rows)
+                rows
             }
-        }
+        };
+        Ok(crate::decode_results(rows))
     }
 
     async fn stats(&self) -> StoreResult<std::collections::BTreeMap<String, u64>> {
