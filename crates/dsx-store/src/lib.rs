@@ -393,8 +393,18 @@ pub trait ScanQueue: Send + Sync + 'static {
         record: Option<&ResultRecord>,
         retain: usize,
     ) -> StoreResult<Option<u64>>;
-    /// Move a task to the dead-letter queue with the reason, atomically.
-    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()>;
+    /// Move a task to the dead-letter queue with the reason and store its result (a "not
+    /// scanned" row, or the verdict of a malicious item left in place), once per task, in one
+    /// atomic step: a job that shows completed has its dead letters, and a crash cannot keep
+    /// one without the other. Nothing happens when the task is no longer this delivery's
+    /// (another worker took it over). The new result's id, as [`Self::complete_scan`].
+    async fn dead_letter_scan(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>>;
     /// Dead letters of the scan queue, oldest first, `start..end` (end exclusive).
     async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>>;
     async fn dead_letter_count(&self) -> StoreResult<u64>;

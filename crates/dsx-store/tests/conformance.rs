@@ -515,7 +515,7 @@ async fn dead_letters_keep_the_reason_and_can_be_requeued(h: &Harness) {
     let s = &*h.store;
     s.enqueue_scans(&[queued(1), queued(2)]).await.unwrap().unwrap();
     for d in s.claim_scans("w1", 2, Duration::from_secs(30)).await.unwrap() {
-        s.dead_letter_scan(&d, "scanner_server: 503").await.unwrap();
+        s.dead_letter_scan(&d, "scanner_server: 503", None, 1000).await.unwrap();
     }
     assert_eq!(s.scan_queue_len().await.unwrap(), 0);
     assert_eq!(s.dead_letter_count().await.unwrap(), 2);
@@ -611,10 +611,18 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
     let (d1, d2) = (&claimed[0], &claimed[1]);
     assert_eq!((d1.task.task_id.as_str(), d2.task.task_id.as_str()), (t1.as_str(), t2.as_str()));
     s.complete_scan(d1, Some(&result(&t1, &job, "Benign")), 1000).await.unwrap().unwrap();
-    // Item 2 fails for good: its "not scanned" result, then the dead letter (as the worker does).
-    s.put_result(&not_scanned(&t2, &job), 1000).await.unwrap().unwrap();
-    s.dead_letter_scan(d2, "connector_client: read_file: 404").await.unwrap();
+    // Item 2 fails for good: its "not scanned" result and the dead letter, in one step (as the
+    // worker does): the job completes with its dead letter there.
+    assert!(s
+        .dead_letter_scan(d2, "connector_client: read_file: 404", Some(&not_scanned(&t2, &job)), 1000)
+        .await
+        .unwrap()
+        .is_some());
     assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Completed, 2, 1, 1));
+    assert_eq!(s.dead_letter_count().await.unwrap(), 1);
+    // A delivery settled already (the lease passed to another worker) writes nothing.
+    assert_eq!(s.dead_letter_scan(d2, "again", Some(&not_scanned(&t2, &job)), 1000).await.unwrap(), None);
+    assert_eq!(s.dead_letter_count().await.unwrap(), 1);
 
     // Requeued, it fails again: still one row and one count per item.
     assert_eq!(s.requeue_dead_letters(10).await.unwrap(), 1);
@@ -625,8 +633,10 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
     let again = s.claim_scans("w", 10, lease).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].task.task_id.as_str(), again[0].attempt), (t2.as_str(), 1), "same task id, attempts reset");
-    s.put_result(&not_scanned(&t2, &job), 1000).await.unwrap().unwrap();
-    s.dead_letter_scan(&again[0], "connector_client: read_file: 404").await.unwrap();
+    s.dead_letter_scan(&again[0], "connector_client: read_file: 404", Some(&not_scanned(&t2, &job)), 1000)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(counts(s.get_job(&job).await.unwrap().unwrap()), (Completed, 2, 1, 1));
     assert_eq!(
         rows(s.list_results(100, Some(&job)).await.unwrap()),

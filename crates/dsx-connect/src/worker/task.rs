@@ -135,10 +135,15 @@ impl Worker {
                         result_record(&delivery, request, None, None, &Value::Null, "not scanned", false)
                     }
                 };
-                if let Err(err) = self.results.put_result(&record, retain).await {
-                    tracing::warn!(error = %err, "could not record the dead-lettered result");
+                // The result and the dead letter in one step: a completed job has its dead letters.
+                match self.queue.dead_letter_scan(&delivery, &failure.reason(), Some(&record), retain).await {
+                    Ok(Some(id)) => {
+                        self.announce(&record, id).await;
+                        Ok(Settled::DeadLettered)
+                    }
+                    Ok(None) => Ok(Settled::DeadLettered),
+                    Err(err) => Err(err),
                 }
-                self.queue.dead_letter_scan(&delivery, &failure.reason()).await.map(|_| Settled::DeadLettered)
             }
         };
         settled.unwrap_or_else(|err| {

@@ -194,7 +194,13 @@ impl ScanQueue for EmbeddedStore {
         .await
     }
 
-    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+    async fn dead_letter_scan(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
         let seq = parse_seq(&delivery.id)?;
         let letter = DeadLetter {
             task: delivery.task.clone(),
@@ -203,17 +209,22 @@ impl ScanQueue for EmbeddedStore {
             failed_at: now_secs(),
         };
         let json = serde_json::to_vec(&letter).map_err(corrupt)?;
+        let record = record.cloned();
         self.run(move |inner| {
+            let retention = inner.retention_ms();
             inner.write(true, |txn| {
                 let removed =
                     txn.open_table(SCAN_QUEUE).map_err(unavailable)?.remove(seq).map_err(unavailable)?.is_some();
                 txn.open_table(QUEUE_STATE).map_err(unavailable)?.remove(seq).map_err(unavailable)?;
-                if removed {
-                    let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
-                    let next = dlq.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                    dlq.insert(next, json.as_slice()).map_err(unavailable)?;
+                if !removed {
+                    return Ok(None);
                 }
-                Ok(())
+                let mut dlq = txn.open_table(DEAD_LETTERS).map_err(unavailable)?;
+                let next = dlq.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                dlq.insert(next, json.as_slice()).map_err(unavailable)?;
+                drop(dlq);
+                let ids = store_results(txn, &[(record.as_ref(), retain)], retention)?;
+                Ok(ids.into_iter().next().flatten())
             })
         })
         .await

@@ -167,16 +167,15 @@ end
 return out
 ";
 
-/// Ack and delete a stream entry, then optionally park it (delay set) or dead-letter it, in one step.
-/// KEYS: stream, delay set, dead-letter list. ARGV: group, entry id, mode (ack|retry|dead), score, member.
+/// Ack and delete a stream entry, then optionally park it (delay set), in one step (dead
+/// letters go with their result, in [`COMPLETE_SCRIPT`]).
+/// KEYS: stream, delay set. ARGV: group, entry id, mode (ack|retry), score, member.
 const SETTLE_SCRIPT: &str = r"
 local acked = redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
 redis.call('XDEL', KEYS[1], ARGV[2])
 if acked == 0 then return 0 end
 if ARGV[3] == 'retry' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[5])
-elseif ARGV[3] == 'dead' then
-  redis.call('RPUSH', KEYS[3], ARGV[5])
 end
 return 1
 ";
@@ -287,18 +286,23 @@ const RESULT_SCRIPT: &str = concat!(
 /// A task is done, in one step: its result (when it has one, and only the first time) gets
 /// the next sequence id and is stored as [`RESULT_SCRIPT`] does, then the stream entry is acked
 /// and deleted. KEYS: results list, by-task key, by-job list, job hash, stats hash, sequence
-/// key, stream. ARGV: document without its id (a JSON object, or empty for no result), retain,
-/// verdict counter, succeeded, scan µs, file size, now, retention ms, group, entry id.
+/// key, stream, dead-letter list. ARGV: document without its id (a JSON object, or empty for
+/// no result), retain, verdict counter, succeeded, scan µs, file size, now, retention ms,
+/// group, entry id, dead letter (or empty). A dead letter is pushed in the same step, and only
+/// while the entry is still this delivery's (else nothing is written).
 /// Returns {result id or 0, 1 when the job completed now}.
 const COMPLETE_SCRIPT: &str = concat!(
     completion_rule_lua!(),
-    "local id = 0\nlocal completed = 0\n",
+    "local id = 0\nlocal completed = 0\nlocal dead = ARGV[11]\n",
+    "if dead ~= '' and redis.call('XACK', KEYS[7], ARGV[9], ARGV[10]) == 0 then return {0, 0} end\n",
     "if ARGV[1] ~= '' and redis.call('EXISTS', KEYS[2]) == 0 then\n",
     "id = redis.call('INCR', KEYS[6])\n",
     "local doc = '{\"id\":' .. id .. ',' .. string.sub(ARGV[1], 2)\n",
     store_result_lua!(),
     "if completed_now then completed = 1 end\nend\n",
-    "redis.call('XACK', KEYS[7], ARGV[9], ARGV[10])\nredis.call('XDEL', KEYS[7], ARGV[10])\n",
+    "if dead == '' then redis.call('XACK', KEYS[7], ARGV[9], ARGV[10]) end\n",
+    "redis.call('XDEL', KEYS[7], ARGV[10])\n",
+    "if dead ~= '' then redis.call('RPUSH', KEYS[8], dead) end\n",
     "return {id, completed}\n"
 );
 
@@ -705,7 +709,6 @@ impl RedisStore {
         scripts::SETTLE
             .key(self.keys.scan_queue())
             .key(self.keys.delayed())
-            .key(self.keys.dead_letters())
             .arg(GROUP)
             .arg(&delivery.id)
             .arg(mode)

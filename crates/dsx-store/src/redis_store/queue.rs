@@ -112,14 +112,20 @@ impl ScanQueue for RedisStore {
         invocation.invoke_async(&mut conn).await.map_err(map_err)
     }
 
-    async fn dead_letter_scan(&self, delivery: &Delivery, reason: &str) -> StoreResult<()> {
+    async fn dead_letter_scan(
+        &self,
+        delivery: &Delivery,
+        reason: &str,
+        record: Option<&ResultRecord>,
+        retain: usize,
+    ) -> StoreResult<Option<u64>> {
         let letter = DeadLetter {
             task: delivery.task.clone(),
             reason: reason.to_owned(),
             retry_count: delivery.attempt.saturating_sub(1),
             failed_at: now_secs(),
         };
-        self.settle(delivery, "dead", 0, serde_json::to_string(&letter).map_err(corrupt)?).await
+        self.finish(delivery, record, retain, Some(serde_json::to_string(&letter).map_err(corrupt)?)).await
     }
 
     async fn dead_letters(&self, start: usize, end: usize) -> StoreResult<Vec<DeadLetter>> {
@@ -191,6 +197,24 @@ impl ScanQueue for RedisStore {
         record: Option<&ResultRecord>,
         retain: usize,
     ) -> StoreResult<Option<u64>> {
+        self.finish(delivery, record, retain, None).await
+    }
+
+    async fn wait_for_tasks(&self, wait: Duration) -> StoreResult<()> {
+        self.wait_on_stream(wait).await
+    }
+}
+
+impl RedisStore {
+    /// [`ScanQueue::complete_scan`], or with a dead letter [`ScanQueue::dead_letter_scan`]:
+    /// one script either way.
+    async fn finish(
+        &self,
+        delivery: &Delivery,
+        record: Option<&ResultRecord>,
+        retain: usize,
+        dead_letter: Option<String>,
+    ) -> StoreResult<Option<u64>> {
         let mut conn = self.conn().await?;
         let task = &delivery.task;
         let mut invocation = scripts::COMPLETE.key(self.keys.results());
@@ -200,7 +224,8 @@ impl ScanQueue for RedisStore {
             .key(self.keys.job(&task.job_id))
             .key(self.keys.stats())
             .key(self.keys.result_seq())
-            .key(self.keys.scan_queue());
+            .key(self.keys.scan_queue())
+            .key(self.keys.dead_letters());
         match record {
             Some(record) => invocation
                 .arg(&record.json)
@@ -211,7 +236,12 @@ impl ScanQueue for RedisStore {
                 .arg(record.file_size),
             None => invocation.arg("").arg(1).arg("").arg("0").arg(0).arg(0),
         };
-        invocation.arg(now_secs()).arg(self.job_retention_ms).arg(GROUP).arg(&delivery.id);
+        invocation
+            .arg(now_secs())
+            .arg(self.job_retention_ms)
+            .arg(GROUP)
+            .arg(&delivery.id)
+            .arg(dead_letter.unwrap_or_default());
         let (id, completed): (u64, u8) = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
         if completed == 1 {
             // This result completed its job: the job's earlier results expire with it.
@@ -220,9 +250,5 @@ impl ScanQueue for RedisStore {
             }
         }
         Ok((id > 0).then_some(id))
-    }
-
-    async fn wait_for_tasks(&self, wait: Duration) -> StoreResult<()> {
-        self.wait_on_stream(wait).await
     }
 }
