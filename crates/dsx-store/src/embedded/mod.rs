@@ -137,10 +137,6 @@ enum BatchedWrite {
 
 /// Most writes in one shared transaction.
 const BATCH_AT_MOST: usize = 64;
-/// How long the write thread waits for more writes to share a transaction with...
-const BATCH_LINGER: Duration = Duration::from_micros(400);
-/// ...while it holds fewer than this many.
-const BATCH_LINGER_BELOW: usize = 8;
 
 /// One turn of the write thread: every queued write in one transaction; if that fails, each
 /// again in its own, so one failing write costs the others nothing.
@@ -311,27 +307,10 @@ fn spawn_batch_writer(
         .spawn(move || {
             while let Ok(first) = queue.recv() {
                 let mut batch = vec![first];
-                // A commit costs about the same for one write as for dozens: a short wait for
-                // more (only while the batch is small) halves the commits under load and adds
-                // at most `BATCH_LINGER` to a lone write.
-                let linger_until = Instant::now() + BATCH_LINGER;
                 while batch.len() < BATCH_AT_MOST {
-                    let next = match queue.try_recv() {
-                        Ok(next) => Some(next),
-                        Err(std::sync::mpsc::TryRecvError::Disconnected) => None,
-                        Err(std::sync::mpsc::TryRecvError::Empty) if batch.len() < BATCH_LINGER_BELOW => {
-                            let left = linger_until.saturating_duration_since(Instant::now());
-                            if left.is_zero() {
-                                None
-                            } else {
-                                queue.recv_timeout(left).ok()
-                            }
-                        }
-                        Err(std::sync::mpsc::TryRecvError::Empty) => None,
-                    };
-                    match next {
-                        Some(next) => batch.push(next),
-                        None => break,
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
                     }
                 }
                 run_batch(&inner, batch);
