@@ -84,7 +84,9 @@ impl EicarWindow {
             // dsx-connect's CPU per small file.
             let mut seam = std::mem::take(&mut self.carry);
             seam.extend_from_slice(&chunk[..chunk.len().min(overlap)]);
-            self.found = memchr::memmem::find(&seam, EICAR).is_some() || memchr::memmem::find(chunk, EICAR).is_some();
+            static FINDER: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+                std::sync::LazyLock::new(|| memchr::memmem::Finder::new(EICAR));
+            self.found = FINDER.find(&seam).is_some() || FINDER.find(chunk).is_some();
             if !self.found {
                 // The last `overlap` bytes seen so far start the next seam.
                 self.carry = if chunk.len() >= overlap {

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -57,7 +57,6 @@ pub trait ConnectorIo: Send + Sync + 'static {
 /// picked up by the next attempt.
 const REGISTRY_TTL: Duration = Duration::from_secs(2);
 
-#[derive(Clone)]
 struct Known {
     connector: Connector,
     credential: Option<Credential>,
@@ -68,20 +67,20 @@ struct Known {
 /// both cached for [`REGISTRY_TTL`] so a file costs no store lookups.
 pub struct HttpConnectorIo {
     client: ConnectorClient,
-    store: std::sync::Arc<dyn Store>,
+    store: Arc<dyn Store>,
     sign: bool,
-    known: Mutex<HashMap<Uuid, Known>>,
+    known: Mutex<HashMap<Uuid, Arc<Known>>>,
 }
 
 impl HttpConnectorIo {
-    pub fn new(client: ConnectorClient, store: std::sync::Arc<dyn Store>, sign: bool) -> Self {
+    pub fn new(client: ConnectorClient, store: Arc<dyn Store>, sign: bool) -> Self {
         Self { client, store, sign, known: Mutex::default() }
     }
 
-    async fn lookup(&self, uuid: Uuid) -> Result<Known, IoFailure> {
+    async fn lookup(&self, uuid: Uuid) -> Result<Arc<Known>, IoFailure> {
         if let Some(known) = self.known.lock().expect("registry cache lock").get(&uuid) {
             if known.at.elapsed() < REGISTRY_TTL {
-                return Ok(known.clone());
+                return Ok(Arc::clone(known));
             }
         }
         let store_failure = |e: dsx_store::StoreError| IoFailure::new(FailureClass::Store, e.to_string());
@@ -95,8 +94,8 @@ impl HttpConnectorIo {
         } else {
             None
         };
-        let known = Known { connector, credential, at: Instant::now() };
-        self.known.lock().expect("registry cache lock").insert(uuid, known.clone());
+        let known = Arc::new(Known { connector, credential, at: Instant::now() });
+        self.known.lock().expect("registry cache lock").insert(uuid, Arc::clone(&known));
         Ok(known)
     }
 
@@ -148,7 +147,7 @@ pub fn classify_connector_status(status: u16) -> FailureClass {
 #[async_trait]
 impl ConnectorIo for HttpConnectorIo {
     async fn connector(&self, uuid: Uuid) -> Option<Connector> {
-        self.lookup(uuid).await.ok().map(|k| k.connector)
+        self.lookup(uuid).await.ok().map(|k| k.connector.clone())
     }
 
     async fn read_file(&self, uuid: Uuid, request: &ScanRequest) -> Result<ByteStream, IoFailure> {
