@@ -2,6 +2,7 @@
 //! break-glass, and the middleware that guards each group of routes.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, OriginalUri, Request, State};
@@ -22,10 +23,8 @@ use crate::state::SharedState;
 pub enum Caller {
     /// Auth is disabled: every caller is trusted.
     Open,
-    /// Verified with this connector's DSX-HMAC key. `nonce` is set only on
-    /// [`Access::ConnectorIntake`] routes: the nonce is not recorded yet, and the handler
-    /// records it with its write.
-    Connector { uuid: Uuid, key_id: String, nonce: Option<UnrecordedNonce> },
+    /// Verified with this connector's DSX-HMAC key.
+    Connector { uuid: Uuid, key_id: String },
     /// Enrollment token accepted in place of DSX-HMAC (`DSXCONNECT_AUTH__BREAK_GLASS`).
     BreakGlass { slot: String },
     /// Operator bearer token.
@@ -51,14 +50,14 @@ pub enum Access {
     ConnectorOrOperator,
     /// Operator bearer token only.
     Operator,
-    /// As `Connector`, but the replay cache is written by the handler in the same store step
-    /// as the enqueue (one round trip instead of two, on the busiest route). The handler must
-    /// pass [`Caller::Connector`]'s `nonce` to the store (`IntakeOnce::nonce`); the replay
-    /// tests in `tests/hardening.rs` cover every route declared with this access.
+    /// As `Connector`, but the request's nonce is left to the handler as a [`PendingNonce`],
+    /// so the store records it in the same step as the enqueue (one round trip instead of two,
+    /// on the busiest route). Whatever the handler does not record, the guard records after
+    /// it: a replay is 401 however the request ended.
     ConnectorIntake,
 }
 
-/// A verified request's nonce whose replay-cache entry the handler writes (see
+/// A verified request's nonce whose replay-cache entry is not written yet (see
 /// [`Access::ConnectorIntake`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnrecordedNonce {
@@ -73,54 +72,36 @@ impl UnrecordedNonce {
     }
 }
 
-/// An intake handler's unrecorded nonce (see [`Access::ConnectorIntake`]). The enqueue takes
-/// it and the store records it in the same step; on any other way out [`Self::settle`]
-/// records it, so a replay is 401 `replayed_request` whatever the request asked for.
-pub struct PendingNonce(Option<UnrecordedNonce>);
+/// The nonce of an [`Access::ConnectorIntake`] request, in its extensions: the handler takes
+/// it for the store step that records it; the guard records whatever is left after the
+/// handler answered.
+#[derive(Clone, Debug)]
+pub struct PendingNonce(Arc<Mutex<Option<UnrecordedNonce>>>);
 
 impl PendingNonce {
-    pub fn of(caller: &Caller) -> Self {
-        match caller {
-            Caller::Connector { nonce, .. } => Self(nonce.clone()),
-            _ => Self(None),
-        }
-    }
-
     /// For the store step that records it.
-    pub fn take(&mut self) -> Option<UnrecordedNonce> {
-        self.0.take()
+    pub fn take(&self) -> Option<UnrecordedNonce> {
+        self.0.lock().expect("pending nonce lock").take()
     }
 
     /// The handler's answer, once the nonce is recorded (a replay turns it into a 401).
-    pub async fn settle<T>(
-        self,
-        state: &crate::state::AppState,
-        route: &str,
-        outcome: Result<T, ApiError>,
-    ) -> Result<T, ApiError> {
-        let outcome = match self.0 {
-            None => outcome,
-            Some(n) => match state.store.remember_nonce(&n.key_id, &n.nonce, n.ttl).await {
-                Ok(true) => outcome,
-                Ok(false) => Err(AuthError::ReplayedRequest.into()),
-                Err(err) => Err(err.into()),
-            },
-        };
-        if let Err(ApiError::Hmac(code)) = &outcome {
-            state.metrics.auth_failure(code.code());
-            tracing::warn!(code = code.code(), route, "DSX-HMAC verification failed");
+    async fn settle(self, state: &crate::state::AppState, answer: Response) -> Response {
+        let Some(n) = self.take() else { return answer };
+        match state.store.remember_nonce(&n.key_id, &n.nonce, n.ttl).await {
+            Ok(true) => answer,
+            Ok(false) => state.replayed_intake(&n.key_id).into_response(),
+            Err(err) => ApiError::from(err).into_response(),
         }
-        outcome
     }
 }
 
 /// Whether verification records the nonce itself or leaves it to the handler.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum NonceRecording {
+enum NonceRecording {
     /// Recorded as soon as the signature verified (every route but the intake ones).
     Now,
-    /// Handed to the handler in `Caller::Connector::nonce`.
-    ByHandler,
+    /// Returned unrecorded, for a [`PendingNonce`].
+    Deferred,
 }
 
 /// The request's path and query exactly as sent on the wire (nesting does not strip it).
@@ -192,14 +173,33 @@ impl crate::state::AppState {
         raw_paq: &str,
         headers: &HeaderMap,
         body: &[u8],
-        recording: NonceRecording,
     ) -> Result<Caller, ApiError> {
+        self.verify_hmac_recording(method, raw_paq, headers, body, NonceRecording::Now).await.map(|(caller, _)| caller)
+    }
+
+    async fn verify_hmac_recording(
+        &self,
+        method: &Method,
+        raw_paq: &str,
+        headers: &HeaderMap,
+        body: &[u8],
+        recording: NonceRecording,
+    ) -> Result<(Caller, Option<UnrecordedNonce>), ApiError> {
         let outcome = self.verify_hmac_inner(method, raw_paq, headers, body, recording).await;
         if let Err(ApiError::Hmac(code)) = &outcome {
             self.metrics.auth_failure(code.code());
             tracing::warn!(code = code.code(), %method, path = raw_paq, "DSX-HMAC verification failed");
         }
         outcome
+    }
+
+    /// A scan intake request whose nonce was used before (found by the enqueue's store step
+    /// or by the guard after the handler): counted and logged as verification does.
+    pub fn replayed_intake(&self, key_id: &str) -> ApiError {
+        let code = AuthError::ReplayedRequest;
+        self.metrics.auth_failure(code.code());
+        tracing::warn!(code = code.code(), key_id, "DSX-HMAC verification failed on scan intake");
+        code.into()
     }
 
     async fn verify_hmac_inner(
@@ -209,7 +209,7 @@ impl crate::state::AppState {
         headers: &HeaderMap,
         body: &[u8],
         recording: NonceRecording,
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<(Caller, Option<UnrecordedNonce>), ApiError> {
         let value = match single(headers, header::AUTHORIZATION).map_err(|()| AuthError::MalformedHmac)? {
             None => None,
             // Non-visible-ASCII bytes: a DSX-HMAC header that no honest signer produces.
@@ -245,7 +245,7 @@ impl crate::state::AppState {
                 }
                 None
             }
-            NonceRecording::ByHandler => Some(UnrecordedNonce {
+            NonceRecording::Deferred => Some(UnrecordedNonce {
                 key_id: verified.key_id.to_owned(),
                 nonce: verified.nonce.to_owned(),
                 ttl: replay_ttl(skew),
@@ -253,7 +253,7 @@ impl crate::state::AppState {
         };
         // Verified implies the key was found; the fallback never fires.
         let uuid = resolved.map(|r| r.connector_uuid).ok_or(AuthError::UnknownKeyId)?;
-        Ok(Caller::Connector { uuid, key_id: verified.key_id.to_owned(), nonce })
+        Ok((Caller::Connector { uuid, key_id: verified.key_id.to_owned() }, nonce))
     }
 
     /// The enrollment token of a request (`X-Enrollment-Token`, or `Authorization: Bearer`),
@@ -285,7 +285,7 @@ impl crate::state::AppState {
     }
 
     /// A connector call: DSX-HMAC, or break-glass when enabled and no DSX-HMAC header is sent.
-    pub async fn authenticate_connector(
+    async fn authenticate_connector(
         &self,
         method: &Method,
         raw_paq: &str,
@@ -293,9 +293,9 @@ impl crate::state::AppState {
         body: &[u8],
         peer: Option<SocketAddr>,
         recording: NonceRecording,
-    ) -> Result<Caller, ApiError> {
+    ) -> Result<(Caller, Option<UnrecordedNonce>), ApiError> {
         if !self.settings.auth.enabled {
-            return Ok(Caller::Open);
+            return Ok((Caller::Open, None));
         }
         if self.settings.auth.break_glass
             && !authorization_is_hmac(headers)
@@ -304,9 +304,9 @@ impl crate::state::AppState {
             let slot = self.check_enrollment(headers)?;
             self.metrics.break_glass_uses.inc();
             tracing::warn!(%method, path = raw_paq, peer = ?peer, token_slot = %slot, "break-glass: enrollment token accepted in place of DSX-HMAC");
-            return Ok(Caller::BreakGlass { slot });
+            return Ok((Caller::BreakGlass { slot }, None));
         }
-        self.verify_hmac(method, raw_paq, headers, body, recording).await
+        self.verify_hmac_recording(method, raw_paq, headers, body, recording).await
     }
 }
 
@@ -314,14 +314,23 @@ impl crate::state::AppState {
 /// bytes received, which are then handed on unchanged.
 pub async fn guard(State((state, access)): State<(SharedState, Access)>, req: Request, next: Next) -> Response {
     match authenticate(&state, access, req).await {
-        Ok(req) => next.run(req).await,
+        Ok((req, None)) => next.run(req).await,
+        Ok((req, Some(pending))) => {
+            let answer = next.run(req).await;
+            pending.settle(&state, answer).await
+        }
         Err(err) => err.into_response(),
     }
 }
 
-async fn authenticate(state: &SharedState, access: Access, req: Request) -> Result<Request, ApiError> {
+async fn authenticate(
+    state: &SharedState,
+    access: Access,
+    req: Request,
+) -> Result<(Request, Option<PendingNonce>), ApiError> {
     let (mut parts, body) = req.into_parts();
     let operator_attempt = matches!(access, Access::ConnectorOrOperator) && bearer(&parts.headers).is_some();
+    let mut pending = None;
     let (caller, body) = if matches!(access, Access::Operator) || operator_attempt {
         (state.check_operator(&parts.headers)?, body)
     } else {
@@ -329,10 +338,16 @@ async fn authenticate(state: &SharedState, access: Access, req: Request) -> Resu
         let paq = raw_path_and_query(&parts.uri, parts.extensions.get::<OriginalUri>());
         let peer = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0);
         let recording =
-            if matches!(access, Access::ConnectorIntake) { NonceRecording::ByHandler } else { NonceRecording::Now };
-        let caller = state.authenticate_connector(&parts.method, &paq, &parts.headers, &bytes, peer, recording).await?;
+            if matches!(access, Access::ConnectorIntake) { NonceRecording::Deferred } else { NonceRecording::Now };
+        let (caller, nonce) =
+            state.authenticate_connector(&parts.method, &paq, &parts.headers, &bytes, peer, recording).await?;
+        if let Some(nonce) = nonce {
+            let nonce = PendingNonce(Arc::new(Mutex::new(Some(nonce))));
+            parts.extensions.insert(nonce.clone());
+            pending = Some(nonce);
+        }
         (caller, Body::from(bytes))
     };
     parts.extensions.insert(caller);
-    Ok(Request::from_parts(parts, body))
+    Ok((Request::from_parts(parts, body), pending))
 }

@@ -88,16 +88,15 @@ impl EicarWindow {
                 std::sync::LazyLock::new(|| memchr::memmem::Finder::new(EICAR));
             self.found = FINDER.find(&seam).is_some() || FINDER.find(chunk).is_some();
             if !self.found {
-                // The last `overlap` bytes seen so far start the next seam.
-                self.carry = if chunk.len() >= overlap {
-                    chunk[chunk.len() - overlap..].to_vec()
+                // The last `overlap` bytes seen so far start the next seam (the buffer is reused).
+                if chunk.len() >= overlap {
+                    seam.clear();
+                    seam.extend_from_slice(&chunk[chunk.len() - overlap..]);
                 } else {
-                    let old_tail = seam.len() - chunk.len();
-                    let keep_old = old_tail.min(overlap - chunk.len());
-                    let mut tail = seam[old_tail - keep_old..old_tail].to_vec();
-                    tail.extend_from_slice(chunk);
-                    tail
-                };
+                    // The seam holds the old tail and this whole chunk.
+                    seam.drain(..seam.len().saturating_sub(overlap));
+                }
+                self.carry = seam;
             }
         }
         self.seen += chunk.len() as u64;

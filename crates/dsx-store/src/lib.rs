@@ -253,6 +253,18 @@ pub struct DeadLetter {
     pub failed_at: u64,
 }
 
+impl DeadLetter {
+    /// The dead letter of a delivery that failed for good.
+    pub fn of(delivery: &Delivery, reason: &str) -> Self {
+        Self {
+            task: delivery.task.clone(),
+            reason: reason.to_owned(),
+            retry_count: delivery.attempt.saturating_sub(1),
+            failed_at: now_secs(),
+        }
+    }
+}
+
 /// A finished task's result, as the store keeps it. `json` is the ScanResult document; the
 /// store adds its sequence `id`.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -340,14 +340,7 @@ async fn jobs_belong_to_their_connector_and_batches_are_all_or_nothing(h: &Harne
     let s = &*h.store;
     let (a, b) = (Uuid::new_v4(), Uuid::new_v4());
     let (job_a, job_b, claimed) = (unique_name("ja-"), unique_name("jb-"), unique_name("jc-"));
-    let task = |job: &str, owner: Uuid, n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: owner,
-        job_id: job.to_owned(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = job_task;
     s.enqueue_scans(&[task(&job_a, a, 1)]).await.unwrap().unwrap();
     let before = s.scan_queue_len().await.unwrap();
     // B may not add to A's job, not even inside a batch that is otherwise fine.
@@ -381,6 +374,18 @@ async fn jobs_belong_to_their_connector_and_batches_are_all_or_nothing(h: &Harne
         Err(JobRefusal::Cancelled { job_id: job_a.clone() })
     );
     assert_eq!(s.get_job(&job_a).await.unwrap().unwrap().enqueued_count, 1);
+}
+
+/// Task `n` of `job` for `owner` (id `<job>-<n>`).
+fn job_task(job: &str, owner: Uuid, n: u32) -> dsx_store::QueuedTask {
+    dsx_store::QueuedTask {
+        task_id: format!("{job}-{n}"),
+        connector_uuid: owner,
+        job_id: job.to_owned(),
+        request: dsx_model::ScanRequest::new("/item", "item"),
+        enqueued_at_us: 0,
+        enqueued_at: 1,
+    }
 }
 
 fn queued(n: u32) -> dsx_store::QueuedTask {
@@ -666,14 +671,7 @@ async fn requeued_dead_letters_replace_their_failed_outcome(h: &Harness) {
 async fn complete_scan_stores_the_result_and_acks_together(h: &Harness) {
     let s = &*h.store;
     let job = unique_name("jc");
-    let task = |n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: Uuid::new_v4(),
-        job_id: job.clone(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |n: u32| job_task(&job, Uuid::new_v4(), n);
     s.enqueue_scans(&[task(1), task(2)]).await.unwrap().unwrap();
     let lease = Duration::from_millis(300);
     let mut claimed = s.claim_scans("w", 10, lease).await.unwrap();
@@ -698,14 +696,7 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
     let owner = Uuid::new_v4();
     let job_a = unique_name("ja");
     let job_b = unique_name("jb");
-    let task = |job: &str, n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: owner,
-        job_id: job.to_owned(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |job: &str, n: u32| job_task(job, owner, n);
     s.enqueue_scans(&[task(&job_a, 1), task(&job_a, 2), task(&job_b, 1), task(&job_b, 2)]).await.unwrap().unwrap();
     let before = s.stats().await.unwrap();
     // Job A: enqueue_done first, then the results.
@@ -757,14 +748,7 @@ async fn results_count_once_and_complete_jobs_in_either_order(h: &Harness) {
 /// succeeds) or says 0: the server's own accepted count decides completion.
 async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
     let s = &*h.store;
-    let task = |job: &str, n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: Uuid::new_v4(),
-        job_id: job.to_owned(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |job: &str, n: u32| job_task(job, Uuid::new_v4(), n);
     // Claim larger than accepted, enqueue_done before the results.
     let over = unique_name("jo");
     s.enqueue_scans(&[task(&over, 1), task(&over, 2)]).await.unwrap().unwrap();
@@ -794,14 +778,7 @@ async fn completion_follows_the_accepted_count_not_the_claim(h: &Harness) {
 async fn clearing_one_jobs_results_keeps_the_others(h: &Harness) {
     let s = &*h.store;
     let (gone, kept) = (unique_name("jg"), unique_name("jk"));
-    let task = |job: &str, n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: Uuid::nil(),
-        job_id: job.to_owned(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |job: &str, n: u32| job_task(job, Uuid::nil(), n);
     s.enqueue_scans(&[task(&gone, 1), task(&gone, 2), task(&kept, 1)]).await.unwrap().unwrap();
     for t in [format!("{gone}-1"), format!("{kept}-1"), format!("{gone}-2")] {
         let job = if t.starts_with(&gone) { &gone } else { &kept };
@@ -1009,14 +986,7 @@ async fn an_intake_key_enqueues_once(h: &Harness) {
     let owner = Uuid::new_v4();
     let job = unique_name("jk-");
     let key = unique_name("intake-");
-    let task = |n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: owner,
-        job_id: job.clone(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |n: u32| job_task(&job, owner, n);
     s.claim_job(&job, owner).await.unwrap().unwrap();
     s.set_job_status(&job, dsx_store::JobStatus::Paused).await.unwrap();
     let before = s.scan_queue_len().await.unwrap();
@@ -1044,14 +1014,7 @@ async fn an_enqueue_with_a_nonce_refuses_replays(h: &Harness) {
     let owner = Uuid::new_v4();
     let job = unique_name("jn-");
     let kid = unique_name("kid-");
-    let task = |n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: owner,
-        job_id: job.clone(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |n: u32| job_task(&job, owner, n);
     let signed =
         |nonce| IntakeOnce { key: None, nonce: Some(Nonce { key_id: &kid, nonce, ttl: Duration::from_secs(60) }) };
     let before = s.scan_queue_len().await.unwrap();
@@ -1137,14 +1100,7 @@ async fn finished_jobs_expire_after_their_retention(store: Arc<dyn Store>) {
     let s = &*store;
     let owner = Uuid::new_v4();
     let [done, cancelled, running, paused, jobless] = ["jd", "jx", "jr", "jp", "jn"].map(unique_name);
-    let task = |job: &str, n: u32| dsx_store::QueuedTask {
-        task_id: format!("{job}-{n}"),
-        connector_uuid: owner,
-        job_id: job.to_owned(),
-        request: dsx_model::ScanRequest::new("/item", "item"),
-        enqueued_at_us: 0,
-        enqueued_at: 1,
-    };
+    let task = |job: &str, n: u32| job_task(job, owner, n);
     let stored = |job: &str, n: u32| result(&format!("{job}-{n}"), job, "Benign");
     for job in [&done, &cancelled, &running, &paused] {
         s.enqueue_scans(&[task(job, 1), task(job, 2)]).await.unwrap().unwrap();

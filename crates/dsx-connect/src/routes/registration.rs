@@ -17,7 +17,7 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 
-use crate::auth::{raw_path_and_query, read_body, Caller, NonceRecording};
+use crate::auth::{raw_path_and_query, read_body, Caller};
 use crate::connector_client::KeyProbe;
 use crate::error::ApiError;
 use crate::state::{AppState, SharedState};
@@ -64,8 +64,8 @@ pub async fn register(
         Enrolment::Open
     } else if headers.get(axum::http::header::AUTHORIZATION).is_some_and(|v| v.as_bytes().starts_with(b"DSX-HMAC ")) {
         let paq = raw_path_and_query(&uri, None);
-        match state.verify_hmac(&method, &paq, &headers, &body, NonceRecording::Now).await? {
-            Caller::Connector { uuid, key_id, .. } => Enrolment::Signed { caller_uuid: uuid, key_id },
+        match state.verify_hmac(&method, &paq, &headers, &body).await? {
+            Caller::Connector { uuid, key_id } => Enrolment::Signed { caller_uuid: uuid, key_id },
             _ => unreachable!("verify_hmac only yields connector callers"),
         }
     } else {

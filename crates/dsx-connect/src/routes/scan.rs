@@ -106,7 +106,7 @@ impl AppState {
         &self,
         tasks: &mut [QueuedTask],
         intake: Option<&IntakeKey>,
-        nonce: &mut PendingNonce,
+        nonce: Option<&PendingNonce>,
     ) -> Result<(), ApiError> {
         let scoped = intake.and_then(|key| {
             let owner = tasks.first()?.connector_uuid;
@@ -115,7 +115,7 @@ impl AppState {
             }
             Some(format!("{owner}:{}", key.0))
         });
-        let nonce = nonce.take();
+        let nonce = nonce.and_then(PendingNonce::take);
         let once = IntakeOnce { key: scoped.as_deref(), nonce: nonce.as_ref().map(UnrecordedNonce::as_store) };
         match self.store.enqueue_scans_once(tasks, once).await? {
             Ok(dsx_store::Enqueued::Queued) => Ok(()),
@@ -123,6 +123,7 @@ impl AppState {
                 tracing::info!(tasks = tasks.len(), "repeated intake key: already queued, nothing queued again");
                 Ok(())
             }
+            Err(JobRefusal::NonceReused) => Err(self.replayed_intake(nonce.as_ref().map_or("", |n| n.key_id.as_str()))),
             Err(refusal) => Err(refusal.into()),
         }
     }
@@ -200,25 +201,14 @@ pub fn check_id(id: &str, field: &[&str]) -> Result<(), ApiError> {
 pub async fn request(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    nonce: Option<Extension<PendingNonce>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut nonce = PendingNonce::of(&caller);
-    let outcome = request_one(&state, &caller, &headers, &body, &mut nonce).await;
-    nonce.settle(&state, "scan/request", outcome).await
-}
-
-async fn request_one(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    body: &[u8],
-    nonce: &mut PendingNonce,
-) -> Result<Response, ApiError> {
-    let intake = IntakeKey::from_headers(headers)?;
-    let request: ScanRequest = parse_json(body).map_err(ApiError::Validation)?;
-    let mut task = state.attribute(caller, request, None, &mut HashSet::new()).await?;
-    state.enqueue(std::slice::from_mut(&mut task), intake.as_ref(), nonce).await?;
+    let intake = IntakeKey::from_headers(&headers)?;
+    let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
+    let mut task = state.attribute(&caller, request, None, &mut HashSet::new()).await?;
+    state.enqueue(std::slice::from_mut(&mut task), intake.as_ref(), nonce.as_deref()).await?;
     let mut response =
         StatusResponse::success(format!("Scan task ID: {}", task.task_id), format!("job {}", task.job_id));
     response.id = Some(task.task_id.clone());
@@ -257,23 +247,12 @@ impl BatchResponse {
 pub async fn request_batch(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
+    nonce: Option<Extension<PendingNonce>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let mut nonce = PendingNonce::of(&caller);
-    let outcome = request_many(&state, &caller, &headers, &body, &mut nonce).await;
-    nonce.settle(&state, "scan/request_batch", outcome).await
-}
-
-async fn request_many(
-    state: &AppState,
-    caller: &Caller,
-    headers: &HeaderMap,
-    body: &[u8],
-    nonce: &mut PendingNonce,
-) -> Result<Response, ApiError> {
-    let intake = IntakeKey::from_headers(headers)?;
-    let batch: ScanRequestBatch = parse_json(body).map_err(ApiError::Validation)?;
+    let intake = IntakeKey::from_headers(&headers)?;
+    let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
     let limits = &state.settings.batch;
     let batch_size = batch.batch_size.unwrap_or(limits.default_size).clamp(1, limits.max_size);
     if !limits.enabled {
@@ -305,9 +284,9 @@ async fn request_many(
     let mut tasks = Vec::with_capacity(batch.requests.len());
     let mut known = HashSet::new();
     for (i, request) in batch.requests.into_iter().enumerate() {
-        tasks.push(state.attribute(caller, request, Some(i), &mut known).await?);
+        tasks.push(state.attribute(&caller, request, Some(i), &mut known).await?);
     }
-    state.enqueue(&mut tasks, intake.as_ref(), nonce).await?;
+    state.enqueue(&mut tasks, intake.as_ref(), nonce.as_deref()).await?;
     let task_ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
     let body = BatchResponse {
         status: "success",

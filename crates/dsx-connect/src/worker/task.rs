@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use dsx_hmac::unix_now;
 use dsx_model::{Connector, FailureClass, ScanRequest, Timings, Verdict, VerdictKind};
 use dsx_scanner::{ScanError, ScanInput};
-use dsx_store::{Delivery, JobStatus, ResultRecord};
+use dsx_store::{Delivery, JobStatus, ResultRecord, StoreResult};
 use serde_json::{json, Value};
 
 use super::connector_io::{classify_connector_status, truncate, ActionReply, IoFailure};
@@ -103,14 +103,10 @@ impl Worker {
         let retain = self.settings.results_retain;
         let settled = match outcome {
             Ok(None) => self.queue.complete_scan(&delivery, None, retain).await.map(|_| Settled::Skipped),
-            Ok(Some(record)) => match self.queue.complete_scan(&delivery, Some(&record), retain).await {
-                Ok(Some(id)) => {
-                    self.announce(&record, id).await;
-                    Ok(Settled::Completed)
-                }
-                Ok(None) => Ok(Settled::Completed), // a redelivery: announced the first time
-                Err(err) => Err(err),
-            },
+            Ok(Some(record)) => {
+                let stored = self.queue.complete_scan(&delivery, Some(&record), retain).await;
+                self.announce_new(stored, &record).await.map(|()| Settled::Completed)
+            }
             Err(Failure { defer: Some(delay), class, detail, .. }) => {
                 tracing::debug!(task_id, %class, detail, again_in = ?delay, "task deferred without spending an attempt");
                 self.queue.defer_scan(&delivery, delay).await.map(|_| Settled::Deferred)
@@ -136,14 +132,8 @@ impl Worker {
                     }
                 };
                 // The result and the dead letter in one step: a completed job has its dead letters.
-                match self.queue.dead_letter_scan(&delivery, &failure.reason(), Some(&record), retain).await {
-                    Ok(Some(id)) => {
-                        self.announce(&record, id).await;
-                        Ok(Settled::DeadLettered)
-                    }
-                    Ok(None) => Ok(Settled::DeadLettered),
-                    Err(err) => Err(err),
-                }
+                let stored = self.queue.dead_letter_scan(&delivery, &failure.reason(), Some(&record), retain).await;
+                self.announce_new(stored, &record).await.map(|()| Settled::DeadLettered)
             }
         };
         settled.unwrap_or_else(|err| {
@@ -211,6 +201,15 @@ impl Worker {
         self.metrics.scanner_seconds.observe(scan_started.elapsed().as_secs_f64());
         let read_us = micros(claimed_at);
         self.finish(delivery, connector, verdict, claimed_at, Some(read_us)).await.map(Some)
+    }
+
+    /// Announce a result the store just stored (`Some(id)`); `None` is a redelivery's, told
+    /// the first time.
+    async fn announce_new(&self, stored: StoreResult<Option<u64>>, record: &ResultRecord) -> StoreResult<()> {
+        if let Some(id) = stored? {
+            self.announce(record, id).await;
+        }
+        Ok(())
     }
 
     /// Tell SSE subscribers (and syslog) about a newly stored result.

@@ -202,12 +202,7 @@ impl ScanQueue for EmbeddedStore {
         retain: usize,
     ) -> StoreResult<Option<u64>> {
         let seq = parse_seq(&delivery.id)?;
-        let letter = DeadLetter {
-            task: delivery.task.clone(),
-            reason: reason.to_owned(),
-            retry_count: delivery.attempt.saturating_sub(1),
-            failed_at: now_secs(),
-        };
+        let letter = DeadLetter::of(delivery, reason);
         let json = serde_json::to_vec(&letter).map_err(corrupt)?;
         let record = record.cloned();
         self.run(move |inner| {

@@ -119,12 +119,7 @@ impl ScanQueue for RedisStore {
         record: Option<&ResultRecord>,
         retain: usize,
     ) -> StoreResult<Option<u64>> {
-        let letter = DeadLetter {
-            task: delivery.task.clone(),
-            reason: reason.to_owned(),
-            retry_count: delivery.attempt.saturating_sub(1),
-            failed_at: now_secs(),
-        };
+        let letter = DeadLetter::of(delivery, reason);
         self.finish(delivery, record, retain, Some(serde_json::to_string(&letter).map_err(corrupt)?)).await
     }
 
