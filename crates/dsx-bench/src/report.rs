@@ -128,6 +128,38 @@ fn read_json(dir: &Path, name: &str) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
+/// Every repetition of one benchmark: `STEM.json`, then `STEM.1.json`, `STEM.2.json`, … in order.
+fn read_runs(dir: &Path, stem: &str) -> Vec<Value> {
+    let single = read_json(dir, &format!("{stem}.json"));
+    single.into_iter().chain((1..).map_while(|n| read_json(dir, &format!("{stem}.{n}.json")))).collect()
+}
+
+/// The middle value (the lower middle of an even count).
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len().saturating_sub(1) / 2).copied()
+}
+
+/// The run whose `key` is the median of all runs': the one the detail tables show.
+fn median_run(runs: &[Value], key: impl Fn(&Value) -> Option<f64>) -> Option<Value> {
+    let middle = median(runs.iter().filter_map(&key).collect())?;
+    runs.iter().find(|v| key(v) == Some(middle)).cloned()
+}
+
+/// dsx-connect CPU per file of one pipeline run, µs.
+fn cpu_per_file(v: &Value) -> Option<f64> {
+    Some(num(v, &["cpu_s", "dsx_connect"])? * 1e6 / num(v, &["files"])?.max(1.0))
+}
+
+fn files_per_s(v: &Value) -> Option<f64> {
+    num(v, &["files_per_s"])
+}
+
+/// `a, b, c` of one figure over the runs, in run order.
+fn list_runs(runs: &[Value], key: impl Fn(&Value) -> Option<f64>) -> String {
+    runs.iter().filter_map(key).map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+}
+
 fn run_text(cmd: &str, args: &[&str]) -> Option<String> {
     let out = Command::new(cmd).args(args).output().ok()?;
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
@@ -224,16 +256,25 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
 
     let verify = parse_criterion(&std::fs::read_to_string(dir.join("criterion-verify.txt")).unwrap_or_default());
     let matcher = parse_criterion(&std::fs::read_to_string(dir.join("criterion-matcher.txt")).unwrap_or_default());
+    let store_turns = parse_criterion(&std::fs::read_to_string(dir.join("criterion-store.txt")).unwrap_or_default());
     let on = read_json(dir, "http-auth-on.json");
     let off = read_json(dir, "http-auth-off.json");
-    let scan = read_json(dir, "http-scan-request.json");
+    let scan_cpu = |v: &Value| num(v, &["cpu_us_per_request", "dsx-connect"]);
+    let scan_runs = read_runs(dir, "http-scan-request");
+    let scan = median_run(&scan_runs, scan_cpu);
     let register = read_json(dir, "http-register.json");
-    let pipe_embedded = read_json(dir, "pipeline-embedded.json");
-    let pipe_redis = read_json(dir, "pipeline-redis.json");
+    // Pipelines may run several times (alternating with the baseline build): the figures
+    // judged are the medians, and the detail tables show the run with the median CPU per file.
+    let runs_embedded = read_runs(dir, "pipeline-embedded");
+    let runs_redis = read_runs(dir, "pipeline-redis");
+    let runs_base_embedded = read_runs(dir, "baseline-pipeline-embedded");
+    let runs_base_redis = read_runs(dir, "baseline-pipeline-redis");
+    let pipe_embedded = median_run(&runs_embedded, cpu_per_file);
+    let pipe_redis = median_run(&runs_redis, cpu_per_file);
+    let base_embedded = median_run(&runs_base_embedded, cpu_per_file);
+    let base_redis = median_run(&runs_base_redis, cpu_per_file);
     let pipe_tls = read_json(dir, "pipeline-embedded-tls.json");
     let large = read_json(dir, "large-file.json");
-    let base_embedded = read_json(dir, "baseline-pipeline-embedded.json");
-    let base_redis = read_json(dir, "baseline-pipeline-redis.json");
 
     let verify_small = verify.iter().find(|r| r.name == "verify/0");
     let verify_large = verify.iter().find(|r| r.name == "verify/1048576");
@@ -245,41 +286,41 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         _ => None,
     };
     let p99 = on.as_ref().and_then(|v| num(v, &["latency_ms", "p99"]));
-    let files_per_s = pipe_embedded.as_ref().and_then(|v| num(v, &["files_per_s"]));
+    let median_of = |runs: &[Value], key: fn(&Value) -> Option<f64>| median(runs.iter().filter_map(key).collect());
+    let embedded_files_per_s = median_of(&runs_embedded, files_per_s);
     let growth = large.as_ref().and_then(|v| num(v, &["rss_growth_mib"]));
     let concurrency = on.as_ref().and_then(|v| v["concurrency"].as_u64());
     let pipe_files = pipe_embedded.as_ref().and_then(|v| v["files"].as_u64());
     let tls_files_per_s = pipe_tls.as_ref().and_then(|v| num(v, &["files_per_s"]));
-    let tls_ratio = match (tls_files_per_s, files_per_s) {
+    let tls_ratio = match (tls_files_per_s, embedded_files_per_s) {
         (Some(t), Some(p)) if p > 0.0 => Some(t / p),
         _ => None,
     };
     let large_mib = large.as_ref().and_then(|v| v["size_mib"].as_u64());
-    let cpu_per_file = |v: &Option<Value>| {
-        let v = v.as_ref()?;
-        Some(num(v, &["cpu_s", "dsx_connect"])? * 1e6 / num(v, &["files"])?.max(1.0))
-    };
-    let (cpu_embedded, cpu_redis) = (cpu_per_file(&pipe_embedded), cpu_per_file(&pipe_redis));
+    let (cpu_embedded, cpu_redis) = (median_of(&runs_embedded, cpu_per_file), median_of(&runs_redis, cpu_per_file));
     // The baseline build's figure from the same run: on a noisy machine the ratio is the
     // steadier number.
-    let cpu_with_baseline = |now: Option<f64>, before: &Option<Value>| {
-        now.map(|c| match cpu_per_file(before) {
-            Some(b) if b > 0.0 => format!("{c:.0} µs (baseline build {b:.0} µs, {:.2} ×)", c / b),
-            _ => format!("{c:.0} µs"),
+    let cpu_with_baseline = |now: Option<f64>, runs: &[Value], before: &[Value]| {
+        now.map(|c| {
+            let spread = if runs.len() > 1 { format!(", median of {} runs", runs.len()) } else { String::new() };
+            match median_of(before, cpu_per_file) {
+                Some(b) if b > 0.0 => format!("{c:.0} µs{spread} (baseline build {b:.0} µs, {:.2} ×)", c / b),
+                _ => format!("{c:.0} µs{spread}"),
+            }
         })
     };
     let sent = pipe_redis.as_ref().and_then(|v| num(v, &["redis_per_file", "sent"]));
     let counted = pipe_redis.as_ref().and_then(|v| num(v, &["redis_per_file", "commandstats"]));
-    let speedup = |now: &Option<Value>, before: &Option<Value>| {
-        let (now, before) = (num(now.as_ref()?, &["files_per_s"])?, num(before.as_ref()?, &["files_per_s"])?);
+    let speedup = |now: &[Value], before: &[Value]| {
+        let (now, before) = (median_of(now, files_per_s)?, median_of(before, files_per_s)?);
         (before > 0.0).then_some((now, before, now / before))
     };
     let (speedup_embedded, speedup_redis) =
-        (speedup(&pipe_embedded, &base_embedded), speedup(&pipe_redis, &base_redis));
+        (speedup(&runs_embedded, &runs_base_embedded), speedup(&runs_redis, &runs_base_redis));
     let fmt_speedup = |s: Option<(f64, f64, f64)>| {
         s.map(|(now, before, r)| format!("{now:.0} vs {before:.0} files/s ({r:.2} ×)")).unwrap_or_default()
     };
-    let scan_request_cpu = scan.as_ref().and_then(|v| num(v, &["cpu_us_per_request", "dsx-connect"]));
+    let scan_request_cpu = median(scan_runs.iter().filter_map(scan_cpu).collect());
     let targets = [
         Target {
             name: "signed `scan/auth_check` p99 < 5 ms at concurrency 32 (Redis)",
@@ -307,8 +348,8 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         },
         Target {
             name: "pipeline ≥ 2,000 files/s, 10,000 × 4 KiB (embedded store)",
-            measured: files_per_s.map(|f| format!("{f:.0} files/s")).unwrap_or_default(),
-            pass: files_per_s.map(|f| f >= 2000.0),
+            measured: embedded_files_per_s.map(|f| format!("{f:.0} files/s")).unwrap_or_default(),
+            pass: embedded_files_per_s.map(|f| f >= 2000.0),
             not_judged: pipe_files.filter(|&n| n != 10_000).map(|n| format!("{n}-file run")),
         },
         Target {
@@ -318,7 +359,7 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
                     format!(
                         "{:.0} vs {:.0} files/s ({:+.1} %)",
                         tls_files_per_s.unwrap_or(0.0),
-                        files_per_s.unwrap_or(0.0),
+                        embedded_files_per_s.unwrap_or(0.0),
                         (r - 1.0) * 100.0
                     )
                 })
@@ -328,13 +369,13 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         },
         Target {
             name: "dsx-connect CPU per file ≤ 150 µs, 10,000 × 4 KiB pipeline (embedded store)",
-            measured: cpu_with_baseline(cpu_embedded, &base_embedded).unwrap_or_default(),
+            measured: cpu_with_baseline(cpu_embedded, &runs_embedded, &runs_base_embedded).unwrap_or_default(),
             pass: cpu_embedded.map(|c| c <= 150.0),
             not_judged: pipe_files.filter(|&n| n != 10_000).map(|n| format!("{n}-file run")),
         },
         Target {
             name: "dsx-connect CPU per file ≤ 120 µs, 10,000 × 4 KiB pipeline (Redis)",
-            measured: cpu_with_baseline(cpu_redis, &base_redis).unwrap_or_default(),
+            measured: cpu_with_baseline(cpu_redis, &runs_redis, &runs_base_redis).unwrap_or_default(),
             pass: cpu_redis.map(|c| c <= 120.0),
             not_judged: None,
         },
@@ -360,7 +401,12 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         },
         Target {
             name: "`scan/request` dsx-connect CPU per request ≤ 30 µs (auth on, Redis)",
-            measured: scan_request_cpu.map(|c| format!("{c:.1} µs")).unwrap_or_default(),
+            measured: scan_request_cpu
+                .map(|c| match scan_runs.len() {
+                    n if n > 1 => format!("{c:.1} µs (median of {n} runs: {})", list_runs(&scan_runs, scan_cpu)),
+                    _ => format!("{c:.1} µs"),
+                })
+                .unwrap_or_default(),
             pass: scan_request_cpu.map(|c| c <= 30.0),
             not_judged: None,
         },
@@ -421,6 +467,26 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
             fmt_ns(r.time_ns[2]),
             r.thrpt_bps.map(|t| fmt_bps(t[1])).unwrap_or_default()
         );
+    }
+
+    if !store_turns.is_empty() {
+        s += "\n`cargo bench -p dsx-store --bench cycle`: one turn of the embedded store as the pipeline drives it \
+              (32 tasks enqueued in one request, claimed in one call, then completed with their results), \
+              timed in **CPU time of the whole process** (every thread, including the store's write and flush \
+              threads), not wall time. `turn_32_files` completes all 32 at once, so they share the write \
+              thread's transactions; `…_commit_each` completes them one after another, one redb commit each: \
+              the difference is what a commit costs on its own.\n\n";
+        s += "| benchmark | CPU per turn (low / estimate / high) | CPU per file |\n| --- | --- | --- |\n";
+        for r in &store_turns {
+            s += &format!(
+                "| `{}` | {} / **{}** / {} | {} |\n",
+                r.name,
+                fmt_ns(r.time_ns[0]),
+                fmt_ns(r.time_ns[1]),
+                fmt_ns(r.time_ns[2]),
+                fmt_ns(r.time_ns[1] / 32.0)
+            );
+        }
     }
 
     s += "\n## HTTP load (Redis store)\n\n";
@@ -497,6 +563,22 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
                     num(v, &["enqueue_done_s"]).map(|x| format!("{x:.2} s")).unwrap_or_else(|| "—".into()),
                     if v["verified"] == true { "yes" } else { "no" }
                 )
+            }
+        }
+    }
+    let repeated = [
+        ("embedded", &runs_embedded),
+        ("Redis", &runs_redis),
+        ("baseline build, embedded", &runs_base_embedded),
+        ("baseline build, Redis", &runs_base_redis),
+    ];
+    if repeated.iter().any(|(_, runs)| runs.len() > 1) {
+        s += "\nEach pipeline above ran several times, the current and the baseline build taking turns; a row \
+              shows the run with the median dsx-connect CPU per file, and the targets use the medians. Every run, \
+              in order:\n\n| store | dsx-connect CPU per file (µs) | files/s |\n| --- | --- | --- |\n";
+        for (label, runs) in repeated {
+            if !runs.is_empty() {
+                s += &format!("| {label} | {} | {} |\n", list_runs(runs, cpu_per_file), list_runs(runs, files_per_s));
             }
         }
     }
@@ -639,6 +721,35 @@ sign/small              time:   [1.0100 µs 1.0200 µs 1.0300 µs]
         assert!((r[2].time_ns[0] - 12_100.0).abs() < 1e-6);
         assert_eq!(r[3].name, "sign/small");
         assert!(r[3].thrpt_bps.is_none());
+    }
+
+    #[test]
+    fn repeated_pipelines_are_judged_by_their_medians() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = |cpu_s: f64, fps: f64| {
+            serde_json::json!({"files": 10000, "size": 4096, "elapsed_s": 4.0, "files_per_s": fps,
+                "mib_per_s": 9.0, "verified": true, "cpu_s": {"dsx_connect": cpu_s, "connector": 1.0, "cpus": 2}})
+        };
+        // CPU per file 300, 140, 200 µs: the median, 200, is judged against ≤ 150 µs.
+        for (n, (cpu, fps)) in [(3.0, 2500.0), (1.4, 3000.0), (2.0, 2000.0)].into_iter().enumerate() {
+            std::fs::write(dir.path().join(format!("pipeline-embedded.{}.json", n + 1)), run(cpu, fps).to_string())
+                .unwrap();
+        }
+        for (n, (cpu, fps)) in [(5.0, 1000.0), (6.0, 1250.0), (4.0, 1200.0)].into_iter().enumerate() {
+            std::fs::write(
+                dir.path().join(format!("baseline-pipeline-embedded.{}.json", n + 1)),
+                run(cpu, fps).to_string(),
+            )
+            .unwrap();
+        }
+        let md = render(dir.path(), false, &[]);
+        assert!(md.contains("| 200 µs, median of 3 runs (baseline build 500 µs, 0.40 ×) | MISS |"), "{md}");
+        // files/s medians: 2500 now, 1200 before.
+        assert!(md.contains("| 2500 vs 1200 files/s (2.08 ×) | PASS |"), "{md}");
+        assert!(md.contains("| 2500 files/s | PASS |"), "{md}");
+        assert!(md.contains("| embedded | 300, 140, 200 | 2500, 3000, 2000 |"), "{md}");
+        // The detail row is the run with the median CPU per file (2000 files/s).
+        assert!(md.contains("| embedded | 10000 × 4096 B | 4.00 s | **2000** |"), "{md}");
     }
 
     #[test]
