@@ -106,20 +106,35 @@ step "criterion dsx-hmac verify" criterion dsx-hmac verify criterion-verify.txt
 step "criterion dsx-filter matcher" criterion dsx-filter matcher criterion-matcher.txt
 step "criterion dsx-store cycle" criterion dsx-store cycle criterion-store.txt
 
+# ---- the baseline build ----
+# The baseline build's binaries, when asked for: built in a temporary worktree unless given.
+base_bin=""
+if [ -n "$baseline" ] && [ -n "$baseline_bin" ]; then
+  base_bin=$baseline_bin
+elif [ -n "$baseline" ]; then
+  base_tree="$work/baseline"
+  if git worktree add -q --detach "$base_tree" "$baseline" \
+     && (cd "$base_tree" && CARGO_TARGET_DIR="$work/baseline-target" cargo build --release --quiet -p dsx-connect -p filesystem-connector); then
+    base_bin="$work/baseline-target/release"
+  else failed+=("baseline build of $baseline"); fi
+  git worktree remove --force "$base_tree" 2>/dev/null || true
+fi
+
 # ---- HTTP load on Redis ----
 enroll=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 operator=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
 
-# start_server NAME AUTH(true|false): dsx-connect --role api on Redis; sets server_url/server_pid.
+# start_server NAME AUTH(true|false) [BIN_DIR]: dsx-connect --role api on Redis; sets
+# server_url/server_pid.
 start_server() {
-  local name=$1 auth=$2 port
+  local name=$1 auth=$2 dir=${3:-$bin} port
   port=$(free_port)
   env -u DSXCONNECT_ENROLLMENT_TOKEN \
     DSXCONNECT_AUTH__ENABLED="$auth" DSXCONNECT_AUTH__ENROLLMENT_TOKEN="$enroll" \
     DSXCONNECT_AUTH__ADMIN_TOKENS="$operator" DSXCONNECT_AUTH__REGISTER_RATE_PER_MINUTE=0 \
     DSXCONNECT_REDIS_URL="$redis_url" DSXCONNECT_APP_ENV="bench-$name-$$" \
     DSXCONNECT_DATA_DIR="$work/$name" DSXCONNECT_LOG_LEVEL=warn \
-    "$bin/dsx-connect" serve --listen "127.0.0.1:$port" --role api >"$work/$name.log" 2>&1 &
+    "$dir/dsx-connect" serve --listen "127.0.0.1:$port" --role api >"$work/$name.log" 2>&1 &
   server_pid=$!
   pids+=("$server_pid")
   server_url="http://127.0.0.1:$port"
@@ -144,26 +159,25 @@ if start_server auth-off false; then
 else failed+=("auth-off server"); fi
 if start_server auth-on true; then
   step "http auth-check, auth on" http "$server_url" auth-check http-auth-on.json
-  for r in $(seq 1 "$repeat"); do
-    step "http scan-request, auth on ($r/$repeat)" http "$server_url" scan-request "http-scan-request.$r.json"
-  done
   step "http register burst" http "$server_url" register http-register.json
   stop_server
 else failed+=("auth-on server"); fi
+# `scan/request` on a fresh server each time (an empty queue), taking turns with the baseline build.
+for r in $(seq 1 "$repeat"); do
+  if start_server "scan-request-$r" true; then
+    step "http scan-request, auth on ($r/$repeat)" http "$server_url" scan-request "http-scan-request.$r.json"
+    stop_server
+  else failed+=("scan-request server"); fi
+  if [ -n "$base_bin" ]; then
+    if start_server "baseline-scan-request-$r" true "$base_bin"; then
+      step "baseline $baseline http scan-request ($r/$repeat)" http "$server_url" scan-request \
+        "baseline-http-scan-request.$r.json"
+      stop_server
+    else failed+=("baseline scan-request server"); fi
+  fi
+done
 
 # ---- pipeline and large file ----
-# The baseline build's binaries, when asked for: built in a temporary worktree unless given.
-base_bin=""
-if [ -n "$baseline" ] && [ -n "$baseline_bin" ]; then
-  base_bin=$baseline_bin
-elif [ -n "$baseline" ]; then
-  base_tree="$work/baseline"
-  if git worktree add -q --detach "$base_tree" "$baseline" \
-     && (cd "$base_tree" && CARGO_TARGET_DIR="$work/baseline-target" cargo build --release --quiet -p dsx-connect -p filesystem-connector); then
-    base_bin="$work/baseline-target/release"
-  else failed+=("baseline build of $baseline"); fi
-  git worktree remove --force "$base_tree" 2>/dev/null || true
-fi
 pipeline() {
   local label=$1 file=$2; shift 2
   step "$label" "$bin/dsx-bench" pipeline --files "$files" --size 4096 --json "$results/$file" "$@"
@@ -190,7 +204,7 @@ notes=(
   "HTTP runs: concurrency $concurrency, $http_warmup warm-up + $http_duration measured each, Redis $redis_version (private, no persistence), one dsx-bench process as the load generator."
   "Criterion: \`${criterion_args[*]}\`."
   "Pipeline: $files files × 4 KiB, each store run $repeat times (\`scan/request\` too); large file: $large_mib MiB; files are written to a temp dir first, so they are read from the page cache."
-  ${baseline:+"Baseline: the pipelines were also run with binaries built from \`$baseline\` (same machine, same run), for the before/after rows."}
+  ${baseline:+"Baseline: the pipelines and \`scan/request\` were also run with binaries built from \`$baseline\` (same machine, same run), for the before/after rows."}
 )
 [ "$quick" = 1 ] && quick_flag=(--quick) || quick_flag=()
 for f in "${failed[@]}"; do notes+=("**Failed in this run:** $f (see the script's output)."); done

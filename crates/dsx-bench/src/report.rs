@@ -262,6 +262,8 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
     let scan_cpu = |v: &Value| num(v, &["cpu_us_per_request", "dsx-connect"]);
     let scan_runs = read_runs(dir, "http-scan-request");
     let scan = median_run(&scan_runs, scan_cpu);
+    let base_scan_runs = read_runs(dir, "baseline-http-scan-request");
+    let base_scan = median_run(&base_scan_runs, scan_cpu);
     let register = read_json(dir, "http-register.json");
     // Pipelines may run several times (alternating with the baseline build): the figures
     // judged are the medians, and the detail tables show the run with the median CPU per file.
@@ -402,9 +404,15 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         Target {
             name: "`scan/request` dsx-connect CPU per request ≤ 30 µs (auth on, Redis)",
             measured: scan_request_cpu
-                .map(|c| match scan_runs.len() {
-                    n if n > 1 => format!("{c:.1} µs (median of {n} runs: {})", list_runs(&scan_runs, scan_cpu)),
-                    _ => format!("{c:.1} µs"),
+                .map(|c| {
+                    let runs = match scan_runs.len() {
+                        n if n > 1 => format!(", median of {n} runs: {}", list_runs(&scan_runs, scan_cpu)),
+                        _ => String::new(),
+                    };
+                    match median(base_scan_runs.iter().filter_map(scan_cpu).collect()) {
+                        Some(b) if b > 0.0 => format!("{c:.1} µs{runs} (baseline build {b:.1} µs, {:.2} ×)", c / b),
+                        _ => format!("{c:.1} µs{runs}"),
+                    }
                 })
                 .unwrap_or_default(),
             pass: scan_request_cpu.map(|c| c <= 30.0),
@@ -500,6 +508,9 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
     s += &http_row("`scan/auth_check`, auth off (unsigned)", off.as_ref());
     s += &http_row("`scan/request` (enqueue), auth on", scan.as_ref());
     s += &http_row("`connectors/register` burst (enrollment token)", register.as_ref());
+    if base_scan.is_some() {
+        s += &http_row("baseline build: `scan/request` (enqueue), auth on", base_scan.as_ref());
+    }
     if let Some(r) = ratio {
         s += &format!("\nAuth on / auth off, `auth_check` req/s in this run: **{r:.2}**.\n");
     }
@@ -508,6 +519,7 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         ("`scan/auth_check`, auth off", &off),
         ("`scan/request`, auth on", &scan),
         ("`connectors/register`", &register),
+        ("baseline build: `scan/request`, auth on", &base_scan),
     ];
     let mut cpu_names: Vec<String> = http_runs
         .iter()
@@ -742,7 +754,17 @@ sign/small              time:   [1.0100 µs 1.0200 µs 1.0300 µs]
             )
             .unwrap();
         }
+        let scan = |cpu: f64| serde_json::json!({"concurrency": 32, "rps": 1000.0, "cpu_us_per_request": {"dsx-connect": cpu}});
+        for (n, cpu) in [40.0, 30.0, 35.0].into_iter().enumerate() {
+            std::fs::write(dir.path().join(format!("http-scan-request.{}.json", n + 1)), scan(cpu).to_string())
+                .unwrap();
+        }
+        std::fs::write(dir.path().join("baseline-http-scan-request.1.json"), scan(70.0).to_string()).unwrap();
         let md = render(dir.path(), false, &[]);
+        assert!(
+            md.contains("| 35.0 µs, median of 3 runs: 40, 30, 35 (baseline build 70.0 µs, 0.50 ×) | MISS |"),
+            "{md}"
+        );
         assert!(md.contains("| 200 µs, median of 3 runs (baseline build 500 µs, 0.40 ×) | MISS |"), "{md}");
         // files/s medians: 2500 now, 1200 before.
         assert!(md.contains("| 2500 vs 1200 files/s (2.08 ×) | PASS |"), "{md}");
