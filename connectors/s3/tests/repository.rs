@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_s3::types::{StorageClass, Tag, Tagging};
-use dsx_connector::{ActionPlan, RepoError, Repository};
+use dsx_connector::{ActionOutcome, ActionPlan, RepoError, Repository};
 use dsx_filter::Filter;
 use dsx_model::{ItemAction, ScanRequest};
 use serde_json::json;
@@ -24,6 +24,13 @@ fn request(f: &Fixture, key: &str, item: Option<&dsx_connector::Item>) -> ScanRe
 
 fn plan(action: ItemAction, target: &str) -> ActionPlan {
     ActionPlan { action, move_target: target.into(), preserve_relative_path: true }
+}
+
+/// Apply `action` to `key` as a worker does after its scan: pinned to the version the
+/// listing shows now, `target` as the quarantine.
+async fn act(f: &Fixture, key: &str, action: ItemAction, target: &str) -> Result<ActionOutcome, RepoError> {
+    let item = f.listed(key).await;
+    f.repo.item_action(&request(f, key, Some(&item)), &plan(action, target)).await
 }
 
 async fn read_all(f: &Fixture, req: &ScanRequest) -> Result<Vec<u8>, RepoError> {
@@ -140,12 +147,7 @@ async fn delete_removes_the_scanned_version_not_just_a_marker() {
 async fn move_quarantines_and_checks_the_copy() {
     let f = fixture(true, "", &[]).await;
     f.put("in/bad.com", EICAR).await;
-    let item = f.listed("in/bad.com").await;
-    let out = f
-        .repo
-        .item_action(&request(&f, "in/bad.com", Some(&item)), &plan(ItemAction::Move, "dsxconnect-quarantine"))
-        .await
-        .unwrap();
+    let out = act(&f, "in/bad.com", ItemAction::Move, "dsxconnect-quarantine").await.unwrap();
     assert_eq!(out.message, "File moved");
     assert_eq!(out.description, format!("s3://{}/dsxconnect-quarantine/in/bad.com", f.bucket));
     assert_eq!(f.get("dsxconnect-quarantine/in/bad.com").await.unwrap(), EICAR);
@@ -154,23 +156,13 @@ async fn move_quarantines_and_checks_the_copy() {
 
     // A second object of the same key never overwrites the first quarantined one.
     f.put("in/bad.com", b"another bad").await;
-    let item = f.listed("in/bad.com").await;
-    let out = f
-        .repo
-        .item_action(&request(&f, "in/bad.com", Some(&item)), &plan(ItemAction::Move, "dsxconnect-quarantine"))
-        .await
-        .unwrap();
+    let out = act(&f, "in/bad.com", ItemAction::Move, "dsxconnect-quarantine").await.unwrap();
     assert!(out.description.ends_with("dsxconnect-quarantine/in/bad.com.1"), "{}", out.description);
     assert_eq!(f.get("dsxconnect-quarantine/in/bad.com").await.unwrap(), EICAR);
 
     // A failed copy (the quarantine bucket does not exist) is an error and keeps the original.
     f.put("in/worse.com", EICAR).await;
-    let item = f.listed("in/worse.com").await;
-    let err = f
-        .repo
-        .item_action(&request(&f, "in/worse.com", Some(&item)), &plan(ItemAction::Move, "no-such-bucket-dsx/q"))
-        .await
-        .unwrap_err();
+    let err = act(&f, "in/worse.com", ItemAction::Move, "no-such-bucket-dsx/q").await.unwrap_err();
     assert!(matches!(err, RepoError::Io(_) | RepoError::NotFound(_)), "{err:?}");
     assert_eq!(f.get("in/worse.com").await.unwrap(), EICAR, "not moved, still in place");
 }
@@ -206,12 +198,7 @@ async fn tag_merges_with_the_owners_tags() {
 async fn movetag_then_release_restores_the_object_tagged_released() {
     let f = fixture(false, "", &[]).await;
     f.put("in/bad.com", EICAR).await;
-    let item = f.listed("in/bad.com").await;
-    let out = f
-        .repo
-        .item_action(&request(&f, "in/bad.com", Some(&item)), &plan(ItemAction::MoveTag, "dsxconnect-quarantine"))
-        .await
-        .unwrap();
+    let out = act(&f, "in/bad.com", ItemAction::MoveTag, "dsxconnect-quarantine").await.unwrap();
     assert_eq!(out.message, "File moved and tagged");
     assert!(f.get("in/bad.com").await.is_none());
     assert_eq!(f.tags("dsxconnect-quarantine/in/bad.com").await.get("Verdict").map(String::as_str), Some("Malicious"));
@@ -229,23 +216,13 @@ async fn movetag_then_release_restores_the_object_tagged_released() {
     assert!(tags.contains_key("dsx-released-at"));
 
     // The released object is not quarantined again by a later scan's action.
-    let item = f.listed("in/bad.com").await;
-    let again = f
-        .repo
-        .item_action(&request(&f, "in/bad.com", Some(&item)), &plan(ItemAction::Move, "dsxconnect-quarantine"))
-        .await
-        .unwrap();
+    let again = act(&f, "in/bad.com", ItemAction::Move, "dsxconnect-quarantine").await.unwrap();
     assert!(again.message.contains("Released"), "{}", again.message);
     assert_eq!(f.get("in/bad.com").await.unwrap(), EICAR);
 
     // A release never overwrites an object that is back at the original key.
     f.put("in/x.com", EICAR).await;
-    let item = f.listed("in/x.com").await;
-    let moved = f
-        .repo
-        .item_action(&request(&f, "in/x.com", Some(&item)), &plan(ItemAction::Move, "dsxconnect-quarantine"))
-        .await
-        .unwrap();
+    let moved = act(&f, "in/x.com", ItemAction::Move, "dsxconnect-quarantine").await.unwrap();
     f.put("in/x.com", b"new upload").await;
     let err = f.repo.release(&moved.description).await.unwrap_err();
     assert!(matches!(err, RepoError::Invalid(_)), "{err:?}");

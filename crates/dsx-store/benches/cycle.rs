@@ -25,7 +25,7 @@ fn process_cpu() -> Duration {
 fn result_json(task_id: &str, job_id: &str) -> String {
     // About the size of a worker's result document for a benign 4 KiB file.
     format!(
-        r#"{{"scan_request_task_id":"{task_id}","job_id":"{job_id}","metadata_tag":null,"scan_request":{{"location":"/asset/sub/file-000123.bin","metainfo":"file-000123.bin","connector_url":"http://127.0.0.1:8590","size_in_bytes":4096}},"status":"scanned","verdict":{{"scan_guid":"0f6c1a5e2b9d4c7a8e3f1b2d5c6a7e8f","verdict":"Benign","verdict_details":{{"event_description":"File identified as benign"}},"file_info":{{"file_type":"Unknown","file_size_in_bytes":4096,"file_hash":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}},"scan_duration_in_microseconds":12}},"item_action":{{"status":"nothing","message":"no action configured"}},"timings":{{"queue_wait_us":1500,"claim_to_result_us":900,"read_scan_us":850}}}}"#
+        r#"{{"scan_request_task_id":"{task_id}","scan_job_id":"{job_id}","metadata_tag":null,"scan_request":{{"location":"/asset/sub/file-000123.bin","metainfo":"file-000123.bin","connector_url":"http://127.0.0.1:8590","size_in_bytes":4096}},"status":"scanned","verdict":{{"scan_guid":"0f6c1a5e2b9d4c7a8e3f1b2d5c6a7e8f","verdict":"Benign","verdict_details":{{"event_description":"File identified as benign"}},"file_info":{{"file_type":"Unknown","file_size_in_bytes":4096,"file_hash":"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"}},"scan_duration_in_microseconds":12}},"item_action":{{"status":"nothing","message":"no action configured"}},"timings":{{"queue_wait_us":1500,"claim_to_result_us":900,"read_scan_us":850}}}}"#
     )
 }
 
