@@ -185,6 +185,8 @@ pipeline() {
 # Current and baseline builds take turns, so a slow minute of the host hits both alike.
 for r in $(seq 1 "$repeat"); do
   pipeline "pipeline $files files, embedded ($r/$repeat)" "pipeline-embedded.$r.json" --store embedded
+  pipeline "pipeline $files files, embedded, HTTPS ($r/$repeat)" "pipeline-embedded-tls.$r.json" \
+    --store embedded --tls
   if [ -n "$base_bin" ]; then
     pipeline "baseline $baseline pipeline, embedded ($r/$repeat)" "baseline-pipeline-embedded.$r.json" \
       --store embedded --bin-dir "$base_bin"
@@ -196,14 +198,13 @@ for r in $(seq 1 "$repeat"); do
       --store redis --redis-url "$redis_url" --watch-pid "redis=$redis_pid" --bin-dir "$base_bin"
   fi
 done
-pipeline "pipeline $files files, embedded, HTTPS" pipeline-embedded-tls.json --store embedded --tls
 step "large file $large_mib MiB" "$bin/dsx-bench" large-file --size-mib "$large_mib" --json "$results/large-file.json"
 
 # ---- the document ----
 notes=(
   "HTTP runs: concurrency $concurrency, $http_warmup warm-up + $http_duration measured each, Redis $redis_version (private, no persistence), one dsx-bench process as the load generator."
   "Criterion: \`${criterion_args[*]}\`."
-  "Pipeline: $files files × 4 KiB, each store run $repeat times (\`scan/request\` too); large file: $large_mib MiB; files are written to a temp dir first, so they are read from the page cache."
+  "Pipeline: $files files × 4 KiB, each store (and HTTPS) run $repeat times, as is \`scan/request\`; large file: $large_mib MiB; files are written to a temp dir first, so they are read from the page cache."
   ${baseline:+"Baseline: the pipelines and \`scan/request\` were also run with binaries built from \`$baseline\` (same machine, same run), for the before/after rows."}
 )
 [ "$quick" = 1 ] && quick_flag=(--quick) || quick_flag=()
