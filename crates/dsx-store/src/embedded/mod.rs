@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use dsx_model::{Connector, StoredResult};
 use redb::{
-    Database, Durability, ReadableTable, ReadableTableMetadata, StorageError, Table, TableDefinition, TableHandle,
-    TransactionError, WriteTransaction,
+    Database, Durability, ReadableDatabase, ReadableTable, ReadableTableMetadata, StorageError, Table, TableDefinition,
+    TableHandle, TransactionError, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
@@ -29,6 +29,7 @@ mod limits;
 mod queue;
 mod registry;
 mod results;
+mod upgrade;
 
 // Expiring values are (expires at in unix ms, 0 = never; payload).
 const PRESENCE: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("presence");
@@ -445,7 +446,15 @@ fn release_dead_leases(db: &Database) -> StoreResult<()> {
 
 /// Open (or create) the file and every table, so readers never meet a missing one.
 fn open_database(path: &Path) -> StoreResult<Database> {
-    let db = Database::create(path).map_err(|e| match e {
+    let db = match Database::create(path) {
+        // Written by an earlier release: upgraded once, then opened as usual.
+        Err(redb::DatabaseError::UpgradeRequired(_)) => {
+            upgrade::upgrade_v2_file(path)?;
+            Database::create(path)
+        }
+        other => other,
+    };
+    let db = db.map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => unavailable(format!(
             "data dir in use: {} is already open in this or another dsx-connect process",
             path.display()
@@ -617,7 +626,7 @@ impl Inner {
             // answering an error; contained here, it is a fault like the error itself.
             let attempt = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let mut txn = db.begin_write().map_err(unavailable)?;
-                txn.set_durability(Durability::None);
+                txn.set_durability(Durability::None).map_err(unavailable)?;
                 let out = f(&txn)?;
                 self.maybe_sweep(&txn)?;
                 txn.commit().map_err(unavailable)?;
