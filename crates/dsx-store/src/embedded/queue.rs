@@ -31,31 +31,36 @@ impl ScanQueue for EmbeddedStore {
                         }
                     }
                     let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                    // Check every job first: the batch is queued whole or not at all.
+                    // Every job the batch names, read once (a batch is usually one job), checked
+                    // before anything is written: the batch is queued whole or not at all.
+                    let now = now_secs();
+                    let mut touched: Vec<Job> = Vec::new();
                     for task in &tasks {
-                        let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                        if let Some(bytes) = existing {
-                            let job: Job = serde_json::from_slice(&bytes).map_err(corrupt)?;
-                            if let Err(refusal) = job_takes(&job, task.connector_uuid) {
-                                return Ok(Err(refusal));
-                            }
+                        if touched.iter().any(|job| job.job_id == task.job_id) {
+                            continue;
                         }
+                        let job = match jobs.get(task.job_id.as_str()).map_err(unavailable)? {
+                            Some(raw) => serde_json::from_slice::<Job>(raw.value()).map_err(corrupt)?,
+                            None => new_job(&task.job_id, task.connector_uuid, now),
+                        };
+                        if let Err(refusal) = job_takes(&job, task.connector_uuid) {
+                            return Ok(Err(refusal));
+                        }
+                        touched.push(job);
                     }
                     let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
                     let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                    let now = now_secs();
                     for (seq, task) in (first..).zip(&tasks) {
                         let payload = serde_json::to_vec(task).map_err(corrupt)?;
                         queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
-                        let existing = jobs.get(task.job_id.as_str()).map_err(unavailable)?.map(|g| g.value().to_vec());
-                        let mut job = match existing {
-                            Some(bytes) => serde_json::from_slice::<Job>(&bytes).map_err(corrupt)?,
-                            None => new_job(&task.job_id, task.connector_uuid, now),
-                        };
-                        job.enqueued_count += 1;
+                        if let Some(job) = touched.iter_mut().find(|job| job.job_id == task.job_id) {
+                            job.enqueued_count += 1;
+                        }
+                    }
+                    for job in &mut touched {
                         job.updated_at = now;
-                        let bytes = serde_json::to_vec(&job).map_err(corrupt)?;
-                        jobs.insert(task.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+                        let bytes = serde_json::to_vec(&*job).map_err(corrupt)?;
+                        jobs.insert(job.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
                     }
                     // Remembered only with the tasks: a refused batch may be sent again.
                     if let Some(key) = &intake_key {
