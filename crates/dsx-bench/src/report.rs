@@ -294,7 +294,7 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         _ => None,
     };
     let p99 = median(on_runs.iter().filter_map(p99_of).collect());
-    // "…, median of 3 runs: a, b, c" when there was more than one.
+    // "…, median of 3 runs: a, b, c" when there was more than one (`auth_check`, `scan/request`).
     let over_runs = |runs: &[Value], key: &dyn Fn(&Value) -> Option<f64>, fmt: fn(f64) -> String| {
         if runs.len() < 2 {
             return String::new();
@@ -426,10 +426,7 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
             name: "`scan/request` dsx-connect CPU per request ≤ 30 µs (auth on, Redis)",
             measured: scan_request_cpu
                 .map(|c| {
-                    let runs = match scan_runs.len() {
-                        n if n > 1 => format!(", median of {n} runs: {}", list_runs(&scan_runs, scan_cpu)),
-                        _ => String::new(),
-                    };
+                    let runs = over_runs(&scan_runs, &scan_cpu, |x| format!("{x:.0}"));
                     match median(base_scan_runs.iter().filter_map(scan_cpu).collect()) {
                         Some(b) if b > 0.0 => format!("{c:.1} µs{runs} (baseline build {b:.1} µs, {:.2} ×)", c / b),
                         _ => format!("{c:.1} µs{runs}"),
