@@ -81,7 +81,9 @@ echo "==> cargo test"
 # --all-targets also runs each criterion benchmark once as a smoke test.
 log="$redis_dir/test.log"
 set +e
-cargo test --workspace --all-targets 2>&1 | tee "$log"
+# --workspace --all-targets builds every binary before the first test runs, with the features
+# the tests resolved: tests use those (dsx_testkit::workspace_bin) instead of building them again.
+DSX_TEST_WORKSPACE_BINS_BUILT=1 cargo test --workspace --all-targets 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
 set -e
 # One closing line with the totals of every test binary.

@@ -27,6 +27,12 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
 }
 
+/// Set by `scripts/test.sh`: the running `cargo test --workspace --all-targets` built every
+/// binary of the workspace before the first test started, with the features the tests
+/// resolved. A `cargo build --bin` here would resolve features without dev-dependencies and
+/// rebuild half the dependency tree (aws-sdk-s3 included) a second time.
+pub const BINS_BUILT_ENV: &str = "DSX_TEST_WORKSPACE_BINS_BUILT";
+
 /// Path of a binary of this workspace, built once per test process so it is never stale.
 /// Tests of one package use it to start another package's binary (cargo only provides
 /// `CARGO_BIN_EXE_*` for their own); the server's own tests start `dsx-connect` this way
@@ -38,7 +44,8 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let dir = exe.parent().and_then(|deps| deps.parent()).expect("target profile dir");
     let path = dir.join(name);
     let mut built = BUILT.lock().unwrap_or_else(|p| p.into_inner());
-    if !built.iter().any(|b| b == name) {
+    let prebuilt = std::env::var_os(BINS_BUILT_ENV).is_some_and(|v| v == "1") && path.exists();
+    if !prebuilt && !built.iter().any(|b| b == name) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut args = vec!["build", "--quiet", "--workspace", "--bin", name];
         if dir.file_name().is_some_and(|p| p == "release") {
