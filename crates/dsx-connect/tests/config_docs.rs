@@ -1,5 +1,7 @@
-//! Every configuration variable named in the docs is read by the code, and every variable the
-//! code reads is documented in docs/configuration.md.
+//! The docs and the code agree: every configuration variable named in the docs is read by the
+//! code, every variable the code reads is documented in docs/configuration.md, and every
+//! reference to a doc section (a code comment's `docs/x.md, "Section"`, a Markdown link's
+//! `x.md#anchor`) leads to a section that exists.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -124,4 +126,159 @@ fn docs_and_code_name_the_same_variables() {
 fn the_scanner_finds_names_and_skips_prefixes() {
     let found = names("set `DSXCONNECT_AUTH__ENABLED=true`, see DSXCONNECT_AUTH__* and XDSXCONNECT_NO");
     assert_eq!(found.into_iter().collect::<Vec<_>>(), vec!["DSXCONNECT_AUTH__ENABLED".to_owned()]);
+}
+
+/// GitHub's anchor for a heading: lower case, punctuation dropped, spaces as hyphens.
+fn slug(heading: &str) -> String {
+    heading
+        .to_lowercase()
+        .chars()
+        .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+        .map(|c| if c == ' ' { '-' } else { c })
+        .collect()
+}
+
+/// A heading as rendered: code marks dropped, links reduced to their text.
+fn rendered(heading: &str) -> String {
+    let mut out = String::new();
+    let mut rest = heading;
+    while let Some(open) = rest.find('[') {
+        let Some((text, after)) = rest[open + 1..].split_once("](") else { break };
+        let Some(close) = after.find(')') else { break };
+        out.push_str(&rest[..open]);
+        out.push_str(text);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    out.replace('`', "")
+}
+
+/// A doc's section titles: its headings, and the bold lead-ins of its bullets (`- **Nulls.**`).
+fn sections(doc: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in doc.lines() {
+        let line = line.trim_start();
+        if line.starts_with('#') {
+            out.push(rendered(line.trim_start_matches('#').trim()));
+        } else if let Some(rest) = line.strip_prefix("- **") {
+            if let Some(end) = rest.find("**") {
+                out.push(rest[..end].trim_end_matches(['.', ':']).to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Every `docs/<name>.md` a text names, with the quoted section that follows (`, "Section"`).
+fn cited_sections(text: &str) -> Vec<(String, Option<String>)> {
+    let mut out = Vec::new();
+    for (i, _) in text.match_indices("docs/") {
+        let rest = &text[i + "docs/".len()..];
+        let name_len = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_')).unwrap_or(rest.len());
+        let Some(after) = rest[name_len..].strip_prefix(".md") else { continue };
+        let after = after.strip_prefix('`').unwrap_or(after);
+        // A section name may run onto the next comment line.
+        let section = after
+            .strip_prefix(", \"")
+            .and_then(|s| s.find('"').map(|end| &s[..end]))
+            .map(|s| s.split_whitespace().filter(|w| !w.starts_with("//")).collect::<Vec<_>>().join(" "));
+        out.push((format!("{}.md", &rest[..name_len]), section));
+    }
+    out
+}
+
+/// Markdown links to a section: `(x.md#anchor)`, `(docs/x.md#anchor)`, `(#anchor)`.
+fn linked_anchors(text: &str) -> Vec<(Option<String>, String)> {
+    let mut out = Vec::new();
+    for piece in text.split("](").skip(1) {
+        let Some(target) = piece.split(')').next() else { continue };
+        if target.contains("://") {
+            continue;
+        }
+        if let Some((file, anchor)) = target.split_once('#') {
+            let file = (!file.is_empty()).then(|| file.rsplit('/').next().unwrap_or(file).to_owned());
+            out.push((file, anchor.to_owned()));
+        }
+    }
+    out
+}
+
+#[test]
+fn every_cited_doc_section_exists() {
+    let docs_dir = repo().join("docs");
+    let mut sources = vec![repo().join("README.md")];
+    for (dir, ext) in
+        [("crates", ".rs"), ("connectors", ".rs"), ("docs", ".md"), ("scripts", ".sh"), ("deploy", ".yaml")]
+    {
+        let root = repo().join(dir);
+        if root.exists() {
+            files(&root, ext, &mut sources);
+        }
+    }
+    let mut checked = 0;
+    let mut broken = Vec::new();
+    for path in &sources {
+        let text = std::fs::read_to_string(path).unwrap();
+        let here = path.display().to_string();
+        for (doc, section) in cited_sections(&text) {
+            let Ok(doc_text) = std::fs::read_to_string(docs_dir.join(&doc)) else {
+                broken.push(format!("{here}: docs/{doc} does not exist"));
+                continue;
+            };
+            if let Some(section) = section {
+                checked += 1;
+                if !sections(&doc_text).iter().any(|s| s.contains(&section)) {
+                    broken.push(format!("{here}: docs/{doc} has no section \"{section}\""));
+                }
+            }
+        }
+        if path.extension().is_some_and(|e| e == "md") {
+            for (file, anchor) in linked_anchors(&text) {
+                let target = match &file {
+                    Some(name) if path.starts_with(&docs_dir) || name != "README.md" => docs_dir.join(name),
+                    Some(_) => repo().join("README.md"),
+                    None => path.clone(),
+                };
+                let Ok(target_text) = std::fs::read_to_string(&target) else {
+                    broken.push(format!("{here}: link to {} (#{anchor}), which does not exist", target.display()));
+                    continue;
+                };
+                checked += 1;
+                if !sections(&target_text).iter().any(|s| slug(s) == anchor) {
+                    broken.push(format!("{here}: link to {}#{anchor}, which has no such heading", target.display()));
+                }
+            }
+        }
+    }
+    assert!(checked > 30, "suspiciously few section references found: {checked}");
+    assert!(broken.is_empty(), "references to doc sections that do not exist:\n{}", broken.join("\n"));
+}
+
+#[test]
+fn section_references_are_read_as_written() {
+    let text = r#"see docs/wire-protocol.md, "Redis layout" and `docs/operations.md`, "Backups"; docs/a.md."#;
+    assert_eq!(
+        cited_sections(text),
+        vec![
+            ("wire-protocol.md".to_owned(), Some("Redis layout".to_owned())),
+            ("operations.md".to_owned(), Some("Backups".to_owned())),
+            ("a.md".to_owned(), None),
+        ]
+    );
+    assert_eq!(slug("A full disk, and the file's size"), "a-full-disk-and-the-files-size");
+    assert_eq!(slug("Connectors (details in connectors.md)"), "connectors-details-in-connectorsmd");
+    assert_eq!(
+        linked_anchors("[x](pipeline.md#jobs) [y](#tls) [z](https://e.org/#a)"),
+        vec![(Some("pipeline.md".to_owned()), "jobs".to_owned()), (None, "tls".to_owned())]
+    );
+    assert_eq!(
+        cited_sections("(docs/wire-protocol.md, \"Connector\n    /// routes\")"),
+        vec![("wire-protocol.md".to_owned(), Some("Connector routes".to_owned()))]
+    );
+    assert_eq!(
+        sections(
+            "# Title\n- **Nulls.** text\n## `Code` here\n## Connectors (details in [connectors.md](connectors.md))"
+        ),
+        vec!["Title", "Nulls", "Code here", "Connectors (details in connectors.md)"]
+    );
 }

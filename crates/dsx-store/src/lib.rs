@@ -151,7 +151,7 @@ pub enum JobStatus {
     Completed,
 }
 
-/// A scan job's counters (`dsxconnect:job:<id>` in Redis).
+/// A scan job's counters (`<env>:dsx-connect:job:<id>` in Redis).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Job {
     pub job_id: String,

@@ -1,6 +1,6 @@
 //! Every Redis key name dsx-connect uses, in one place. All live under
 //! `<DSXCONNECT_APP_ENV>:dsx-connect:`, so two environments sharing one Redis never see each
-//! other's connectors, queue, jobs, results or state (docs/operations.md, "Redis keys").
+//! other's connectors, queue, jobs, results or state (docs/wire-protocol.md, "Redis layout").
 
 use uuid::Uuid;
 
