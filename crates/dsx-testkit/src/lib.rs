@@ -27,10 +27,11 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}{:08x}", rand::random::<u32>())
 }
 
-/// Set by `scripts/test.sh`: the running `cargo test --workspace --all-targets` built every
-/// binary of the workspace before the first test started, with the features the tests
-/// resolved. A `cargo build --bin` here would resolve features without dev-dependencies and
-/// rebuild half the dependency tree (aws-sdk-s3 included) a second time.
+/// Set by `scripts/test.sh`: the running `cargo test --workspace --all-targets` built the
+/// binaries before the first test started, with the features the tests resolved (cargo
+/// builds a package's binaries for its integration tests, and every package whose binary
+/// tests start has some). A `cargo build --bin` here would resolve features without
+/// dev-dependencies and build half the dependency tree (aws-sdk-s3 included) a second time.
 pub const BINS_BUILT_ENV: &str = "DSX_TEST_WORKSPACE_BINS_BUILT";
 
 /// Path of a binary of this workspace, built once per test process so it is never stale.
