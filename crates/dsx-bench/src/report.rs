@@ -156,8 +156,12 @@ fn files_per_s(v: &Value) -> Option<f64> {
 }
 
 /// `a, b, c` of one figure over the runs, in run order.
-fn list_runs(runs: &[Value], key: impl Fn(&Value) -> Option<f64>) -> String {
-    runs.iter().filter_map(key).map(|x| format!("{x:.0}")).collect::<Vec<_>>().join(", ")
+fn list_runs(runs: &[Value], key: impl Fn(&Value) -> Option<f64>, fmt: fn(f64) -> String) -> String {
+    runs.iter().filter_map(key).map(fmt).collect::<Vec<_>>().join(", ")
+}
+
+fn whole(x: f64) -> String {
+    format!("{x:.0}")
 }
 
 fn run_text(cmd: &str, args: &[&str]) -> Option<String> {
@@ -299,8 +303,7 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
         if runs.len() < 2 {
             return String::new();
         }
-        let each: Vec<String> = runs.iter().filter_map(key).map(fmt).collect();
-        format!(", median of {} runs: {}", runs.len(), each.join(", "))
+        format!(", median of {} runs: {}", runs.len(), list_runs(runs, key, fmt))
     };
     let median_of = |runs: &[Value], key: fn(&Value) -> Option<f64>| median(runs.iter().filter_map(key).collect());
     let embedded_files_per_s = median_of(&runs_embedded, files_per_s);
@@ -426,7 +429,7 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
             name: "`scan/request` dsx-connect CPU per request ≤ 30 µs (auth on, Redis)",
             measured: scan_request_cpu
                 .map(|c| {
-                    let runs = over_runs(&scan_runs, &scan_cpu, |x| format!("{x:.0}"));
+                    let runs = over_runs(&scan_runs, &scan_cpu, whole);
                     match median(base_scan_runs.iter().filter_map(scan_cpu).collect()) {
                         Some(b) if b > 0.0 => format!("{c:.1} µs{runs} (baseline build {b:.1} µs, {:.2} ×)", c / b),
                         _ => format!("{c:.1} µs{runs}"),
@@ -609,7 +612,11 @@ pub fn render(dir: &Path, quick: bool, notes: &[String]) -> String {
               in order:\n\n| store | dsx-connect CPU per file (µs) | files/s |\n| --- | --- | --- |\n";
         for (label, runs) in repeated {
             if !runs.is_empty() {
-                s += &format!("| {label} | {} | {} |\n", list_runs(runs, cpu_per_file), list_runs(runs, files_per_s));
+                s += &format!(
+                    "| {label} | {} | {} |\n",
+                    list_runs(runs, cpu_per_file, whole),
+                    list_runs(runs, files_per_s, whole)
+                );
             }
         }
     }

@@ -13,10 +13,11 @@ use redb2::{ReadableTable as _, TableHandle as _};
 
 use super::*;
 
-/// Copy one table (if the old file has it) under the same name and types. The types are
-/// written once, for the destination's definition; a mismatch with it does not compile.
+/// Copy one table (if the old file has it) under the same name and types, counting its rows.
+/// The types are written once, for the destination's definition; a mismatch with it does not
+/// compile.
 macro_rules! copy_table {
-    ($src:expr, $dst:expr, $copied:expr, $def:expr, $k:ty, $v:ty) => {{
+    ($src:expr, $dst:expr, $copied:expr, $rows:expr, $def:expr, $k:ty, $v:ty) => {{
         let name = $def.name();
         $copied.push(name);
         match $src.open_table(redb2::TableDefinition::<$k, $v>::new(name)) {
@@ -25,6 +26,7 @@ macro_rules! copy_table {
                 for row in from.iter().map_err(old_file)? {
                     let (key, value) = row.map_err(old_file)?;
                     to.insert(key.value(), value.value()).map_err(unavailable)?;
+                    $rows += 1;
                 }
             }
             Err(redb2::TableError::TableDoesNotExist(_)) => {}
@@ -62,8 +64,7 @@ pub(super) fn upgrade_v2_file(path: &Path) -> StoreResult<()> {
             Database::create(&new_path).map_err(|e| unavailable(format!("create {}: {e}", new_path.display())))?;
         let mut dst = new.begin_write().map_err(unavailable)?;
         dst.set_durability(Durability::Immediate).map_err(unavailable)?;
-        copy_all(&src, &dst)?;
-        let rows = count_rows(&src)?;
+        let rows = copy_all(&src, &dst)?;
         dst.commit().map_err(unavailable)?;
         Ok(rows)
     })();
@@ -89,30 +90,31 @@ pub(super) fn upgrade_v2_file(path: &Path) -> StoreResult<()> {
 }
 
 /// Every table this store has ever written; refuses a table it does not know rather than
-/// dropping it.
-fn copy_all(src: &redb2::ReadTransaction, dst: &WriteTransaction) -> StoreResult<()> {
+/// dropping it. Returns how many rows were copied.
+fn copy_all(src: &redb2::ReadTransaction, dst: &WriteTransaction) -> StoreResult<u64> {
     let mut copied: Vec<&str> = Vec::new();
-    copy_table!(src, dst, copied, PRESENCE, &str, (u64, &[u8]));
-    copy_table!(src, dst, copied, CREDENTIALS, &str, &[u8]);
-    copy_table!(src, dst, copied, KEY_IDS, &str, (u64, &[u8]));
-    copy_table!(src, dst, copied, REGISTRATIONS, &str, &[u8]);
-    copy_table!(src, dst, copied, NONCES, (&str, &str), u64);
-    copy_table!(src, dst, copied, STATE, (&str, &str, &str), &str);
-    copy_table!(src, dst, copied, SCAN_QUEUE, u64, &[u8]);
-    copy_table!(src, dst, copied, JOBS, &str, &[u8]);
-    copy_table!(src, dst, copied, QUEUE_STATE, u64, (u64, u64, u64));
-    copy_table!(src, dst, copied, DEAD_LETTERS, u64, &[u8]);
-    copy_table!(src, dst, copied, RESULT_ROWS, u64, &[u8]);
-    copy_table!(src, dst, copied, RESULT_SEQ_BY_TASK, &str, u64);
-    copy_table!(src, dst, copied, JOB_RESULTS, (&str, u64), &str);
-    copy_table!(src, dst, copied, RECENT_RESULTS, u64, &str);
-    copy_table!(src, dst, copied, OLD_RESULTS, u64, &[u8]);
-    copy_table!(src, dst, copied, OLD_RESULT_BY_TASK, &str, &[u8]);
-    copy_table!(src, dst, copied, OLD_RESULTS_BY_JOB, (&str, u64), &[u8]);
-    copy_table!(src, dst, copied, STATS, &str, u64);
-    copy_table!(src, dst, copied, JOBLESS_RESULTS, &str, u64);
-    copy_table!(src, dst, copied, INTAKE_KEYS, &str, u64);
-    copy_table!(src, dst, copied, RATE, &str, (u64, u64));
+    let mut rows = 0u64;
+    copy_table!(src, dst, copied, rows, PRESENCE, &str, (u64, &[u8]));
+    copy_table!(src, dst, copied, rows, CREDENTIALS, &str, &[u8]);
+    copy_table!(src, dst, copied, rows, KEY_IDS, &str, (u64, &[u8]));
+    copy_table!(src, dst, copied, rows, REGISTRATIONS, &str, &[u8]);
+    copy_table!(src, dst, copied, rows, NONCES, (&str, &str), u64);
+    copy_table!(src, dst, copied, rows, STATE, (&str, &str, &str), &str);
+    copy_table!(src, dst, copied, rows, SCAN_QUEUE, u64, &[u8]);
+    copy_table!(src, dst, copied, rows, JOBS, &str, &[u8]);
+    copy_table!(src, dst, copied, rows, QUEUE_STATE, u64, (u64, u64, u64));
+    copy_table!(src, dst, copied, rows, DEAD_LETTERS, u64, &[u8]);
+    copy_table!(src, dst, copied, rows, RESULT_ROWS, u64, &[u8]);
+    copy_table!(src, dst, copied, rows, RESULT_SEQ_BY_TASK, &str, u64);
+    copy_table!(src, dst, copied, rows, JOB_RESULTS, (&str, u64), &str);
+    copy_table!(src, dst, copied, rows, RECENT_RESULTS, u64, &str);
+    copy_table!(src, dst, copied, rows, OLD_RESULTS, u64, &[u8]);
+    copy_table!(src, dst, copied, rows, OLD_RESULT_BY_TASK, &str, &[u8]);
+    copy_table!(src, dst, copied, rows, OLD_RESULTS_BY_JOB, (&str, u64), &[u8]);
+    copy_table!(src, dst, copied, rows, STATS, &str, u64);
+    copy_table!(src, dst, copied, rows, JOBLESS_RESULTS, &str, u64);
+    copy_table!(src, dst, copied, rows, INTAKE_KEYS, &str, u64);
+    copy_table!(src, dst, copied, rows, RATE, &str, (u64, u64));
     for table in src.list_tables().map_err(old_file)? {
         if !copied.contains(&table.name()) {
             return Err(unavailable(format!(
@@ -120,16 +122,6 @@ fn copy_all(src: &redb2::ReadTransaction, dst: &WriteTransaction) -> StoreResult
                 table.name()
             )));
         }
-    }
-    Ok(())
-}
-
-/// Rows in the old file, for the log line.
-fn count_rows(src: &redb2::ReadTransaction) -> StoreResult<u64> {
-    let mut rows = 0;
-    for table in src.list_tables().map_err(old_file)? {
-        let untyped = src.open_untyped_table(table).map_err(old_file)?;
-        rows += redb2::ReadableTableMetadata::len(&untyped).map_err(old_file)?;
     }
     Ok(rows)
 }
