@@ -11,6 +11,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use dsx_hmac::{parse_authorization, replay_ttl, unix_now, verify_parsed, AuthError, RequestParts, SigningKey};
+use dsx_store::OwnedNonce;
 use http_body_util::BodyExt;
 use secrecy::ExposeSecret;
 use uuid::Uuid;
@@ -57,30 +58,15 @@ pub enum Access {
     ConnectorIntake,
 }
 
-/// A verified request's nonce whose replay-cache entry is not written yet (see
-/// [`Access::ConnectorIntake`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UnrecordedNonce {
-    pub key_id: String,
-    pub nonce: String,
-    pub ttl: std::time::Duration,
-}
-
-impl UnrecordedNonce {
-    pub fn as_store(&self) -> dsx_store::Nonce<'_> {
-        dsx_store::Nonce { key_id: &self.key_id, nonce: &self.nonce, ttl: self.ttl }
-    }
-}
-
 /// The nonce of an [`Access::ConnectorIntake`] request, in its extensions: the handler takes
 /// it for the store step that records it; the guard records whatever is left after the
 /// handler answered.
 #[derive(Clone, Debug)]
-pub struct PendingNonce(Arc<Mutex<Option<UnrecordedNonce>>>);
+pub struct PendingNonce(Arc<Mutex<Option<OwnedNonce>>>);
 
 impl PendingNonce {
     /// For the store step that records it.
-    pub fn take(&self) -> Option<UnrecordedNonce> {
+    pub fn take(&self) -> Option<OwnedNonce> {
         self.0.lock().expect("pending nonce lock").take()
     }
 
@@ -184,7 +170,7 @@ impl crate::state::AppState {
         headers: &HeaderMap,
         body: &[u8],
         recording: NonceRecording,
-    ) -> Result<(Caller, Option<UnrecordedNonce>), ApiError> {
+    ) -> Result<(Caller, Option<OwnedNonce>), ApiError> {
         let outcome = self.verify_hmac_inner(method, raw_paq, headers, body, recording).await;
         if let Err(ApiError::Hmac(code)) = &outcome {
             self.metrics.auth_failure(code.code());
@@ -209,7 +195,7 @@ impl crate::state::AppState {
         headers: &HeaderMap,
         body: &[u8],
         recording: NonceRecording,
-    ) -> Result<(Caller, Option<UnrecordedNonce>), ApiError> {
+    ) -> Result<(Caller, Option<OwnedNonce>), ApiError> {
         let value = match single(headers, header::AUTHORIZATION).map_err(|()| AuthError::MalformedHmac)? {
             None => None,
             // Non-visible-ASCII bytes: a DSX-HMAC header that no honest signer produces.
@@ -245,7 +231,7 @@ impl crate::state::AppState {
                 }
                 None
             }
-            NonceRecording::Deferred => Some(UnrecordedNonce {
+            NonceRecording::Deferred => Some(OwnedNonce {
                 key_id: verified.key_id.to_owned(),
                 nonce: verified.nonce.to_owned(),
                 ttl: replay_ttl(skew),
@@ -293,7 +279,7 @@ impl crate::state::AppState {
         body: &[u8],
         peer: Option<SocketAddr>,
         recording: NonceRecording,
-    ) -> Result<(Caller, Option<UnrecordedNonce>), ApiError> {
+    ) -> Result<(Caller, Option<OwnedNonce>), ApiError> {
         if !self.settings.auth.enabled {
             return Ok((Caller::Open, None));
         }

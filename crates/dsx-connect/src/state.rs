@@ -13,6 +13,8 @@ pub type SharedState = Arc<AppState>;
 pub struct AppState {
     pub settings: Settings,
     pub store: Arc<dyn Store>,
+    /// Scan intake, committing concurrent requests together (docs/pipeline.md, "Intake").
+    pub intake: dsx_store::GroupCommit,
     pub enrollment: Arc<LiveTokens>,
     pub operators: Arc<LiveTokens>,
     /// Signed calls to connectors (URL and key from the registry).

@@ -140,6 +140,59 @@ async fn intake_routes_refuse_replays_on_every_path() {
     }
 }
 
+/// Concurrent intake requests are committed together (docs/pipeline.md, "Intake"); each still
+/// gets its own answer: copies of one signed request sent at once are queued once and the
+/// rest refused as replays, while distinct requests sent alongside are all queued.
+#[tokio::test]
+async fn concurrent_intake_requests_are_answered_one_by_one() {
+    for backend in [Backend::Embedded, Backend::Redis] {
+        let server = std::sync::Arc::new(Server::start(backend, &[]));
+        let keys = server.enroll().await;
+        let path = format!("{PREFIX}/scan/request");
+        let job = Uuid::new_v4().to_string();
+        let body = |n: u32| {
+            serde_json::to_vec(&json!({"location": format!("/c{n}"), "metainfo": "m", "scan_job_id": job})).unwrap()
+        };
+        let copied = body(0);
+        let copied_auth = keys.sign("POST", &path, unix_now(), &generate_nonce(), &copied);
+        let mut sent = tokio::task::JoinSet::new();
+        for n in 0..48u32 {
+            let (server, path) = (std::sync::Arc::clone(&server), path.clone());
+            let (auth, body) = if n % 4 == 0 {
+                (copied_auth.clone(), copied.clone())
+            } else {
+                (keys.sign("POST", &path, unix_now(), &generate_nonce(), &body(n)), body(n))
+            };
+            sent.spawn(async move {
+                let resp = server.send(Method::POST, &path, Some(auth), &body).await;
+                let status = resp.status();
+                let answer: Value = resp.json().await.unwrap();
+                (n % 4 == 0, status, answer)
+            });
+        }
+        let mut task_ids = std::collections::HashSet::new();
+        let (mut copies_queued, mut copies_refused) = (0, 0);
+        while let Some(joined) = sent.join_next().await {
+            let (copy, status, answer) = joined.unwrap();
+            match status {
+                StatusCode::ACCEPTED => {
+                    assert!(task_ids.insert(answer["id"].as_str().unwrap().to_owned()), "{backend:?}: {answer}");
+                    copies_queued += u32::from(copy);
+                }
+                StatusCode::UNAUTHORIZED if copy => {
+                    assert_eq!(answer["detail"], "replayed_request", "{backend:?}");
+                    copies_refused += 1;
+                }
+                other => panic!("{backend:?}: {other} {answer}"),
+            }
+        }
+        assert_eq!((copies_queued, copies_refused), (1, 11), "{backend:?}");
+        assert_eq!(task_ids.len(), 37, "{backend:?}: 36 distinct requests and one copy");
+        let job_now: Value = server.operator_get(&format!("scan/jobs/{job}")).await.json().await.unwrap();
+        assert_eq!(job_now["enqueued_count"], 37, "{backend:?}");
+    }
+}
+
 #[tokio::test]
 async fn replay_cache_survives_restart_on_embedded_store() {
     let mut server = embedded(&[]);

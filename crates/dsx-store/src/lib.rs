@@ -9,6 +9,7 @@
 
 mod codec;
 mod embedded;
+mod group_commit;
 mod redis_store;
 
 use std::time::Duration;
@@ -21,6 +22,7 @@ use uuid::Uuid;
 
 pub use codec::{SecretCodec, SecretKeyError};
 pub use embedded::EmbeddedStore;
+pub use group_commit::{GroupCommit, OwnedIntake, OwnedNonce};
 pub use redis_store::{Namespace, RedisStore};
 
 /// Every capability trait, for code that calls a concrete store's methods directly.
@@ -117,6 +119,28 @@ pub struct IntakeOnce<'a> {
     /// (one store round trip instead of two); a nonce seen before refuses the whole request
     /// with [`JobRefusal::NonceReused`].
     pub nonce: Option<Nonce<'a>>,
+}
+
+/// One intake request: the tasks it queues together and what keeps it from queuing twice.
+#[derive(Clone, Copy, Debug)]
+pub struct Intake<'a> {
+    pub tasks: &'a [QueuedTask],
+    pub once: IntakeOnce<'a>,
+}
+
+impl Intake<'_> {
+    /// The jobs the tasks join, in order of first mention: (job id, owner, items). A job's
+    /// owner is its first task's connector (one request comes from one connector).
+    pub(crate) fn jobs(&self) -> Vec<(&str, Uuid, u64)> {
+        let mut jobs: Vec<(&str, Uuid, u64)> = Vec::new();
+        for task in self.tasks {
+            match jobs.iter_mut().find(|(id, _, _)| *id == task.job_id) {
+                Some(job) => job.2 += 1,
+                None => jobs.push((&task.job_id, task.connector_uuid, 1)),
+            }
+        }
+        jobs
+    }
 }
 
 /// A verified request's nonce and how long the replay cache must remember it.
@@ -368,7 +392,16 @@ pub trait ScanQueue: Send + Sync + 'static {
         &self,
         tasks: &[QueuedTask],
         once: IntakeOnce<'_>,
-    ) -> StoreResult<Result<Enqueued, JobRefusal>>;
+    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
+        let mut answers = self.enqueue_intakes(&[Intake { tasks, once }]).await?;
+        answers.pop().ok_or_else(|| StoreError::Corrupt("the store answered no intake".into()))
+    }
+    /// Several independent intakes in one store round trip (one script on Redis, one write
+    /// transaction on the embedded store), with the result of [`Self::enqueue_scans_once`]
+    /// on each in order, as if they ran one after another: each is queued whole or refused
+    /// alone, and a later one sees an earlier one's jobs, keys and nonce. Durable on return.
+    /// The API's group commit ([`GroupCommit`]) sends concurrent requests this way.
+    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<Result<Enqueued, JobRefusal>>>;
     /// Tasks waiting in the scan queue (consumed by the workers).
     async fn scan_queue_len(&self) -> StoreResult<u64>;
     /// Up to `max` tasks for `consumer`: due retries, tasks whose previous holder's lease ran

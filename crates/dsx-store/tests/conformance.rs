@@ -1035,6 +1035,98 @@ async fn an_enqueue_with_a_nonce_refuses_replays(h: &Harness) {
     assert_eq!(s.get_job(&job).await.unwrap().unwrap().enqueued_count, 1);
 }
 
+/// Several intakes in one store step are answered as if sent one after another: each is
+/// queued whole or refused alone, and a later one sees an earlier one's nonce, key and jobs.
+async fn a_group_of_intakes_is_answered_one_after_another(h: &Harness) {
+    use dsx_store::{Enqueued, Intake, IntakeOnce, JobRefusal, JobStatus, Nonce};
+    let s = &*h.store;
+    let (owner, other) = (Uuid::new_v4(), Uuid::new_v4());
+    let (open, paused, foreign) = (unique_name("jg-"), unique_name("jg-"), unique_name("jg-"));
+    s.claim_job(&paused, owner).await.unwrap().unwrap();
+    s.set_job_status(&paused, JobStatus::Paused).await.unwrap();
+    s.claim_job(&foreign, other).await.unwrap().unwrap();
+    let kid = unique_name("kid-");
+    let key = unique_name("intake-");
+    let nonce = |n| Some(Nonce { key_id: &kid, nonce: n, ttl: Duration::from_secs(60) });
+    let signed = |n| IntakeOnce { key: None, nonce: nonce(n) };
+    let keyed = IntakeOnce { key: Some(&key), nonce: None };
+    let (a, b, c) = (job_task(&open, owner, 1), job_task(&open, owner, 2), job_task(&open, owner, 3));
+    let (held, theirs) = (job_task(&paused, owner, 1), job_task(&foreign, owner, 1));
+    let mixed = [job_task(&open, owner, 4), job_task(&paused, owner, 2)];
+    let before = s.scan_queue_len().await.unwrap();
+    let group = [
+        Intake { tasks: std::slice::from_ref(&a), once: signed("n1") },
+        Intake { tasks: std::slice::from_ref(&b), once: signed("n1") },
+        Intake { tasks: std::slice::from_ref(&b), once: keyed },
+        Intake { tasks: std::slice::from_ref(&c), once: keyed },
+        Intake { tasks: std::slice::from_ref(&held), once: signed("n2") },
+        Intake { tasks: std::slice::from_ref(&theirs), once: IntakeOnce::default() },
+        Intake { tasks: &mixed, once: IntakeOnce::default() },
+        Intake { tasks: &[a.clone(), c.clone()], once: IntakeOnce::default() },
+    ];
+    let answers = s.enqueue_intakes(&group).await.unwrap();
+    assert_eq!(
+        answers,
+        vec![
+            Ok(Enqueued::Queued),
+            Err(JobRefusal::NonceReused),
+            Ok(Enqueued::Queued),
+            Ok(Enqueued::Repeat),
+            Err(JobRefusal::Paused { job_id: paused.clone() }),
+            Err(JobRefusal::OtherOwner { job_id: foreign.clone() }),
+            Err(JobRefusal::Paused { job_id: paused.clone() }),
+            Ok(Enqueued::Queued),
+        ]
+    );
+    assert_eq!(s.scan_queue_len().await.unwrap(), before + 4, "1 + 1 + 2 tasks of the accepted intakes");
+    assert_eq!(s.get_job(&open).await.unwrap().unwrap().enqueued_count, 4, "a refused intake counts nothing");
+    assert_eq!(s.get_job(&paused).await.unwrap().unwrap().enqueued_count, 0);
+    assert_eq!(s.get_job(&foreign).await.unwrap().unwrap().enqueued_count, 0);
+    // What the group recorded stays recorded: the nonce of a refused intake too.
+    assert!(!s.remember_nonce(&kid, "n2", Duration::from_secs(60)).await.unwrap());
+    assert_eq!(s.enqueue_scans_once(std::slice::from_ref(&c), keyed).await.unwrap(), Ok(Enqueued::Repeat));
+    assert_eq!(s.enqueue_intakes(&[]).await.unwrap(), vec![], "an empty group is no work");
+}
+
+/// Concurrent intakes through [`GroupCommit`] each get their own answer and their tasks back:
+/// copies of one signed request are queued once, and every distinct one is queued.
+async fn group_commit_answers_each_concurrent_intake(h: &Harness) {
+    use dsx_store::{Enqueued, GroupCommit, JobRefusal, OwnedIntake, OwnedNonce};
+    let commit = Arc::new(GroupCommit::new(Arc::clone(&h.store)));
+    let owner = Uuid::new_v4();
+    let job = unique_name("jc-");
+    let kid = unique_name("kid-");
+    let before = h.store.scan_queue_len().await.unwrap();
+    let mut sent = tokio::task::JoinSet::new();
+    for n in 0..200u32 {
+        let commit = Arc::clone(&commit);
+        // Requests 0..190 are distinct; 190..200 are copies of one signed request.
+        let nonce = if n < 190 { format!("n{n}") } else { "copied".to_owned() };
+        let intake = OwnedIntake {
+            tasks: vec![job_task(&job, owner, n), job_task(&job, owner, n + 1000)],
+            key: None,
+            nonce: Some(OwnedNonce { key_id: kid.clone(), nonce, ttl: Duration::from_secs(60) }),
+        };
+        sent.spawn(async move { (n, commit.enqueue(intake).await) });
+    }
+    let (mut queued, mut replays) = (0, 0);
+    while let Some(joined) = sent.join_next().await {
+        let (n, (intake, answer)) = joined.unwrap();
+        assert_eq!(
+            intake.tasks.iter().map(|t| t.task_id.as_str()).collect::<Vec<_>>(),
+            [format!("{job}-{n}"), format!("{job}-{}", n + 1000)]
+        );
+        match answer.unwrap() {
+            Ok(Enqueued::Queued) => queued += 1,
+            Err(JobRefusal::NonceReused) => replays += 1,
+            other => panic!("request {n}: {other:?}"),
+        }
+    }
+    assert_eq!((queued, replays), (191, 9), "190 distinct + one of the 10 copies");
+    assert_eq!(h.store.scan_queue_len().await.unwrap(), before + 2 * 191);
+    assert_eq!(h.store.get_job(&job).await.unwrap().unwrap().enqueued_count, 2 * 191);
+}
+
 /// Runs each case on both backends, grouped by the capability it checks:
 /// `<capability>::<backend>::<case>` (e.g. `cargo test -p dsx-store queue::redis`).
 macro_rules! conformance {
@@ -1074,6 +1166,8 @@ conformance!(
         complete_scan_stores_the_result_and_acks_together,
         an_intake_key_enqueues_once,
         an_enqueue_with_a_nonce_refuses_replays,
+        a_group_of_intakes_is_answered_one_after_another,
+        group_commit_answers_each_concurrent_intake,
         claims_carry_job_status_and_result_presence,
     ],
     jobs: [
@@ -1268,6 +1362,66 @@ async fn redis_going_away_is_unavailable_quickly_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     store.put_state(Uuid::nil(), "ns", "k", "v2").await.unwrap();
+}
+
+/// Concurrent intakes share store round trips: a burst of 200 needs a few, not 200.
+#[tokio::test]
+async fn redis_group_commit_shares_round_trips() {
+    use dsx_store::{GroupCommit, OwnedIntake};
+    let h = Harness::redis(SecretCodec::plain());
+    let commit = Arc::new(GroupCommit::new(Arc::clone(&h.store)));
+    let job = unique_name("jr-");
+    let owner = Uuid::new_v4();
+    let sent_before = h.store.round_trips().unwrap();
+    let mut sent = tokio::task::JoinSet::new();
+    for n in 0..200 {
+        let commit = Arc::clone(&commit);
+        let intake = OwnedIntake { tasks: vec![job_task(&job, owner, n)], key: None, nonce: None };
+        sent.spawn(async move { commit.enqueue(intake).await.1.unwrap().unwrap() });
+    }
+    while let Some(answer) = sent.join_next().await {
+        assert_eq!(answer.unwrap(), dsx_store::Enqueued::Queued);
+    }
+    let round_trips = h.store.round_trips().unwrap() - sent_before;
+    assert!((1..=20).contains(&round_trips), "{round_trips} round trips for 200 intakes");
+    assert_eq!(h.store.get_job(&job).await.unwrap().unwrap().enqueued_count, 200);
+}
+
+/// A store that goes away fails every waiting intake with `Unavailable` (their tasks handed
+/// back), quickly; the committer keeps serving once the store is back.
+#[tokio::test]
+async fn redis_group_commit_survives_the_store_going_away() {
+    use dsx_store::{GroupCommit, OwnedIntake};
+    let mut server = RedisServer::start();
+    let store: Arc<dyn Store> =
+        Arc::new(RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap());
+    let commit = Arc::new(GroupCommit::new(Arc::clone(&store)));
+    let job = unique_name("jd-");
+    let owner = Uuid::new_v4();
+    let intake = |n| OwnedIntake { tasks: vec![job_task(&job, owner, n)], key: None, nonce: None };
+    commit.enqueue(intake(0)).await.1.unwrap().unwrap();
+    server.stop();
+    let started = Instant::now();
+    let mut sent = tokio::task::JoinSet::new();
+    for n in 1..=20 {
+        let commit = Arc::clone(&commit);
+        let intake = intake(n);
+        sent.spawn(async move { commit.enqueue(intake).await });
+    }
+    while let Some(joined) = sent.join_next().await {
+        let (intake, answer) = joined.unwrap();
+        assert_eq!(intake.tasks.len(), 1, "the intake comes back with the failure");
+        assert!(matches!(answer, Err(StoreError::Unavailable(_))), "{answer:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
+    server.start_again();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while commit.enqueue(intake(99)).await.1.is_err() {
+        assert!(Instant::now() < deadline, "the committer did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The test server keeps nothing across its restart: the job holds the last intake only.
+    assert_eq!(store.get_job(&job).await.unwrap().unwrap().enqueued_count, 1);
 }
 
 #[tokio::test]

@@ -4,18 +4,19 @@
 use std::collections::{BTreeMap, HashSet};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{OptionalFromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
 use dsx_model::{parse_json, FieldError, ScanRequest, ScanRequestBatch, StatusResponse, API_PREFIX};
-use dsx_store::{IntakeOnce, Job, JobRefusal, JobStatus, QueuedTask};
+use dsx_store::{Job, JobRefusal, JobStatus, OwnedIntake, QueuedTask};
 use serde::Serialize;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use crate::auth::{Caller, PendingNonce, UnrecordedNonce};
+use crate::auth::{Caller, PendingNonce};
 use crate::error::ApiError;
 use crate::state::{AppState, SharedState};
 
@@ -63,13 +64,15 @@ impl AppState {
         request.connector_url = None;
         let job_id =
             request.scan_job_id.clone().filter(|j| !j.is_empty()).unwrap_or_else(|| Uuid::new_v4().to_string());
-        let mut loc = vec!["body"];
-        let i_text = index.map(|i| i.to_string());
-        if let Some(i) = &i_text {
-            loc.extend(["requests", i.as_str()]);
+        if !is_valid_id(&job_id) {
+            let i_text = index.map(|i| i.to_string());
+            let mut loc = vec!["body"];
+            if let Some(i) = &i_text {
+                loc.extend(["requests", i.as_str()]);
+            }
+            loc.push("scan_job_id");
+            check_id(&job_id, &loc)?;
         }
-        loc.push("scan_job_id");
-        check_id(&job_id, &loc)?;
         request.scan_job_id = Some(job_id.clone());
         // The registry keeps the connector's model; the task needs only its uuid.
         request.connector = None;
@@ -102,13 +105,14 @@ impl AppState {
     /// the task ids come from the key, so a retry whose first answer was lost gets the same
     /// answer and queues nothing twice (see [`IntakeKey`]).
     /// A verified request's nonce is recorded in the same step (a replay is 401).
+    /// Concurrent requests share the store round trip ([`dsx_store::GroupCommit`]).
     async fn enqueue(
         &self,
-        tasks: &mut [QueuedTask],
+        mut tasks: Vec<QueuedTask>,
         intake: Option<&IntakeKey>,
         nonce: Option<&PendingNonce>,
-    ) -> Result<(), ApiError> {
-        let scoped = intake.and_then(|key| {
+    ) -> Result<Vec<QueuedTask>, ApiError> {
+        let key = intake.and_then(|key| {
             let owner = tasks.first()?.connector_uuid;
             for (i, task) in tasks.iter_mut().enumerate() {
                 task.task_id = key.task_id(owner, i);
@@ -116,14 +120,16 @@ impl AppState {
             Some(format!("{owner}:{}", key.0))
         });
         let nonce = nonce.and_then(PendingNonce::take);
-        let once = IntakeOnce { key: scoped.as_deref(), nonce: nonce.as_ref().map(UnrecordedNonce::as_store) };
-        match self.store.enqueue_scans_once(tasks, once).await? {
-            Ok(dsx_store::Enqueued::Queued) => Ok(()),
+        let (intake, answer) = self.intake.enqueue(OwnedIntake { tasks, key, nonce }).await;
+        match answer? {
+            Ok(dsx_store::Enqueued::Queued) => Ok(intake.tasks),
             Ok(dsx_store::Enqueued::Repeat) => {
-                tracing::info!(tasks = tasks.len(), "repeated intake key: already queued, nothing queued again");
-                Ok(())
+                tracing::info!(tasks = intake.tasks.len(), "repeated intake key: already queued, nothing queued again");
+                Ok(intake.tasks)
             }
-            Err(JobRefusal::NonceReused) => Err(self.replayed_intake(nonce.as_ref().map_or("", |n| n.key_id.as_str()))),
+            Err(JobRefusal::NonceReused) => {
+                Err(self.replayed_intake(intake.nonce.as_ref().map_or("", |n| n.key_id.as_str())))
+            }
             Err(refusal) => Err(refusal.into()),
         }
     }
@@ -144,6 +150,16 @@ impl From<JobRefusal> for ApiError {
 /// the same on every retry of it. Optional (Python 1.x connectors send none). Scoped to the
 /// connector, remembered for a day.
 pub struct IntakeKey(String);
+
+/// `Option<IntakeKey>` reads the header alone (no copy of the header map); a malformed one is
+/// a 422.
+impl<S: Send + Sync> OptionalFromRequestParts<S> for IntakeKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Option<Self>, ApiError> {
+        Self::from_headers(&parts.headers)
+    }
+}
 
 impl IntakeKey {
     pub const HEADER: &'static str = "idempotency-key";
@@ -185,8 +201,7 @@ pub const MAX_ID_LEN: usize = 128;
 /// (it must fit one path segment of the routes that address it). Length is what matters
 /// for the store; the rest keeps ids printable in logs and URLs.
 pub fn check_id(id: &str, field: &[&str]) -> Result<(), ApiError> {
-    let ok = !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(|c| c.is_control() || c == '/');
-    if ok {
+    if is_valid_id(id) {
         return Ok(());
     }
     let name = field.last().copied().unwrap_or("id");
@@ -197,18 +212,23 @@ pub fn check_id(id: &str, field: &[&str]) -> Result<(), ApiError> {
     }))
 }
 
+fn is_valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= MAX_ID_LEN && !id.chars().any(|c| c.is_control() || c == '/')
+}
+
 /// `POST scan/request` → 202.
 pub async fn request(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     nonce: Option<Extension<PendingNonce>>,
-    headers: HeaderMap,
+    intake: Option<IntakeKey>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let intake = IntakeKey::from_headers(&headers)?;
     let request: ScanRequest = parse_json(&body).map_err(ApiError::Validation)?;
-    let mut task = state.attribute(&caller, request, None, &mut HashSet::new()).await?;
-    state.enqueue(std::slice::from_mut(&mut task), intake.as_ref(), nonce.as_deref()).await?;
+    let task = state.attribute(&caller, request, None, &mut HashSet::new()).await?;
+    let queued = state.enqueue(vec![task], intake.as_ref(), nonce.as_deref()).await?;
+    let task =
+        queued.into_iter().next().ok_or_else(|| dsx_store::StoreError::Corrupt("the task went missing".into()))?;
     let mut response =
         StatusResponse::success(format!("Scan task ID: {}", task.task_id), format!("job {}", task.job_id));
     response.id = Some(task.task_id.clone());
@@ -248,10 +268,9 @@ pub async fn request_batch(
     State(state): State<SharedState>,
     Extension(caller): Extension<Caller>,
     nonce: Option<Extension<PendingNonce>>,
-    headers: HeaderMap,
+    intake: Option<IntakeKey>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let intake = IntakeKey::from_headers(&headers)?;
     let batch: ScanRequestBatch = parse_json(&body).map_err(ApiError::Validation)?;
     let limits = &state.settings.batch;
     let batch_size = batch.batch_size.unwrap_or(limits.default_size).clamp(1, limits.max_size);
@@ -286,7 +305,7 @@ pub async fn request_batch(
     for (i, request) in batch.requests.into_iter().enumerate() {
         tasks.push(state.attribute(&caller, request, Some(i), &mut known).await?);
     }
-    state.enqueue(&mut tasks, intake.as_ref(), nonce.as_deref()).await?;
+    let tasks = state.enqueue(tasks, intake.as_ref(), nonce.as_deref()).await?;
     let task_ids: Vec<String> = tasks.into_iter().map(|t| t.task_id).collect();
     let body = BatchResponse {
         status: "success",

@@ -16,9 +16,9 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use crate::{
-    now_millis, now_secs, Credential, Credentials, DeadLetter, Delivery, DiskUsage, Enqueued, Events, Health,
-    IntakeOnce, Job, JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry,
-    ResolvedKey, ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
+    now_millis, now_secs, Credential, Credentials, DeadLetter, Delivery, DiskUsage, Enqueued, Events, Health, Intake,
+    Job, JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
+    ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
 };
 
 mod credentials;

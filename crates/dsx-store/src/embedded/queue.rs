@@ -4,77 +4,20 @@ use super::*;
 
 #[async_trait]
 impl ScanQueue for EmbeddedStore {
-    async fn enqueue_scans_once(
-        &self,
-        tasks: &[QueuedTask],
-        once: IntakeOnce<'_>,
-    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
-        let tasks = tasks.to_vec();
-        let intake_key = once.key.map(str::to_owned);
-        let nonce = once.nonce.map(|n| (n.key_id.to_owned(), n.nonce.to_owned(), n.ttl.max(crate::MIN_NONCE_TTL)));
-        let out = self
+    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<Result<Enqueued, JobRefusal>>> {
+        // Encoded here, so the blocking task owns only bytes.
+        let prepared = intakes.iter().map(PreparedIntake::new).collect::<StoreResult<Vec<_>>>()?;
+        let answers = self
             .run(move |inner| {
                 inner.write(true, |txn| {
-                    // The nonce first, as the signature check would: a replay queues nothing.
-                    if let Some((key_id, nonce, ttl)) = &nonce {
-                        let mut nonces = txn.open_table(NONCES).map_err(unavailable)?;
-                        let key = (key_id.as_str(), nonce.as_str());
-                        if nonces.get(key).map_err(unavailable)?.is_some_and(|g| g.value() > now_millis()) {
-                            return Ok(Err(JobRefusal::NonceReused));
-                        }
-                        nonces.insert(key, expiry_ms(*ttl)).map_err(unavailable)?;
-                    }
-                    let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
-                    if let Some(key) = &intake_key {
-                        if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
-                            return Ok(Ok(Enqueued::Repeat));
-                        }
-                    }
-                    let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
-                    // Every job the batch names, read once (a batch is usually one job), checked
-                    // before anything is written: the batch is queued whole or not at all.
-                    let now = now_secs();
-                    let mut touched: Vec<Job> = Vec::new();
-                    for task in &tasks {
-                        if touched.iter().any(|job| job.job_id == task.job_id) {
-                            continue;
-                        }
-                        let job = match jobs.get(task.job_id.as_str()).map_err(unavailable)? {
-                            Some(raw) => serde_json::from_slice::<Job>(raw.value()).map_err(corrupt)?,
-                            None => new_job(&task.job_id, task.connector_uuid, now),
-                        };
-                        if let Err(refusal) = job_takes(&job, task.connector_uuid) {
-                            return Ok(Err(refusal));
-                        }
-                        touched.push(job);
-                    }
-                    let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
-                    let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-                    for (seq, task) in (first..).zip(&tasks) {
-                        let payload = serde_json::to_vec(task).map_err(corrupt)?;
-                        queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
-                        if let Some(job) = touched.iter_mut().find(|job| job.job_id == task.job_id) {
-                            job.enqueued_count += 1;
-                        }
-                    }
-                    for job in &mut touched {
-                        job.updated_at = now;
-                        let bytes = serde_json::to_vec(&*job).map_err(corrupt)?;
-                        jobs.insert(job.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
-                    }
-                    // Remembered only with the tasks: a refused batch may be sent again.
-                    if let Some(key) = &intake_key {
-                        seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL))
-                            .map_err(unavailable)?;
-                    }
-                    Ok(Ok(Enqueued::Queued))
+                    prepared.iter().map(|intake| intake.enqueue(txn)).collect::<StoreResult<Vec<_>>>()
                 })
             })
-            .await;
-        if matches!(out, Ok(Ok(Enqueued::Queued))) {
+            .await?;
+        if answers.contains(&Ok(Enqueued::Queued)) {
             self.inner.work.notify_waiters();
         }
-        out
+        Ok(answers)
     }
 
     async fn scan_queue_len(&self) -> StoreResult<u64> {
@@ -294,5 +237,79 @@ impl ScanQueue for EmbeddedStore {
         // `RECHECK_IDLE` even without an enqueue.
         let _ = tokio::time::timeout(wait.min(RECHECK_IDLE), self.inner.work.notified()).await;
         Ok(())
+    }
+}
+
+/// One intake, encoded for the write transaction.
+struct PreparedIntake {
+    /// The queue entries, in order.
+    payloads: Vec<Vec<u8>>,
+    /// (job id, owner, items), as [`Intake::jobs`].
+    jobs: Vec<(String, Uuid, u64)>,
+    key: Option<String>,
+    nonce: Option<(String, String, Duration)>,
+}
+
+impl PreparedIntake {
+    fn new(intake: &Intake<'_>) -> StoreResult<Self> {
+        Ok(Self {
+            payloads: intake.tasks.iter().map(serde_json::to_vec).collect::<Result<_, _>>().map_err(corrupt)?,
+            jobs: intake.jobs().into_iter().map(|(id, owner, items)| (id.to_owned(), owner, items)).collect(),
+            key: intake.once.key.map(str::to_owned),
+            nonce: intake
+                .once
+                .nonce
+                .map(|n| (n.key_id.to_owned(), n.nonce.to_owned(), n.ttl.max(crate::MIN_NONCE_TTL))),
+        })
+    }
+
+    /// Check and queue inside `txn`: every check comes before any write but the nonce's, so a
+    /// refused intake leaves only its nonce behind (a verified signature uses it up).
+    fn enqueue(&self, txn: &WriteTransaction) -> StoreResult<Result<Enqueued, JobRefusal>> {
+        // The nonce first, as the signature check would: a replay queues nothing.
+        if let Some((key_id, nonce, ttl)) = &self.nonce {
+            let mut nonces = txn.open_table(NONCES).map_err(unavailable)?;
+            let key = (key_id.as_str(), nonce.as_str());
+            if nonces.get(key).map_err(unavailable)?.is_some_and(|g| g.value() > now_millis()) {
+                return Ok(Err(JobRefusal::NonceReused));
+            }
+            nonces.insert(key, expiry_ms(*ttl)).map_err(unavailable)?;
+        }
+        let mut seen = txn.open_table(INTAKE_KEYS).map_err(unavailable)?;
+        if let Some(key) = &self.key {
+            if seen.get(key.as_str()).map_err(unavailable)?.is_some_and(|exp| exp.value() > now_millis()) {
+                return Ok(Ok(Enqueued::Repeat));
+            }
+        }
+        let mut jobs = txn.open_table(JOBS).map_err(unavailable)?;
+        // Every job, read once and checked before anything is written: queued whole or not at all.
+        let now = now_secs();
+        let mut touched = Vec::with_capacity(self.jobs.len());
+        for (job_id, owner, items) in &self.jobs {
+            let job = match jobs.get(job_id.as_str()).map_err(unavailable)? {
+                Some(raw) => serde_json::from_slice::<Job>(raw.value()).map_err(corrupt)?,
+                None => new_job(job_id, *owner, now),
+            };
+            if let Err(refusal) = job_takes(&job, *owner) {
+                return Ok(Err(refusal));
+            }
+            touched.push((job, *items));
+        }
+        let mut queue = txn.open_table(SCAN_QUEUE).map_err(unavailable)?;
+        let first = queue.last().map_err(unavailable)?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+        for (seq, payload) in (first..).zip(&self.payloads) {
+            queue.insert(seq, payload.as_slice()).map_err(unavailable)?;
+        }
+        for (job, items) in &mut touched {
+            job.enqueued_count += *items;
+            job.updated_at = now;
+            let bytes = serde_json::to_vec(&*job).map_err(corrupt)?;
+            jobs.insert(job.job_id.as_str(), bytes.as_slice()).map_err(unavailable)?;
+        }
+        // Remembered only with the tasks: a refused intake may be sent again.
+        if let Some(key) = &self.key {
+            seen.insert(key.as_str(), now_millis() + ttl_ms_u64(crate::INTAKE_KEY_TTL)).map_err(unavailable)?;
+        }
+        Ok(Ok(Enqueued::Queued))
     }
 }

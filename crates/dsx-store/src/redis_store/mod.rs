@@ -11,7 +11,7 @@ use redis::{AsyncCommands, ErrorKind, RedisError};
 use uuid::Uuid;
 
 use crate::{
-    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, IntakeOnce, Job,
+    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, Intake, Job,
     JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
     ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
 };
@@ -457,44 +457,55 @@ return removed
 ";
 
 /// Job counters, in the layout Python components read.
-/// Queue a batch of scan tasks all-or-nothing. KEYS: the stream, one job hash per job, then
-/// the intake key (when its TTL is set) and the nonce key (when its TTL is set). ARGV: now,
-/// job count, intake TTL ms, nonce TTL ms, (job id, owner, item count) per job, then the task
-/// payloads. Answers `{"ok"}`, `{"repeat"}`, `{"replayed"}` (the nonce is kept: replays stay
-/// refused) or `{reason, job_id}` with nothing queued.
+/// Queue a group of intakes, each all-or-nothing and answered alone, in order (a later one
+/// sees what an earlier one wrote). One script, so the group runs whole or not at all: a
+/// `NOSCRIPT` retry can never queue anything twice.
+/// KEYS: the stream, then per intake its job hashes, its intake key (when its TTL is set)
+/// and its nonce key (when its TTL is set).
+/// ARGV: now, intake count, then per intake: job count, intake TTL ms, nonce TTL ms, task
+/// count, (job id, owner, item count) per job, the task payloads.
+/// Answers one array per intake: `{"ok"}`, `{"repeat"}`, `{"replayed"}` (the nonce is kept:
+/// replays stay refused) or `{reason, job_id}` with nothing queued.
 const ENQUEUE_SCRIPT: &str = r#"
 local now = ARGV[1]
-local jobs = tonumber(ARGV[2])
-local intake_ttl = tonumber(ARGV[3])
-local nonce_ttl = tonumber(ARGV[4])
-if nonce_ttl > 0 and not redis.call('SET', KEYS[#KEYS], '1', 'NX', 'PX', nonce_ttl) then
-  return {'replayed'}
+local function enqueue(k, a, jobs, intake_ttl, nonce_ttl, tasks)
+  local intake, nonce = nil, nil
+  if intake_ttl > 0 then intake = KEYS[k + jobs] end
+  if nonce_ttl > 0 then nonce = KEYS[k + jobs + (intake and 1 or 0)] end
+  if nonce and not redis.call('SET', nonce, '1', 'NX', 'PX', nonce_ttl) then return {'replayed'} end
+  if intake and redis.call('EXISTS', intake) == 1 then return {'repeat'} end
+  for j = 0, jobs - 1 do
+    local key, job_id, owner = KEYS[k + j], ARGV[a + 3 * j], ARGV[a + 3 * j + 1]
+    local current = redis.call('HGET', key, 'connector_uuid')
+    if current and current ~= owner then return {'other_owner', job_id} end
+    local status = redis.call('HGET', key, 'status')
+    if status == 'paused' or redis.call('HGET', key, 'paused') == '1' then return {'paused', job_id} end
+    if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
+  end
+  for j = 0, jobs - 1 do
+    local key, job_id, owner, count = KEYS[k + j], ARGV[a + 3 * j], ARGV[a + 3 * j + 1], ARGV[a + 3 * j + 2]
+    redis.call('HSETNX', key, 'job_id', job_id)
+    redis.call('HSETNX', key, 'connector_uuid', owner)
+    redis.call('HSETNX', key, 'status', 'running')
+    redis.call('HSETNX', key, 'created_at', now)
+    redis.call('HINCRBY', key, 'enqueued_count', count)
+    redis.call('HSET', key, 'updated_at', now)
+  end
+  for i = a + 3 * jobs, a + 3 * jobs + tasks - 1 do
+    redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
+  end
+  if intake then redis.call('SET', intake, '1', 'PX', intake_ttl) end
+  return {'ok'}
 end
-local intake = nil
-if intake_ttl > 0 then intake = KEYS[jobs + 2] end
-if intake and redis.call('EXISTS', intake) == 1 then return {'repeat'} end
-for j = 1, jobs do
-  local key, job_id, owner = KEYS[j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3]
-  local current = redis.call('HGET', key, 'connector_uuid')
-  if current and current ~= owner then return {'other_owner', job_id} end
-  local status = redis.call('HGET', key, 'status')
-  if status == 'paused' or redis.call('HGET', key, 'paused') == '1' then return {'paused', job_id} end
-  if status == 'cancelled' or redis.call('HGET', key, 'cancel') == '1' then return {'cancelled', job_id} end
+local answers = {}
+local k, a = 2, 3
+for n = 1, tonumber(ARGV[2]) do
+  local jobs, intake_ttl, nonce_ttl, tasks = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
+  answers[n] = enqueue(k, a + 4, jobs, intake_ttl, nonce_ttl, tasks)
+  k = k + jobs + (intake_ttl > 0 and 1 or 0) + (nonce_ttl > 0 and 1 or 0)
+  a = a + 4 + 3 * jobs + tasks
 end
-for j = 1, jobs do
-  local key, job_id, owner, count = KEYS[j + 1], ARGV[3 * j + 2], ARGV[3 * j + 3], ARGV[3 * j + 4]
-  redis.call('HSETNX', key, 'job_id', job_id)
-  redis.call('HSETNX', key, 'connector_uuid', owner)
-  redis.call('HSETNX', key, 'status', 'running')
-  redis.call('HSETNX', key, 'created_at', now)
-  redis.call('HINCRBY', key, 'enqueued_count', count)
-  redis.call('HSET', key, 'updated_at', now)
-end
-for i = 3 * jobs + 5, #ARGV do
-  redis.call('XADD', KEYS[1], '*', 'task', ARGV[i])
-end
-if intake then redis.call('SET', intake, '1', 'PX', intake_ttl) end
-return {'ok'}
+return answers
 "#;
 
 /// Create a job for its connector, or confirm the owner. KEYS[1] the job hash; ARGV job id,

@@ -4,42 +4,43 @@ use super::*;
 
 #[async_trait]
 impl ScanQueue for RedisStore {
-    async fn enqueue_scans_once(
-        &self,
-        tasks: &[QueuedTask],
-        once: IntakeOnce<'_>,
-    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
-        if tasks.is_empty() {
-            return Ok(Ok(Enqueued::Queued));
-        }
-        let mut per_job: std::collections::BTreeMap<&str, (Uuid, u64)> = Default::default();
-        for task in tasks {
-            per_job.entry(&task.job_id).or_insert((task.connector_uuid, 0)).1 += 1;
+    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<Result<Enqueued, JobRefusal>>> {
+        if intakes.is_empty() {
+            return Ok(Vec::new());
         }
         let mut script = scripts::ENQUEUE.prepare_invoke();
-        let intake_ttl = if once.key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
-        let nonce_ttl = once.nonce.map_or(0, |n| ttl_ms(n.ttl.max(crate::MIN_NONCE_TTL)));
-        script.key(self.keys.scan_queue()).arg(now_secs()).arg(per_job.len()).arg(intake_ttl).arg(nonce_ttl);
-        for (job_id, (owner, count)) in &per_job {
-            script.key(self.keys.job(job_id)).arg(*job_id).arg(owner.to_string()).arg(*count);
-        }
-        if let Some(key) = once.key {
-            script.key(self.keys.intake(key));
-        }
-        if let Some(nonce) = once.nonce {
-            script.key(self.keys.nonce(nonce.key_id, nonce.nonce));
-        }
-        for task in tasks {
-            script.arg(serde_json::to_string(task).map_err(corrupt)?);
+        script.key(self.keys.scan_queue()).arg(now_secs()).arg(intakes.len());
+        for intake in intakes {
+            let jobs = intake.jobs();
+            let intake_ttl = if intake.once.key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
+            let nonce_ttl = intake.once.nonce.map_or(0, |n| ttl_ms(n.ttl.max(crate::MIN_NONCE_TTL)));
+            script.arg(jobs.len()).arg(intake_ttl).arg(nonce_ttl).arg(intake.tasks.len());
+            for (job_id, owner, items) in &jobs {
+                script.key(self.keys.job(job_id)).arg(*job_id).arg(owner.to_string()).arg(*items);
+            }
+            if let Some(key) = intake.once.key {
+                script.key(self.keys.intake(key));
+            }
+            if let Some(nonce) = intake.once.nonce {
+                script.key(self.keys.nonce(nonce.key_id, nonce.nonce));
+            }
+            for task in intake.tasks {
+                script.arg(serde_json::to_vec(task).map_err(corrupt)?);
+            }
         }
         let mut conn = self.conn().await?;
-        let answer: Vec<String> = script.invoke_async(&mut conn).await.map_err(map_err)?;
-        match answer.first().map(String::as_str) {
-            Some("repeat") => return Ok(Ok(Enqueued::Repeat)),
-            Some("replayed") => return Ok(Err(JobRefusal::NonceReused)),
-            _ => {}
+        let answers: Vec<Vec<String>> = script.invoke_async(&mut conn).await.map_err(map_err)?;
+        if answers.len() != intakes.len() {
+            return Err(StoreError::Corrupt(format!("{} answers to {} intakes", answers.len(), intakes.len())));
         }
-        Ok(refusal(&answer).map(|()| Enqueued::Queued))
+        Ok(answers
+            .iter()
+            .map(|answer| match answer.first().map(String::as_str) {
+                Some("repeat") => Ok(Enqueued::Repeat),
+                Some("replayed") => Err(JobRefusal::NonceReused),
+                _ => refusal(answer).map(|()| Enqueued::Queued),
+            })
+            .collect())
     }
 
     async fn scan_queue_len(&self) -> StoreResult<u64> {
