@@ -1,14 +1,14 @@
-//! Group commit for scan intake: requests that arrive while a commit is in flight are
-//! queued by the next one together, in one store round trip ([`ScanQueue::enqueue_intakes`]).
+//! Group commit for scan intake: requests that arrive while the store is busy with earlier
+//! ones are queued together, in one store round trip ([`ScanQueue::enqueue_intakes`]).
 //! Nothing waits for a timer: a lone request goes at once, and under load each round trip
-//! carries everything that arrived during the previous one.
+//! carries what arrived while the ones before it were in flight.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 
 use crate::{Enqueued, Intake, IntakeOnce, JobRefusal, Nonce, QueuedTask, Store, StoreError, StoreResult};
 
@@ -17,6 +17,9 @@ const MAX_GROUP: usize = 64;
 /// Most tasks in one round trip, unless one intake alone has more (it then goes alone): a
 /// Redis script blocks the server while it runs.
 const MAX_GROUP_TASKS: usize = 1024;
+/// Groups committing at once: on the embedded store a group's transaction can commit while
+/// the one before waits for its fsync, and both share it.
+const MAX_IN_FLIGHT: usize = 2;
 /// Intakes waiting for the committer before senders wait for room.
 const BACKLOG: usize = 1024;
 
@@ -88,34 +91,53 @@ fn stopped() -> StoreError {
 }
 
 async fn commit_loop(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Waiting>) {
+    let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut arrived = Vec::with_capacity(MAX_GROUP);
-    while queue.recv_many(&mut arrived, MAX_GROUP).await > 0 {
-        while !arrived.is_empty() {
-            let take = group_len(&arrived);
-            let group: Vec<Waiting> = arrived.drain(..take).collect();
-            let (intakes, replies): (Vec<OwnedIntake>, Vec<_>) = group.into_iter().map(|w| (w.intake, w.reply)).unzip();
-            let borrowed: Vec<Intake<'_>> = intakes.iter().map(OwnedIntake::borrow).collect();
-            // A panic in the store fails this group, not the committer.
-            let answers = AssertUnwindSafe(store.enqueue_intakes(&borrowed)).catch_unwind().await;
-            drop(borrowed);
-            let failure = match answers {
-                Ok(Ok(answers)) if answers.len() == intakes.len() => {
-                    for ((intake, answer), reply) in intakes.into_iter().zip(answers).zip(replies) {
-                        let _ = reply.send((intake, Ok(answer)));
-                    }
-                    continue;
-                }
-                Ok(Ok(_)) => StoreError::Corrupt("the store's answers do not match the intakes".into()),
-                Ok(Err(err)) => err,
-                Err(_) => {
-                    tracing::error!("the store panicked during an intake commit");
-                    StoreError::Unavailable("the intake commit failed".into())
-                }
-            };
-            for (intake, reply) in intakes.into_iter().zip(replies) {
-                let _ = reply.send((intake, Err(failure.clone())));
+    loop {
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        if arrived.is_empty() {
+            if queue.recv_many(&mut arrived, MAX_GROUP).await == 0 {
+                return;
+            }
+        } else {
+            // Left over from the last turn: add whatever came meanwhile, without waiting.
+            while arrived.len() < MAX_GROUP {
+                let Ok(waiting) = queue.try_recv() else { break };
+                arrived.push(waiting);
             }
         }
+        let group: Vec<Waiting> = arrived.drain(..group_len(&arrived)).collect();
+        let store = Arc::clone(&store);
+        tokio::spawn(async move {
+            commit(&*store, group).await;
+            drop(permit);
+        });
+    }
+}
+
+/// One round trip for `group`, and each its answer.
+async fn commit(store: &dyn Store, group: Vec<Waiting>) {
+    let (intakes, replies): (Vec<OwnedIntake>, Vec<_>) = group.into_iter().map(|w| (w.intake, w.reply)).unzip();
+    let borrowed: Vec<Intake<'_>> = intakes.iter().map(OwnedIntake::borrow).collect();
+    // A panic in the store fails this group with an error, not silently.
+    let answers = AssertUnwindSafe(store.enqueue_intakes(&borrowed)).catch_unwind().await;
+    drop(borrowed);
+    let failure = match answers {
+        Ok(Ok(answers)) if answers.len() == intakes.len() => {
+            for ((intake, answer), reply) in intakes.into_iter().zip(answers).zip(replies) {
+                let _ = reply.send((intake, Ok(answer)));
+            }
+            return;
+        }
+        Ok(Ok(_)) => StoreError::Corrupt("the store's answers do not match the intakes".into()),
+        Ok(Err(err)) => err,
+        Err(_) => {
+            tracing::error!("the store panicked during an intake commit");
+            StoreError::Unavailable("the intake commit failed".into())
+        }
+    };
+    for (intake, reply) in intakes.into_iter().zip(replies) {
+        let _ = reply.send((intake, Err(failure.clone())));
     }
 }
 
