@@ -111,7 +111,7 @@ pub fn build_state_for(settings: Settings, role: Role) -> anyhow::Result<SharedS
     let breaker_threshold = settings.workers.breaker_threshold;
     Ok(Arc::new(AppState {
         settings,
-        intake: dsx_store::GroupCommit::new(Arc::clone(&store)),
+        intake: dsx_store::GroupCommit::new(store.clone()),
         store,
         enrollment,
         operators,

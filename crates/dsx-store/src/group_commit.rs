@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{Enqueued, Intake, IntakeOnce, JobRefusal, Nonce, QueuedTask, Store, StoreError, StoreResult};
+use crate::{Enqueued, Intake, IntakeOnce, JobRefusal, Nonce, QueuedTask, ScanQueue, StoreError, StoreResult};
 
 /// Most intakes in one round trip.
 const MAX_GROUP: usize = 64;
@@ -58,19 +58,17 @@ struct Waiting {
 /// The intake side of a store, committing concurrent requests together. Cheap to share; the
 /// committing task starts with the first request (it needs a runtime).
 pub struct GroupCommit {
-    store: Arc<dyn Store>,
+    store: Arc<dyn ScanQueue>,
     queue: OnceLock<mpsc::Sender<Waiting>>,
 }
 
 impl GroupCommit {
-    pub fn new(store: Arc<dyn Store>) -> Self {
+    pub fn new(store: Arc<dyn ScanQueue>) -> Self {
         Self { store, queue: OnceLock::new() }
     }
 
     /// Queue one intake with whatever else is waiting; the answer is
     /// [`ScanQueue::enqueue_scans_once`]'s, durable on return.
-    ///
-    /// [`ScanQueue::enqueue_scans_once`]: crate::ScanQueue::enqueue_scans_once
     pub async fn enqueue(&self, intake: OwnedIntake) -> IntakeAnswer {
         let queue = self.queue.get_or_init(|| {
             let (tx, rx) = mpsc::channel(BACKLOG);
@@ -90,7 +88,7 @@ fn stopped() -> StoreError {
     StoreError::Unavailable("the intake committer has stopped".into())
 }
 
-async fn commit_loop(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Waiting>) {
+async fn commit_loop(store: Arc<dyn ScanQueue>, mut queue: mpsc::Receiver<Waiting>) {
     let in_flight = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     let mut arrived = Vec::with_capacity(MAX_GROUP);
     loop {
@@ -116,7 +114,7 @@ async fn commit_loop(store: Arc<dyn Store>, mut queue: mpsc::Receiver<Waiting>) 
 }
 
 /// One round trip for `group`, and each its answer.
-async fn commit(store: &dyn Store, group: Vec<Waiting>) {
+async fn commit(store: &dyn ScanQueue, group: Vec<Waiting>) {
     let (intakes, replies): (Vec<OwnedIntake>, Vec<_>) = group.into_iter().map(|w| (w.intake, w.reply)).unzip();
     let borrowed: Vec<Intake<'_>> = intakes.iter().map(OwnedIntake::borrow).collect();
     // A panic in the store fails this group with an error, not silently.

@@ -1092,7 +1092,7 @@ async fn a_group_of_intakes_is_answered_one_after_another(h: &Harness) {
 /// copies of one signed request are queued once, and every distinct one is queued.
 async fn group_commit_answers_each_concurrent_intake(h: &Harness) {
     use dsx_store::{Enqueued, GroupCommit, JobRefusal, OwnedIntake, OwnedNonce};
-    let commit = Arc::new(GroupCommit::new(Arc::clone(&h.store)));
+    let commit = Arc::new(GroupCommit::new(h.store.clone()));
     let owner = Uuid::new_v4();
     let job = unique_name("jc-");
     let kid = unique_name("kid-");
@@ -1369,7 +1369,7 @@ async fn redis_going_away_is_unavailable_quickly_and_recovers() {
 async fn redis_group_commit_shares_round_trips() {
     use dsx_store::{GroupCommit, OwnedIntake};
     let h = Harness::redis(SecretCodec::plain());
-    let commit = Arc::new(GroupCommit::new(Arc::clone(&h.store)));
+    let commit = Arc::new(GroupCommit::new(h.store.clone()));
     let job = unique_name("jr-");
     let owner = Uuid::new_v4();
     let sent_before = h.store.round_trips().unwrap();
@@ -1395,7 +1395,7 @@ async fn redis_group_commit_survives_the_store_going_away() {
     let mut server = RedisServer::start();
     let store: Arc<dyn Store> =
         Arc::new(RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap());
-    let commit = Arc::new(GroupCommit::new(Arc::clone(&store)));
+    let commit = Arc::new(GroupCommit::new(store.clone()));
     let job = unique_name("jd-");
     let owner = Uuid::new_v4();
     let intake = |n| OwnedIntake { tasks: vec![job_task(&job, owner, n)], key: None, nonce: None };
