@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::{Enqueued, Intake, IntakeOnce, JobRefusal, Nonce, QueuedTask, ScanQueue, StoreError, StoreResult};
+use crate::{Intake, IntakeOnce, IntakeResult, Nonce, QueuedTask, ScanQueue, StoreError};
 
 /// Most intakes in one round trip.
 const MAX_GROUP: usize = 64;
@@ -48,7 +48,7 @@ impl OwnedIntake {
 }
 
 /// The store's answer to one intake, with the intake handed back.
-pub type IntakeAnswer = (OwnedIntake, StoreResult<Result<Enqueued, JobRefusal>>);
+pub type IntakeAnswer = (OwnedIntake, IntakeResult);
 
 struct Waiting {
     intake: OwnedIntake,
@@ -123,7 +123,7 @@ async fn commit(store: &dyn ScanQueue, group: Vec<Waiting>) {
     let failure = match answers {
         Ok(Ok(answers)) if answers.len() == intakes.len() => {
             for ((intake, answer), reply) in intakes.into_iter().zip(answers).zip(replies) {
-                let _ = reply.send((intake, Ok(answer)));
+                let _ = reply.send((intake, answer));
             }
             return;
         }

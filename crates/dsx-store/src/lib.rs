@@ -143,6 +143,10 @@ impl Intake<'_> {
     }
 }
 
+/// What became of one intake: queued (or a repeat), refused for a reason of its own, or
+/// failed in the store.
+pub type IntakeResult = StoreResult<Result<Enqueued, JobRefusal>>;
+
 /// A verified request's nonce and how long the replay cache must remember it.
 #[derive(Clone, Copy, Debug)]
 pub struct Nonce<'a> {
@@ -388,20 +392,18 @@ pub trait ScanQueue: Send + Sync + 'static {
     /// checked and recorded in the same atomic step as the enqueue): a request retried after
     /// its answer was lost (a crash between commit and reply) queues nothing twice, and a
     /// replayed one is refused.
-    async fn enqueue_scans_once(
-        &self,
-        tasks: &[QueuedTask],
-        once: IntakeOnce<'_>,
-    ) -> StoreResult<Result<Enqueued, JobRefusal>> {
+    async fn enqueue_scans_once(&self, tasks: &[QueuedTask], once: IntakeOnce<'_>) -> IntakeResult {
         let mut answers = self.enqueue_intakes(&[Intake { tasks, once }]).await?;
-        answers.pop().ok_or_else(|| StoreError::Corrupt("the store answered no intake".into()))
+        answers.pop().unwrap_or_else(|| Err(StoreError::Corrupt("the store answered no intake".into())))
     }
     /// Several independent intakes in one store round trip (one script on Redis, one write
     /// transaction on the embedded store), with the result of [`Self::enqueue_scans_once`]
     /// on each in order, as if they ran one after another: each is queued whole or refused
     /// alone, and a later one sees an earlier one's jobs, keys and nonce. Durable on return.
+    /// An intake the store cannot check (a job record it cannot read) fails alone, with its
+    /// own error; the outer error means nothing of the group was committed.
     /// The API's group commit ([`GroupCommit`]) sends concurrent requests this way.
-    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<Result<Enqueued, JobRefusal>>>;
+    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<IntakeResult>>;
     /// Tasks waiting in the scan queue (consumed by the workers).
     async fn scan_queue_len(&self) -> StoreResult<u64>;
     /// Up to `max` tasks for `consumer`: due retries, tasks whose previous holder's lease ran

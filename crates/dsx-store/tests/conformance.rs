@@ -1064,7 +1064,7 @@ async fn a_group_of_intakes_is_answered_one_after_another(h: &Harness) {
         Intake { tasks: &mixed, once: IntakeOnce::default() },
         Intake { tasks: &[a.clone(), c.clone()], once: IntakeOnce::default() },
     ];
-    let answers = s.enqueue_intakes(&group).await.unwrap();
+    let answers: Vec<_> = s.enqueue_intakes(&group).await.unwrap().into_iter().map(Result::unwrap).collect();
     assert_eq!(
         answers,
         vec![
@@ -1085,7 +1085,7 @@ async fn a_group_of_intakes_is_answered_one_after_another(h: &Harness) {
     // What the group recorded stays recorded: the nonce of a refused intake too.
     assert!(!s.remember_nonce(&kid, "n2", Duration::from_secs(60)).await.unwrap());
     assert_eq!(s.enqueue_scans_once(std::slice::from_ref(&c), keyed).await.unwrap(), Ok(Enqueued::Repeat));
-    assert_eq!(s.enqueue_intakes(&[]).await.unwrap(), vec![], "an empty group is no work");
+    assert!(s.enqueue_intakes(&[]).await.unwrap().is_empty(), "an empty group is no work");
 }
 
 /// Concurrent intakes through [`GroupCommit`] each get their own answer and their tasks back:
@@ -1362,6 +1362,58 @@ async fn redis_going_away_is_unavailable_quickly_and_recovers() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     store.put_state(Uuid::nil(), "ns", "k", "v2").await.unwrap();
+}
+
+/// An intake whose job record cannot be read fails alone, with nothing of it queued; the
+/// intakes grouped with it are answered as if it were not there. The record is broken under
+/// the store (a string where Redis keeps a hash; bytes that are not a job in redb).
+#[tokio::test]
+async fn an_unreadable_job_fails_its_own_intake_only() {
+    use dsx_store::{Enqueued, Intake, IntakeOnce};
+    for h in [Harness::redis(SecretCodec::plain()), Harness::embedded(SecretCodec::plain())] {
+        let (broken, sound) = (unique_name("jb-"), unique_name("jb-"));
+        let owner = Uuid::new_v4();
+        let h = match h.backing {
+            Backing::Redis { ref url, ref env, .. } => {
+                let mut conn =
+                    redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
+                redis::cmd("SET")
+                    .arg(format!("{env}:dsx-connect:job:{broken}"))
+                    .arg("not a hash")
+                    .exec_async(&mut conn)
+                    .await
+                    .unwrap();
+                h
+            }
+            Backing::Embedded { dir } => {
+                drop(h.store);
+                let db = redb::Database::create(dir.path().join("store.redb")).unwrap();
+                let txn = db.begin_write().unwrap();
+                txn.open_table(redb::TableDefinition::<&str, &[u8]>::new("jobs"))
+                    .unwrap()
+                    .insert(broken.as_str(), b"{not a job".as_slice())
+                    .unwrap();
+                txn.commit().unwrap();
+                drop(db);
+                let store = EmbeddedStore::open(&dir.path().join("store.redb"), SecretCodec::plain()).unwrap();
+                Harness { store: Arc::new(store), backing: Backing::Embedded { dir } }
+            }
+        };
+        let s = &*h.store;
+        let before = s.scan_queue_len().await.unwrap();
+        let (a, b, c) = (job_task(&sound, owner, 1), job_task(&broken, owner, 1), job_task(&sound, owner, 2));
+        let group = [
+            Intake { tasks: std::slice::from_ref(&a), once: IntakeOnce::default() },
+            Intake { tasks: std::slice::from_ref(&b), once: IntakeOnce::default() },
+            Intake { tasks: std::slice::from_ref(&c), once: IntakeOnce::default() },
+        ];
+        let answers = s.enqueue_intakes(&group).await.unwrap();
+        assert_eq!(answers[0].as_ref().unwrap(), &Ok(Enqueued::Queued));
+        assert!(matches!(answers[1], Err(StoreError::Corrupt(_))), "{:?}", answers[1]);
+        assert_eq!(answers[2].as_ref().unwrap(), &Ok(Enqueued::Queued));
+        assert_eq!(s.scan_queue_len().await.unwrap(), before + 2, "the broken job's task is not queued");
+        assert_eq!(s.get_job(&sound).await.unwrap().unwrap().enqueued_count, 2);
+    }
 }
 
 /// Concurrent intakes share store round trips: a burst of 200 needs a few, not 200.

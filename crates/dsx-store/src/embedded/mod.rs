@@ -17,8 +17,8 @@ use uuid::Uuid;
 
 use crate::{
     now_millis, now_secs, Credential, Credentials, DeadLetter, Delivery, DiskUsage, Enqueued, Events, Health, Intake,
-    Job, JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
-    ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
+    IntakeResult, Job, JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry,
+    ResolvedKey, ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
 };
 
 mod credentials;

@@ -4,17 +4,17 @@ use super::*;
 
 #[async_trait]
 impl ScanQueue for EmbeddedStore {
-    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<Result<Enqueued, JobRefusal>>> {
+    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<IntakeResult>> {
         // Encoded here, so the blocking task owns only bytes.
         let prepared = intakes.iter().map(PreparedIntake::new).collect::<StoreResult<Vec<_>>>()?;
         let answers = self
             .run(move |inner| {
-                inner.write(true, |txn| {
-                    prepared.iter().map(|intake| intake.enqueue(txn)).collect::<StoreResult<Vec<_>>>()
-                })
+                // An intake that fails does so before any write but its nonce's, so the others
+                // still commit; a failure of the transaction itself fails them all.
+                inner.write(true, |txn| Ok(prepared.iter().map(|intake| intake.enqueue(txn)).collect::<Vec<_>>()))
             })
             .await?;
-        if answers.contains(&Ok(Enqueued::Queued)) {
+        if answers.iter().any(|a| matches!(a, Ok(Ok(Enqueued::Queued)))) {
             self.inner.work.notify_waiters();
         }
         Ok(answers)
@@ -265,7 +265,7 @@ impl PreparedIntake {
 
     /// Check and queue inside `txn`: every check comes before any write but the nonce's, so a
     /// refused intake leaves only its nonce behind (a verified signature uses it up).
-    fn enqueue(&self, txn: &WriteTransaction) -> StoreResult<Result<Enqueued, JobRefusal>> {
+    fn enqueue(&self, txn: &WriteTransaction) -> IntakeResult {
         // The nonce first, as the signature check would: a replay queues nothing.
         if let Some((key_id, nonce, ttl)) = &self.nonce {
             let mut nonces = txn.open_table(NONCES).map_err(unavailable)?;

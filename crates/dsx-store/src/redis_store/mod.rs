@@ -11,8 +11,8 @@ use redis::{AsyncCommands, ErrorKind, RedisError};
 use uuid::Uuid;
 
 use crate::{
-    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, Intake, Job,
-    JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
+    now_secs, with_id, Credential, Credentials, DeadLetter, Delivery, Enqueued, Events, Health, Intake, IntakeResult,
+    Job, JobRefusal, JobStatus, Jobs, Limits, QueuedTask, RateWindow, RegistrationRecord, Registry, ResolvedKey,
     ResultRecord, Results, ScanQueue, SecretCodec, StoreError, StoreResult,
 };
 
@@ -465,7 +465,9 @@ return removed
 /// ARGV: now, intake count, then per intake: job count, intake TTL ms, nonce TTL ms, task
 /// count, (job id, owner, item count) per job, the task payloads.
 /// Answers one array per intake: `{"ok"}`, `{"repeat"}`, `{"replayed"}` (the nonce is kept:
-/// replays stay refused) or `{reason, job_id}` with nothing queued.
+/// replays stay refused), `{reason, job_id}` with nothing queued, or `{"error", message}` when
+/// a command failed (a key of the wrong type): every check reads before anything is written,
+/// so a failed intake queued nothing, and the others of the group are unaffected.
 const ENQUEUE_SCRIPT: &str = r#"
 local now = ARGV[1]
 local function enqueue(k, a, jobs, intake_ttl, nonce_ttl, tasks)
@@ -501,7 +503,9 @@ local answers = {}
 local k, a = 2, 3
 for n = 1, tonumber(ARGV[2]) do
   local jobs, intake_ttl, nonce_ttl, tasks = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  answers[n] = enqueue(k, a + 4, jobs, intake_ttl, nonce_ttl, tasks)
+  local ok, answer = pcall(enqueue, k, a + 4, jobs, intake_ttl, nonce_ttl, tasks)
+  if not ok then answer = {'error', type(answer) == 'table' and answer.err or tostring(answer)} end
+  answers[n] = answer
   k = k + jobs + (intake_ttl > 0 and 1 or 0) + (nonce_ttl > 0 and 1 or 0)
   a = a + 4 + 3 * jobs + tasks
 end

@@ -4,7 +4,7 @@ use super::*;
 
 #[async_trait]
 impl ScanQueue for RedisStore {
-    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<Result<Enqueued, JobRefusal>>> {
+    async fn enqueue_intakes(&self, intakes: &[Intake<'_>]) -> StoreResult<Vec<IntakeResult>> {
         if intakes.is_empty() {
             return Ok(Vec::new());
         }
@@ -36,9 +36,10 @@ impl ScanQueue for RedisStore {
         Ok(answers
             .iter()
             .map(|answer| match answer.first().map(String::as_str) {
-                Some("repeat") => Ok(Enqueued::Repeat),
-                Some("replayed") => Err(JobRefusal::NonceReused),
-                _ => refusal(answer).map(|()| Enqueued::Queued),
+                Some("repeat") => Ok(Ok(Enqueued::Repeat)),
+                Some("replayed") => Ok(Err(JobRefusal::NonceReused)),
+                Some("error") => Err(script_error(answer.get(1).map_or("", String::as_str))),
+                _ => Ok(refusal(answer).map(|()| Enqueued::Queued)),
             })
             .collect())
     }
@@ -246,5 +247,14 @@ impl RedisStore {
             }
         }
         Ok((id > 0).then_some(id))
+    }
+}
+
+/// A command error inside the enqueue script, as [`map_err`] would have read it.
+fn script_error(message: &str) -> StoreError {
+    if message.starts_with("WRONGTYPE") {
+        StoreError::Corrupt("a Redis key holds the wrong type".into())
+    } else {
+        StoreError::Unavailable(format!("Redis: {message}"))
     }
 }
