@@ -1375,14 +1375,7 @@ async fn an_unreadable_job_fails_its_own_intake_only() {
         let owner = Uuid::new_v4();
         let h = match h.backing {
             Backing::Redis { ref url, ref env, .. } => {
-                let mut conn =
-                    redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-                redis::cmd("SET")
-                    .arg(format!("{env}:dsx-connect:job:{broken}"))
-                    .arg("not a hash")
-                    .exec_async(&mut conn)
-                    .await
-                    .unwrap();
+                raw_redis(url, &["SET", &format!("{env}:dsx-connect:job:{broken}"), "not a hash"]).await;
                 h
             }
             Backing::Embedded { dir } => {
@@ -1414,6 +1407,12 @@ async fn an_unreadable_job_fails_its_own_intake_only() {
         assert_eq!(s.scan_queue_len().await.unwrap(), before + 2, "the broken job's task is not queued");
         assert_eq!(s.get_job(&sound).await.unwrap().unwrap().enqueued_count, 2);
     }
+}
+
+/// One command straight to Redis, under the store: to break what the store wrote.
+async fn raw_redis(url: &str, args: &[&str]) {
+    let mut conn = redis::Client::open(url).unwrap().get_multiplexed_async_connection().await.unwrap();
+    redis::cmd(args[0]).arg(&args[1..]).exec_async(&mut conn).await.unwrap();
 }
 
 /// Concurrent intakes share store round trips: a burst of 200 needs a few, not 200.
@@ -1498,27 +1497,13 @@ async fn redis_unreadable_presence_entry() {
     let good = connector("http://good/fs");
     h.store.put_presence(&good, Duration::from_secs(60)).await.unwrap();
     let bad = Uuid::new_v4();
-    let mut conn = redis::Client::open(url.as_str()).unwrap().get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("SET")
-        .arg(format!("{env}:dsx-connect:connectors:presence:{bad}"))
-        .arg("{not json")
-        .exec_async(&mut conn)
-        .await
-        .unwrap();
+    raw_redis(url, &["SET", &format!("{env}:dsx-connect:connectors:presence:{bad}"), "{not json"]).await;
     assert_eq!(h.store.list_presence().await.unwrap(), vec![good]);
     assert!(matches!(h.store.get_presence(bad).await, Err(StoreError::Corrupt(_))));
     // A key of the wrong type is corrupt data too, not an outage.
-    redis::cmd("DEL")
-        .arg(format!("{env}:dsx-connect:connectors:registration:{bad}"))
-        .exec_async(&mut conn)
-        .await
-        .unwrap();
-    redis::cmd("LPUSH")
-        .arg(format!("{env}:dsx-connect:connectors:registration:{bad}"))
-        .arg("x")
-        .exec_async(&mut conn)
-        .await
-        .unwrap();
+    let registration = format!("{env}:dsx-connect:connectors:registration:{bad}");
+    raw_redis(url, &["DEL", &registration]).await;
+    raw_redis(url, &["LPUSH", &registration, "x"]).await;
     assert!(matches!(h.store.get_registration(bad).await, Err(StoreError::Corrupt(_))));
 }
 
