@@ -18,6 +18,11 @@ impl std::fmt::Display for FieldError {
 
 /// Parse a JSON body, reporting the path of the offending field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, FieldError> {
+    // Tracking the path costs on every field; only a failure needs it, and parsing the same
+    // bytes again fails the same way.
+    if let Ok(value) = T::deserialize(&mut serde_json::Deserializer::from_slice(bytes)) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();

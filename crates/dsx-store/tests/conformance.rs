@@ -1438,6 +1438,130 @@ async fn redis_group_commit_shares_round_trips() {
     assert_eq!(h.store.get_job(&job).await.unwrap().unwrap().enqueued_count, 200);
 }
 
+/// Redis forgets its scripts on `SCRIPT FLUSH` (and on a restart): the intake loads the
+/// script again and queues the request exactly once.
+#[tokio::test]
+async fn redis_intake_loads_its_script_again_after_a_flush() {
+    use dsx_store::prelude::*;
+    use dsx_store::{Enqueued, Intake, IntakeOnce};
+    let server = RedisServer::start();
+    let store = RedisStore::new(&server.url(), Namespace { env: unique_name("t") }, SecretCodec::plain()).unwrap();
+    let (job, owner) = (unique_name("jf-"), Uuid::new_v4());
+    for n in 0..2 {
+        raw_redis(&server.url(), &["SCRIPT", "FLUSH"]).await;
+        let tasks = [job_task(&job, owner, n)];
+        let answers = store.enqueue_intakes(&[Intake { tasks: &tasks, once: IntakeOnce::default() }]).await.unwrap();
+        assert_eq!(answers.len(), 1);
+        assert_eq!(answers[0].as_ref().unwrap(), &Ok(Enqueued::Queued));
+    }
+    assert_eq!(store.scan_queue_len().await.unwrap(), 2);
+    assert_eq!(store.get_job(&job).await.unwrap().unwrap().enqueued_count, 2);
+}
+
+/// A queue that panics when asked to commit an intake for `poison`, and otherwise is the
+/// embedded store: to show a panic in one commit fails that group alone.
+struct PanicsOnJob {
+    inner: Arc<dyn Store>,
+    poison: String,
+}
+
+#[async_trait::async_trait]
+impl dsx_store::ScanQueue for PanicsOnJob {
+    async fn enqueue_intakes(
+        &self,
+        intakes: &[dsx_store::Intake<'_>],
+    ) -> dsx_store::StoreResult<Vec<dsx_store::IntakeResult>> {
+        if intakes.iter().any(|i| i.tasks.iter().any(|t| t.job_id == self.poison)) {
+            panic!("a store bug");
+        }
+        self.inner.enqueue_intakes(intakes).await
+    }
+    async fn scan_queue_len(&self) -> dsx_store::StoreResult<u64> {
+        self.inner.scan_queue_len().await
+    }
+    async fn claim_scans(
+        &self,
+        consumer: &str,
+        max: usize,
+        lease: Duration,
+    ) -> dsx_store::StoreResult<Vec<dsx_store::Delivery>> {
+        self.inner.claim_scans(consumer, max, lease).await
+    }
+    async fn wait_for_tasks(&self, wait: Duration) -> dsx_store::StoreResult<()> {
+        self.inner.wait_for_tasks(wait).await
+    }
+    async fn ack_scan(&self, delivery: &dsx_store::Delivery) -> dsx_store::StoreResult<()> {
+        self.inner.ack_scan(delivery).await
+    }
+    async fn retry_scan(&self, delivery: &dsx_store::Delivery, delay: Duration) -> dsx_store::StoreResult<()> {
+        self.inner.retry_scan(delivery, delay).await
+    }
+    async fn defer_scan(&self, delivery: &dsx_store::Delivery, delay: Duration) -> dsx_store::StoreResult<()> {
+        self.inner.defer_scan(delivery, delay).await
+    }
+    async fn renew_scans(
+        &self,
+        consumer: &str,
+        deliveries: &[dsx_store::Delivery],
+        lease: Duration,
+    ) -> dsx_store::StoreResult<Vec<String>> {
+        self.inner.renew_scans(consumer, deliveries, lease).await
+    }
+    async fn complete_scan(
+        &self,
+        delivery: &dsx_store::Delivery,
+        record: Option<&dsx_store::ResultRecord>,
+        retain: usize,
+    ) -> dsx_store::StoreResult<Option<u64>> {
+        self.inner.complete_scan(delivery, record, retain).await
+    }
+    async fn dead_letter_scan(
+        &self,
+        delivery: &dsx_store::Delivery,
+        reason: &str,
+        record: Option<&dsx_store::ResultRecord>,
+        retain: usize,
+    ) -> dsx_store::StoreResult<Option<u64>> {
+        self.inner.dead_letter_scan(delivery, reason, record, retain).await
+    }
+    async fn dead_letters(&self, start: usize, end: usize) -> dsx_store::StoreResult<Vec<dsx_store::DeadLetter>> {
+        self.inner.dead_letters(start, end).await
+    }
+    async fn dead_letter_count(&self) -> dsx_store::StoreResult<u64> {
+        self.inner.dead_letter_count().await
+    }
+    async fn requeue_dead_letters(&self, max: usize) -> dsx_store::StoreResult<u64> {
+        self.inner.requeue_dead_letters(max).await
+    }
+    async fn clear_dead_letters(&self) -> dsx_store::StoreResult<u64> {
+        self.inner.clear_dead_letters().await
+    }
+}
+
+/// A panic inside the store while committing fails that intake with an error (its tasks
+/// handed back), never a hung caller; the committer goes on serving the next intakes.
+#[tokio::test]
+async fn a_panic_in_a_commit_fails_its_group_and_the_committer_goes_on() {
+    use dsx_store::{Enqueued, GroupCommit, OwnedIntake};
+    let h = Harness::embedded(SecretCodec::plain());
+    let (poison, sound) = (unique_name("jp-"), unique_name("js-"));
+    let queue = Arc::new(PanicsOnJob { inner: h.store.clone(), poison: poison.clone() });
+    let commit = GroupCommit::new(queue);
+    let owner = Uuid::new_v4();
+    let intake = |job: &str, n| OwnedIntake { tasks: vec![job_task(job, owner, n)], key: None, nonce: None };
+    let (handed_back, answer) =
+        tokio::time::timeout(Duration::from_secs(5), commit.enqueue(intake(&poison, 0))).await.expect("answered");
+    assert_eq!(handed_back.tasks.len(), 1, "the intake comes back with the failure");
+    assert!(matches!(answer, Err(StoreError::Unavailable(_))), "{answer:?}");
+    for n in 0..3 {
+        let (_, answer) =
+            tokio::time::timeout(Duration::from_secs(5), commit.enqueue(intake(&sound, n))).await.expect("answered");
+        assert_eq!(answer.unwrap(), Ok(Enqueued::Queued));
+    }
+    assert_eq!(h.store.get_job(&sound).await.unwrap().unwrap().enqueued_count, 3);
+    assert!(h.store.get_job(&poison).await.unwrap().is_none(), "nothing of the failed group was written");
+}
+
 /// A store that goes away fails every waiting intake with `Unavailable` (their tasks handed
 /// back), quickly; the committer keeps serving once the store is back.
 #[tokio::test]

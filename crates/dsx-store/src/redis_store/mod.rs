@@ -608,6 +608,20 @@ impl RedisStore {
         }
     }
 
+    /// `cmd`, an `EVALSHA` of `script` written by the caller, with one `SCRIPT LOAD` and a
+    /// retry when Redis does not know the script yet (a restart or `SCRIPT FLUSH`). Redis
+    /// refuses an unknown script before running any of it, so the retry cannot repeat work.
+    async fn eval<T: redis::FromRedisValue>(&self, script: &redis::Script, cmd: &redis::Cmd) -> StoreResult<T> {
+        let mut conn = self.conn().await?;
+        match cmd.query_async(&mut conn).await {
+            Err(err) if err.kind() == ErrorKind::NoScriptError => {
+                script.prepare_invoke().load_async(&mut conn).await.map_err(map_err)?;
+                cmd.query_async(&mut conn).await.map_err(map_err)
+            }
+            answer => answer.map_err(map_err),
+        }
+    }
+
     /// The shared connection, created on first use. Waiting for the lock counts against the
     /// connect timeout too, so callers queued behind a slow connect still fail fast.
     async fn conn(&self) -> StoreResult<ConnectionManager> {

@@ -8,28 +8,47 @@ impl ScanQueue for RedisStore {
         if intakes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut script = scripts::ENQUEUE.prepare_invoke();
-        script.key(self.keys.scan_queue()).arg(now_secs()).arg(intakes.len());
-        for intake in intakes {
-            let jobs = intake.jobs();
-            let intake_ttl = if intake.once.key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
-            let nonce_ttl = intake.once.nonce.map_or(0, |n| ttl_ms(n.ttl.max(crate::MIN_NONCE_TTL)));
-            script.arg(jobs.len()).arg(intake_ttl).arg(nonce_ttl).arg(intake.tasks.len());
-            for (job_id, owner, items) in &jobs {
-                script.key(self.keys.job(job_id)).arg(*job_id).arg(owner.to_string()).arg(*items);
+        // The command is written in place (keys, then arguments, as `ENQUEUE_SCRIPT` reads
+        // them) rather than through `ScriptInvocation`, which allocates every argument and
+        // copies them all again into the command: this is the busiest script.
+        let jobs: Vec<_> = intakes.iter().map(Intake::jobs).collect();
+        let keys: usize = 1 + intakes
+            .iter()
+            .zip(&jobs)
+            .map(|(intake, jobs)| {
+                jobs.len() + usize::from(intake.once.key.is_some()) + usize::from(intake.once.nonce.is_some())
+            })
+            .sum::<usize>();
+        let mut cmd = redis::cmd("EVALSHA");
+        cmd.arg(scripts::ENQUEUE.get_hash()).arg(keys).arg(self.keys.scan_queue());
+        for (intake, jobs) in intakes.iter().zip(&jobs) {
+            for (job_id, _, _) in jobs {
+                cmd.arg(self.keys.job(job_id));
             }
             if let Some(key) = intake.once.key {
-                script.key(self.keys.intake(key));
+                cmd.arg(self.keys.intake(key));
             }
             if let Some(nonce) = intake.once.nonce {
-                script.key(self.keys.nonce(nonce.key_id, nonce.nonce));
-            }
-            for task in intake.tasks {
-                script.arg(serde_json::to_vec(task).map_err(corrupt)?);
+                cmd.arg(self.keys.nonce(nonce.key_id, nonce.nonce));
             }
         }
-        let mut conn = self.conn().await?;
-        let answers: Vec<Vec<String>> = script.invoke_async(&mut conn).await.map_err(map_err)?;
+        cmd.arg(now_secs()).arg(intakes.len());
+        let mut payload = Vec::with_capacity(512);
+        let mut uuid = uuid::Uuid::encode_buffer();
+        for (intake, jobs) in intakes.iter().zip(&jobs) {
+            let intake_ttl = if intake.once.key.is_some() { ttl_ms(crate::INTAKE_KEY_TTL) } else { 0 };
+            let nonce_ttl = intake.once.nonce.map_or(0, |n| ttl_ms(n.ttl.max(crate::MIN_NONCE_TTL)));
+            cmd.arg(jobs.len()).arg(intake_ttl).arg(nonce_ttl).arg(intake.tasks.len());
+            for (job_id, owner, items) in jobs {
+                cmd.arg(*job_id).arg(&*owner.hyphenated().encode_lower(&mut uuid)).arg(*items);
+            }
+            for task in intake.tasks {
+                payload.clear();
+                serde_json::to_writer(&mut payload, task).map_err(corrupt)?;
+                cmd.arg(&payload[..]);
+            }
+        }
+        let answers: Vec<Vec<String>> = self.eval(&scripts::ENQUEUE, &cmd).await?;
         if answers.len() != intakes.len() {
             return Err(StoreError::Corrupt(format!("{} answers to {} intakes", answers.len(), intakes.len())));
         }
