@@ -78,6 +78,15 @@ fn map_err(err: RedisError) -> StoreError {
     }
 }
 
+/// An `EVALSHA` of `script` taking `keys` keys, for the caller to write (the keys, then the
+/// arguments) and send with [`RedisStore::eval`]. The scripts of every scanned file go this
+/// way: `ScriptInvocation` allocates each argument and copies them all again into the command.
+fn evalsha(script: &redis::Script, keys: usize) -> redis::Cmd {
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(script.get_hash()).arg(keys);
+    cmd
+}
+
 fn corrupt(err: impl std::fmt::Display) -> StoreError {
     StoreError::Corrupt(err.to_string())
 }

@@ -8,9 +8,7 @@ impl ScanQueue for RedisStore {
         if intakes.is_empty() {
             return Ok(Vec::new());
         }
-        // The command is written in place (keys, then arguments, as `ENQUEUE_SCRIPT` reads
-        // them) rather than through `ScriptInvocation`, which allocates every argument and
-        // copies them all again into the command: this is the busiest script.
+        // Keys first, then arguments, in the order `ENQUEUE_SCRIPT` reads them.
         let jobs: Vec<_> = intakes.iter().map(Intake::jobs).collect();
         let keys: usize = 1 + intakes
             .iter()
@@ -19,8 +17,8 @@ impl ScanQueue for RedisStore {
                 jobs.len() + usize::from(intake.once.key.is_some()) + usize::from(intake.once.nonce.is_some())
             })
             .sum::<usize>();
-        let mut cmd = redis::cmd("EVALSHA");
-        cmd.arg(scripts::ENQUEUE.get_hash()).arg(keys).arg(self.keys.scan_queue());
+        let mut cmd = evalsha(&scripts::ENQUEUE, keys);
+        cmd.arg(self.keys.scan_queue());
         for (intake, jobs) in intakes.iter().zip(&jobs) {
             for (job_id, _, _) in jobs {
                 cmd.arg(self.keys.job(job_id));
@@ -77,20 +75,17 @@ impl ScanQueue for RedisStore {
     }
 
     async fn claim_scans(&self, consumer: &str, max: usize, lease: Duration) -> StoreResult<Vec<Delivery>> {
-        let mut conn = self.conn().await?;
-        let reply: Vec<redis::Value> = scripts::CLAIM
-            .key(self.keys.scan_queue())
-            .key(self.keys.delayed())
+        let mut cmd = evalsha(&scripts::CLAIM, 2);
+        cmd.arg(self.keys.scan_queue())
+            .arg(self.keys.delayed())
             .arg(crate::now_millis())
             .arg(GROUP)
             .arg(consumer)
             .arg(ttl_ms(lease))
             .arg(max)
             .arg(self.keys.job(""))
-            .arg(self.keys.result_by_task(""))
-            .invoke_async(&mut conn)
-            .await
-            .map_err(map_err)?;
+            .arg(self.keys.result_by_task(""));
+        let reply: Vec<redis::Value> = self.eval(&scripts::CLAIM, &cmd).await?;
         let mut out = Vec::with_capacity(reply.len() / 5);
         for fields in reply.chunks(5) {
             match Self::delivery(fields) {
@@ -231,34 +226,32 @@ impl RedisStore {
         retain: usize,
         dead_letter: Option<String>,
     ) -> StoreResult<Option<u64>> {
-        let mut conn = self.conn().await?;
         let task = &delivery.task;
-        let mut invocation = scripts::COMPLETE.key(self.keys.results());
-        invocation
-            .key(self.keys.result_by_task(&task.task_id))
-            .key(self.keys.job_results(&task.job_id))
-            .key(self.keys.job(&task.job_id))
-            .key(self.keys.stats())
-            .key(self.keys.result_seq())
-            .key(self.keys.scan_queue())
-            .key(self.keys.dead_letters());
+        let mut cmd = evalsha(&scripts::COMPLETE, 8);
+        cmd.arg(self.keys.results())
+            .arg(self.keys.result_by_task(&task.task_id))
+            .arg(self.keys.job_results(&task.job_id))
+            .arg(self.keys.job(&task.job_id))
+            .arg(self.keys.stats())
+            .arg(self.keys.result_seq())
+            .arg(self.keys.scan_queue())
+            .arg(self.keys.dead_letters());
         match record {
-            Some(record) => invocation
+            Some(record) => cmd
                 .arg(&record.json)
                 .arg(retain.max(1))
                 .arg(crate::verdict_counter(&record.verdict))
                 .arg(if record.succeeded { "1" } else { "0" })
                 .arg(record.scan_time_us)
                 .arg(record.file_size),
-            None => invocation.arg("").arg(1).arg("").arg("0").arg(0).arg(0),
+            None => cmd.arg("").arg(1).arg("").arg("0").arg(0).arg(0),
         };
-        invocation
-            .arg(now_secs())
+        cmd.arg(now_secs())
             .arg(self.job_retention_ms)
             .arg(GROUP)
             .arg(&delivery.id)
             .arg(dead_letter.unwrap_or_default());
-        let (id, completed): (u64, u8) = invocation.invoke_async(&mut conn).await.map_err(map_err)?;
+        let (id, completed): (u64, u8) = self.eval(&scripts::COMPLETE, &cmd).await?;
         if completed == 1 {
             // This result completed its job: the job's earlier results expire with it.
             if let Err(err) = self.expire_job_results(&task.job_id, true).await {
