@@ -73,9 +73,22 @@ fn map_err(err: RedisError) -> StoreError {
         ErrorKind::TypeError | ErrorKind::ParseError => {
             StoreError::Corrupt(format!("unexpected reply from Redis ({})", err.category()))
         }
-        _ if wrong_type => StoreError::Corrupt("a Redis key holds the wrong type".into()),
+        _ if wrong_type => wrong_type_error(),
         _ => StoreError::Unavailable(err.to_string()),
     }
+}
+
+/// A command error caught inside a script (`pcall`), read as [`map_err`] reads a reply error.
+fn script_error(message: &str) -> StoreError {
+    if message.starts_with("WRONGTYPE") {
+        wrong_type_error()
+    } else {
+        StoreError::Unavailable(format!("Redis: {message}"))
+    }
+}
+
+fn wrong_type_error() -> StoreError {
+    StoreError::Corrupt("a Redis key holds the wrong type".into())
 }
 
 /// An `EVALSHA` of `script` taking `keys` keys, for the caller to write (the keys, then the

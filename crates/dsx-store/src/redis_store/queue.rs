@@ -261,12 +261,3 @@ impl RedisStore {
         Ok((id > 0).then_some(id))
     }
 }
-
-/// A command error inside the enqueue script, as [`map_err`] would have read it.
-fn script_error(message: &str) -> StoreError {
-    if message.starts_with("WRONGTYPE") {
-        StoreError::Corrupt("a Redis key holds the wrong type".into())
-    } else {
-        StoreError::Unavailable(format!("Redis: {message}"))
-    }
-}
