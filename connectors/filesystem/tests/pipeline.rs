@@ -215,9 +215,11 @@ async fn a_connector_killed_mid_scan_and_restarted_loses_nothing() {
     let job = dsx_testkit::unique_name("job-restart-");
     // Retries as shipped, not the fast ones of the other pipeline tests: a connector that is
     // gone for 8 s must not use up an item's attempts.
-    let mut p =
-        Pipeline::start(true, FILES - EICARS, EICARS, "all", &[("DSXCONNECT_WORKERS__RETRY_BASE_MS", "2000".into())])
-            .await;
+    // Scans take 20 ms or more, 16 at a time: the job lasts 1.9 s or more, so the kill lands
+    // mid-scan on any machine.
+    let (_scanner, mut env) = paced_scanner(Duration::from_millis(20)).await;
+    env.push(("DSXCONNECT_WORKERS__RETRY_BASE_MS", "2000".into()));
+    let mut p = Pipeline::start(true, FILES - EICARS, EICARS, "all", &env).await;
     p.full_scan(&job, "").await;
     p.wait_job(&job, Duration::from_secs(60), |j| {
         j["enqueue_done"] == true && j["processed_count"].as_u64().unwrap_or(0) >= 50

@@ -88,8 +88,10 @@ async fn killed_worker_with_default_leases_recovers_within_a_minute() {
     let job = unique_name("job-kill9-");
     const FILES: usize = 2000;
     const EICARS: usize = 20;
-    // Default lease settings: nothing about leases in the environment.
-    let mut p = Pipeline::start(true, FILES - EICARS, EICARS, "api", &[]).await;
+    // Default lease settings: nothing about leases in the environment. Scans take 20 ms or
+    // more, 16 at a time: the job lasts 2.5 s or more, so the kill lands mid-scan on any machine.
+    let (_scanner, scanner_env) = paced_scanner(Duration::from_millis(20)).await;
+    let mut p = Pipeline::start(true, FILES - EICARS, EICARS, "api", &scanner_env).await;
     assert!(p.server_env.iter().all(|(k, _)| !k.contains("LEASE")));
     p.full_scan(&job, "&batch=true&batch_size=200").await;
     p.workers.push(spawn_server(&p.server_env, "worker"));
@@ -227,10 +229,14 @@ async fn a_paused_job_waits_longer_than_the_retry_budget_without_dead_letters() 
 #[tokio::test]
 async fn a_scanner_outage_longer_than_the_retry_budget_dead_letters_nothing() {
     let job = unique_name("job-outage-");
-    const FILES: usize = 400;
+    const FILES: usize = 200;
     let scanner_port = free_port();
     let spawn_scanner = || spawn_scanner(scanner_port);
     let mut scanner = spawn_scanner();
+    // The worker reaches the scanner through a relay that makes every scan take 50 ms, four at a
+    // time: the job needs 2.5 s or more, so it is still running when the scanner goes away
+    // after 20 results, on any machine (a fast one finished 400 direct scans before the kill).
+    let relay_port = slow_relay(scanner_port, Duration::from_millis(50)).await;
     let mut p = Pipeline::start(
         true,
         FILES,
@@ -238,7 +244,8 @@ async fn a_scanner_outage_longer_than_the_retry_budget_dead_letters_nothing() {
         "api",
         &[
             ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
-            ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{scanner_port}")),
+            ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{relay_port}")),
+            ("DSXCONNECT_SCANNER__MAX_INFLIGHT", "4".into()),
             ("DSXCONNECT_WORKERS__SCAN_REQUEST_MAX_RETRIES", "1".into()),
             ("DSXCONNECT_WORKERS__RETRY_BASE_MS", "100".into()),
         ],
@@ -457,7 +464,11 @@ async fn an_embedded_store_whose_disk_fills_recovers_without_a_restart() {
     const FILES: usize = 3000;
     let disk = SmallDisk::mount("64m");
     let data = disk.path().join("data");
-    let mut p = Pipeline::start(false, FILES, 0, "all", &[("DSXCONNECT_DATA_DIR", data.display().to_string())]).await;
+    // Scans take 20 ms or more, 16 at a time: the job lasts 3.75 s or more, so the disk fills
+    // mid-scan on any machine.
+    let (_scanner, mut env) = paced_scanner(Duration::from_millis(20)).await;
+    env.push(("DSXCONNECT_DATA_DIR", data.display().to_string()));
+    let mut p = Pipeline::start(false, FILES, 0, "all", &env).await;
     let readyz = format!("{}{API}/readyz", p.server.base_url());
     p.full_scan(&job, "").await;
     p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 30).await;

@@ -73,6 +73,53 @@ pub fn spawn_scanner(port: u16) -> Service {
     s
 }
 
+/// A TCP relay on loopback to `upstream_port` that holds every chunk of the answers for `delay`,
+/// so each scan through it takes at least that long however fast the machine is. When the
+/// upstream is gone (or refuses), the relay drops the client's connection, as a dead peer would.
+pub async fn slow_relay(upstream_port: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(upstream) = tokio::net::TcpStream::connect(("127.0.0.1", upstream_port)).await else {
+                    return;
+                };
+                let (mut client_read, mut client_write) = client.into_split();
+                let (mut upstream_read, mut upstream_write) = upstream.into_split();
+                let requests = tokio::io::copy(&mut client_read, &mut upstream_write);
+                let answers = async {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    while let Ok(n @ 1..) = upstream_read.read(&mut buf).await {
+                        tokio::time::sleep(delay).await;
+                        if client_write.write_all(&buf[..n]).await.is_err() {
+                            break;
+                        }
+                    }
+                };
+                tokio::select! { _ = requests => {}, _ = answers => {} }
+            });
+        }
+    });
+    port
+}
+
+/// The built-in scanner (`dsx-connect scanner serve`) behind a [`slow_relay`] of `delay`, and
+/// the server environment that sends scans to it. With the in-flight cap (16 unless set) a job of
+/// N files then takes at least N / cap × `delay` on any machine, so a test that acts "mid-scan"
+/// (kills a process, fills a disk) still finds the scan running however fast the machine is.
+pub async fn paced_scanner(delay: Duration) -> (Service, Vec<(&'static str, String)>) {
+    let scanner_port = free_port();
+    let scanner = spawn_scanner(scanner_port);
+    let relay_port = slow_relay(scanner_port, delay).await;
+    let env = vec![
+        ("DSXCONNECT_SCANNER__KIND", "dsxa".into()),
+        ("DSXCONNECT_SCANNER__BASE_URL", format!("http://127.0.0.1:{relay_port}")),
+    ];
+    (scanner, env)
+}
+
 pub fn spawn_connector(env: &[(&'static str, String)], port: u16) -> Service {
     let mut connector = Service::spawn(
         workspace_bin("filesystem-connector").to_str().unwrap(),
