@@ -340,10 +340,14 @@ async fn a_redis_restart_mid_scan_loses_nothing_and_stalls_nothing() {
     let job = unique_name("job-redis-blip-");
     const FILES: usize = 1500;
     let store = Store::PrivateRedis(dsx_testkit::RedisServer::start_durable());
-    let mut p = Pipeline::start_on(store, FILES, 0, "api", &[]).await;
+    // Scans take 20 ms or more, 16 at a time: the job lasts 1.9 s or more, so Redis goes away
+    // mid-scan on any machine.
+    let (_scanner, scanner_env) = paced_scanner(Duration::from_millis(20)).await;
+    let mut p = Pipeline::start_on(store, FILES, 0, "api", &scanner_env).await;
     p.workers.push(spawn_server(&p.server_env, "worker"));
     p.full_scan(&job, "").await;
-    p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    let before = p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    assert!(before["processed_count"].as_u64().unwrap() < FILES as u64 / 2, "Redis must go away mid-scan: {before}");
     p.private_redis.as_mut().unwrap().stop();
     tokio::time::sleep(Duration::from_secs(3)).await;
     p.private_redis.as_mut().unwrap().start_again();
@@ -374,7 +378,9 @@ async fn a_store_outage_during_enumeration_loses_and_duplicates_nothing() {
         Pipeline::start_on(store, FILES, 0, "all", &[("DSXCONNECTOR_FULL_SCAN_ENQUEUE_CONCURRENCY", "2".into())]).await;
     // One request per item, two at a time: enumeration takes a while.
     p.full_scan(&job, "&batch=false").await;
-    p.wait_job(&job, Duration::from_secs(30), |j| j["enqueued_count"].as_u64().unwrap_or(0) >= 50).await;
+    let before = p.wait_job(&job, Duration::from_secs(30), |j| j["enqueued_count"].as_u64().unwrap_or(0) >= 50).await;
+    eprintln!("store outage during enumeration: Redis stopped after {} of {FILES} enqueued", before["enqueued_count"]);
+    assert!(before["enqueue_done"] != true, "Redis must go away mid-enumeration: {before}");
     p.private_redis.as_mut().unwrap().stop();
     tokio::time::sleep(Duration::from_secs(8)).await;
     p.private_redis.as_mut().unwrap().start_again();
@@ -392,9 +398,13 @@ async fn a_store_outage_during_enumeration_loses_and_duplicates_nothing() {
 async fn a_killed_single_process_server_on_the_embedded_store_finishes_after_a_restart() {
     let job = unique_name("job-crash-embedded-");
     const FILES: usize = 2000;
-    let mut p = Pipeline::start(false, FILES, 0, "all", &[]).await;
+    // Scans take 20 ms or more, 16 at a time: the job lasts 2.5 s or more, so the crash lands
+    // mid-scan on any machine.
+    let (_scanner, scanner_env) = paced_scanner(Duration::from_millis(20)).await;
+    let mut p = Pipeline::start(false, FILES, 0, "all", &scanner_env).await;
     p.full_scan(&job, "").await;
-    p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    let before = p.wait_job(&job, Duration::from_secs(60), |j| j["processed_count"].as_u64().unwrap_or(0) >= 100).await;
+    assert!(before["processed_count"].as_u64().unwrap() < FILES as u64 / 2, "the crash must land mid-scan: {before}");
     p.server.signal("KILL");
     p.server.wait_exit(Duration::from_secs(10));
     let port = p.server.port;
